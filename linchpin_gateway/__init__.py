@@ -1,0 +1,1 @@
+"""Linchpin Mobile Gateway: the internet-facing blind relay."""

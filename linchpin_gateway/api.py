@@ -1,0 +1,381 @@
+"""The REST API of PROTOCOL.md section 2, and the Site that serves it.
+
+Handlers are coroutines that return ``(status, body)`` or raise
+:class:`ApiError`; the edge turns both into JSON responses.  Every write a
+handler does is committed by the store before the handler returns.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import io
+import json
+from datetime import datetime, timezone
+
+from autobahn.twisted.resource import WebSocketResource
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.web import http, server
+from twisted.web.resource import Resource
+
+from .hashing import Overloaded, new_id, new_secret, sha256_hex
+from .router import is_hex_id
+
+MAX_BODY = 64 * 1024
+REALM = 'realm="lmgateway"'
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str, headers: dict | None = None):
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = headers or {}
+
+
+def _unauthorized(scheme: str = "Basic") -> ApiError:
+    return ApiError(401, "unauthorized", "missing or wrong credentials",
+                    {"WWW-Authenticate": f"{scheme} {REALM}"})
+
+
+NOT_FOUND = ("not_found", "no such resource")
+
+
+def rfc3339(seconds: float) -> str:
+    return datetime.fromtimestamp(int(seconds), timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# -- the HTTP edge -------------------------------------------------------------
+
+
+class BoundedRequest(server.Request):
+    """A request that keeps at most MAX_BODY bytes of body in memory.
+
+    Anything longer is counted and discarded; the API then answers 413.
+    """
+
+    body_too_large = False
+
+    def gotLength(self, length):
+        self.content = io.BytesIO()
+        self._body_seen = 0
+        if length is not None and length > MAX_BODY:
+            self.body_too_large = True
+
+    def handleContentChunk(self, data):
+        self._body_seen += len(data)
+        if self._body_seen > MAX_BODY:
+            self.body_too_large = True
+        if not self.body_too_large:
+            self.content.write(data)
+
+
+class KeepAliveChannel(http.HTTPChannel):
+    """Turns TCP keep-alive on for every accepted socket (plain or TLS)."""
+
+    def connectionMade(self):
+        super().connectionMade()
+        transport = self.transport
+        handle = getattr(transport, "getHandle", None)
+        sock_transport = handle() if handle is not None and not hasattr(transport, "setTcpKeepAlive") else transport
+        setter = getattr(sock_transport, "setTcpKeepAlive", None)
+        if setter is not None:
+            setter(True)
+
+
+class GatewaySite(server.Site):
+    requestFactory = BoundedRequest
+    protocol = KeepAliveChannel
+    noisy = False
+
+
+def _json_response(request, status: int, body, headers: dict | None = None) -> None:
+    request.setResponseCode(status)
+    for name, value in (headers or {}).items():
+        request.setHeader(name, value)
+    if body is None:
+        request.finish()
+        return
+    data = json.dumps(body).encode("utf-8")
+    request.setHeader("Content-Type", "application/json")
+    request.setHeader("Cache-Control", "no-store")
+    request.setHeader("Content-Length", str(len(data)))
+    request.write(data)
+    request.finish()
+
+
+def _error_response(request, error: ApiError) -> None:
+    _json_response(request, error.status, {"error": error.code, "message": error.message}, error.headers)
+
+
+class _AsyncResource(Resource):
+    """Runs ``self.handle(request)`` (a coroutine) and writes its outcome."""
+
+    isLeaf = True
+    log = Logger()
+
+    def render(self, request):
+        finished = []
+        request.notifyFinish().addBoth(finished.append)
+        d = defer.ensureDeferred(self.handle(request))
+
+        def ok(result):
+            if not finished:
+                status, body = result
+                _json_response(request, status, body)
+
+        def failed(failure):
+            if finished:
+                return
+            if failure.check(ApiError):
+                _error_response(request, failure.value)
+            elif failure.check(Overloaded):
+                _error_response(request, ApiError(503, "unavailable", "server busy, try again",
+                                                  {"Retry-After": "1"}))
+            else:
+                self.log.failure("API handler failed for {path}", failure, path=request.path)
+                _error_response(request, ApiError(500, "internal_error", "internal error"))
+
+        d.addCallbacks(ok, failed)
+        return server.NOT_DONE_YET
+
+
+class NotFound(_AsyncResource):
+    async def handle(self, request):
+        raise ApiError(404, *NOT_FOUND)
+
+
+class Health(_AsyncResource):
+    def __init__(self, gateway):
+        super().__init__()
+        self.gateway = gateway
+
+    async def handle(self, request):
+        try:
+            await self.gateway.store.ping()
+        except Exception:
+            raise ApiError(503, "unavailable", "store not answering")
+        return 200, {"status": "ok"}
+
+
+class Root(Resource):
+    """``/api/v1/...``, ``/healthz`` and ``/mqtt`` on one Site; JSON 404 elsewhere."""
+
+    def __init__(self, gateway, ws_factory):
+        super().__init__()
+        self._api = ApiV1(gateway)
+        self._not_found = NotFound()
+        self.putChild(b"healthz", Health(gateway))
+        self.putChild(b"mqtt", WebSocketResource(ws_factory))
+
+    def getChild(self, path, request):
+        if path == b"api":
+            return self._api
+        return self._not_found
+
+    def render(self, request):
+        return self._not_found.render(request)
+
+
+# -- the API proper -------------------------------------------------------------
+
+
+class ApiV1(_AsyncResource):
+    """Routes ``/api/v1/<...>``; unknown paths are 404 before any method check."""
+
+    def __init__(self, gateway):
+        super().__init__()
+        self.gw = gateway
+        self.log = gateway.log
+
+    def _route(self, parts):
+        """(allowed methods, handler taking (request, *args), args) or None."""
+        match parts:
+            case ["v1", "instances"]:
+                return {"POST": self.register}, ()
+            case ["v1", "instance"]:
+                return {"DELETE": self.delete_instance}, ()
+            case ["v1", "instance", "password"]:
+                return {"POST": self.rotate_password}, ()
+            case ["v1", "devices"]:
+                return {"POST": self.add_device, "GET": self.list_devices}, ()
+            case ["v1", "devices", "setup"]:
+                return {"POST": self.setup_device}, ()
+            case ["v1", "devices", device_id] if device_id:
+                return {"DELETE": self.revoke_device}, (device_id,)
+        return None
+
+    async def handle(self, request):
+        try:
+            parts = [p.decode("utf-8") for p in request.postpath]
+        except UnicodeDecodeError:
+            raise ApiError(404, *NOT_FOUND)
+        route = self._route(parts)
+        if route is None:
+            raise ApiError(404, *NOT_FOUND)
+        methods, args = route
+        method = request.method.decode("ascii", "replace")
+        handler = methods.get(method)
+        if handler is None:
+            raise ApiError(405, "method_not_allowed", f"{method} is not allowed here",
+                           {"Allow": ", ".join(sorted(methods))})
+        if request.body_too_large:
+            raise ApiError(413, "payload_too_large", f"request body over {MAX_BODY} bytes")
+        body = request.content.getvalue()
+        if body:
+            ctype = (request.getHeader("content-type") or "").split(";")[0].strip().lower()
+            if ctype != "application/json":
+                raise ApiError(415, "unsupported_media_type", "request body must be application/json")
+        return await handler(request, *args)
+
+    # -- helpers ------------------------------------------------------------
+
+    @staticmethod
+    def _json_body(request) -> dict:
+        raw = request.content.getvalue()
+        if not raw.strip():
+            return {}
+        try:
+            body = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            raise ApiError(400, "bad_request", "body is not valid JSON")
+        if not isinstance(body, dict):
+            raise ApiError(400, "bad_request", "body must be a JSON object")
+        return body
+
+    async def _instance(self, request) -> str:
+        """The instance_id of valid Basic credentials, else 401."""
+        header = request.getHeader("authorization") or ""
+        scheme, _, value = header.partition(" ")
+        if scheme.lower() != "basic":
+            raise _unauthorized()
+        try:
+            decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
+        except (binascii.Error, ValueError):
+            raise _unauthorized()
+        instance_id, sep, password = decoded.partition(":")
+        if not sep:
+            raise _unauthorized()
+        if not await self.gw.authenticator.check_instance(instance_id, password):
+            self.log.info("REST auth failure from {peer}", peer=_peer(request))
+            raise _unauthorized()
+        return instance_id
+
+    def _gateway_url(self, request) -> str:
+        if self.gw.public_url:
+            return self.gw.public_url
+        scheme = "https" if request.isSecure() else "http"
+        host = request.getHeader("host")
+        if not host:
+            addr = request.getHost()
+            host = f"{addr.host}:{addr.port}"
+        return f"{scheme}://{host}"
+
+    # -- handlers -----------------------------------------------------------
+
+    async def register(self, request):
+        token = self.gw.registration_token
+        if token is not None:
+            scheme, _, value = (request.getHeader("authorization") or "").partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(
+                value.strip().encode("utf-8"), token.encode("utf-8")
+            ):
+                self.log.info("registration refused from {peer}: bad token", peer=_peer(request))
+                raise _unauthorized("Bearer")
+        self._json_body(request)
+        instance_id, password = new_id(), new_secret()
+        encoded = await self.gw.hasher.hash(password)
+        await self.gw.store.create_instance(instance_id, encoded, self.gw.clock.seconds())
+        self.log.info("instance {instance_id} registered", instance_id=instance_id)
+        return 201, {
+            "instance_id": instance_id,
+            "instance_password": password,
+            "gateway_url": self._gateway_url(request),
+        }
+
+    async def rotate_password(self, request):
+        instance_id = await self._instance(request)
+        self._json_body(request)
+        password = new_secret()
+        encoded = await self.gw.hasher.hash(password)
+        if not await self.gw.store.set_instance_password(instance_id, encoded):
+            raise _unauthorized()  # deleted meanwhile
+        self.log.info("instance {instance_id} password changed", instance_id=instance_id)
+        return 200, {"instance_password": password}
+
+    async def delete_instance(self, request):
+        instance_id = await self._instance(request)
+        device_ids = await self.gw.store.delete_instance(instance_id)
+        if device_ids is None:
+            raise _unauthorized()
+        self.gw.router.drop_instance(instance_id)
+        self.log.info("instance {instance_id} deleted with {n} devices", instance_id=instance_id,
+                      n=len(device_ids))
+        return 204, None
+
+    async def add_device(self, request):
+        instance_id = await self._instance(request)
+        self._json_body(request)
+        device_id, setup_key = new_id(), new_secret()
+        now = self.gw.clock.seconds()
+        expires_at = int(now) + self.gw.setup_key_ttl
+        await self.gw.store.create_device(device_id, instance_id, sha256_hex(setup_key), expires_at, now)
+        self.log.info("device {device_id} created for instance {instance_id}", device_id=device_id,
+                      instance_id=instance_id)
+        return 201, {
+            "device_id": device_id,
+            "device_setup_key": setup_key,
+            "expires_at": rfc3339(expires_at),
+            "gateway_url": self._gateway_url(request),
+        }
+
+    async def list_devices(self, request):
+        instance_id = await self._instance(request)
+        rows = await self.gw.store.list_devices(instance_id)
+        router = self.gw.router
+        return 200, {
+            "devices": [
+                {"device_id": device_id, "state": state, "connected": router.is_connected(device_id)}
+                for device_id, state in rows
+            ]
+        }
+
+    async def revoke_device(self, request, device_id):
+        instance_id = await self._instance(request)
+        if not is_hex_id(device_id) or not await self.gw.store.delete_device(instance_id, device_id):
+            raise ApiError(404, *NOT_FOUND)
+        self.gw.router.revoke_device(instance_id, device_id)
+        self.log.info("device {device_id} revoked by instance {instance_id}", device_id=device_id,
+                      instance_id=instance_id)
+        return 204, None
+
+    async def setup_device(self, request):
+        body = self._json_body(request)
+        setup_key = body.get("device_setup_key")
+        if not isinstance(setup_key, str):
+            raise ApiError(400, "bad_request", "device_setup_key (string) is required")
+        invalid = ApiError(404, "invalid_setup_key", "unknown, used or expired setup key")
+        key_hash = sha256_hex(setup_key)
+        now = self.gw.clock.seconds()
+        found = await self.gw.store.find_setup_key(key_hash, now)
+        if found is None:
+            self.log.info("invalid setup key from {peer}", peer=_peer(request))
+            raise invalid
+        device_id, _instance_id = found
+        password = new_secret()
+        encoded = await self.gw.hasher.hash(password)
+        instance_id = await self.gw.store.activate_device(device_id, key_hash, encoded, now)
+        if instance_id is None:  # another request spent the key meanwhile
+            raise invalid
+        self.gw.router.device_paired(instance_id, device_id)
+        self.log.info("device {device_id} paired to instance {instance_id}", device_id=device_id,
+                      instance_id=instance_id)
+        return 200, {"device_id": device_id, "device_password": password}
+
+
+def _peer(request) -> str:
+    addr = request.getClientAddress()
+    return getattr(addr, "host", str(addr))

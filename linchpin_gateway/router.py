@@ -1,0 +1,315 @@
+"""Who is connected, what they may do, and where each message goes.
+
+The router knows principals and topics, never sockets: each attached client
+brings a *session handle* with ``deliver(topic, payload, qos)`` and
+``close(reason)``.  Topic rules are those of PROTOCOL.md section 4:
+
+==========================  ================================  ==============================
+who                         may SUBSCRIBE                     may PUBLISH
+==========================  ================================  ==============================
+device D                    ``devices/D/down``,               ``devices/D/up``
+                            ``$gateway/status``
+connector of instance I     ``devices/+/up``,                 ``devices/X/down``, X of I
+                            ``$gateway/events``
+==========================  ================================  ==============================
+
+Presence belongs to the principal: a connector is *online* while a session of
+it is attached and subscribed to ``devices/+/up``.  When a connector's session
+is taken over by a new one, the instance stays online for a short grace
+period in which the new session is expected to subscribe again, so a
+takeover never flips its devices to offline.
+"""
+
+from __future__ import annotations
+
+import json
+import string
+from dataclasses import dataclass
+
+from twisted.logger import Logger
+
+DEVICE = "device"
+CONNECTOR = "connector"
+
+UP_FILTER = "devices/+/up"
+EVENTS = "$gateway/events"
+STATUS = "$gateway/status"
+SUBACK_FAILURE = 0x80
+
+_DOWN_PREFIX = "devices/"
+_DOWN_SUFFIX = "/down"
+_DOWN_LEN = len(_DOWN_PREFIX) + 32 + len(_DOWN_SUFFIX)
+_HEX = frozenset(string.hexdigits.lower()) - frozenset("ABCDEF")
+_STATUS_TOPIC = STATUS.encode()
+_EVENTS_TOPIC = EVENTS.encode()
+_ONLINE = json.dumps({"connector": "online"}).encode()
+_OFFLINE = json.dumps({"connector": "offline"}).encode()
+
+TAKEOVER_GRACE = 10.0
+
+
+def is_hex_id(text: str) -> bool:
+    return len(text) == 32 and all(ch in _HEX for ch in text)
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    role: str  # DEVICE or CONNECTOR
+    id: str
+    instance_id: str
+
+
+class Client:
+    """One attached session of a principal, as the router sees it."""
+
+    __slots__ = ("principal", "session", "subs", "attached", "up_topic", "down_topic")
+
+    def __init__(self, principal: Principal, session):
+        self.principal = principal
+        self.session = session
+        self.subs: dict[str, int] = {}  # granted filter -> QoS
+        self.attached = True
+        if principal.role == DEVICE:
+            self.up_topic = f"devices/{principal.id}/up"
+            self.down_topic = f"devices/{principal.id}/down"
+        else:
+            self.up_topic = self.down_topic = None
+
+
+class _Instance:
+    __slots__ = ("connector", "devices", "online", "grace")
+
+    def __init__(self):
+        self.connector: Client | None = None
+        self.devices: dict[str, Client] = {}
+        self.online = False
+        self.grace = None  # DelayedCall while a takeover is settling
+
+
+class Router:
+    log = Logger()
+
+    def __init__(self, clock, takeover_grace: float = TAKEOVER_GRACE):
+        self.clock = clock
+        self.takeover_grace = takeover_grace
+        self._clients: dict[str, Client] = {}  # principal id -> live client
+        self._instances: dict[str, _Instance] = {}
+
+    # -- queries -----------------------------------------------------------
+
+    def is_connected(self, principal_id: str) -> bool:
+        return principal_id in self._clients
+
+    def is_online(self, instance_id: str) -> bool:
+        inst = self._instances.get(instance_id)
+        return bool(inst and inst.online)
+
+    def count(self, role: str) -> int:
+        return sum(1 for c in self._clients.values() if c.principal.role == role)
+
+    # -- attach / detach -----------------------------------------------------
+
+    def attach(self, principal: Principal, session) -> Client:
+        """A session was accepted for ``principal``; the newest session wins."""
+        old = self._clients.get(principal.id)
+        if old is not None:
+            self._take_over(old)
+        inst = self._instances.setdefault(principal.instance_id, _Instance())
+        client = Client(principal, session)
+        self._clients[principal.id] = client
+        if principal.role == CONNECTOR:
+            inst.connector = client
+        else:
+            inst.devices[principal.id] = client
+            self._event(inst, "device_connected", principal.id)
+        return client
+
+    def detach(self, client: Client) -> None:
+        """The client's connection ended (no-op if the router already removed it)."""
+        if client.attached:
+            self._remove(client)
+
+    def _take_over(self, old: Client) -> None:
+        principal = old.principal
+        self.log.info("session takeover for {role} {id}", role=principal.role, id=principal.id)
+        inst = self._instances[principal.instance_id]
+        if principal.role == CONNECTOR and inst.online:
+            self._start_grace(principal.instance_id, inst)
+        self._remove(old, takeover=True)
+        old.session.close("session taken over")
+
+    def _remove(self, client: Client, takeover: bool = False) -> None:
+        client.attached = False
+        principal = client.principal
+        if self._clients.get(principal.id) is client:
+            del self._clients[principal.id]
+        inst = self._instances.get(principal.instance_id)
+        if inst is None:
+            return
+        if principal.role == CONNECTOR:
+            if inst.connector is client:
+                inst.connector = None
+                if not takeover:
+                    self._cancel_grace(inst)
+        elif inst.devices.get(principal.id) is client:
+            del inst.devices[principal.id]
+            self._event(inst, "device_disconnected", principal.id)
+        self._update_presence(principal.instance_id, inst)
+
+    # -- subscriptions -------------------------------------------------------
+
+    def subscribe(self, client: Client, topics) -> list[int]:
+        """Grant or refuse each ``(filter, qos)``; returns SUBACK return codes.
+
+        Call :meth:`subscribed` after the SUBACK has been written.
+        """
+        codes = []
+        for topic_filter, qos in topics:
+            if self._may_subscribe(client, topic_filter):
+                granted = min(qos, 1)
+                client.subs[topic_filter] = granted
+                codes.append(granted)
+            else:
+                codes.append(SUBACK_FAILURE)
+        return codes
+
+    def subscribed(self, client: Client, topics) -> None:
+        """Follow-ups of a SUBACK: presence and the status announcement."""
+        if not client.attached:
+            return
+        inst = self._instances[client.principal.instance_id]
+        filters = {t for t, _ in topics}
+        if client.principal.role == CONNECTOR and UP_FILTER in filters and UP_FILTER in client.subs:
+            self._update_presence(client.principal.instance_id, inst)
+        if client.principal.role == DEVICE and STATUS in filters and STATUS in client.subs:
+            client.session.deliver(_STATUS_TOPIC, _ONLINE if inst.online else _OFFLINE, 0)
+
+    def unsubscribe(self, client: Client, filters) -> None:
+        for topic_filter in filters:
+            client.subs.pop(topic_filter, None)
+        if client.attached and client.principal.role == CONNECTOR:
+            self._update_presence(client.principal.instance_id, self._instances[client.principal.instance_id])
+
+    @staticmethod
+    def _may_subscribe(client: Client, topic_filter: str) -> bool:
+        if client.principal.role == DEVICE:
+            return topic_filter == client.down_topic or topic_filter == STATUS
+        return topic_filter == UP_FILTER or topic_filter == EVENTS
+
+    # -- publishing ----------------------------------------------------------
+
+    def publish(self, client: Client, topic: str, topic_bytes: bytes, payload: bytes, qos: int) -> bool:
+        """Route one PUBLISH.  False means the sender broke the rules and
+        must be disconnected; True means delivered or dropped."""
+        principal = client.principal
+        inst = self._instances[principal.instance_id]
+        if principal.role == DEVICE:
+            if topic != client.up_topic:
+                self.log.info("device {id} published to a foreign topic; closing", id=principal.id)
+                return False
+            target = inst.connector
+            if target is not None:
+                sub_qos = target.subs.get(UP_FILTER)
+                if sub_qos is not None:
+                    target.session.deliver(topic_bytes, payload, min(qos, sub_qos))
+            return True
+        device_id = _down_device(topic)
+        if device_id is None:
+            self.log.info("connector {id} published to a forbidden topic; closing", id=principal.id)
+            return False
+        target = inst.devices.get(device_id)
+        if target is not None:
+            sub_qos = target.subs.get(topic)
+            if sub_qos is not None:
+                target.session.deliver(topic_bytes, payload, min(qos, sub_qos))
+        return True
+
+    # -- lifecycle events from the API ---------------------------------------
+
+    def device_paired(self, instance_id: str, device_id: str) -> None:
+        inst = self._instances.get(instance_id)
+        if inst is not None:
+            self._event(inst, "device_paired", device_id)
+
+    def revoke_device(self, instance_id: str, device_id: str) -> None:
+        """Credentials are gone: cut the live session at once and tell the connector."""
+        client = self._clients.get(device_id)
+        if client is not None and client.principal.instance_id == instance_id:
+            self._remove(client)
+            client.session.close("device revoked")
+        inst = self._instances.get(instance_id)
+        if inst is not None:
+            self._event(inst, "device_revoked", device_id)
+
+    def drop_instance(self, instance_id: str) -> None:
+        """The instance is deleted: close its connector and every device session."""
+        inst = self._instances.pop(instance_id, None)
+        if inst is None:
+            return
+        self._cancel_grace(inst)
+        victims = list(inst.devices.values())
+        if inst.connector is not None:
+            victims.append(inst.connector)
+        inst.devices.clear()
+        inst.connector = None
+        for client in victims:
+            client.attached = False
+            self._clients.pop(client.principal.id, None)
+            client.session.close("instance deleted")
+
+    def close_all(self, reason: str) -> None:
+        for client in list(self._clients.values()):
+            self._remove(client)
+            client.session.close(reason)
+
+    # -- presence and events -------------------------------------------------
+
+    @staticmethod
+    def _cancel_grace(inst: _Instance) -> None:
+        if inst.grace is not None:
+            if inst.grace.active():
+                inst.grace.cancel()
+            inst.grace = None
+
+    def _start_grace(self, instance_id: str, inst: _Instance) -> None:
+        self._cancel_grace(inst)
+
+        def expire():
+            inst.grace = None
+            self._update_presence(instance_id, inst)
+
+        inst.grace = self.clock.callLater(self.takeover_grace, expire)
+
+    def _update_presence(self, instance_id: str, inst: _Instance) -> None:
+        connector = inst.connector
+        subscribed = connector is not None and UP_FILTER in connector.subs
+        if subscribed:
+            self._cancel_grace(inst)
+        online = subscribed or inst.grace is not None
+        if online != inst.online:
+            inst.online = online
+            self.log.info(
+                "instance {instance_id} connector {state}",
+                instance_id=instance_id,
+                state="online" if online else "offline",
+            )
+            payload = _ONLINE if online else _OFFLINE
+            for device in list(inst.devices.values()):
+                if STATUS in device.subs:
+                    device.session.deliver(_STATUS_TOPIC, payload, 0)
+        if connector is None and not inst.devices and inst.grace is None:
+            self._instances.pop(instance_id, None)
+
+    def _event(self, inst: _Instance, event: str, device_id: str) -> None:
+        connector = inst.connector
+        if connector is not None and EVENTS in connector.subs:
+            payload = json.dumps({"event": event, "device_id": device_id}).encode()
+            connector.session.deliver(_EVENTS_TOPIC, payload, 0)
+
+
+def _down_device(topic: str) -> str | None:
+    """The device id of a well-formed ``devices/<32 hex>/down`` topic, else None."""
+    if len(topic) != _DOWN_LEN or not topic.startswith(_DOWN_PREFIX) or not topic.endswith(_DOWN_SUFFIX):
+        return None
+    device_id = topic[len(_DOWN_PREFIX) : -len(_DOWN_SUFFIX)]
+    return device_id if is_hex_id(device_id) else None

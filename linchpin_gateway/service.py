@@ -1,0 +1,96 @@
+"""The gateway as one Twisted service: store, hashing pool, router, Site."""
+
+from __future__ import annotations
+
+from twisted.application import internet, service
+from twisted.internet import defer
+from twisted.internet.interfaces import IStreamServerEndpoint
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from .api import GatewaySite, Root
+from .auth import Authenticator
+from .hashing import MIN_ITERATIONS, Hasher
+from .router import Router
+from .session import MQTTWebSocketFactory
+
+PURGE_INTERVAL = 3600.0
+
+
+class Gateway(service.MultiService):
+    """Everything one gateway node needs; listeners are added as children."""
+
+    log = Logger(namespace="lmgateway")
+
+    def __init__(self, reactor, store, *, public_url: str | None = None,
+                 registration_token: str | None = None, max_packet: int = 1048576,
+                 setup_key_ttl: int = 86400, iterations: int = MIN_ITERATIONS):
+        super().__init__()
+        self.reactor = reactor
+        self.clock = reactor
+        self.store = store
+        self.hasher = Hasher(reactor, iterations)
+        self.authenticator = Authenticator(store, self.hasher)
+        self.router = Router(reactor)
+        self.public_url = public_url.rstrip("/") if public_url else None
+        self.registration_token = registration_token
+        self.max_packet = max_packet
+        self.setup_key_ttl = setup_key_ttl
+        self.ws_factory = MQTTWebSocketFactory(self, reactor)
+        self.site = GatewaySite(Root(self, self.ws_factory), reactor=reactor)
+        purge = internet.TimerService(PURGE_INTERVAL, self.purge_expired)
+        purge.clock = reactor
+        purge.setServiceParent(self)
+
+    def listen(self, endpoint, description: str) -> None:
+        svc = internet.StreamServerEndpointService(_Announced(endpoint, description), self.site)
+        svc._raiseSynchronously = True  # a port that cannot be bound stops start-up
+        svc.setServiceParent(self)
+
+    def startService(self):
+        self.store.start()
+        self.hasher.start()
+        super().startService()
+
+    @defer.inlineCallbacks
+    def stopService(self):
+        # Listeners stop first (no new connections), then every session gets
+        # a clean close, then pools finish their queued work and stop.
+        yield super().stopService()
+        self.router.close_all("gateway shutting down")
+        self.hasher.stop()
+        self.store.stop()
+        self.log.info("lmgateway stopped")
+
+    @defer.inlineCallbacks
+    def purge_expired(self):
+        try:
+            purged = yield self.store.purge_expired(self.clock.seconds())
+        except Exception:
+            self.log.failure("purging expired setup keys failed")
+            return
+        for instance_id, device_id in purged:
+            self.log.info("expired pending device {device_id} of {instance_id} purged",
+                          device_id=device_id, instance_id=instance_id)
+
+
+@implementer(IStreamServerEndpoint)
+class _Announced:
+    """Wraps an endpoint to log the address it really listens on (port 0 too)."""
+
+    log = Logger(namespace="lmgateway")
+
+    def __init__(self, endpoint, description: str):
+        self.endpoint = endpoint
+        self.description = description
+
+    def listen(self, factory):
+        d = self.endpoint.listen(factory)
+
+        def announce(port):
+            addr = port.getHost()
+            self.log.info("lmgateway listening on {description} at {host}:{port}",
+                          description=self.description, host=addr.host, port=addr.port)
+            return port
+
+        return d.addCallback(announce)

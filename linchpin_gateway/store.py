@@ -1,0 +1,262 @@
+"""The gateway's durable store: ids and hashes, never a secret in clear.
+
+:class:`IStore` is what the API and the authenticator use; every method
+returns a Deferred and every write is committed before it fires, so an answer
+sent after it survives a crash.  :class:`SQLiteStore` is the embedded
+implementation: one database file in the data dir, all SQLite work on one
+dedicated thread (never the reactor's).  A PostgreSQL implementation only has
+to provide the same interface.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from importlib import resources
+
+from twisted.internet import threads
+from twisted.python.threadpool import ThreadPool
+from zope.interface import Interface, implementer
+
+SCHEMA_VERSION = 1
+DB_NAME = "lmgateway.sqlite"
+
+
+class StoreError(Exception):
+    pass
+
+
+class IStore(Interface):
+    def start():
+        """Open the store (creating it if new)."""
+
+    def stop():
+        """Close the store; pending work finishes first."""
+
+    def ping():
+        """Deferred that fires once the store answers a trivial query."""
+
+    def create_instance(instance_id, password_hash, now):
+        """Deferred[None]."""
+
+    def instance_hash(instance_id):
+        """Deferred[str | None]: the instance's password hash."""
+
+    def set_instance_password(instance_id, password_hash):
+        """Deferred[bool]: False when there is no such instance."""
+
+    def delete_instance(instance_id):
+        """Deferred[list[str] | None]: ids of the devices deleted with it, None if unknown."""
+
+    def create_device(device_id, instance_id, setup_key_hash, expires_at, now):
+        """Deferred[None]: a pending device."""
+
+    def find_setup_key(setup_key_hash, now):
+        """Deferred[(device_id, instance_id) | None] for a usable (unused, unexpired) key."""
+
+    def activate_device(device_id, setup_key_hash, password_hash, now):
+        """Deferred[str | None]: instance_id when the key was still usable and
+        is now spent (single use: at most one caller ever gets a result)."""
+
+    def device_auth(device_id):
+        """Deferred[(instance_id, state, password_hash) | None]."""
+
+    def list_devices(instance_id):
+        """Deferred[list[(device_id, state)]]."""
+
+    def delete_device(instance_id, device_id):
+        """Deferred[bool]: False when the device is not this instance's."""
+
+    def purge_expired(now):
+        """Deferred[list[(instance_id, device_id)]]: expired pending devices removed."""
+
+
+def _schema(version: int) -> str:
+    return resources.files("linchpin_gateway").joinpath(f"db-schemas/v{version}.sql").read_text("utf-8")
+
+
+def ensure_private_dir(path: str) -> None:
+    """Create ``path`` (and parents) with mode 0700 and tighten it if it exists."""
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    os.chmod(path, 0o700)
+
+
+def _connect(path: str) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA foreign_keys = ON")
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = FULL")
+    conn.execute("PRAGMA busy_timeout = 5000")
+    return conn
+
+
+def open_database(data_dir: str) -> sqlite3.Connection:
+    """Open (or atomically create) the database file, mode 0600, in a 0700 dir."""
+    ensure_private_dir(data_dir)
+    path = os.path.join(data_dir, DB_NAME)
+    if not os.path.exists(path):
+        tmp = path + ".new"
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        conn = sqlite3.connect(tmp)
+        conn.executescript(_schema(SCHEMA_VERSION))
+        conn.execute("INSERT INTO version (version) VALUES (?)", (SCHEMA_VERSION,))
+        conn.commit()
+        conn.close()
+        os.rename(tmp, path)
+    os.chmod(path, 0o600)
+    conn = _connect(path)
+    (version,) = conn.execute("SELECT version FROM version").fetchone()
+    if version != SCHEMA_VERSION:
+        conn.close()
+        raise StoreError(f"database {DB_NAME} has schema version {version}, this gateway knows {SCHEMA_VERSION}")
+    return conn
+
+
+@implementer(IStore)
+class SQLiteStore:
+    """Embedded store: one SQLite file, one worker thread."""
+
+    def __init__(self, reactor, data_dir: str):
+        self.reactor = reactor
+        self.data_dir = data_dir
+        self._pool = ThreadPool(minthreads=1, maxthreads=1, name="lmgateway-sqlite")
+        self._conn: sqlite3.Connection | None = None
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def start(self) -> None:
+        # Opening is done synchronously at start-up, before any listener
+        # exists, so a broken data dir stops the service with a clear error.
+        self._conn = open_database(self.data_dir)
+        self._pool.start()
+
+    def stop(self) -> None:
+        self._pool.stop()  # joins the worker: every queued write has committed
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def _run(self, fn, *args):
+        return threads.deferToThreadPool(self.reactor, self._pool, fn, *args)
+
+    def _write(self, fn, *args):
+        """Run ``fn(conn, *args)`` in one committed transaction on the worker."""
+
+        def txn():
+            conn = self._conn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = fn(conn, *args)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+            return result
+
+        return self._run(txn)
+
+    def _execute(self, sql, args):
+        """One committed statement; Deferred[int] of the rows it changed."""
+        return self._write(lambda c: c.execute(sql, args).rowcount)
+
+    def _read(self, sql, args=(), many=False):
+        def query():
+            cursor = self._conn.execute(sql, args)
+            return cursor.fetchall() if many else cursor.fetchone()
+
+        return self._run(query)
+
+    # -- IStore ------------------------------------------------------------
+
+    def ping(self):
+        return self._read("SELECT 1")
+
+    def create_instance(self, instance_id, password_hash, now):
+        return self._execute(
+            "INSERT INTO instances (instance_id, password_hash, created_at) VALUES (?, ?, ?)",
+            (instance_id, password_hash, int(now)),
+        )
+
+    def instance_hash(self, instance_id):
+        d = self._read("SELECT password_hash FROM instances WHERE instance_id = ?", (instance_id,))
+        return d.addCallback(lambda row: row[0] if row else None)
+
+    def set_instance_password(self, instance_id, password_hash):
+        d = self._execute(
+            "UPDATE instances SET password_hash = ? WHERE instance_id = ?", (password_hash, instance_id)
+        )
+        return d.addCallback(lambda n: n == 1)
+
+    def delete_instance(self, instance_id):
+        def txn(c):
+            if c.execute("SELECT 1 FROM instances WHERE instance_id = ?", (instance_id,)).fetchone() is None:
+                return None
+            ids = [r[0] for r in c.execute("SELECT device_id FROM devices WHERE instance_id = ?", (instance_id,))]
+            c.execute("DELETE FROM instances WHERE instance_id = ?", (instance_id,))  # cascades
+            return ids
+
+        return self._write(txn)
+
+    def create_device(self, device_id, instance_id, setup_key_hash, expires_at, now):
+        return self._execute(
+            "INSERT INTO devices (device_id, instance_id, state, setup_key_hash, expires_at, created_at)"
+            " VALUES (?, ?, 'pending', ?, ?, ?)",
+            (device_id, instance_id, setup_key_hash, int(expires_at), int(now)),
+        )
+
+    def find_setup_key(self, setup_key_hash, now):
+        d = self._read(
+            "SELECT device_id, instance_id FROM devices"
+            " WHERE setup_key_hash = ? AND state = 'pending' AND expires_at > ?",
+            (setup_key_hash, int(now)),
+        )
+        return d.addCallback(lambda row: tuple(row) if row else None)
+
+    def activate_device(self, device_id, setup_key_hash, password_hash, now):
+        def txn(c):
+            row = c.execute(
+                "SELECT instance_id FROM devices WHERE device_id = ? AND setup_key_hash = ?"
+                " AND state = 'pending' AND expires_at > ?",
+                (device_id, setup_key_hash, int(now)),
+            ).fetchone()
+            if row is None:
+                return None
+            c.execute(
+                "UPDATE devices SET state = 'active', setup_key_hash = NULL, expires_at = NULL,"
+                " password_hash = ? WHERE device_id = ?",
+                (password_hash, device_id),
+            )
+            return row[0]
+
+        return self._write(txn)
+
+    def device_auth(self, device_id):
+        d = self._read(
+            "SELECT instance_id, state, password_hash FROM devices WHERE device_id = ?", (device_id,)
+        )
+        return d.addCallback(lambda row: tuple(row) if row else None)
+
+    def list_devices(self, instance_id):
+        d = self._read(
+            "SELECT device_id, state FROM devices WHERE instance_id = ? ORDER BY created_at, device_id",
+            (instance_id,),
+            many=True,
+        )
+        return d.addCallback(lambda rows: [tuple(r) for r in rows])
+
+    def delete_device(self, instance_id, device_id):
+        d = self._execute("DELETE FROM devices WHERE device_id = ? AND instance_id = ?", (device_id, instance_id))
+        return d.addCallback(lambda n: n == 1)
+
+    def purge_expired(self, now):
+        def txn(c):
+            rows = c.execute(
+                "SELECT instance_id, device_id FROM devices WHERE state = 'pending' AND expires_at <= ?",
+                (int(now),),
+            ).fetchall()
+            c.execute("DELETE FROM devices WHERE state = 'pending' AND expires_at <= ?", (int(now),))
+            return [tuple(r) for r in rows]
+
+        return self._write(txn)

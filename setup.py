@@ -1,0 +1,38 @@
+from setuptools import setup
+
+setup(
+    name="linchpin-mobile-gateway",
+    version="0.1.0",
+    description="Reach an intranet web app from a phone through a blind MQTT-over-WebSocket relay",
+    python_requires=">=3.11",
+    packages=["linchpin_gateway", "linchpin_connector", "twisted.plugins"],
+    package_data={
+        "linchpin_gateway": ["db-schemas/*.sql", "py.typed"],
+        "linchpin_connector": ["db-schemas/*.sql", "py.typed"],
+        "twisted": ["plugins/lmgateway_plugin.py", "plugins/lmconnector_plugin.py"],
+    },
+    install_requires=[
+        "twisted[tls]>=23.10.0",
+        "autobahn>=23.6.2",
+        "service-identity>=21.1.0",
+        "pyopenssl>=23.2.0",
+        "cryptography>=41.0.0",
+        "treq>=23.11.0",
+        "segno>=1.5.3",
+        "zope.interface>=6.0",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=7.4",
+            "pytest-twisted>=1.14",
+            "hypothesis>=6.90",
+            "paho-mqtt>=2.0",
+        ],
+    },
+    entry_points={
+        "console_scripts": [
+            "lmconnector = linchpin_connector.cli:main",
+            "lmdevice = linchpin_connector.device:main",
+        ],
+    },
+)

@@ -1,0 +1,275 @@
+"""MQTTSession driven byte by byte: CONNECT outcomes, keep-alive, ordering."""
+
+import pytest
+from twisted.internet import defer
+from twisted.internet.task import Clock
+
+from linchpin_gateway import wire
+from linchpin_gateway.hashing import Overloaded
+from linchpin_gateway.router import CONNECTOR, DEVICE, Principal, Router
+from linchpin_gateway.session import DEAD_AFTER, MQTTSession
+
+INST = "a" * 32
+DEV = "d" * 32
+USERS = {
+    (INST, "ipw"): Principal(CONNECTOR, INST, INST),
+    (DEV, "dpw"): Principal(DEVICE, DEV, INST),
+}
+
+
+class FakeAuth:
+    """Answers at once, or holds answers until released (``manual=True``)."""
+
+    def __init__(self):
+        self.manual = False
+        self.waiting = []
+        self.overloaded = False
+
+    def authenticate(self, username, password):
+        if self.overloaded:
+            return defer.fail(Overloaded())
+        result = USERS.get((username, password))
+        if self.manual:
+            d = defer.Deferred()
+            self.waiting.append((d, result))
+            return d
+        return defer.succeed(result)
+
+    def release(self):
+        for d, result in self.waiting:
+            d.callback(result)
+        self.waiting = []
+
+
+class Peer:
+    """One client connection: what the session wrote back, and whether it closed."""
+
+    def __init__(self, router, auth, clock, max_packet=1 << 20):
+        self.out = wire.Parser(1 << 24)
+        self.received = []
+        self.closed = None
+        self.session = MQTTSession(router, auth, clock, self._send, self._close, peer="test",
+                                   max_packet=max_packet)
+
+    def _send(self, data):
+        self.received.extend(self.out.feed(data))
+
+    def _close(self, reason):
+        self.closed = reason
+
+    def send(self, *packets):
+        self.session.data_received(b"".join(wire.encode(p) for p in packets))
+
+    def take(self):
+        got, self.received = self.received, []
+        return got
+
+
+def connect(user, password, keep_alive=60, **kw):
+    return wire.Connect(client_id=kw.pop("client_id", "c"), username=user, password=password.encode(),
+                        keep_alive=keep_alive, clean_session=kw.pop("clean_session", True), **kw)
+
+
+@pytest.fixture
+def clock():
+    return Clock()
+
+
+@pytest.fixture
+def auth():
+    return FakeAuth()
+
+
+@pytest.fixture
+def router(clock):
+    return Router(clock)
+
+
+@pytest.fixture
+def peer(router, auth, clock):
+    return lambda **kw: Peer(router, auth, clock, **kw)
+
+
+def online(peer, user, password, *subs):
+    p = peer()
+    p.send(connect(user, password))
+    assert p.take() == [wire.Connack(0)]
+    if subs:
+        p.send(wire.Subscribe(1, tuple((s, 1) for s in subs)))
+        p.take()
+    return p
+
+
+def test_accepted(peer):
+    p = peer()
+    p.send(connect(DEV, "dpw"))
+    assert p.take() == [wire.Connack(0)] and p.closed is None
+
+
+@pytest.mark.parametrize("user,password", [(DEV, "wrong"), ("nobody", "dpw"), (INST, "dpw")])
+def test_bad_credentials_connack_4_and_close(peer, user, password):
+    p = peer()
+    p.send(connect(user, password))
+    assert p.take() == [wire.Connack(4)] and p.closed
+
+
+def test_protocol_level_3_gets_connack_1(peer):
+    p = peer()
+    p.send(connect(DEV, "dpw", protocol_name="MQIsdp", protocol_level=3))
+    assert p.take() == [wire.Connack(1)] and p.closed
+
+
+def test_empty_client_id_without_clean_session_connack_2(peer):
+    p = peer()
+    p.send(connect(DEV, "dpw", client_id="", clean_session=False))
+    assert p.take() == [wire.Connack(2)] and p.closed
+
+
+def test_empty_client_id_with_clean_session_ok_and_session_present_0(peer):
+    p = peer()
+    p.send(connect(DEV, "dpw", client_id="", clean_session=True))
+    assert p.take() == [wire.Connack(0, session_present=False)]
+    q = peer()
+    q.send(connect(INST, "ipw", clean_session=False))
+    assert q.take() == [wire.Connack(0, session_present=False)]
+
+
+def test_overloaded_connack_3(peer, auth):
+    auth.overloaded = True
+    p = peer()
+    p.send(connect(DEV, "dpw"))
+    assert p.take() == [wire.Connack(3)] and p.closed
+
+
+def test_packet_before_connect_closes(peer):
+    p = peer()
+    p.send(wire.Pingreq())
+    assert p.take() == [] and p.closed
+
+
+def test_second_connect_closes(peer):
+    p = online(peer, DEV, "dpw")
+    p.send(connect(DEV, "dpw"))
+    assert p.closed == "second CONNECT"
+
+
+def test_qos2_publish_closes(peer):
+    p = online(peer, DEV, "dpw")
+    p.send(wire.Publish(f"devices/{DEV}/up", b"x", qos=2, packet_id=5))
+    assert p.closed
+
+
+def test_malformed_closes(peer):
+    p = online(peer, DEV, "dpw")
+    p.session.data_received(b"\xc0\x01\x00")  # PINGREQ with a body
+    assert p.closed == "malformed packet"
+
+
+def test_oversize_closes_before_body(peer):
+    p = peer(max_packet=512 * 1024)
+    p.send(connect(DEV, "dpw"))
+    p.take()
+    p.session.data_received(b"\x30" + wire.encode_remaining_length(2 * 1024 * 1024))
+    assert p.closed and p.session.parser.buffered < 16
+
+
+def test_packets_pipelined_behind_connect_wait_for_connack(peer, auth):
+    auth.manual = True
+    p = peer()
+    p.send(connect(DEV, "dpw"), wire.Subscribe(7, ((f"devices/{DEV}/down", 1),)), wire.Pingreq())
+    assert p.take() == []
+    auth.release()
+    assert p.take() == [wire.Connack(0), wire.Suback(7, (1,)), wire.Pingresp()]
+
+
+def test_connection_lost_during_auth_attaches_nothing(peer, auth, router):
+    auth.manual = True
+    p = peer()
+    p.send(connect(DEV, "dpw"))
+    p.session.connection_lost()
+    auth.release()
+    assert p.take() == [] and not router.is_connected(DEV)
+
+
+def test_relay_and_puback(peer):
+    c = online(peer, INST, "ipw", "devices/+/up")
+    d = online(peer, DEV, "dpw", f"devices/{DEV}/down")
+    d.send(wire.Publish(f"devices/{DEV}/up", b"\x00\x01payload", qos=1, packet_id=9))
+    assert d.take() == [wire.Puback(9)]
+    assert c.take() == [wire.Publish(f"devices/{DEV}/up", b"\x00\x01payload", qos=1, packet_id=1)]
+    c.send(wire.Publish(f"devices/{DEV}/down", b"back", qos=0))
+    assert d.take() == [wire.Publish(f"devices/{DEV}/down", b"back", qos=0)]
+
+
+def test_outgoing_packet_ids_wrap_and_skip_zero(peer):
+    c = online(peer, INST, "ipw", "devices/+/up")
+    d = online(peer, DEV, "dpw")
+    c.session._next_id = 65534
+    for _ in range(3):
+        d.send(wire.Publish(f"devices/{DEV}/up", b"x", qos=1, packet_id=1))
+    assert [p.packet_id for p in c.take()] == [65535, 1, 2]
+
+
+def test_connector_foreign_device_puback_not_closed(peer):
+    c = online(peer, INST, "ipw", "devices/+/up")
+    c.send(wire.Publish(f"devices/{'e' * 32}/down", b"x", qos=1, packet_id=3))
+    assert c.take() == [wire.Puback(3)] and c.closed is None
+
+
+def test_device_foreign_publish_closed_without_puback(peer):
+    d = online(peer, DEV, "dpw")
+    d.send(wire.Publish(f"devices/{'e' * 32}/up", b"x", qos=1, packet_id=3))
+    assert d.take() == [] and d.closed
+
+
+def test_unsubscribe(peer):
+    d = online(peer, DEV, "dpw", "$gateway/status")
+    d.send(wire.Unsubscribe(4, ("$gateway/status",)))
+    assert d.take() == [wire.Unsuback(4)]
+
+
+def test_status_follows_suback(peer):
+    d = online(peer, DEV, "dpw")
+    d.send(wire.Subscribe(2, (("$gateway/status", 0),)))
+    assert d.take() == [wire.Suback(2, (0,)), wire.Publish("$gateway/status", b'{"connector": "offline"}')]
+
+
+def test_takeover_closes_older(peer):
+    a = online(peer, DEV, "dpw")
+    b = online(peer, DEV, "dpw")
+    assert a.closed == "session taken over" and b.closed is None
+
+
+@pytest.mark.parametrize("keep_alive,limit", [(10, 15.0), (1, 1.5), (300, 450.0), (0, DEAD_AFTER),
+                                               (301, DEAD_AFTER)])
+def test_keep_alive(peer, clock, keep_alive, limit):
+    p = peer()
+    p.send(connect(DEV, "dpw", keep_alive=keep_alive))
+    clock.advance(limit * 0.9)
+    p.send(wire.Pingreq())
+    assert p.take()[-1] == wire.Pingresp()
+    clock.advance(limit * 0.9)
+    assert p.closed is None
+    clock.advance(limit * 0.2)
+    assert p.closed == "keep-alive expired"
+
+
+def test_partial_packet_does_not_count_as_activity(peer, clock):
+    p = peer()
+    p.send(connect(DEV, "dpw", keep_alive=10))
+    clock.advance(14)
+    p.session.data_received(b"\xc0")  # half a PINGREQ
+    clock.advance(1.1)
+    assert p.closed == "keep-alive expired"
+
+
+def test_no_connect_in_time_closes(peer, clock):
+    p = peer()
+    clock.advance(10)
+    assert p.closed == "no CONNECT"
+
+
+def test_closed_session_cancels_timers(peer, clock):
+    p = online(peer, DEV, "dpw")
+    p.session.connection_lost()
+    assert clock.getDelayedCalls() == []
