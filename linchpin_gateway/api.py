@@ -222,9 +222,9 @@ class ApiV1(_AsyncResource):
         if handler is None:
             raise ApiError(405, "method_not_allowed", f"{method} is not allowed here",
                            {"Allow": ", ".join(sorted(methods))})
-        if request.body_too_large:
+        body = _body(request)
+        if getattr(request, "body_too_large", False) or len(body) > MAX_BODY:
             raise ApiError(413, "payload_too_large", f"request body over {MAX_BODY} bytes")
-        body = request.content.getvalue()
         if body:
             ctype = (request.getHeader("content-type") or "").split(";")[0].strip().lower()
             if ctype != "application/json":
@@ -235,7 +235,7 @@ class ApiV1(_AsyncResource):
 
     @staticmethod
     def _json_body(request) -> dict:
-        raw = request.content.getvalue()
+        raw = _body(request)
         if not raw.strip():
             return {}
         try:
@@ -374,6 +374,12 @@ class ApiV1(_AsyncResource):
         self.log.info("device {device_id} paired to instance {instance_id}", device_id=device_id,
                       instance_id=instance_id)
         return 200, {"device_id": device_id, "device_password": password}
+
+
+def _body(request) -> bytes:
+    """The request body, read no further than one byte past the limit."""
+    request.content.seek(0)
+    return request.content.read(MAX_BODY + 1)
 
 
 def _peer(request) -> str:

@@ -19,8 +19,9 @@ import hmac
 import os
 import secrets
 
-from twisted.internet import defer, threads
-from twisted.python.threadpool import ThreadPool
+from twisted.internet import defer
+
+from .workers import ThreadWorker
 
 MIN_ITERATIONS = 100_000
 SALT_BYTES = 16
@@ -93,22 +94,19 @@ class Hasher:
     and :meth:`hash` fail at once with :class:`Overloaded`.
     """
 
-    def __init__(self, reactor, iterations: int = MIN_ITERATIONS, threads_: int | None = None,
-                 max_pending: int = 256):
+    def __init__(self, reactor, iterations: int = MIN_ITERATIONS, worker=None, max_pending: int = 256):
         if iterations < MIN_ITERATIONS:
             raise ValueError(f"PBKDF2 iterations must be at least {MIN_ITERATIONS}")
-        self.reactor = reactor
         self.iterations = iterations
-        size = threads_ or max(1, os.cpu_count() or 1)
-        self.pool = ThreadPool(minthreads=1, maxthreads=size, name="lmgateway-pbkdf2")
+        self.worker = worker or ThreadWorker(reactor, "lmgateway-pbkdf2", max(1, os.cpu_count() or 1))
         self.max_pending = max_pending
         self.pending = 0
 
     def start(self) -> None:
-        self.pool.start()
+        self.worker.start()
 
     def stop(self) -> None:
-        self.pool.stop()
+        self.worker.stop()
 
     def _run(self, fn, *args) -> defer.Deferred:
         if self.pending >= self.max_pending:
@@ -119,9 +117,7 @@ class Hasher:
             self.pending -= 1
             return result
 
-        d = threads.deferToThreadPool(self.reactor, self.pool, fn, *args)
-        d.addBoth(done)
-        return d
+        return self.worker.run(fn, *args).addBoth(done)
 
     def hash(self, password: str) -> defer.Deferred:
         return self._run(hash_password, password, self.iterations)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+
 from twisted.application import internet, service
 from twisted.internet import defer
 from twisted.internet.interfaces import IStreamServerEndpoint
@@ -24,12 +26,12 @@ class Gateway(service.MultiService):
 
     def __init__(self, reactor, store, *, public_url: str | None = None,
                  registration_token: str | None = None, max_packet: int = 1048576,
-                 setup_key_ttl: int = 86400, iterations: int = MIN_ITERATIONS):
+                 setup_key_ttl: int = 86400, iterations: int = MIN_ITERATIONS, hash_worker=None):
         super().__init__()
         self.reactor = reactor
         self.clock = reactor
         self.store = store
-        self.hasher = Hasher(reactor, iterations)
+        self.hasher = Hasher(reactor, iterations, worker=hash_worker)
         self.authenticator = Authenticator(store, self.hasher)
         self.router = Router(reactor)
         self.public_url = public_url.rstrip("/") if public_url else None
@@ -94,3 +96,18 @@ class _Announced:
             return port
 
         return d.addCallback(announce)
+
+
+def exit_zero_on_sigterm(reactor) -> None:
+    """Make SIGTERM a clean stop with exit status 0.
+
+    twistd re-raises a stopping signal after shutdown (exit status 143); an
+    operator's SIGTERM is the normal way to stop us, so it is not an error.
+    Call this once the reactor runs (it replaces the reactor's handler).
+    """
+
+    def on_sigterm(signum, frame):
+        Gateway.log.info("SIGTERM received; draining")
+        reactor.callFromThread(reactor.stop)
+
+    signal.signal(signal.SIGTERM, on_sigterm)

@@ -52,12 +52,19 @@ class MQTTSession:
             return
         try:
             packets = self.parser.feed(data)
+            error = None
         except wire.ProtocolError as e:
-            self.log.info("closing {peer}: malformed MQTT: {reason}", peer=self.peer, reason=str(e))
-            self.close("malformed packet")
-            return
+            # Packets complete before the bad bytes are handled first, so the
+            # outcome does not depend on how the stream was split.
+            packets, error = e.packets, e
         if packets:
             self._last_seen = self.clock.seconds()
+        self._handle_all(packets)
+        if error is not None and self.state != CLOSED:
+            self.log.info("closing {peer}: malformed MQTT: {reason}", peer=self.peer, reason=str(error))
+            self.close("malformed packet")
+
+    def _handle_all(self, packets) -> None:
         for packet in packets:
             if self.state == CLOSED:
                 return

@@ -14,9 +14,9 @@ import os
 import sqlite3
 from importlib import resources
 
-from twisted.internet import threads
-from twisted.python.threadpool import ThreadPool
 from zope.interface import Interface, implementer
+
+from .workers import ThreadWorker
 
 SCHEMA_VERSION = 1
 DB_NAME = "lmgateway.sqlite"
@@ -118,10 +118,11 @@ def open_database(data_dir: str) -> sqlite3.Connection:
 class SQLiteStore:
     """Embedded store: one SQLite file, one worker thread."""
 
-    def __init__(self, reactor, data_dir: str):
-        self.reactor = reactor
+    def __init__(self, reactor, data_dir: str, worker=None):
         self.data_dir = data_dir
-        self._pool = ThreadPool(minthreads=1, maxthreads=1, name="lmgateway-sqlite")
+        # One thread: SQLite connections are not shared between threads and
+        # one writer at a time is all SQLite allows anyway.
+        self._worker = worker or ThreadWorker(reactor, "lmgateway-sqlite", 1)
         self._conn: sqlite3.Connection | None = None
 
     # -- lifecycle ---------------------------------------------------------
@@ -130,16 +131,16 @@ class SQLiteStore:
         # Opening is done synchronously at start-up, before any listener
         # exists, so a broken data dir stops the service with a clear error.
         self._conn = open_database(self.data_dir)
-        self._pool.start()
+        self._worker.start()
 
     def stop(self) -> None:
-        self._pool.stop()  # joins the worker: every queued write has committed
+        self._worker.stop()  # joins the thread: every queued write has committed
         if self._conn is not None:
             self._conn.close()
             self._conn = None
 
     def _run(self, fn, *args):
-        return threads.deferToThreadPool(self.reactor, self._pool, fn, *args)
+        return self._worker.run(fn, *args)
 
     def _write(self, fn, *args):
         """Run ``fn(conn, *args)`` in one committed transaction on the worker."""

@@ -7,7 +7,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
 from .hashing import MIN_ITERATIONS
-from .service import Gateway
+from .service import Gateway, exit_zero_on_sigterm
 from .store import SQLiteStore
 
 MIN_MESSAGE_SIZE = 512 * 1024
@@ -66,4 +66,5 @@ def makeService(config, reactor=default_reactor):
     )
     for description in config["listen"]:
         gateway.listen(serverFromString(reactor, description), description)
+    reactor.callWhenRunning(exit_zero_on_sigterm, reactor)
     return gateway

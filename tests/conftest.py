@@ -1,0 +1,39 @@
+import base64
+import json
+
+import pytest
+from twisted.internet.testing import MemoryReactorClock
+
+from linchpin_gateway.service import Gateway
+from linchpin_gateway.store import SQLiteStore
+from linchpin_gateway.workers import InlineWorker
+
+
+@pytest.fixture
+def make_gateway(tmp_path):
+    """An in-memory gateway: real store and hashing, run inline; fake reactor."""
+    made = []
+
+    def make(**options):
+        reactor = MemoryReactorClock()
+        reactor.advance(1_800_000_000)
+        store = SQLiteStore(reactor, str(tmp_path / f"gw{len(made)}"), worker=InlineWorker())
+        gateway = Gateway(reactor, store, hash_worker=InlineWorker(), **options)
+        gateway.startService()
+        made.append(gateway)
+        return gateway
+
+    yield make
+    for gateway in made:
+        gateway.store.stop()
+
+
+def basic(user, password):
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+
+JSON = {"Content-Type": "application/json"}
+
+
+def json_body(data):
+    return json.dumps(data).encode()

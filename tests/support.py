@@ -1,0 +1,271 @@
+"""Helpers for loopback integration tests: real processes, independent clients.
+
+Nothing here sleeps to wait: every wait blocks on an event (a log line, a
+message, a closed socket) with a generous timeout that only a failure hits.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import queue
+import re
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import urllib.error
+import urllib.request
+
+import paho.mqtt.client as mqtt
+
+TIMEOUT = 30
+BIN = os.path.dirname(sys.executable)
+
+
+class Process:
+    """A child process whose output lines are read on a thread, so a test can
+    wait for a line without polling."""
+
+    def __init__(self, argv, env=None, cwd=None):
+        self.argv = argv
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.output: list[str] = []
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                     env=env, cwd=cwd, start_new_session=True)
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self):
+        for line in self.proc.stdout:
+            self.output.append(line)
+            self.lines.put(line)
+        self.lines.put(None)
+
+    def wait_for(self, pattern: str, timeout: float = TIMEOUT) -> re.Match:
+        regex = re.compile(pattern)
+        while True:
+            try:
+                line = self.lines.get(timeout=timeout)
+            except queue.Empty:
+                raise AssertionError(f"no line matching {pattern!r}; output:\n{''.join(self.output)}")
+            if line is None:
+                raise AssertionError(f"process ended before {pattern!r}; output:\n{''.join(self.output)}")
+            m = regex.search(line)
+            if m:
+                return m
+
+    def terminate(self, timeout: float = TIMEOUT) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise AssertionError("process did not stop on SIGTERM")
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(TIMEOUT)
+
+    def text(self) -> str:
+        return "".join(self.output)
+
+
+class Gateway(Process):
+    def __init__(self, data_dir, *extra):
+        super().__init__([os.path.join(BIN, "twistd"), "-n", "--pidfile=", "lmgateway",
+                          "--listen", "tcp:0:interface=127.0.0.1", "--data-dir", str(data_dir), *extra])
+        m = self.wait_for(r"lmgateway listening on .* at 127\.0\.0\.1:(\d+)")
+        self.port = int(m.group(1))
+        self.url = f"http://127.0.0.1:{self.port}"
+
+
+# -- REST --------------------------------------------------------------------
+
+
+def rest(method, url, body=None, auth=None, headers=None):
+    """(status, parsed JSON or None, headers) of one HTTP call."""
+    hdrs = dict(headers or {})
+    data = None
+    if body is not None:
+        data = json.dumps(body).encode()
+        hdrs["Content-Type"] = "application/json"
+    if auth is not None:
+        hdrs["Authorization"] = "Basic " + base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
+    req = urllib.request.Request(url, data=data, method=method, headers=hdrs)
+    try:
+        with urllib.request.urlopen(req, timeout=TIMEOUT) as resp:
+            raw = resp.read()
+            return resp.status, (json.loads(raw) if raw else None), resp.headers
+    except urllib.error.HTTPError as e:
+        raw = e.read()
+        return e.code, (json.loads(raw) if raw else None), e.headers
+
+
+class World:
+    """Registration and pairing through the REST API of a gateway."""
+
+    def __init__(self, url):
+        self.url = url
+
+    def register(self):
+        status, body, _ = rest("POST", self.url + "/api/v1/instances", {})
+        assert status == 201, body
+        return body["instance_id"], body["instance_password"]
+
+    def add_device(self, inst):
+        status, body, _ = rest("POST", self.url + "/api/v1/devices", {}, auth=inst)
+        assert status == 201, body
+        return body
+
+    def pair(self, inst):
+        dev = self.add_device(inst)
+        status, body, _ = rest("POST", self.url + "/api/v1/devices/setup",
+                               {"device_setup_key": dev["device_setup_key"]})
+        assert status == 200, body
+        return body["device_id"], body["device_password"]
+
+    def revoke(self, inst, device_id):
+        status, body, _ = rest("DELETE", f"{self.url}/api/v1/devices/{device_id}", auth=inst)
+        assert status == 204, body
+
+
+# -- paho-mqtt, an independent MQTT client ------------------------------------
+
+
+class Paho:
+    """A paho-mqtt client over WebSocket with every callback turned into a queue."""
+
+    def __init__(self, port, username, password, keepalive=60):
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, transport="websockets",
+                                  protocol=mqtt.MQTTv311, client_id="")
+        self.client.ws_set_options(path="/mqtt")
+        self.client.username_pw_set(username, password)
+        self.connack: queue.Queue = queue.Queue()
+        self.messages: queue.Queue = queue.Queue()
+        self.subacks: queue.Queue = queue.Queue()
+        self.pubacks: queue.Queue = queue.Queue()
+        self.disconnected = threading.Event()
+        self.client.on_connect = lambda c, u, flags, rc, props: self.connack.put(str(rc))
+        self.client.on_message = lambda c, u, msg: self.messages.put((msg.topic, msg.payload, msg.qos, msg.retain))
+        self.client.on_subscribe = lambda c, u, mid, rcs, props: self.subacks.put([
+            (0x80 if rc.is_failure else rc.value) for rc in rcs])
+        self.client.on_publish = lambda c, u, mid, rc, props: self.pubacks.put(mid)
+        self.client.on_disconnect = lambda *a: self.disconnected.set()
+        self.client.connect("127.0.0.1", port, keepalive=keepalive)
+        self.client.loop_start()
+        self.result = self.connack.get(timeout=TIMEOUT)
+
+    def subscribe(self, *topics, qos=1):
+        self.client.subscribe([(t, qos) for t in topics])
+        return self.subacks.get(timeout=TIMEOUT)
+
+    def publish(self, topic, payload, qos=1):
+        info = self.client.publish(topic, payload, qos=qos)
+        if qos:
+            assert self.pubacks.get(timeout=TIMEOUT) == info.mid
+        return info
+
+    def next_message(self, timeout=TIMEOUT):
+        return self.messages.get(timeout=timeout)
+
+    def next_matching(self, topic, timeout=TIMEOUT):
+        while True:
+            msg = self.messages.get(timeout=timeout)
+            if msg[0] == topic:
+                return msg
+
+    def wait_closed(self):
+        assert self.disconnected.wait(TIMEOUT), "gateway did not close the session"
+
+    def close(self):
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+# -- a raw WebSocket client, for what no MQTT library will send -----------------
+
+
+class RawWebSocket:
+    """Minimal RFC 6455 client: masked binary frames, blocking reads."""
+
+    def __init__(self, port, path="/mqtt", protocol="mqtt"):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
+        key = base64.b64encode(os.urandom(16)).decode()
+        lines = [f"GET {path} HTTP/1.1", f"Host: 127.0.0.1:{port}", "Upgrade: websocket",
+                 "Connection: Upgrade", f"Sec-WebSocket-Key: {key}", "Sec-WebSocket-Version: 13"]
+        if protocol:
+            lines.append(f"Sec-WebSocket-Protocol: {protocol}")
+        self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+        self.buf = b""
+        while b"\r\n\r\n" not in self.buf:
+            chunk = self.sock.recv(4096)
+            if not chunk:
+                break
+            self.buf += chunk
+        head, _, self.buf = self.buf.partition(b"\r\n\r\n")
+        self.status = int(head.split(b" ", 2)[1]) if head else 0
+        self.headers = head.decode("latin-1")
+
+    def send(self, payload: bytes, opcode=0x2) -> None:
+        mask = os.urandom(4)
+        n = len(payload)
+        if n < 126:
+            header = struct.pack("!BB", 0x80 | opcode, 0x80 | n)
+        elif n < 65536:
+            header = struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, n)
+        else:
+            header = struct.pack("!BBQ", 0x80 | opcode, 0x80 | 127, n)
+        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload)) if n < 4096 else _mask(payload, mask)
+        self.sock.sendall(header + mask + masked)
+
+    def _read(self, n):
+        while len(self.buf) < n:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("closed")
+            self.buf += chunk
+        data, self.buf = self.buf[:n], self.buf[n:]
+        return data
+
+    def recv(self):
+        """(opcode, payload) of the next frame; ConnectionError once closed."""
+        b0, b1 = self._read(2)
+        n = b1 & 0x7F
+        if n == 126:
+            (n,) = struct.unpack("!H", self._read(2))
+        elif n == 127:
+            (n,) = struct.unpack("!Q", self._read(8))
+        return b0 & 0x0F, self._read(n)
+
+    def recv_binary(self):
+        opcode, payload = self.recv()
+        assert opcode == 0x2, (opcode, payload)
+        return payload
+
+    def wait_closed(self):
+        """Read until the server closes; returns the opcodes seen."""
+        seen = []
+        try:
+            while True:
+                opcode, _ = self.recv()
+                seen.append(opcode)
+                if opcode == 0x8:
+                    self.sock.close()
+                    return seen
+        except (ConnectionError, OSError):
+            return seen
+
+    def close(self):
+        self.sock.close()
+
+
+def _mask(payload: bytes, mask: bytes) -> bytes:
+    n = len(payload)
+    key = int.from_bytes((mask * (n // 4 + 1))[:n], "big")
+    return (int.from_bytes(payload, "big") ^ key).to_bytes(n, "big")

@@ -1,0 +1,293 @@
+"""REST API of PROTOCOL.md section 2 through StubTreq: every call, status and error body."""
+
+import json
+import re
+
+import pytest
+from treq.testing import StubTreq
+from twisted.internet import defer
+from twisted.python.failure import Failure
+
+from linchpin_gateway.router import DEVICE, Principal
+from tests.conftest import JSON, basic, json_body
+from tests.test_router import FakeSession
+
+BASE = "http://gw.example:8080"
+
+
+def result(d):
+    """The result of a Deferred that must have fired already (everything runs inline)."""
+    out = []
+    d.addBoth(out.append)
+    assert out, "Deferred has not fired"
+    if isinstance(out[0], Failure):
+        out[0].raiseException()
+    return out[0]
+
+
+class Client:
+    def __init__(self, gateway):
+        self.gateway = gateway
+        self.treq = StubTreq(gateway.site.resource)
+
+    def call(self, method, path, body=None, headers=None, raw=None):
+        hdrs = dict(headers or {})
+        data = raw
+        if body is not None:
+            data = json_body(body)
+            hdrs.setdefault("Content-Type", "application/json")
+        resp = result(self.treq.request(method, BASE + path, data=data, headers=hdrs))
+        content = result(resp.content())
+        parsed = json.loads(content) if content else None
+        if content:
+            assert resp.headers.getRawHeaders("content-type") == ["application/json"]
+        return resp, parsed
+
+    def register(self, **kw):
+        resp, body = self.call("POST", "/api/v1/instances", {}, **kw)
+        assert resp.code == 201, body
+        return body
+
+    def add_device(self, inst):
+        resp, body = self.call("POST", "/api/v1/devices", {}, basic(inst["instance_id"], inst["instance_password"]))
+        assert resp.code == 201, body
+        return body
+
+    def setup(self, setup_key):
+        return self.call("POST", "/api/v1/devices/setup", {"device_setup_key": setup_key})
+
+
+@pytest.fixture
+def gw(make_gateway):
+    return make_gateway()
+
+
+@pytest.fixture
+def api(gw):
+    return Client(gw)
+
+
+def assert_error(resp, body, status, code):
+    assert resp.code == status
+    assert body["error"] == code and isinstance(body["message"], str) and body["message"]
+
+
+def test_register(api):
+    body = api.register()
+    assert re.fullmatch(r"[0-9a-f]{32}", body["instance_id"])
+    assert re.fullmatch(r"[A-Za-z0-9_-]{22}", body["instance_password"])
+    assert body["gateway_url"] == BASE
+
+
+def test_public_url_wins(make_gateway):
+    api = Client(make_gateway(public_url="https://gw.example.com/"))
+    assert api.register()["gateway_url"] == "https://gw.example.com"
+
+
+def test_registration_token(make_gateway):
+    api = Client(make_gateway(registration_token="s3cret"))
+    resp, body = api.call("POST", "/api/v1/instances", {})
+    assert_error(resp, body, 401, "unauthorized")
+    assert resp.headers.getRawHeaders("www-authenticate") == ['Bearer realm="lmgateway"']
+    resp, body = api.call("POST", "/api/v1/instances", {}, {"Authorization": "Bearer wrong"})
+    assert resp.code == 401
+    assert api.register(headers={"Authorization": "Bearer s3cret"})["instance_id"]
+
+
+def test_device_lifecycle(api, gw):
+    inst = api.register()
+    auth = basic(inst["instance_id"], inst["instance_password"])
+    dev = api.add_device(inst)
+    assert re.fullmatch(r"[0-9a-f]{32}", dev["device_id"])
+    assert re.fullmatch(r"[A-Za-z0-9_-]{22}", dev["device_setup_key"])
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", dev["expires_at"])
+    assert dev["gateway_url"] == BASE
+    resp, body = api.call("GET", "/api/v1/devices", headers=auth)
+    assert body == {"devices": [{"device_id": dev["device_id"], "state": "pending", "connected": False}]}
+
+    resp, body = api.setup(dev["device_setup_key"])
+    assert resp.code == 200 and body["device_id"] == dev["device_id"]
+    assert re.fullmatch(r"[A-Za-z0-9_-]{22}", body["device_password"])
+    principal = result(gw.authenticator.authenticate(dev["device_id"], body["device_password"]))
+    assert principal == Principal(DEVICE, dev["device_id"], inst["instance_id"])
+
+    # single use
+    resp, again = api.setup(dev["device_setup_key"])
+    assert_error(resp, again, 404, "invalid_setup_key")
+
+    session = FakeSession()
+    gw.router.attach(principal, session)
+    resp, body = api.call("GET", "/api/v1/devices", headers=auth)
+    assert body["devices"] == [{"device_id": dev["device_id"], "state": "active", "connected": True}]
+
+    resp, body = api.call("DELETE", f"/api/v1/devices/{dev['device_id']}", headers=auth)
+    assert resp.code == 204 and body is None
+    assert session.closed == "device revoked"
+    assert result(gw.authenticator.authenticate(dev["device_id"], "x")) is None
+    resp, body = api.call("GET", "/api/v1/devices", headers=auth)
+    assert body == {"devices": []}
+    resp, body = api.call("DELETE", f"/api/v1/devices/{dev['device_id']}", headers=auth)
+    assert_error(resp, body, 404, "not_found")
+
+
+def test_other_instances_device_is_404(api):
+    a, b = api.register(), api.register()
+    dev = api.add_device(a)
+    resp, body = api.call("DELETE", f"/api/v1/devices/{dev['device_id']}",
+                          headers=basic(b["instance_id"], b["instance_password"]))
+    assert_error(resp, body, 404, "not_found")
+    resp, body = api.call("DELETE", "/api/v1/devices/not-hex", headers=basic(b["instance_id"], b["instance_password"]))
+    assert_error(resp, body, 404, "not_found")
+    resp, body = api.call("GET", "/api/v1/devices", headers=basic(a["instance_id"], a["instance_password"]))
+    assert len(body["devices"]) == 1
+
+
+def test_setup_key_expires(make_gateway):
+    gw = make_gateway(setup_key_ttl=60)
+    api = Client(gw)
+    dev = api.add_device(api.register())
+    gw.reactor.advance(61)
+    resp, body = api.setup(dev["device_setup_key"])
+    assert_error(resp, body, 404, "invalid_setup_key")
+
+
+def test_expired_pending_devices_purged(make_gateway):
+    gw = make_gateway(setup_key_ttl=60)
+    api = Client(gw)
+    inst = api.register()
+    api.add_device(inst)
+    gw.reactor.advance(3601)  # the purge timer runs hourly
+    resp, body = api.call("GET", "/api/v1/devices", headers=basic(inst["instance_id"], inst["instance_password"]))
+    assert body == {"devices": []}
+
+
+@pytest.mark.parametrize("key", ["", "nope", "A" * 22, "x" * 1000])
+def test_unknown_setup_keys_look_the_same(api, key):
+    resp, body = api.setup(key)
+    assert resp.code == 404 and body == {"error": "invalid_setup_key", "message": "unknown, used or expired setup key"}
+
+
+@pytest.mark.parametrize("raw,code", [(b"{", "bad_request"), (b"[]", "bad_request"), (b'{"x":1}', "bad_request"),
+                                      (b'{"device_setup_key": 5}', "bad_request"), (b"\xff\xfe", "bad_request")])
+def test_setup_bad_bodies(api, raw, code):
+    resp, body = api.call("POST", "/api/v1/devices/setup", raw=raw, headers=JSON)
+    assert_error(resp, body, 400, code)
+
+
+def test_unknown_fields_ignored(api):
+    dev = api.add_device(api.register())
+    resp, body = api.call("POST", "/api/v1/devices/setup", {"device_setup_key": dev["device_setup_key"], "x": [1]})
+    assert resp.code == 200
+
+
+def test_rotate_password(api, gw):
+    inst = api.register()
+    old = basic(inst["instance_id"], inst["instance_password"])
+    resp, body = api.call("POST", "/api/v1/instance/password", {}, old)
+    assert resp.code == 200 and body["instance_password"] != inst["instance_password"]
+    resp, _ = api.call("GET", "/api/v1/devices", headers=old)
+    assert resp.code == 401
+    resp, _ = api.call("GET", "/api/v1/devices", headers=basic(inst["instance_id"], body["instance_password"]))
+    assert resp.code == 200
+
+
+def test_delete_instance_closes_sessions(api, gw):
+    inst = api.register()
+    auth = basic(inst["instance_id"], inst["instance_password"])
+    dev = api.add_device(inst)
+    _, creds = api.setup(dev["device_setup_key"])
+    principal = result(gw.authenticator.authenticate(dev["device_id"], creds["device_password"]))
+    session = FakeSession()
+    gw.router.attach(principal, session)
+    resp, body = api.call("DELETE", "/api/v1/instance", headers=auth)
+    assert resp.code == 204
+    assert session.closed == "instance deleted"
+    assert result(gw.authenticator.authenticate(dev["device_id"], creds["device_password"])) is None
+    resp, body = api.call("GET", "/api/v1/devices", headers=auth)
+    assert_error(resp, body, 401, "unauthorized")
+
+
+@pytest.mark.parametrize("headers", [
+    {}, {"Authorization": "Basic !!!"}, {"Authorization": "Bearer x"}, basic("a" * 32, "pw"), basic("nothex", "pw"),
+])
+def test_401_same_answer(api, headers):
+    resp, body = api.call("GET", "/api/v1/devices", headers=headers)
+    assert body == {"error": "unauthorized", "message": "missing or wrong credentials"}
+    assert resp.headers.getRawHeaders("www-authenticate") == ['Basic realm="lmgateway"']
+
+
+def test_wrong_password_same_answer_as_unknown(api):
+    inst = api.register()
+    resp, body = api.call("GET", "/api/v1/devices", headers=basic(inst["instance_id"], "wrong"))
+    assert resp.code == 401 and body["message"] == "missing or wrong credentials"
+
+
+@pytest.mark.parametrize("method,path", [("GET", "/"), ("GET", "/api"), ("GET", "/api/v2/devices"),
+                                         ("PUT", "/api/v1/nope"), ("DELETE", "/api/v1/devices/x/y")])
+def test_unknown_path_404_before_method(api, method, path):
+    resp, body = api.call(method, path)
+    assert_error(resp, body, 404, "not_found")
+
+
+@pytest.mark.parametrize("method,path", [("GET", "/api/v1/instances"), ("PUT", "/api/v1/devices"),
+                                         ("GET", "/api/v1/devices/setup"), ("POST", "/api/v1/instance")])
+def test_405(api, method, path):
+    resp, body = api.call(method, path)
+    assert_error(resp, body, 405, "method_not_allowed")
+
+
+def test_413(api):
+    resp, body = api.call("POST", "/api/v1/instances", raw=b"{" + b" " * (64 * 1024) + b"}", headers=JSON)
+    assert_error(resp, body, 413, "payload_too_large")
+
+
+def test_exactly_64k_is_fine(api):
+    resp, body = api.call("POST", "/api/v1/instances", raw=b"{" + b" " * (64 * 1024 - 2) + b"}", headers=JSON)
+    assert resp.code == 201
+
+
+@pytest.mark.parametrize("ctype", ["text/plain", "application/x-www-form-urlencoded", None])
+def test_415(api, ctype):
+    headers = {"Content-Type": ctype} if ctype else {}
+    resp, body = api.call("POST", "/api/v1/instances", raw=b"{}", headers=headers)
+    assert_error(resp, body, 415, "unsupported_media_type")
+
+
+def test_json_with_charset_ok(api):
+    resp, _ = api.call("POST", "/api/v1/instances", raw=b"{}", headers={"Content-Type": "application/json; charset=utf-8"})
+    assert resp.code == 201
+
+
+def test_healthz(api):
+    resp, body = api.call("GET", "/healthz")
+    assert resp.code == 200 and body == {"status": "ok"}
+
+
+def test_healthz_503_when_store_fails(api, gw):
+    gw.store.ping = lambda: defer.fail(RuntimeError("disk gone"))
+    resp, body = api.call("GET", "/healthz")
+    assert_error(resp, body, 503, "unavailable")
+
+
+def test_setup_emits_paired_event(api, gw):
+    from linchpin_gateway.router import CONNECTOR
+
+    inst = api.register()
+    session = FakeSession()
+    client = gw.router.attach(Principal(CONNECTOR, inst["instance_id"], inst["instance_id"]), session)
+    gw.router.subscribe(client, [("$gateway/events", 0)])
+    dev = api.add_device(inst)
+    api.setup(dev["device_setup_key"])
+    assert session.events() == [("device_paired", dev["device_id"])]
+
+
+def test_store_holds_no_secret(api, gw, tmp_path):
+    inst = api.register()
+    dev = api.add_device(inst)
+    _, creds = api.setup(dev["device_setup_key"])
+    dev2 = api.add_device(inst)
+    secrets = [inst["instance_password"], dev["device_setup_key"], creds["device_password"], dev2["device_setup_key"]]
+    gw.store.stop()
+    from tests.secrets_scan import find_secrets
+
+    assert find_secrets(tmp_path, secrets) == []
