@@ -1,0 +1,263 @@
+"""The connector daemon: E2E sessions with devices, and the service that runs them.
+
+:class:`DeviceChannels` applies PROTOCOL.md section 5 for every device: it
+answers HELLOs, keeps one session per device in memory, opens DATA and hands
+each message to that session's :class:`~linchpin_connector.proxy.RequestProxy`.
+It knows no sockets: envelopes come in through :meth:`DeviceChannels.envelope`
+and go out through a ``publish(device_id, payload)`` callable.
+"""
+
+from __future__ import annotations
+
+import json
+
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from twisted.application import service
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from linchpin_gateway.router import is_hex_id
+from linchpin_gateway.workers import ThreadWorker
+
+from . import e2e
+from .gateway_client import GatewayAPI, GatewayLink, make_http_client
+# TEMP from .proxy import RequestProxy
+from .state import AsyncState, ConnectorState
+
+UP_TOPIC = "devices/+/up"
+EVENTS_TOPIC = "$gateway/events"
+
+
+class _Channel:
+    """One live E2E session with a device."""
+
+    __slots__ = ("session", "proxy", "pending_key_id", "confirmed")
+
+    def __init__(self, session: e2e.Session, pending_key_id: int | None):
+        self.session = session
+        self.proxy = None
+        self.pending_key_id = pending_key_id
+        self.confirmed = False
+
+
+class DeviceChannels:
+    log = Logger()
+
+    def __init__(self, state, static_private: X25519PrivateKey, publish, make_proxy):
+        """``state`` is an :class:`AsyncState`; ``make_proxy(user, send)`` builds a RequestProxy."""
+        self.state = state
+        self.static_private = static_private
+        self.publish = publish
+        self.make_proxy = make_proxy
+        self.channels: dict[str, _Channel] = {}
+        self._locks: dict[str, defer.DeferredLock] = {}
+
+    # -- input -------------------------------------------------------------------
+
+    def envelope(self, device_id: str, payload: bytes) -> defer.Deferred | None:
+        env = e2e.parse_envelope(payload)
+        if env is None:
+            return None
+        if isinstance(env, e2e.Data):
+            self._data(device_id, env)
+            return None
+        if isinstance(env, e2e.Hello):
+            lock = self._locks.setdefault(device_id, defer.DeferredLock())
+            d = lock.run(self._hello, device_id, env)
+            d.addErrback(lambda f: self.log.failure("HELLO from {device_id} failed", f, device_id=device_id))
+            return d
+        return None  # WELCOME, RESET and REJECT only travel down
+
+    @defer.inlineCallbacks
+    def _hello(self, device_id: str, hello: e2e.Hello):
+        device = yield self.state.device(device_id)
+        if device is None:
+            self.log.info("HELLO from unknown device {device_id}: REJECT", device_id=device_id)
+            self.publish(device_id, e2e.make_reject())
+            return
+        if hello.key_kind == e2e.KEY_SETUP:
+            if device.setup_secret is None:
+                # Pairing already proven: never answer, and never REJECT (an
+                # unauthenticated REJECT must not be a way to unpair anyone).
+                return
+            keys = [("setup", e2e.KEY_SETUP, device.setup_secret)]
+        else:
+            keys = [("device", e2e.KEY_DEVICE, device.device_secret)] if device.device_secret else []
+            keys += [(f"pending:{key_id}", e2e.KEY_DEVICE, key) for key_id, key in device.pending]
+        accepted = e2e.accept_hello(hello, device_id, keys, self.static_private)
+        if accepted is None:
+            self.log.info("HELLO from {device_id} opens with none of its keys: REJECT", device_id=device_id)
+            self.publish(device_id, e2e.make_reject())
+            return
+        pending_key_id = None
+        if accepted.label == "setup":
+            # Stored durably before the WELCOME leaves, so a crash cannot
+            # lose a key the device is about to adopt.
+            pending_key_id = yield self.state.add_pending_key(device_id, accepted.device_secret_key)
+            if pending_key_id is None:
+                return  # proven (or removed) meanwhile
+        elif accepted.label.startswith("pending:"):
+            yield self.state.promote_pending_key(device_id, int(accepted.label.split(":", 1)[1]))
+            self.log.info("device {device_id} proved its key (HELLO); pairing complete", device_id=device_id)
+        channel = _Channel(accepted.session, pending_key_id)
+        channel.proxy = self.make_proxy(device.user, lambda header, body=b"": self._send(device_id, channel, header, body))
+        self._replace(device_id, channel)
+        self.publish(device_id, accepted.welcome)
+        self.log.info("E2E session with device {device_id} established", device_id=device_id)
+
+    def _data(self, device_id: str, env: e2e.Data) -> None:
+        channel = self.channels.get(device_id)
+        if channel is None or channel.session.session_id != env.session_id:
+            self.publish(device_id, e2e.make_reset(env.session_id))
+            return
+        try:
+            plaintext = channel.session.open(env)
+        except e2e.SessionGap as gap:
+            self.log.info("device {device_id} skipped to seq {seq}; ending the session", device_id=device_id,
+                          seq=gap.received)
+            self.end(device_id)
+            self.publish(device_id, e2e.make_reset(env.session_id))
+            return
+        if plaintext is None:
+            return  # replay or forgery: dropped silently
+        try:
+            header, body = e2e.decode_message(plaintext)
+        except e2e.MessageError as e:
+            self.log.info("bad message from device {device_id}: {error}", device_id=device_id, error=str(e))
+            return
+        if not channel.confirmed:
+            if header.get("t") != "confirm":
+                self.log.info("device {device_id} did not confirm first; ending the session", device_id=device_id)
+                self.end(device_id)
+                self.publish(device_id, e2e.make_reset(env.session_id))
+                return
+            channel.confirmed = True
+            if channel.pending_key_id is not None:
+                d = self.state.promote_pending_key(device_id, channel.pending_key_id)
+                d.addCallback(lambda ok: ok and self.log.info(
+                    "device {device_id} confirmed its new key; pairing complete", device_id=device_id))
+                d.addErrback(lambda f: self.log.failure("promoting a key failed", f))
+            return
+        channel.proxy.handle(header, body)
+
+    # -- output ------------------------------------------------------------------
+
+    def _send(self, device_id: str, channel: _Channel, header: dict, body: bytes) -> None:
+        if self.channels.get(device_id) is not channel:
+            return  # the session ended: nothing more goes out on it
+        self.publish(device_id, channel.session.seal(e2e.encode_message(header, body)))
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    def _replace(self, device_id: str, channel: _Channel) -> None:
+        self.end(device_id)
+        self.channels[device_id] = channel
+
+    def end(self, device_id: str) -> None:
+        channel = self.channels.pop(device_id, None)
+        if channel is not None and channel.proxy is not None:
+            channel.proxy.close()
+
+    def end_all(self) -> None:
+        for device_id in list(self.channels):
+            self.end(device_id)
+
+
+class ConnectorService(service.MultiService):
+    """``twistd lmconnector``: the gateway link, the E2E channels and the proxy."""
+
+    log = Logger()
+
+    def __init__(self, reactor, data_dir: str, backend_url: str, *, user_header: str = "X-Forwarded-User",
+                 allow_paths=("/",), ca_file: str | None = None, keep_alive: int = 30,
+                 response_timeout: float = 60.0):
+        super().__init__()
+        self.reactor = reactor
+        self.data_dir = data_dir
+        self.backend_url = backend_url.rstrip("/")
+        self.user_header = user_header
+        self.allow_paths = tuple(allow_paths)
+        self.ca_file = ca_file
+        self.keep_alive = keep_alive
+        self.response_timeout = response_timeout
+        self.link: GatewayLink | None = None
+        self.channels: DeviceChannels | None = None
+
+    def startService(self):
+        state = ConnectorState(self.data_dir)  # fails start-up early if not registered
+        registration = state.registration()
+        self.worker = ThreadWorker(self.reactor, "lmconnector-state", 1)
+        self.worker.start()
+        self.state = AsyncState(state, self.worker)
+        self._sync_state = state
+        self.backend_http = make_http_client(self.reactor)
+        self.api = GatewayAPI(make_http_client(self.reactor, self.ca_file), registration["gateway_url"],
+                              registration["instance_id"], registration["instance_password"])
+        static = X25519PrivateKey.from_private_bytes(registration["static_private_key"])
+        self.channels = DeviceChannels(self.state, static, self._publish, self._make_proxy)
+        self.link = GatewayLink(self.reactor, registration["gateway_url"], registration["instance_id"],
+                                registration["instance_password"], [UP_TOPIC, EVENTS_TOPIC], self._on_message,
+                                on_connected=self._resync, on_disconnected=self.channels.end_all,
+                                ca_file=self.ca_file, keep_alive=self.keep_alive)
+        self.link.setServiceParent(self)
+        self.log.info("lmconnector for instance {instance_id} proxying to {backend}",
+                      instance_id=registration["instance_id"], backend=self.backend_url)
+        super().startService()
+
+    @defer.inlineCallbacks
+    def stopService(self):
+        yield super().stopService()
+        if self.channels is not None:
+            self.channels.end_all()
+        self.worker.stop()
+        self._sync_state.close()
+        self.log.info("lmconnector stopped")
+
+    def _make_proxy(self, user: str, send) -> RequestProxy:
+        from .proxy import RequestProxy  # TEMP
+        return RequestProxy(http_client=self.backend_http, backend_url=self.backend_url, user=user, send=send,
+                            clock=self.reactor, allow_paths=self.allow_paths, user_header=self.user_header,
+                            response_timeout=self.response_timeout)
+
+    def _publish(self, device_id: str, payload: bytes) -> None:
+        client = self.link.client if self.link is not None else None
+        if client is not None and client.is_open:
+            client.publish(f"devices/{device_id}/down", payload)
+
+    def _on_message(self, topic: str, payload: bytes) -> None:
+        if topic == EVENTS_TOPIC:
+            self._on_event(payload)
+            return
+        parts = topic.split("/")
+        if len(parts) == 3 and parts[0] == "devices" and parts[2] == "up" and is_hex_id(parts[1]):
+            self.channels.envelope(parts[1], payload)
+
+    def _on_event(self, payload: bytes) -> None:
+        try:
+            event = json.loads(payload)
+            name, device_id = event["event"], event["device_id"]
+        except (ValueError, KeyError, TypeError):
+            self.log.warn("unreadable gateway event ignored")
+            return
+        if name == "device_revoked":
+            self.channels.end(device_id)
+            self.state.remove_device(device_id).addCallback(
+                lambda removed: removed and self.log.info("device {device_id} revoked at the gateway; keys removed",
+                                                          device_id=device_id))
+        elif name == "device_disconnected":
+            self.channels.end(device_id)
+        else:
+            self.log.debug("gateway event {name} for {device_id}", name=name, device_id=device_id)
+
+    async def _resync(self, client) -> None:
+        """Devices revoked at the gateway while we were away lose their keys here too."""
+        try:
+            known = {d["device_id"] for d in await self.api.list_devices()}
+        except Exception as e:
+            self.log.warn("could not list devices at the gateway: {error}", error=str(e))
+            return
+        for device in await self.state.devices():
+            if device.device_id not in known:
+                await self.state.remove_device(device.device_id)
+                self.channels.end(device.device_id)
+                self.log.info("device {device_id} is gone at the gateway; keys removed", device_id=device.device_id)

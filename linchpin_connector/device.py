@@ -1,0 +1,716 @@
+"""The device side: pairing, the E2E session, and requests; plus ``lmdevice``.
+
+The library is Deferred-based and usable from any Twisted program::
+
+    state = await pair(reactor, uri, "phone.json")
+    device = Device(reactor, state)
+    await device.open()
+    response = await device.request("GET", "/app/page")
+    body = await response.content()
+
+Response bodies stream: :meth:`Response.deliver` hands each part to a
+callable as it arrives and acknowledges it once the callable returned, which
+is what lets the connector send the next part (1 MiB credit window).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from dataclasses import asdict, dataclass
+from urllib.parse import parse_qs, quote, urlsplit
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from . import console, e2e, mqtt_client
+from .gateway_client import GatewayAPI, GatewayError, InsecureURL, check_gateway_url, make_http_client
+
+PAIR_PREFIX = "linchpin-mobile://pair?"
+DEFAULT_STATE = "./var/lmdevice.json"
+DEFAULT_TIMEOUT = 60.0
+READ_CHUNK = e2e.MAX_BODY_CHUNK
+
+
+class DeviceError(Exception):
+    """Base of everything a device user is told; ``str()`` is the one-line reason."""
+
+    exit_code = 1
+
+
+class GatewayUnreachable(DeviceError):
+    exit_code = 3
+
+
+class ConnectorOffline(DeviceError):
+    exit_code = 4
+
+    def __init__(self, message="the connector is offline (the intranet side is not connected to the gateway)"):
+        super().__init__(message)
+
+
+class PairingRejected(DeviceError):
+    exit_code = 5
+
+    def __init__(self, message="pairing rejected: the connector does not recognise this device"):
+        super().__init__(message)
+
+
+class RequestTimeout(DeviceError):
+    exit_code = 6
+
+
+class SessionLost(DeviceError):
+    """The E2E session ended with the request in flight; it is not replayed."""
+
+    exit_code = 7
+
+
+class RequestRefused(DeviceError):
+    """The connector answered ``err`` instead of a response."""
+
+    exit_code = 8
+
+    def __init__(self, code: str, message: str):
+        super().__init__(f"connector refused the request ({code}): {message}")
+        self.code = code
+
+
+# -- pairing URI and state file ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PairingInfo:
+    gateway_url: str
+    setup_key: str
+    secret: bytes
+    connector_key: bytes
+
+
+def make_pairing_uri(gateway_url: str, setup_key: str, secret: bytes, connector_key: bytes) -> str:
+    return (f"{PAIR_PREFIX}v=1&gateway={quote(gateway_url, safe='')}&setup_key={setup_key}"
+            f"&secret={e2e.b64u_encode(secret)}&connector_key={e2e.b64u_encode(connector_key)}")
+
+
+def parse_pairing_uri(uri: str) -> PairingInfo:
+    uri = uri.strip()
+    if not uri.startswith(PAIR_PREFIX):
+        raise ValueError("not a Linchpin pairing URI (linchpin-mobile://pair?...)")
+    query = parse_qs(urlsplit(uri).query, keep_blank_values=True, strict_parsing=False)
+    fields = {}
+    for name in ("v", "gateway", "setup_key", "secret", "connector_key"):
+        values = query.get(name)
+        if not values or len(values) != 1 or not values[0]:
+            raise ValueError(f"pairing URI lacks '{name}'")
+        fields[name] = values[0]
+    if fields["v"] != "1":
+        raise ValueError(f"unsupported pairing URI version {fields['v']}")
+    try:
+        secret = e2e.b64u_decode(fields["secret"])
+        connector_key = e2e.b64u_decode(fields["connector_key"])
+    except ValueError:
+        raise ValueError("pairing URI has a malformed key")
+    if len(secret) != 32 or len(connector_key) != 32:
+        raise ValueError("pairing URI has a key of the wrong length")
+    return PairingInfo(fields["gateway"], fields["setup_key"], secret, connector_key)
+
+
+@dataclass
+class DeviceState:
+    """What a paired device keeps (a JSON file, mode 0600, replaced atomically)."""
+
+    path: str
+    gateway_url: str
+    device_id: str
+    device_password: str
+    connector_key: str
+    setup_secret: str | None = None
+    device_secret: str | None = None
+    insecure: bool = False
+
+    @classmethod
+    def load(cls, path: str) -> DeviceState:
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = json.load(f)
+        except FileNotFoundError:
+            raise DeviceError(f"no device state at {path}: run 'lmdevice pair URI' first")
+        except ValueError:
+            raise DeviceError(f"device state {path} is not valid JSON")
+        data.pop("path", None)
+        try:
+            return cls(path=path, **data)
+        except TypeError as e:
+            raise DeviceError(f"device state {path} is incomplete: {e}")
+
+    def save(self) -> None:
+        """Write atomically: a crash leaves the old file or the new one, never half."""
+        folder = os.path.dirname(os.path.abspath(self.path))
+        os.makedirs(folder, mode=0o700, exist_ok=True)
+        data = asdict(self)
+        del data["path"]
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".lmdevice-", suffix=".tmp")  # mode 0600
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(data, f, indent=1)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+        dir_fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+    def long_term_key(self) -> tuple[int, bytes]:
+        if self.device_secret:
+            return e2e.KEY_DEVICE, e2e.b64u_decode(self.device_secret)
+        if self.setup_secret:
+            return e2e.KEY_SETUP, e2e.b64u_decode(self.setup_secret)
+        raise DeviceError("device state holds no key; pair again")
+
+
+async def pair(reactor, uri: str, state_path: str, *, http=None, allow_insecure: bool = False,
+               ca_file: str | None = None) -> DeviceState:
+    """Trade the setup key for this device's own password and save the state."""
+    info = parse_pairing_uri(uri)
+    try:
+        gateway_url = check_gateway_url(info.gateway_url, allow_insecure)
+    except InsecureURL as e:
+        raise DeviceError(str(e))
+    http = http or make_http_client(reactor, ca_file, persistent=False)
+    api = GatewayAPI(http, gateway_url)
+    try:
+        creds = await api.setup(info.setup_key)
+    except GatewayError as e:
+        if e.code == "invalid_setup_key":
+            raise DeviceError("the pairing code is unknown, already used or expired")
+        raise DeviceError(str(e))
+    except console.UNREACHABLE as e:
+        raise GatewayUnreachable(f"gateway unreachable at {gateway_url}: {_reason(e)}")
+    state = DeviceState(path=state_path, gateway_url=gateway_url, device_id=creds["device_id"],
+                        device_password=creds["device_password"],
+                        connector_key=e2e.b64u_encode(info.connector_key),
+                        setup_secret=e2e.b64u_encode(info.secret), insecure=allow_insecure)
+    state.save()
+    return state
+
+
+def _reason(error) -> str:
+    return getattr(error, "getErrorMessage", lambda: str(error) or type(error).__name__)()
+
+
+# -- requests ------------------------------------------------------------------------
+
+
+class Response:
+    """A response whose body arrives in parts; see :meth:`deliver`."""
+
+    def __init__(self, request: _Request, status: int, headers: list):
+        self._request = request
+        self.status = status
+        self.headers = headers
+        self._parts: list[bytes] = []
+        self._ended = False
+        self._error = None
+        self._sink = None
+        self._done: defer.Deferred | None = None
+
+    def header(self, name: str) -> str | None:
+        for k, v in self.headers:
+            if k.lower() == name.lower():
+                return v
+        return None
+
+    def deliver(self, write) -> defer.Deferred:
+        """Call ``write(part)`` for each body part; fires when the body ended."""
+        self._sink = write
+        self._done = defer.Deferred()
+        parts, self._parts = self._parts, []
+        for part in parts:
+            self._consume(part)
+        self._finish_if_ended()
+        return self._done
+
+    async def content(self) -> bytes:
+        parts = []
+        await self.deliver(parts.append)
+        return b"".join(parts)
+
+    def _part(self, data: bytes) -> None:
+        if not data:
+            return
+        if self._sink is None:
+            self._parts.append(data)  # bounded by the 1 MiB window: nothing is acked yet
+        else:
+            self._consume(data)
+
+    def _consume(self, data: bytes) -> None:
+        self._sink(data)
+        self._request.ack(len(data))
+
+    def _end(self, error=None) -> None:
+        self._ended = True
+        self._error = error
+        self._finish_if_ended()
+
+    def _finish_if_ended(self) -> None:
+        if self._ended and self._done is not None and not self._done.called:
+            if self._error is not None:
+                self._done.errback(self._error)
+            else:
+                self._done.callback(None)
+
+
+class _Request:
+    def __init__(self, channel: _Session, request_id: int):
+        self.channel = channel
+        self.id = request_id
+        self.started: defer.Deferred = defer.Deferred()  # fires with the Response
+        self.response: Response | None = None
+        self.upload_credit = e2e.CREDIT_WINDOW
+        self._credit_waiter: defer.Deferred | None = None
+        self.timeout = None
+
+    def ack(self, n: int) -> None:
+        self.channel.send({"t": "ack", "id": self.id, "bytes": n})
+
+    def credit(self, n: int) -> None:
+        self.upload_credit += n
+        waiter, self._credit_waiter = self._credit_waiter, None
+        if waiter is not None:
+            waiter.callback(None)
+
+    def wait_credit(self) -> defer.Deferred:
+        self._credit_waiter = defer.Deferred()
+        return self._credit_waiter
+
+    def fail(self, error: Exception) -> None:
+        if self.timeout is not None and self.timeout.active():
+            self.timeout.cancel()
+        if not self.started.called:
+            self.started.errback(error)
+        elif self.response is not None and not self.response._ended:
+            self.response._end(error)
+        waiter, self._credit_waiter = self._credit_waiter, None
+        if waiter is not None:
+            waiter.errback(error)
+
+
+class _Session:
+    """One E2E session with the connector, and its requests in flight."""
+
+    def __init__(self, device: Device, session: e2e.Session):
+        self.device = device
+        self.session = session
+        self.requests: dict[int, _Request] = {}
+        self.alive = True
+
+    def send(self, header: dict, body: bytes = b"") -> None:
+        if self.alive:
+            self.device._publish(self.session.seal(e2e.encode_message(header, body)))
+
+    def end(self, error: Exception) -> None:
+        self.alive = False
+        requests, self.requests = self.requests, {}
+        for request in requests.values():
+            request.fail(error)
+
+    def received(self, header: dict, body: bytes) -> None:
+        request = self.requests.get(header.get("id"))
+        if request is None:
+            return
+        kind = header.get("t")
+        if kind == "res":
+            if request.started.called:
+                return
+            if request.timeout is not None and request.timeout.active():
+                request.timeout.cancel()
+            status, headers = header.get("status"), header.get("headers")
+            if not isinstance(status, int) or not isinstance(headers, list):
+                self._finish(request, RequestRefused("bad_response", "malformed response from the connector"))
+                return
+            request.response = Response(request, status, [tuple(h) for h in headers if isinstance(h, list)])
+            request.started.callback(request.response)
+            request.response._part(body)
+            if header.get("end"):
+                self._finish(request)
+        elif kind == "body" and request.response is not None:
+            request.response._part(body)
+            if header.get("end"):
+                self._finish(request)
+        elif kind == "ack":
+            n = header.get("bytes")
+            if isinstance(n, int) and n > 0:
+                request.credit(n)
+        elif kind == "err":
+            self._finish(request, RequestRefused(str(header.get("code")), str(header.get("message", ""))))
+
+    def _finish(self, request: _Request, error: Exception | None = None) -> None:
+        self.requests.pop(request.id, None)
+        if error is not None:
+            request.fail(error)
+        elif request.response is not None:
+            request.response._end()
+
+
+class Device:
+    """A paired device talking to its connector through the gateway."""
+
+    log = Logger()
+
+    def __init__(self, reactor, state: DeviceState, *, timeout: float = DEFAULT_TIMEOUT,
+                 ca_file: str | None = None, connect=mqtt_client.connect):
+        self.reactor = reactor
+        self.state = state
+        self.timeout = timeout
+        self.ca_file = ca_file
+        self._connect = connect
+        self.client: mqtt_client.MQTTClient | None = None
+        self.online: bool | None = None
+        self._status_known = _Outcome()
+        self._session: _Session | None = None
+        self._handshake: e2e.DeviceHandshake | None = None
+        self._welcome: _Outcome | None = None
+        self._next_id = 0
+        self.down_topic = f"devices/{state.device_id}/down"
+        self.up_topic = f"devices/{state.device_id}/up"
+
+    # -- connection --------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Connect to the gateway and learn whether the connector is online."""
+        try:
+            gateway_url = check_gateway_url(self.state.gateway_url, self.state.insecure)
+        except InsecureURL as e:
+            raise DeviceError(str(e))
+        try:
+            self.client = await self._connect(self.reactor, gateway_url, self.state.device_id,
+                                              self.state.device_password, on_message=self._on_message,
+                                              ca_file=self.ca_file, timeout=self.timeout)
+        except mqtt_client.ConnectionRefused as e:
+            if e.code == 4:
+                raise DeviceError("the gateway does not accept this device (revoked or unknown)")
+            raise GatewayUnreachable(str(e))
+        except (mqtt_client.ConnectionClosed, *console.UNREACHABLE) as e:
+            raise GatewayUnreachable(f"gateway unreachable at {gateway_url}: {_reason(e)}")
+        self.client.closed.addCallback(self._closed)
+        codes = await self.client.subscribe([(self.down_topic, 0), ("$gateway/status", 0)])
+        if 0x80 in codes:
+            raise DeviceError("the gateway refused this device's subscriptions")
+        await self._with_timeout(self._status_known.when(), "no presence status from the gateway")
+
+    def close(self) -> None:
+        if self.client is not None:
+            self.client.close()
+
+    def _closed(self, reason) -> None:
+        self.online = False
+        self._end_session(GatewayUnreachable(f"connection to the gateway lost ({reason})"))
+
+    def _publish(self, payload: bytes) -> None:
+        if self.client is not None and self.client.is_open:
+            self.client.publish(self.up_topic, payload)
+
+    def _on_message(self, topic: str, payload: bytes) -> None:
+        if topic == "$gateway/status":
+            try:
+                online = json.loads(payload)["connector"] == "online"
+            except (ValueError, KeyError, TypeError):
+                return
+            self.online = online
+            if not self._status_known.called:
+                self._status_known.callback(online)
+            if not online:
+                self._end_session(ConnectorOffline())
+                if self._welcome is not None and not self._welcome.called:
+                    self._welcome.errback(ConnectorOffline())
+            return
+        if topic != self.down_topic:
+            return
+        env = e2e.parse_envelope(payload)
+        if isinstance(env, e2e.Data):
+            self._on_data(env)
+        elif isinstance(env, e2e.Welcome):
+            self._on_welcome(env)
+        elif isinstance(env, e2e.Reset):
+            if self._session is not None and self._session.session.session_id == env.session_id:
+                self.log.info("connector reset the session; requests in flight fail, the next one re-handshakes")
+                self._end_session(SessionLost("the connector lost the session (restarted?); request not replayed"))
+        elif isinstance(env, e2e.Reject):
+            # Unauthenticated: only meaningful as the answer to our HELLO.
+            if self._welcome is not None and not self._welcome.called:
+                self._handshake = None
+                self._welcome.errback(PairingRejected())
+
+    def _on_data(self, env: e2e.Data) -> None:
+        channel = self._session
+        if channel is None or channel.session.session_id != env.session_id:
+            return
+        try:
+            plaintext = channel.session.open(env)
+        except e2e.SessionGap:
+            self._end_session(SessionLost("messages were lost between connector and device; request not replayed"))
+            return
+        if plaintext is None:
+            return
+        try:
+            header, body = e2e.decode_message(plaintext)
+        except e2e.MessageError:
+            return
+        channel.received(header, body)
+
+    def _end_session(self, error: Exception) -> None:
+        channel, self._session = self._session, None
+        if channel is not None:
+            channel.end(error)
+
+    # -- handshake -----------------------------------------------------------------
+
+    async def handshake(self) -> None:
+        """Make sure an E2E session exists (HELLO, WELCOME, confirm)."""
+        if self._session is not None:
+            return
+        if not self.online:
+            raise ConnectorOffline()
+        if self._welcome is not None:  # a handshake is already under way
+            await self._with_timeout(self._welcome.when(), "the connector did not answer the handshake")
+            return
+        key_kind, key = self.state.long_term_key()
+        connector_key = e2e.b64u_decode(self.state.connector_key)
+        self._handshake = e2e.DeviceHandshake.start(self.state.device_id, key, key_kind, connector_key)
+        self._welcome = welcome = _Outcome()
+        self._publish(self._handshake.hello)
+        try:
+            await self._with_timeout(welcome.when(), "the connector did not answer the handshake")
+        finally:
+            if self._welcome is welcome:
+                self._welcome = None
+
+    def _on_welcome(self, env: e2e.Welcome) -> None:
+        if self._handshake is None or self._welcome is None or self._welcome.called:
+            return
+        result = self._handshake.finish(env)
+        if result is None:
+            return  # not the answer to our HELLO
+        self._handshake = None
+        if result.device_secret_key is not None:
+            # The new key is on disk before the setup secret is forgotten.
+            self.state.device_secret = e2e.b64u_encode(result.device_secret_key)
+            self.state.setup_secret = None
+            self.state.save()
+            self.log.info("pairing complete: device secret key stored")
+        self._session = _Session(self, result.session)
+        self._session.send({"t": "confirm"})
+        self._welcome.callback(None)
+
+    # -- requests ------------------------------------------------------------------
+
+    async def request(self, method: str, path: str, headers=(), body=b"") -> Response:
+        """Send one request; returns once the response starts (its body streams).
+
+        ``body`` is bytes or a binary file object read in 256 KiB parts as the
+        connector's acknowledgements allow.
+        """
+        await self.handshake()
+        channel = self._session
+        if channel is None:
+            raise SessionLost("the session ended before the request was sent")
+        if len(channel.requests) >= e2e.MAX_IN_FLIGHT:
+            raise DeviceError("too many requests in flight")
+        request_id = self._next_id
+        self._next_id += 1
+        request = _Request(channel, request_id)
+        channel.requests[request_id] = request
+        request.timeout = self.reactor.callLater(
+            self.timeout, lambda: self._timed_out(channel, request))
+        first, rest = _first_part(body)
+        header = {"t": "req", "id": request_id, "method": method, "path": path,
+                  "headers": [[k, v] for k, v in headers], "end": rest is None}
+        channel.send(header, first)
+        request.upload_credit -= len(first)
+        if rest is not None:
+            self._upload(channel, request, rest).addErrback(lambda f: request.fail(f.value))
+        return await request.started
+
+    def _timed_out(self, channel: _Session, request: _Request) -> None:
+        if channel.requests.pop(request.id, None) is not None:
+            channel.send({"t": "cancel", "id": request.id})
+            request.fail(RequestTimeout(f"no response within {self.timeout:.0f} s"))
+
+    @defer.inlineCallbacks
+    def _upload(self, channel: _Session, request: _Request, source):
+        while True:
+            while request.upload_credit <= 0:
+                yield request.wait_credit()
+            if request.id not in channel.requests or not channel.alive:
+                return
+            wanted = min(READ_CHUNK, request.upload_credit)
+            part = source.read(wanted)
+            # A buffered binary read returns less than asked only at the end.
+            end = len(part) < wanted
+            request.upload_credit -= len(part)
+            channel.send({"t": "body", "id": request.id, "end": end}, part)
+            if end:
+                return
+
+    async def _with_timeout(self, d: defer.Deferred, message: str):
+        timeout = self.reactor.callLater(self.timeout, d.cancel)
+        try:
+            return await d
+        except defer.CancelledError:
+            raise RequestTimeout(f"{message} within {self.timeout:.0f} s")
+        finally:
+            if timeout.active():
+                timeout.cancel()
+
+
+class _Outcome:
+    """A result many may wait for; each waiter gets its own Deferred, so one
+    waiter giving up (a timeout cancels it) does not disturb the others."""
+
+    def __init__(self):
+        self.called = False
+        self._result = None
+        self._waiters: list[defer.Deferred] = []
+
+    def when(self) -> defer.Deferred:
+        if self.called:
+            return defer.fail(self._result) if isinstance(self._result, Exception) else defer.succeed(self._result)
+        d = defer.Deferred(lambda d: self._waiters.remove(d))
+        self._waiters.append(d)
+        return d
+
+    def callback(self, result=None) -> None:
+        self._fire(result)
+
+    def errback(self, error: Exception) -> None:
+        self._fire(error)
+
+    def _fire(self, result) -> None:
+        if self.called:
+            return
+        self.called, self._result = True, result
+        waiters, self._waiters = self._waiters, []
+        for d in waiters:
+            if isinstance(result, Exception):
+                d.errback(result)
+            else:
+                d.callback(result)
+
+
+def _first_part(body):
+    """(bytes for the req message, the rest as a file or None)."""
+    if body is None:
+        return b"", None
+    if isinstance(body, (bytes, bytearray, memoryview)):
+        body = bytes(body)
+        if len(body) <= READ_CHUNK:
+            return body, None
+        import io
+
+        return b"", io.BytesIO(body)
+    return b"", body
+
+
+# -- lmdevice ------------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lmdevice", description="Linchpin mobile device (command-line client)")
+    p.add_argument("--state", default=DEFAULT_STATE, help="device state file (default %(default)s)")
+    p.add_argument("--ca-file", help="PEM of a private CA that signed the gateway's certificate")
+    p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds to wait (default %(default)s)")
+    sub = p.add_subparsers(dest="command", required=True)
+    pp = sub.add_parser("pair", help="pair with the URI from the QR code ('-' reads it from stdin)")
+    pp.add_argument("uri")
+    pp.add_argument("--insecure", action="store_true", help="allow a plain-http gateway that is not on loopback")
+    rp = sub.add_parser("request", help="send one HTTP request to the intranet app")
+    rp.add_argument("-X", "--request", dest="method", default=None, help="method (default GET, POST with --data)")
+    rp.add_argument("-H", "--header", action="append", default=[], help="'Name: value' (repeatable)")
+    rp.add_argument("--data", help="request body: @FILE, or - for stdin")
+    rp.add_argument("-i", "--include", action="store_true", help="print status line and headers first")
+    rp.add_argument("path")
+    return p
+
+
+async def _pair_command(reactor, args) -> int:
+    uri = sys.stdin.readline() if args.uri == "-" else args.uri
+    state = await pair(reactor, uri, args.state, allow_insecure=args.insecure, ca_file=args.ca_file)
+    print(f"paired: device {state.device_id}", file=sys.stderr)
+    device = Device(reactor, state, timeout=args.timeout, ca_file=args.ca_file)
+    try:
+        await device.open()
+        if device.online:
+            await device.handshake()
+            print("end-to-end key agreed with the connector", file=sys.stderr)
+        else:
+            print("connector offline: the key exchange will happen at the first request", file=sys.stderr)
+    except PairingRejected:
+        raise
+    except DeviceError as e:
+        print(f"key exchange postponed: {e}", file=sys.stderr)
+    finally:
+        device.close()
+    return 0
+
+
+async def _request_command(reactor, args) -> int:
+    headers = []
+    for h in args.header:
+        name, sep, value = h.partition(":")
+        if not sep or not name.strip():
+            raise DeviceError(f"bad header {h!r}: use 'Name: value'")
+        headers.append((name.strip(), value.strip()))
+    body = b""
+    if args.data is not None:
+        if args.data == "-":
+            body = sys.stdin.buffer
+        elif args.data.startswith("@"):
+            body = open(args.data[1:], "rb")
+        else:
+            body = args.data.encode()
+    method = args.method or ("POST" if args.data is not None else "GET")
+    device = Device(reactor, DeviceState.load(args.state), timeout=args.timeout, ca_file=args.ca_file)
+    try:
+        await device.open()
+        if not device.online:
+            raise ConnectorOffline()
+        response = await device.request(method, args.path, headers, body)
+        out = sys.stdout.buffer
+        if args.include:
+            out.write(f"HTTP/1.1 {response.status}\r\n".encode())
+            for k, v in response.headers:
+                out.write(f"{k}: {v}\r\n".encode("utf-8", "replace"))
+            out.write(b"\r\n")
+
+        def write(part):
+            out.write(part)
+            out.flush()
+
+        await response.deliver(write)
+    finally:
+        device.close()
+    return 0
+
+
+def main(argv=None) -> None:
+    args = _parser().parse_args(argv)
+
+    async def run(reactor):
+        try:
+            if args.command == "pair":
+                return await _pair_command(reactor, args)
+            return await _request_command(reactor, args)
+        except (DeviceError, ValueError) as e:
+            print(f"lmdevice: {e}", file=sys.stderr)
+            return getattr(e, "exit_code", 2)
+
+    console.run(run)

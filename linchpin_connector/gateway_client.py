@@ -1,0 +1,190 @@
+"""Talking to the gateway: its REST API (treq) and a session that reconnects for ever."""
+
+from __future__ import annotations
+
+import json
+import random
+from urllib.parse import urlsplit
+
+import treq
+from twisted.application import service
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
+
+from . import mqtt_client
+
+LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "::1"}
+
+
+class GatewayError(Exception):
+    """The gateway answered with an error (or something that is not our API)."""
+
+    def __init__(self, status: int, code: str, message: str):
+        super().__init__(f"gateway said {status} {code}: {message}")
+        self.status, self.code, self.message = status, code, message
+
+
+class InsecureURL(ValueError):
+    pass
+
+
+def check_gateway_url(url: str, allow_insecure: bool = False) -> str:
+    """Normalise a gateway URL; refuse plain http except on loopback or when asked."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InsecureURL(f"not an http(s) URL: {url!r}")
+    host = parts.hostname
+    if parts.scheme == "http" and not allow_insecure and host not in LOOPBACK_HOSTS and not host.startswith("127."):
+        raise InsecureURL(f"refusing plain http to {host}; use https or pass --insecure")
+    return url.rstrip("/")
+
+
+def make_http_client(reactor, ca_file: str | None = None, persistent: bool = True) -> treq.client.HTTPClient:
+    """A treq client verifying certificates (system roots, or a private CA PEM)."""
+    trust = None
+    if ca_file:
+        from twisted.internet.ssl import Certificate
+
+        with open(ca_file, "rb") as f:
+            trust = Certificate.loadPEM(f.read())
+    policy = BrowserLikePolicyForHTTPS(trustRoot=trust)
+    pool = HTTPConnectionPool(reactor, persistent=persistent)
+    return treq.client.HTTPClient(Agent(reactor, contextFactory=policy, pool=pool))
+
+
+class GatewayAPI:
+    """PROTOCOL.md section 2, client side."""
+
+    def __init__(self, http, gateway_url: str, instance_id: str | None = None, password: str | None = None):
+        self.http = http
+        self.url = gateway_url.rstrip("/")
+        self.auth = (instance_id, password) if instance_id else None
+
+    async def _call(self, method: str, path: str, body=None, headers=None, auth=True):
+        kwargs = {"headers": dict(headers or {})}
+        if body is not None:
+            kwargs["data"] = json.dumps(body).encode()
+            kwargs["headers"]["Content-Type"] = "application/json"
+        if auth and self.auth:
+            kwargs["auth"] = self.auth
+        response = await self.http.request(method, self.url + path, **kwargs)
+        raw = await response.content()
+        try:
+            parsed = json.loads(raw) if raw else None
+        except ValueError:
+            parsed = None
+        if response.code >= 400:
+            if isinstance(parsed, dict) and "error" in parsed:
+                raise GatewayError(response.code, parsed["error"], parsed.get("message", ""))
+            raise GatewayError(response.code, "unexpected", "the server is not a Linchpin gateway")
+        return parsed
+
+    async def register(self, token: str | None = None) -> dict:
+        headers = {"Authorization": f"Bearer {token}"} if token else None
+        return await self._call("POST", "/api/v1/instances", {}, headers=headers, auth=False)
+
+    async def add_device(self) -> dict:
+        return await self._call("POST", "/api/v1/devices", {})
+
+    async def list_devices(self) -> list:
+        return (await self._call("GET", "/api/v1/devices"))["devices"]
+
+    async def revoke(self, device_id: str) -> None:
+        await self._call("DELETE", f"/api/v1/devices/{device_id}")
+
+    async def setup(self, setup_key: str) -> dict:
+        return await self._call("POST", "/api/v1/devices/setup", {"device_setup_key": setup_key}, auth=False)
+
+
+class GatewayLink(service.Service):
+    """One MQTT session to the gateway, reopened for ever with backoff.
+
+    Backoff starts at 1 s and doubles up to 60 s, each wait stretched by up
+    to 20 % of random jitter so a fleet does not reconnect in lock-step.
+    ``on_connected(client)`` runs (and may return a Deferred) each time a
+    session is up and subscribed.
+    """
+
+    log = Logger()
+    MIN_DELAY, MAX_DELAY = 1.0, 60.0
+
+    def __init__(self, reactor, gateway_url: str, username: str, password: str, subscriptions,
+                 on_message, on_connected=None, on_disconnected=None, ca_file=None,
+                 keep_alive: int = mqtt_client.DEFAULT_KEEP_ALIVE, rng=random.random, connect=mqtt_client.connect):
+        self.reactor = reactor
+        self.gateway_url = gateway_url
+        self.username, self.password = username, password
+        self.subscriptions = list(subscriptions)
+        self.on_message = on_message
+        self.on_connected = on_connected
+        self.on_disconnected = on_disconnected
+        self.ca_file = ca_file
+        self.keep_alive = keep_alive
+        self.rng = rng
+        self._connect = connect
+        self.client: mqtt_client.MQTTClient | None = None
+        self.failures = 0
+        self._retry = None
+        self._attempt = None
+
+    def next_delay(self) -> float:
+        base = min(self.MAX_DELAY, self.MIN_DELAY * 2 ** self.failures)
+        return base * (1 + 0.2 * self.rng())
+
+    def startService(self):
+        super().startService()
+        self._open()
+
+    def stopService(self):
+        super().stopService()
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+        if self._attempt is not None:
+            self._attempt.cancel()
+        if self.client is not None:
+            self.client.close()
+            return self.client.closed
+
+    def _open(self) -> None:
+        self._retry = None
+        d = self._attempt = self._connect(self.reactor, self.gateway_url, self.username, self.password,
+                                          on_message=self.on_message, keep_alive=self.keep_alive,
+                                          ca_file=self.ca_file)
+        d.addCallback(self._up)
+        d.addErrback(self._failed)
+
+    @defer.inlineCallbacks
+    def _up(self, client):
+        self._attempt = None
+        self.client = client
+        client.closed.addCallback(self._down)
+        codes = yield client.subscribe([(topic, 0) for topic in self.subscriptions])
+        if 0x80 in codes:
+            self.log.error("gateway refused a subscription: {codes}", codes=codes)
+        self.failures = 0
+        self.log.info("connected to the gateway at {url}", url=self.gateway_url)
+        if self.on_connected is not None:
+            yield self.on_connected(client)
+
+    def _failed(self, failure) -> None:
+        self._attempt = None
+        if failure.check(defer.CancelledError) or not self.running:
+            return
+        self.log.warn("cannot reach the gateway: {error}", error=failure.getErrorMessage())
+        self._schedule()
+
+    def _down(self, reason) -> None:
+        self.client = None
+        if self.on_disconnected is not None:
+            self.on_disconnected()
+        if self.running:
+            self.log.info("gateway session ended ({reason}); reconnecting", reason=reason)
+            self._schedule()
+
+    def _schedule(self) -> None:
+        if self._retry is not None and self._retry.active():
+            return  # a failed subscribe also ends the session: retry once
+        delay = self.next_delay()
+        self.failures += 1
+        self._retry = self.reactor.callLater(delay, self._open)

@@ -1,0 +1,265 @@
+"""A small MQTT 3.1.1 client over WebSocket, for the connector and the device.
+
+:class:`MQTTClient` is transport-agnostic (bytes in, bytes out through
+callables) and owns CONNECT, packet ids, PUBACK/SUBACK matching and
+keep-alive.  :class:`MQTTClientProtocol` is the thin Autobahn adapter, and
+:func:`connect` opens one session: ``ws://`` or ``wss://`` (certificates are
+verified, with an optional private CA).
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
+from twisted.internet import defer
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.ssl import Certificate, optionsForClientTLS, platformTrust
+from twisted.logger import Logger
+
+from linchpin_gateway import wire
+
+DEFAULT_KEEP_ALIVE = 30
+CONNACK_REASONS = {
+    1: "unacceptable protocol version",
+    2: "client identifier rejected",
+    3: "gateway unavailable (overloaded)",
+    4: "bad credentials (unknown, pending or revoked)",
+    5: "not authorized (too many failed logins)",
+}
+
+
+class ConnectionRefused(Exception):
+    """CONNACK with a non-zero return code."""
+
+    def __init__(self, code: int):
+        super().__init__(f"gateway refused the session: {CONNACK_REASONS.get(code, code)}")
+        self.code = code
+
+
+class ConnectionClosed(Exception):
+    """The session ended before the operation completed."""
+
+
+class MQTTClient:
+    """One MQTT session as a client: feeds packets to ``on_message``."""
+
+    log = Logger()
+
+    def __init__(self, clock, send, disconnect, username: str, password: str, *,
+                 keep_alive: int = DEFAULT_KEEP_ALIVE, on_message=None, max_packet: int = 1 << 24):
+        self.clock = clock
+        self._send = send
+        self._disconnect = disconnect
+        self.username = username
+        self.password = password
+        self.keep_alive = keep_alive
+        self.on_message = on_message or (lambda topic, payload: None)
+        self.parser = wire.Parser(max_packet)
+        self.connected: defer.Deferred = defer.Deferred()
+        self.closed: defer.Deferred = defer.Deferred()
+        self._waiting: dict[int, defer.Deferred] = {}  # packet id -> SUBACK/PUBACK/UNSUBACK waiter
+        self._next_id = 0
+        self._is_open = False
+        self._ended = False
+        self._last_sent = self._last_received = clock.seconds()
+        self._timer = None
+
+    # -- lifecycle -------------------------------------------------------------
+
+    def start(self) -> None:
+        self._write(wire.Connect(client_id="", username=self.username, password=self.password.encode("utf-8"),
+                                 keep_alive=self.keep_alive, clean_session=True))
+        self._schedule()
+
+    def connection_lost(self, reason: str = "connection lost") -> None:
+        if self._ended:
+            return
+        self._ended = True
+        self._is_open = False
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        waiting, self._waiting = self._waiting, {}
+        for d in waiting.values():
+            d.errback(ConnectionClosed(reason))
+        if not self.connected.called:
+            self.connected.errback(ConnectionClosed(reason))
+        self.closed.callback(reason)
+
+    def close(self) -> None:
+        if not self._ended:
+            if self._is_open:
+                self._write(wire.Disconnect())
+            self._disconnect()
+
+    # -- operations --------------------------------------------------------------
+
+    def subscribe(self, topics) -> defer.Deferred:
+        """Deferred[list of SUBACK codes] for ``[(filter, qos), ...]``."""
+        packet_id = self._new_id()
+        d = self._waiting[packet_id] = defer.Deferred()
+        self._write(wire.Subscribe(packet_id, tuple(topics)))
+        return d
+
+    def publish(self, topic: str, payload: bytes, qos: int = 0) -> defer.Deferred:
+        if not self._is_open:
+            return defer.fail(ConnectionClosed("not connected"))
+        if qos == 0:
+            self._send(wire.encode_publish(topic.encode("utf-8"), payload))
+            self._last_sent = self.clock.seconds()
+            return defer.succeed(None)
+        packet_id = self._new_id()
+        d = self._waiting[packet_id] = defer.Deferred()
+        self._send(wire.encode_publish(topic.encode("utf-8"), payload, 1, packet_id))
+        self._last_sent = self.clock.seconds()
+        return d
+
+    @property
+    def is_open(self) -> bool:
+        return self._is_open
+
+    # -- input -----------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        if self._ended:
+            return
+        try:
+            packets = self.parser.feed(data)
+            error = None
+        except wire.ProtocolError as e:
+            packets, error = e.packets, e
+        if packets:
+            self._last_received = self.clock.seconds()
+        for packet in packets:
+            if self._ended:
+                return
+            self._handle(packet)
+        if error is not None:
+            self.log.warn("malformed MQTT from the gateway: {reason}", reason=str(error))
+            self._disconnect()
+
+    def _handle(self, packet) -> None:
+        kind = type(packet)
+        if kind is wire.Publish:
+            if packet.qos == 1:
+                self._write(wire.Puback(packet.packet_id))
+            self.on_message(packet.topic, packet.payload)
+        elif kind is wire.Connack:
+            if packet.return_code == 0:
+                self._is_open = True
+                self.connected.callback(self)
+            else:
+                self.connected.errback(ConnectionRefused(packet.return_code))
+                self._disconnect()
+        elif kind in (wire.Suback, wire.Puback, wire.Unsuback):
+            d = self._waiting.pop(packet.packet_id, None)
+            if d is not None:
+                d.callback(list(packet.return_codes) if kind is wire.Suback else None)
+        elif kind is wire.Pingresp:
+            pass
+        else:
+            self.log.warn("unexpected {kind} from the gateway", kind=kind.__name__)
+            self._disconnect()
+
+    # -- keep-alive --------------------------------------------------------------
+
+    def _schedule(self) -> None:
+        self._timer = self.clock.callLater(self.keep_alive / 2, self._tick)
+
+    def _tick(self) -> None:
+        now = self.clock.seconds()
+        if now - self._last_received >= self.keep_alive * 1.5:
+            # The gateway answers every PINGREQ; silence this long means it is gone.
+            self.log.info("gateway silent for {s:.0f} s; dropping the connection", s=now - self._last_received)
+            self._disconnect()
+            return
+        if self._is_open and now - self._last_sent >= self.keep_alive / 2:
+            self._write(wire.Pingreq())
+        self._schedule()
+
+    # -- output ------------------------------------------------------------------
+
+    def _new_id(self) -> int:
+        while True:
+            self._next_id = self._next_id % 65535 + 1
+            if self._next_id not in self._waiting:
+                return self._next_id
+
+    def _write(self, packet) -> None:
+        if not self._ended:
+            self._send(wire.encode(packet))
+            self._last_sent = self.clock.seconds()
+
+
+class MQTTClientProtocol(WebSocketClientProtocol):
+    mqtt: MQTTClient | None = None
+
+    def onOpen(self):
+        f = self.factory
+        self.mqtt = MQTTClient(f.reactor, self._send_binary, self._drop, f.username, f.password,
+                               keep_alive=f.keep_alive, on_message=f.on_message)
+        self.mqtt.connected.chainDeferred(f.session_ready)
+        self.mqtt.start()
+
+    def _send_binary(self, data: bytes) -> None:
+        self.sendMessage(data, isBinary=True)
+
+    def _drop(self) -> None:
+        self.sendClose(code=1000)
+
+    def onMessage(self, payload, isBinary):
+        if self.mqtt is not None and isBinary:
+            self.mqtt.data_received(payload)
+
+    def onClose(self, wasClean, code, reason):
+        if self.mqtt is not None:
+            self.mqtt.connection_lost(reason or "connection closed")
+        elif not self.factory.session_ready.called:
+            self.factory.session_ready.errback(ConnectionClosed(reason or "WebSocket handshake failed"))
+
+
+def websocket_url(gateway_url: str) -> str:
+    """``http(s)://host[:port][/base]`` -> ``ws(s)://host[:port][/base]/mqtt``."""
+    parts = urlsplit(gateway_url)
+    scheme = {"http": "ws", "https": "wss"}[parts.scheme]
+    return f"{scheme}://{parts.netloc}{parts.path.rstrip('/')}/mqtt"
+
+
+def tls_options(hostname: str, ca_file: str | None = None):
+    """Client TLS options verifying ``hostname``; a PEM ``ca_file`` replaces the system roots."""
+    if ca_file:
+        with open(ca_file, "rb") as f:
+            trust = Certificate.loadPEM(f.read())
+    else:
+        trust = platformTrust()
+    return optionsForClientTLS(hostname, trustRoot=trust)
+
+
+def connect(reactor, gateway_url: str, username: str, password: str, *, on_message,
+            keep_alive: int = DEFAULT_KEEP_ALIVE, ca_file: str | None = None,
+            timeout: float = 30) -> defer.Deferred:
+    """Deferred[MQTTClient] once CONNACK 0 arrived; errbacks with
+    :class:`ConnectionRefused`, :class:`ConnectionClosed` or a connection error."""
+    url = websocket_url(gateway_url)
+    parts = urlsplit(url)
+    factory = WebSocketClientFactory(url, protocols=["mqtt"], reactor=reactor)
+    factory.protocol = MQTTClientProtocol
+    factory.setProtocolOptions(autoFragmentSize=0, utf8validateIncoming=False, tcpNoDelay=True,
+                               openHandshakeTimeout=timeout, closeHandshakeTimeout=5, autoPingInterval=0)
+    factory.username, factory.password, factory.keep_alive = username, password, keep_alive
+    factory.on_message = on_message
+    factory.session_ready = defer.Deferred()
+    port = parts.port or (443 if parts.scheme == "wss" else 80)
+    endpoint = HostnameEndpoint(reactor, parts.hostname, port, timeout=timeout)
+    if parts.scheme == "wss":
+        endpoint = wrapClientTLS(tls_options(parts.hostname, ca_file), endpoint)
+
+    def connected(protocol):
+        handle = getattr(protocol.transport, "getHandle", lambda: protocol.transport)()
+        if hasattr(handle, "setTcpKeepAlive"):
+            handle.setTcpKeepAlive(True)
+        return factory.session_ready
+
+    d = endpoint.connect(factory)
+    d.addCallback(connected)
+    return d

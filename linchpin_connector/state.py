@@ -1,0 +1,187 @@
+"""The connector's durable state: one SQLite file in its data dir.
+
+It holds secrets (instance password, static X25519 private key, E2E keys),
+so the folder is 0700 and the file 0600.  :class:`ConnectorState` is plain
+blocking SQLite, used as is by the short-lived CLI and through a worker
+thread (:class:`AsyncState`) by the daemon, so the reactor never waits on
+disk.  The CLI and the daemon share the file; WAL mode lets both work at once.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from dataclasses import dataclass
+from importlib import resources
+
+from linchpin_gateway.store import ensure_private_dir
+
+SCHEMA_VERSION = 1
+DB_NAME = "lmconnector.sqlite"
+MAX_PENDING = 4
+
+
+class NotRegistered(Exception):
+    def __init__(self, data_dir):
+        super().__init__(f"no connector registered in {data_dir}: run 'lmconnector register --gateway URL' first")
+
+
+@dataclass(frozen=True)
+class Device:
+    device_id: str
+    user: str
+    setup_secret: bytes | None
+    device_secret: bytes | None
+    pending: tuple[tuple[int, bytes], ...] = ()
+
+    @property
+    def state(self) -> str:
+        return "paired" if self.device_secret is not None else "pending"
+
+
+class ConnectorState:
+    def __init__(self, data_dir: str):
+        self.data_dir = data_dir
+        ensure_private_dir(data_dir)
+        path = os.path.join(data_dir, DB_NAME)
+        if not os.path.exists(path):
+            os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+        os.chmod(path, 0o600)
+        self.conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self.conn.execute("PRAGMA foreign_keys = ON")
+        self.conn.execute("PRAGMA journal_mode = WAL")
+        self.conn.execute("PRAGMA synchronous = FULL")
+        self.conn.execute("PRAGMA busy_timeout = 10000")
+        self._migrate()
+
+    def _migrate(self) -> None:
+        has_version = self.conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'version'").fetchone()
+        if has_version is None:
+            schema = resources.files("linchpin_connector").joinpath(f"db-schemas/v{SCHEMA_VERSION}.sql")
+            with self._txn() as c:
+                for statement in schema.read_text("utf-8").split(";"):
+                    if statement.strip():
+                        c.execute(statement)
+                c.execute("INSERT INTO version (version) VALUES (?)", (SCHEMA_VERSION,))
+        (version,) = self.conn.execute("SELECT version FROM version").fetchone()
+        if version != SCHEMA_VERSION:
+            raise RuntimeError(f"{DB_NAME} has schema version {version}; this connector knows {SCHEMA_VERSION}")
+
+    def _txn(self):
+        return _Transaction(self.conn)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    # -- registration ------------------------------------------------------------
+
+    def save_registration(self, gateway_url: str, instance_id: str, instance_password: str,
+                          static_private_key: bytes) -> None:
+        with self._txn() as c:
+            c.execute("DELETE FROM pending_keys")
+            c.execute("DELETE FROM devices")
+            c.execute("DELETE FROM config")
+            c.executemany("INSERT INTO config (key, value) VALUES (?, ?)", [
+                ("gateway_url", gateway_url), ("instance_id", instance_id),
+                ("instance_password", instance_password), ("static_private_key", static_private_key.hex()),
+            ])
+
+    def set_instance_password(self, password: str) -> None:
+        with self._txn() as c:
+            c.execute("UPDATE config SET value = ? WHERE key = 'instance_password'", (password,))
+
+    def registration(self) -> dict:
+        config = dict(self.conn.execute("SELECT key, value FROM config").fetchall())
+        if "instance_id" not in config:
+            raise NotRegistered(self.data_dir)
+        config["static_private_key"] = bytes.fromhex(config["static_private_key"])
+        return config
+
+    # -- devices -----------------------------------------------------------------
+
+    def add_device(self, device_id: str, user: str, setup_secret: bytes) -> None:
+        with self._txn() as c:
+            c.execute("INSERT INTO devices (device_id, user, created_at, setup_secret) VALUES (?, ?, ?, ?)",
+                      (device_id, user, int(time.time()), setup_secret))
+
+    def device(self, device_id: str) -> Device | None:
+        row = self.conn.execute(
+            "SELECT device_id, user, setup_secret, device_secret FROM devices WHERE device_id = ?",
+            (device_id,)).fetchone()
+        if row is None:
+            return None
+        pending = tuple((r[0], bytes(r[1])) for r in self.conn.execute(
+            "SELECT id, key FROM pending_keys WHERE device_id = ? ORDER BY id", (device_id,)))
+        return Device(row[0], row[1], _b(row[2]), _b(row[3]), pending)
+
+    def devices(self) -> list[Device]:
+        ids = [r[0] for r in self.conn.execute("SELECT device_id FROM devices ORDER BY created_at, device_id")]
+        return [d for d in (self.device(i) for i in ids) if d is not None]
+
+    def remove_device(self, device_id: str) -> bool:
+        with self._txn() as c:
+            return c.execute("DELETE FROM devices WHERE device_id = ?", (device_id,)).rowcount == 1
+
+    def add_pending_key(self, device_id: str, key: bytes) -> int | None:
+        """Store a key derived under the setup secret; keep the newest MAX_PENDING.
+
+        Returns its id, or None if the device is gone or already proven.
+        """
+        with self._txn() as c:
+            row = c.execute("SELECT setup_secret FROM devices WHERE device_id = ?", (device_id,)).fetchone()
+            if row is None or row[0] is None:
+                return None
+            key_id = c.execute("INSERT INTO pending_keys (device_id, key) VALUES (?, ?)",
+                               (device_id, key)).lastrowid
+            c.execute("DELETE FROM pending_keys WHERE device_id = ? AND id NOT IN"
+                      " (SELECT id FROM pending_keys WHERE device_id = ? ORDER BY id DESC LIMIT ?)",
+                      (device_id, device_id, MAX_PENDING))
+            return key_id
+
+    def promote_pending_key(self, device_id: str, key_id: int) -> bool:
+        """A pending key was proven: it becomes the device secret; the setup
+        secret and every other pending key are deleted."""
+        with self._txn() as c:
+            row = c.execute("SELECT key FROM pending_keys WHERE id = ? AND device_id = ?",
+                            (key_id, device_id)).fetchone()
+            if row is None:
+                return False
+            c.execute("UPDATE devices SET device_secret = ?, setup_secret = NULL WHERE device_id = ?",
+                      (row[0], device_id))
+            c.execute("DELETE FROM pending_keys WHERE device_id = ?", (device_id,))
+            return True
+
+
+class _Transaction:
+    def __init__(self, conn):
+        self.conn = conn
+
+    def __enter__(self):
+        self.conn.execute("BEGIN IMMEDIATE")
+        return self.conn
+
+    def __exit__(self, exc_type, exc, tb):
+        self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
+        return False
+
+
+def _b(value) -> bytes | None:
+    return None if value is None else bytes(value)
+
+
+class AsyncState:
+    """The same state, each call run on a worker thread; returns Deferreds."""
+
+    def __init__(self, state: ConnectorState, worker):
+        self.state = state
+        self.worker = worker
+
+    def __getattr__(self, name):
+        method = getattr(self.state, name)
+
+        def call(*args):
+            return self.worker.run(method, *args)
+
+        return call

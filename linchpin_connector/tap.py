@@ -1,0 +1,55 @@
+"""``twistd lmconnector``: options and makeService, nothing else."""
+
+from __future__ import annotations
+
+from twisted.internet import reactor as default_reactor
+from twisted.python import usage
+
+from .connector import ConnectorService
+# TEMP from .proxy import normalise_prefix
+
+
+class Options(usage.Options):
+    synopsis = "--backend URL [options]"
+    longdesc = "Linchpin connector: keeps one session to the gateway and proxies paired devices to the backend."
+    optParameters = [
+        ["data-dir", None, "./var/lmconnector", "Connector state folder (made by 'lmconnector register')."],
+        ["backend", None, None, "Base URL of the intranet app, e.g. http://intranet.local:8090."],
+        ["user-header", None, "X-Forwarded-User", "Header that carries the paired user to the backend."],
+        ["ca-file", None, None, "PEM file of a private CA that signed the gateway's certificate."],
+        ["keep-alive", None, 30, "MQTT keep-alive in seconds (1-300).", int],
+        ["response-timeout", None, 60.0, "Seconds to wait for the backend's response headers.", float],
+    ]
+
+    def __init__(self):
+        super().__init__()
+        self["allow-path"] = []
+
+    def opt_allow_path(self, prefix):
+        """Path prefix devices may reach, matched on whole segments (repeatable); default /."""
+        self["allow-path"].append(prefix)
+
+    def postOptions(self):
+        if not self["backend"]:
+            raise usage.UsageError("--backend URL is required")
+        if not self["backend"].startswith(("http://", "https://")):
+            raise usage.UsageError("--backend must be an http:// or https:// URL")
+        if not 1 <= self["keep-alive"] <= 300:
+            raise usage.UsageError("--keep-alive must be 1-300 seconds")
+        try:
+            self["allow-path"] = [normalise_prefix(p) for p in self["allow-path"] or ["/"]]
+        except ValueError as e:
+            raise usage.UsageError(f"--allow-path: {e}")
+
+
+def makeService(config, reactor=default_reactor):
+    return ConnectorService(
+        reactor,
+        config["data-dir"],
+        config["backend"],
+        user_header=config["user-header"],
+        allow_paths=config["allow-path"],
+        ca_file=config["ca-file"],
+        keep_alive=config["keep-alive"],
+        response_timeout=config["response-timeout"],
+    )

@@ -1,0 +1,247 @@
+"""Device and connector E2E behaviour of PROTOCOL.md 5, driven by Deferreds in memory."""
+
+import pytest
+from twisted.python.failure import Failure
+
+from linchpin_connector import e2e
+from linchpin_connector.device import (ConnectorOffline, DeviceState, PairingRejected, RequestTimeout,
+                                       SessionLost)
+from tests.e2e_harness import DEVICE_ID, Pair, result_of
+
+
+@pytest.fixture
+def pair(tmp_path):
+    return Pair(tmp_path)
+
+
+def handshake(pair, device):
+    d = pair.run(device.handshake())
+    r = result_of(d)
+    if isinstance(r, Failure):
+        r.raiseException()
+    return r
+
+
+def test_pairing_handshake_promotes_key_on_confirm(pair):
+    device = pair.new_device()
+    handshake(pair, device)
+    stored = DeviceState.load(pair.dstate.path)
+    assert stored.setup_secret is None and stored.device_secret
+    dev = pair.connector_device()
+    assert dev.setup_secret is None and dev.pending == ()
+    assert dev.device_secret == e2e.b64u_decode(stored.device_secret)
+    # exactly HELLO, WELCOME, then the confirm DATA (seq 0)
+    assert pair.wire.kinds("up") == [e2e.HELLO, e2e.DATA]
+    assert pair.wire.kinds("down") == [e2e.WELCOME]
+    assert pair.proxies[0].handled == []  # confirm is not a request
+    assert pair.proxies[0].user == "alice"
+
+
+def test_requests_reach_proxy_and_responses_return(pair):
+    device = pair.new_device()
+    handshake(pair, device)
+    d = pair.run(device.request("GET", "/x?y=1", [("Accept", "text/plain")]))
+    proxy = pair.proxies[-1]
+    assert proxy.handled == [({"t": "req", "id": 0, "method": "GET", "path": "/x?y=1",
+                               "headers": [["Accept", "text/plain"]], "end": True}, b"")]
+    proxy.send({"t": "res", "id": 0, "status": 200, "headers": [["Content-Type", "text/plain"]], "end": False},
+               b"hello ")
+    proxy.send({"t": "body", "id": 0, "end": True}, b"world")
+    pair.wire.pump()
+    response = result_of(d)
+    assert response.status == 200 and response.header("content-type") == "text/plain"
+    body = result_of(pair.run(response.content()))
+    assert body == b"hello world"
+    # the device acknowledged what it consumed
+    assert [h for h, _ in proxy.handled if h["t"] == "ack"] == [{"t": "ack", "id": 0, "bytes": 6},
+                                                                {"t": "ack", "id": 0, "bytes": 5}]
+
+
+def test_lost_welcome_keeps_setup_secret_until_proof(pair):
+    device = pair.new_device(timeout=5)
+    pair.wire.filter_down = lambda p: None if p[1] == e2e.WELCOME else p
+    d = pair.run(device.handshake())
+    pair.clock.advance(5)
+    assert isinstance(result_of(d).value, RequestTimeout)
+    assert DeviceState.load(pair.dstate.path).setup_secret  # device still has it
+    dev = pair.connector_device()
+    assert dev.setup_secret is not None and len(dev.pending) == 1 and dev.device_secret is None
+
+    pair.wire.filter_down = None
+    handshake(pair, device)
+    dev = pair.connector_device()
+    assert dev.setup_secret is None and dev.pending == ()
+    assert dev.device_secret == e2e.b64u_decode(DeviceState.load(pair.dstate.path).device_secret)
+
+
+def test_lost_confirm_then_hello_under_pending_key_proves_it(pair):
+    device = pair.new_device()
+    pair.wire.filter_up = lambda p: None if p[1] == e2e.DATA else p
+    handshake(pair, device)
+    dev = pair.connector_device()
+    assert dev.setup_secret is not None and len(dev.pending) == 1  # not proven yet
+
+    pair.wire.filter_up = None
+    again = pair.new_device()  # a new process: HELLO with the derived key, kind 1
+    handshake(pair, again)
+    dev = pair.connector_device()
+    assert dev.setup_secret is None and dev.pending == () and dev.device_secret is not None
+
+
+def test_setup_hello_after_proof_dropped_silently(pair):
+    device = pair.new_device()
+    hellos = []
+    pair.wire.filter_up = lambda p: (hellos.append(p), p)[1]
+    handshake(pair, device)
+    pair.wire.log.clear()
+    pair.wire.up.append(hellos[0])  # a replay of the setup-secret HELLO
+    pair.wire.pump()
+    assert pair.wire.kinds("down") == []  # no WELCOME, no REJECT
+    assert pair.connector_device().device_secret is not None
+
+
+def test_replayed_setup_hello_before_proof_keeps_four_newest(pair):
+    device = pair.new_device()
+    pair.wire.filter_down = lambda p: None
+    d = pair.run(device.handshake())
+    hello = pair.wire.log[0][1]
+    for _ in range(6):
+        pair.wire.up.append(hello)
+    pair.wire.pump()
+    assert len(pair.connector_device().pending) == 4
+
+
+def test_unknown_or_revoked_device_rejected_and_keys_kept(pair):
+    device = pair.new_device()
+    handshake(pair, device)
+    keys_before = DeviceState.load(pair.dstate.path).device_secret
+    pair.cstate.remove_device(DEVICE_ID)
+    again = pair.new_device()
+    d = pair.run(again.handshake())
+    assert isinstance(result_of(d).value, PairingRejected)
+    assert DeviceState.load(pair.dstate.path).device_secret == keys_before
+
+
+def test_hello_no_key_opens_rejected(pair):
+    pair.dstate.setup_secret = e2e.b64u_encode(b"\x01" * 32)  # not the connector's secret
+    pair.dstate.save()
+    device = pair.new_device()
+    d = pair.run(device.handshake())
+    assert isinstance(result_of(d).value, PairingRejected)
+
+
+def test_forged_reject_unpairs_nobody(pair):
+    device = pair.new_device()
+    handshake(pair, device)
+    pair.wire.down.append(e2e.make_reject())
+    pair.wire.pump()
+    d = pair.run(device.request("GET", "/"))
+    assert pair.proxies[-1].handled[-1][0]["t"] == "req"
+    assert pair.connector_device().device_secret is not None
+    assert not d.called  # waiting for a response, not failed
+
+
+def test_reset_fails_in_flight_never_replays_then_rehandshakes(pair):
+    device = pair.new_device()
+    handshake(pair, device)
+    pair.restart_connector()  # sessions are in memory only
+    d = pair.run(device.request("POST", "/pay", body=b"once"))
+    assert isinstance(result_of(d).value, SessionLost)
+    assert pair.wire.kinds("down")[-1] == e2e.RESET
+    first_proxy_count = len(pair.proxies)
+    # the next request handshakes again; the failed POST is not resent
+    d2 = pair.run(device.request("GET", "/next"))
+    new_proxy = pair.proxies[-1]
+    assert len(pair.proxies) == first_proxy_count + 1
+    assert [h["path"] for h, _ in new_proxy.handled if h["t"] == "req"] == ["/next"]
+    assert not d2.called
+
+
+def test_gap_ends_session(pair):
+    device = pair.new_device()
+    handshake(pair, device)
+    dropped = []
+
+    def drop_first_data(p):
+        if p[1] == e2e.DATA and not dropped:
+            dropped.append(p)
+            return None
+        return p
+
+    pair.wire.filter_up = drop_first_data
+    d1 = pair.run(device.request("GET", "/a"))  # lost on the way
+    d2 = pair.run(device.request("GET", "/b"))  # arrives with a gap
+    assert pair.proxies[-1].handled == [] and pair.proxies[-1].closed
+    assert pair.wire.kinds("down")[-1] == e2e.RESET
+    assert isinstance(result_of(d1).value, SessionLost) and isinstance(result_of(d2).value, SessionLost)
+
+
+def test_tampered_and_replayed_data_dropped(pair):
+    device = pair.new_device()
+    handshake(pair, device)
+    seen = []
+    pair.wire.filter_up = lambda p: (seen.append(p), p)[1]
+    pair.run(device.request("GET", "/a"))
+    proxy = pair.proxies[-1]
+    assert len(proxy.handled) == 1
+    original = seen[-1]
+    pair.wire.filter_up = None
+    for bit in range(0, len(original) * 8, 7):
+        forged = bytearray(original)
+        forged[bit // 8] ^= 1 << (bit % 8)
+        pair.wire.up.append(bytes(forged))
+    pair.wire.up.append(original)  # replay
+    pair.wire.pump()
+    assert len(proxy.handled) == 1
+    # the session survived all that
+    pair.run(device.request("GET", "/b"))
+    assert [h["path"] for h, _ in proxy.handled if h["t"] == "req"] == ["/a", "/b"]
+
+
+def test_connector_offline_fails_fast(pair):
+    pair.online = False
+    device = pair.new_device()
+    d = pair.run(device.request("GET", "/"))
+    assert isinstance(result_of(d).value, ConnectorOffline)
+    assert pair.wire.log == []  # nothing sent, no waiting for a timeout
+
+
+def test_connector_going_offline_fails_requests_in_flight(pair):
+    device = pair.new_device()
+    handshake(pair, device)
+    d = pair.run(device.request("GET", "/"))
+    device._on_message("$gateway/status", b'{"connector": "offline"}')
+    assert isinstance(result_of(d).value, ConnectorOffline)
+
+
+def test_request_timeout_sends_cancel(pair):
+    device = pair.new_device(timeout=10)
+    handshake(pair, device)
+    d = pair.run(device.request("GET", "/slow"))
+    pair.clock.advance(10)
+    pair.wire.pump()
+    assert isinstance(result_of(d).value, RequestTimeout)
+    assert pair.proxies[-1].handled[-1][0] == {"t": "cancel", "id": 0}
+
+
+def test_upload_respects_credit_window(pair):
+    device = pair.new_device()
+    handshake(pair, device)
+    body = bytes(range(256)) * (4 * 4096)  # 4 MiB
+    pair.run(device.request("PUT", "/up", body=body))
+    proxy = pair.proxies[-1]
+
+    def sent():
+        return sum(len(b) for h, b in proxy.handled if h["t"] in ("req", "body"))
+
+    assert sent() == e2e.CREDIT_WINDOW  # stops at the window
+    acked = 0
+    while proxy.handled[-1][0].get("end") is not True:
+        n = sent() - acked
+        assert n > 0, "upload stalled with credit available"
+        proxy.send({"t": "ack", "id": 0, "bytes": n})
+        acked += n
+        pair.wire.pump()
+        assert sent() - acked <= e2e.CREDIT_WINDOW
+    assert b"".join(b for h, b in proxy.handled if h["t"] in ("req", "body")) == body
+    assert proxy.handled[-1][0] == {"t": "body", "id": 0, "end": True}
