@@ -21,7 +21,7 @@ from linchpin_gateway.workers import ThreadWorker
 
 from . import e2e
 from .gateway_client import GatewayAPI, GatewayLink, make_http_client
-# TEMP from .proxy import RequestProxy
+from .proxy import RequestProxy
 from .state import AsyncState, ConnectorState
 
 UP_TOPIC = "devices/+/up"
@@ -214,7 +214,6 @@ class ConnectorService(service.MultiService):
         self.log.info("lmconnector stopped")
 
     def _make_proxy(self, user: str, send) -> RequestProxy:
-        from .proxy import RequestProxy  # TEMP
         return RequestProxy(http_client=self.backend_http, backend_url=self.backend_url, user=user, send=send,
                             clock=self.reactor, allow_paths=self.allow_paths, user_header=self.user_header,
                             response_timeout=self.response_timeout)

@@ -25,6 +25,7 @@ from urllib.parse import parse_qs, quote, urlsplit
 
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.web.http import RESPONSES
 
 from . import console, e2e, mqtt_client
 from .gateway_client import GatewayAPI, GatewayError, InsecureURL, check_gateway_url, make_http_client
@@ -686,7 +687,8 @@ async def _request_command(reactor, args) -> int:
         response = await device.request(method, args.path, headers, body)
         out = sys.stdout.buffer
         if args.include:
-            out.write(f"HTTP/1.1 {response.status}\r\n".encode())
+            reason = RESPONSES.get(response.status, b"").decode("latin-1")
+            out.write(f"HTTP/1.1 {response.status} {reason}".rstrip().encode() + b"\r\n")
             for k, v in response.headers:
                 out.write(f"{k}: {v}\r\n".encode("utf-8", "replace"))
             out.write(b"\r\n")

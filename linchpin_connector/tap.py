@@ -5,8 +5,9 @@ from __future__ import annotations
 from twisted.internet import reactor as default_reactor
 from twisted.python import usage
 
+from linchpin_gateway.service import exit_zero_on_sigterm
+
 from .connector import ConnectorService
-# TEMP from .proxy import normalise_prefix
 
 
 class Options(usage.Options):
@@ -36,13 +37,14 @@ class Options(usage.Options):
             raise usage.UsageError("--backend must be an http:// or https:// URL")
         if not 1 <= self["keep-alive"] <= 300:
             raise usage.UsageError("--keep-alive must be 1-300 seconds")
-        try:
-            self["allow-path"] = [normalise_prefix(p) for p in self["allow-path"] or ["/"]]
-        except ValueError as e:
-            raise usage.UsageError(f"--allow-path: {e}")
+        self["allow-path"] = self["allow-path"] or ["/"]
+        for prefix in self["allow-path"]:
+            if not prefix.startswith("/") or "?" in prefix or "\\" in prefix:
+                raise usage.UsageError(f"--allow-path {prefix!r}: a path prefix starts with / and has no query")
 
 
 def makeService(config, reactor=default_reactor):
+    reactor.callWhenRunning(exit_zero_on_sigterm, reactor)
     return ConnectorService(
         reactor,
         config["data-dir"],

@@ -107,7 +107,7 @@ def exit_zero_on_sigterm(reactor) -> None:
     """
 
     def on_sigterm(signum, frame):
-        Gateway.log.info("SIGTERM received; draining")
+        Logger(namespace="lmsignal").info("SIGTERM received; stopping")
         reactor.callFromThread(reactor.stop)
 
     signal.signal(signal.SIGTERM, on_sigterm)

@@ -269,3 +269,66 @@ def _mask(payload: bytes, mask: bytes) -> bytes:
     n = len(payload)
     key = int.from_bytes((mask * (n // 4 + 1))[:n], "big")
     return (int.from_bytes(payload, "big") ^ key).to_bytes(n, "big")
+
+
+# -- the whole system ------------------------------------------------------------------
+
+
+class SampleApp(Process):
+    def __init__(self):
+        super().__init__([sys.executable, "-m", "linchpin_connector.sample_app", "--listen",
+                          "tcp:0:interface=127.0.0.1"])
+        port = int(self.wait_for(r"listening on 127\.0\.0\.1:(\d+)").group(1))
+        self.url = f"http://127.0.0.1:{port}"
+
+
+class Connector(Process):
+    """``twistd lmconnector``; ``wait_online()`` blocks until it has a gateway session."""
+
+    def __init__(self, data_dir, backend_url, *extra):
+        super().__init__([os.path.join(BIN, "twistd"), "-n", "--pidfile=", "lmconnector", "--data-dir",
+                          str(data_dir), "--backend", backend_url, *extra])
+
+    def wait_online(self):
+        return self.wait_for(r"connected to the gateway")
+
+
+def cli(name, *args, stdin=None, check=True, timeout=TIMEOUT):
+    """Run ``lmconnector``/``lmdevice``; returns the CompletedProcess (bytes stdout)."""
+    done = subprocess.run([os.path.join(BIN, name), *map(str, args)], input=stdin, capture_output=True,
+                          timeout=timeout)
+    if check and done.returncode != 0:
+        raise AssertionError(f"{name} {args} exited {done.returncode}: {done.stderr.decode(errors='replace')}")
+    return done
+
+
+class System:
+    """Gateway, sample app and a registered connector, all real processes."""
+
+    def __init__(self, tmp_path, *connector_args):
+        self.tmp_path = tmp_path
+        self.gateway = Gateway(tmp_path / "gw")
+        self.app = SampleApp()
+        self.connector_dir = tmp_path / "connector"
+        cli("lmconnector", "--data-dir", self.connector_dir, "register", "--gateway", self.gateway.url)
+        self.connector_args = connector_args
+        self.connector = None
+        self.start_connector()
+
+    def start_connector(self):
+        self.connector = Connector(self.connector_dir, self.app.url, *self.connector_args)
+        self.connector.wait_online()
+
+    def add_device(self, user="alice") -> str:
+        """The pairing URI for a new device of ``user``."""
+        return cli("lmconnector", "--data-dir", self.connector_dir, "device", "add", user).stdout.decode().strip()
+
+    def pair(self, user="alice", name="phone") -> str:
+        state = self.tmp_path / f"{name}.json"
+        cli("lmdevice", "--state", state, "pair", "-", stdin=(self.add_device(user) + "\n").encode())
+        return str(state)
+
+    def stop(self):
+        for proc in (self.connector, self.app, self.gateway):
+            if proc is not None:
+                proc.kill()

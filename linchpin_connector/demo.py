@@ -1,0 +1,223 @@
+"""``make demo``: the whole system on loopback, step by step.
+
+Starts a gateway, the sample intranet app and a connector (each its own
+process, state under ./var/demo), pairs a device for ``alice`` with the real
+commands, fetches pages and a large download through the relay, measures
+them next to direct requests to the app, then stops everything.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+BIN = os.path.dirname(sys.executable)
+ROOT = os.path.join("var", "demo")
+DOWNLOAD = 32 * 1024 * 1024
+TIMEOUT = 60
+
+
+def step(text: str) -> None:
+    print(f"\n==> {text}", flush=True)
+
+
+class Service:
+    """A long-running child whose output is read on a thread and kept in a log file."""
+
+    def __init__(self, name: str, argv: list[str], ready: str):
+        self.name = name
+        self.log_path = os.path.join(ROOT, f"{name}.log")
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                     start_new_session=True)
+        self.pattern = re.compile(ready)
+        self.match = None
+        self.ready = threading.Event()
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+        if not self.ready.wait(TIMEOUT) or self.match is None:
+            self.stop()
+            raise SystemExit(f"{name} did not start; see {self.log_path}")
+
+    def _read(self) -> None:
+        with open(self.log_path, "w") as log:
+            for line in self.proc.stdout:
+                log.write(line)
+                log.flush()
+                if self.match is None:
+                    m = self.pattern.search(line)
+                    if m:
+                        self.match = m
+                        self.ready.set()
+        self.ready.set()
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            return self.proc.wait()
+
+
+def run(argv: list[str], stdin: str | None = None) -> str:
+    shown = " ".join(a if len(a) < 60 else a[:40] + "..." for a in argv[1:] if not a.startswith("linchpin-mobile:"))
+    print(f"$ {os.path.basename(argv[0])} {shown}", flush=True)
+    done = subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=TIMEOUT)
+    if done.stderr.strip():
+        print("  " + done.stderr.strip().replace("\n", "\n  "), flush=True)
+    if done.returncode != 0:
+        raise SystemExit(f"{os.path.basename(argv[0])} failed with exit code {done.returncode}")
+    return done.stdout
+
+
+def run_bytes(argv: list[str]) -> tuple[bytes, float]:
+    start = time.perf_counter()
+    done = subprocess.run(argv, capture_output=True, timeout=TIMEOUT)
+    elapsed = time.perf_counter() - start
+    if done.returncode != 0:
+        raise SystemExit(f"request failed: {done.stderr.decode(errors='replace').strip()}")
+    return done.stdout, elapsed
+
+
+def measure(state: str, app_url: str) -> None:
+    """Round trips and throughput through the relay (device library, one session) and direct."""
+    from .device import Device, DeviceState
+
+    async def main(reactor):
+        device = Device(reactor, DeviceState.load(state))
+        await device.open()
+        await device.handshake()
+        relay = []
+        for _ in range(50):
+            start = time.perf_counter()
+            response = await device.request("GET", "/api/whoami")
+            await response.content()
+            relay.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        response = await device.request("GET", f"/download?size={DOWNLOAD}")
+        digest = hashlib.sha256()
+        await response.deliver(digest.update)
+        relay_seconds = time.perf_counter() - start
+        device.close()
+        return relay, relay_seconds, digest.hexdigest()
+
+    relay, relay_seconds, relay_digest = _react(main)
+    direct = []
+    for _ in range(50):
+        start = time.perf_counter()
+        with urllib.request.urlopen(app_url + "/api/whoami", timeout=TIMEOUT) as r:
+            r.read()
+        direct.append(time.perf_counter() - start)
+    start = time.perf_counter()
+    digest = hashlib.sha256()
+    with urllib.request.urlopen(f"{app_url}/download?size={DOWNLOAD}", timeout=TIMEOUT) as r:
+        while chunk := r.read(1 << 20):
+            digest.update(chunk)
+    direct_seconds = time.perf_counter() - start
+    if digest.hexdigest() != relay_digest:
+        raise SystemExit("the download through the relay differs from the direct one")
+    mib = DOWNLOAD / (1 << 20)
+    print(f"  request round trip, median of 50:  relay {statistics.median(relay) * 1000:.1f} ms"
+          f"   direct {statistics.median(direct) * 1000:.1f} ms")
+    print(f"  {mib:.0f} MiB download (same sha256):     relay {mib / relay_seconds:.1f} MiB/s"
+          f"   direct {mib / direct_seconds:.1f} MiB/s")
+
+
+def _react(main):
+    """Run ``main(reactor)`` once on a fresh reactor and return its result."""
+    from twisted.internet import defer, task
+
+    out = []
+
+    def go(reactor):
+        return defer.ensureDeferred(main(reactor)).addCallback(out.append)
+
+    try:
+        task.react(go)
+    except SystemExit as e:
+        if e.code:
+            raise
+    return out[0]
+
+
+def main() -> None:
+    shutil.rmtree(ROOT, ignore_errors=True)
+    os.makedirs(ROOT, mode=0o700)
+    twistd = os.path.join(BIN, "twistd")
+    lmconnector = os.path.join(BIN, "lmconnector")
+    lmdevice = os.path.join(BIN, "lmdevice")
+    connector_dir = os.path.join(ROOT, "connector")
+    state = os.path.join(ROOT, "alice-phone.json")
+    services: list[Service] = []
+    try:
+        step("Starting the gateway (twistd lmgateway, SQLite store in var/demo/gateway)")
+        gateway = Service("gateway", [twistd, "-n", "--pidfile=", "lmgateway", "--listen",
+                                      "tcp:0:interface=127.0.0.1", "--data-dir", os.path.join(ROOT, "gateway")],
+                          r"lmgateway listening on .* at 127\.0\.0\.1:(\d+)")
+        services.append(gateway)
+        gateway_url = f"http://127.0.0.1:{gateway.match.group(1)}"
+        print(f"  gateway at {gateway_url}")
+
+        step("Starting the sample intranet app")
+        app = Service("intranet", [sys.executable, "-m", "linchpin_connector.sample_app", "--listen",
+                                   "tcp:0:interface=127.0.0.1"], r"listening on 127\.0\.0\.1:(\d+)")
+        services.append(app)
+        app_url = f"http://127.0.0.1:{app.match.group(1)}"
+        print(f"  intranet app at {app_url}")
+
+        step("Registering the connector with the gateway")
+        run([lmconnector, "--data-dir", connector_dir, "register", "--gateway", gateway_url])
+
+        step("Starting the connector (twistd lmconnector)")
+        services.append(Service("connector", [twistd, "-n", "--pidfile=", "lmconnector", "--data-dir",
+                                              connector_dir, "--backend", app_url],
+                                r"connected to the gateway"))
+        print("  connector online")
+
+        step("Adding a device for alice (the URI is what the QR code holds)")
+        uri = run([lmconnector, "--data-dir", connector_dir, "device", "add", "alice", "--qr-png",
+                   os.path.join(ROOT, "alice-qr.png")]).strip()
+        print(f"  pairing URI: {uri[:60]}... (QR code in {ROOT}/alice-qr.png)")
+
+        step("Pairing the phone (lmdevice pair -, URI on stdin)")
+        run([lmdevice, "--state", state, "pair", "-"], stdin=uri + "\n")
+        print("  " + run([lmconnector, "--data-dir", connector_dir, "device", "list"]).strip())
+
+        step("Fetching the intranet home page through the relay")
+        page, _ = run_bytes([lmdevice, "--state", state, "request", "-i", "/"])
+        print("  " + page.decode(errors="replace").strip().replace("\n", "\n  "))
+
+        step("Calling a JSON endpoint through the relay")
+        body, _ = run_bytes([lmdevice, "--state", state, "request", "/api/whoami?from=demo"])
+        print("  " + body.decode().strip())
+        if b'"alice"' not in body:
+            raise SystemExit("the app did not see alice as the user")
+
+        step(f"Downloading {DOWNLOAD >> 20} MiB through the relay with lmdevice")
+        body, seconds = run_bytes([lmdevice, "--state", state, "request", f"/download?size={DOWNLOAD}"])
+        if len(body) != DOWNLOAD:
+            raise SystemExit(f"download truncated: {len(body)} of {DOWNLOAD} bytes")
+        print(f"  {len(body)} bytes in {seconds:.2f} s (including process start and handshake)")
+
+        step("Measuring: relay vs. direct (one device session, in-process)")
+        measure(state, app_url)
+    finally:
+        step("Stopping everything")
+        for service in reversed(services):
+            code = service.stop()
+            print(f"  {service.name} exited with {code}")
+    print("\nDemo complete.")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,531 @@
+"""The connector's HTTP proxy: device requests to the backend (PROTOCOL.md section 5).
+
+One :class:`RequestProxy` serves every request of one E2E session. It sees
+decrypted messages as ``(header, body)`` through :meth:`RequestProxy.handle`
+and answers through ``send(header, body)``; the caller encrypts both ways.
+
+Flow control (section 5): the request body is streamed to the backend by an
+``IBodyProducer`` of unknown length (chunked) and acked to the device as its
+bytes are handed to the backend connection, so the device's window of 1 MiB
+also bounds what is queued here. The response body goes to the device while
+at most 1 MiB of it is sent and not acked; past that the backend transport is
+paused (``pauseProducing``) until the device acks, so a request holds about
+1 MiB in flight plus at most one read from the backend.
+
+Decisions where PROTOCOL.md leaves room:
+
+* ``path`` must be printable ASCII (0x21-0x7E): control characters, DEL,
+  space and non-ASCII are refused (percent-encode them, as RFC 3986 asks),
+  and so is ``#`` (a fragment never goes to a server; the query would lose
+  its tail). In the part before ``?`` every ``%`` must start a valid escape,
+  and a segment is refused when, decoded once, it contains ``/``, ``\\`` or a
+  control character, or is ``.``/``..`` before any ``;`` parameters
+  (``/a/..;/b``). The allow-list is matched on the raw path, segment-wise and
+  case-sensitively. The query is only checked for characters.
+* Header names must be HTTP tokens (a ``:`` in a name would let a device
+  forge another header); values may not hold control characters other than
+  HTAB. Device header text is latin-1 on the wire when it fits (what
+  Python's http.client does), else UTF-8; backend header bytes go to the
+  device decoded as latin-1 (lossless). The identity header is the user name
+  in UTF-8.
+* Response headers pass minus hop-by-hop ones. Twisted's HTTP client already
+  keeps Connection, Keep-Alive, TE, Transfer-Encoding, Upgrade and
+  Content-Length out of them, so names that the backend lists in its own
+  ``Connection`` header cannot be seen and pass. ``Content-Length`` is put
+  back from the parsed length (not for HEAD, 204, 304) as a hint for progress
+  bars; the body itself is framed by ``body`` messages.
+* A ``req`` whose id is already in flight is answered ``err bad_request`` and
+  the request already running under that id is aborted too: the device will
+  treat the err as the end of that id.
+* A ``body`` after the request body ended, or an ``ack`` for more response
+  bytes than were sent, is ``err bad_request`` and aborts the request.
+* Every request-body byte is acked once written to the backend, also bytes
+  of a ``req`` with ``end:true``.
+* ``response_timeout`` is counted from the ``req`` and restarted by each
+  ``body`` from the device, so a long upload is not cut off, while a stalled
+  upload or a silent backend ends in ``err timeout``.
+* The backend is reached through the HTTP client's ``IAgent`` directly, not
+  ``HTTPClient.request``: treq would keep one cookie jar for every user of
+  the connector, follow redirects and un-gzip bodies, none of which a proxy
+  may do.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import deque
+
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.web.client import ResponseDone
+from twisted.web.http import PotentialDataLoss
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
+from zope.interface import implementer
+
+from .e2e import CREDIT_WINDOW, MAX_BODY_CHUNK, MAX_IN_FLIGHT, MessageError, encode_message
+
+__all__ = ["RequestProxy", "path_allowed", "MAX_ID"]
+
+MAX_ID = 2**53 - 1
+HOP_BY_HOP = frozenset({"connection", "keep-alive", "te", "trailer", "transfer-encoding", "upgrade"})
+
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # controls except HTAB
+_PATH_CHARS = re.compile(r"[\x21-\x7e]+")
+_ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
+
+log = Logger()
+
+
+def _is_id(value) -> bool:
+    return type(value) is int and 0 <= value <= MAX_ID
+
+
+def _norm(name: str) -> str:
+    """Header names compare case-insensitively with ``_`` read as ``-``."""
+    return name.lower().replace("_", "-")
+
+
+def _wire(text: str) -> bytes:
+    try:
+        return text.encode("latin-1")
+    except UnicodeEncodeError:
+        return text.encode("utf-8")
+
+
+def _segment_ok(segment: str) -> bool:
+    escapes = _ESCAPE.findall(segment)
+    if segment.count("%") != len(escapes):
+        return False  # a malformed escape: backends disagree on what it means
+    decoded = _ESCAPE.sub(lambda m: chr(int(m.group(1), 16)), segment)
+    if any(c in "/\\" or c < " " or c == "\x7f" for c in decoded):
+        return False
+    return decoded.split(";", 1)[0] not in (".", "..")
+
+
+def path_allowed(path: str, prefixes) -> bool:
+    """PROTOCOL.md "Proxying" path rules; ``prefixes`` are normalised by
+    :class:`RequestProxy` (no trailing ``/``; ``""`` allows everything)."""
+    if not path.startswith("/") or path.startswith("//"):
+        return False
+    if not _PATH_CHARS.fullmatch(path) or "\\" in path or "#" in path:
+        return False
+    route = path.split("?", 1)[0]
+    if not all(_segment_ok(s) for s in route.split("/")[1:]):
+        return False
+    return any(not p or route == p or route.startswith(p + "/") for p in prefixes)
+
+
+def _check_req(header: dict, body: bytes) -> str | None:
+    """The reason a ``req`` is malformed, or None."""
+    method = header.get("method")
+    if not isinstance(method, str) or not _TOKEN.fullmatch(method):
+        return "method must be an HTTP token"
+    if not isinstance(header.get("path"), str):
+        return "path must be a string"
+    if not isinstance(header.get("end"), bool):
+        return "end must be a boolean"
+    headers = header.get("headers")
+    if not isinstance(headers, list):
+        return "headers must be a list"
+    for pair in headers:
+        if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(x, str) for x in pair)):
+            return "each header must be a [name, value] pair of strings"
+        if not _TOKEN.fullmatch(pair[0]) or _BAD_VALUE.search(pair[1]):
+            return "header name or value holds forbidden characters"
+    if len(body) > MAX_BODY_CHUNK:
+        return "body over 256 KiB"
+    return None
+
+
+def _drop_set(pairs, extra=()) -> set[str]:
+    drop = set(HOP_BY_HOP).union(extra)
+    for name, value in pairs:
+        if _norm(name) == "connection":
+            drop.update(_norm(token.strip()) for token in value.split(","))
+    return drop
+
+
+def _kept(name: str, drop: set[str]) -> bool:
+    n = _norm(name)
+    return n not in drop and not n.startswith("proxy-")
+
+
+def _response_headers(response, method: str) -> list[list[str]]:
+    pairs = [(name.decode("latin-1"), value.decode("latin-1"))
+             for name, values in response.headers.getAllRawHeaders() for value in values]
+    drop = _drop_set(pairs, ("content-length",))
+    kept = [[name, value] for name, value in pairs if _kept(name, drop)]
+    if isinstance(response.length, int) and method != "HEAD" and response.code not in (204, 304):
+        kept.append(["Content-Length", str(response.length)])
+    return kept
+
+
+def _fits(header: dict) -> bool:
+    try:
+        encode_message(header)
+    except MessageError:
+        return False
+    return True
+
+
+class RequestProxy:
+    """All requests of ONE E2E session of one device."""
+
+    def __init__(self, *, http_client, backend_url: str, user: str, send, clock,
+                 allow_paths=("/",), user_header: str = "X-Forwarded-User",
+                 response_timeout: float = 60.0):
+        if not _TOKEN.fullmatch(user_header):
+            raise ValueError("user_header must be an HTTP token")
+        if not isinstance(user, str) or _BAD_VALUE.search(user):
+            raise ValueError("user must be a string without control characters")
+        prefixes = []
+        for prefix in allow_paths:
+            if not isinstance(prefix, str) or not prefix.startswith("/"):
+                raise ValueError(f"allowed path prefix {prefix!r} must start with /")
+            prefixes.append(prefix.rstrip("/"))
+        # treq's HTTPClient (and StubTreq) keep their IAgent as _agent; see
+        # the module docstring for why HTTPClient.request is not used.
+        self._agent = getattr(http_client, "_agent", http_client)
+        self._base = backend_url.rstrip("/")
+        self._user = user
+        self._user_header = user_header
+        self._send_out = send
+        self.clock = clock
+        self._prefixes = tuple(prefixes)
+        self.response_timeout = response_timeout
+        self._requests: dict[int, _Request] = {}
+        self._closed = False
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._requests)
+
+    def handle(self, header: dict, body: bytes) -> None:
+        """One message from the device: ``req``, ``body``, ``ack`` or ``cancel``."""
+        if self._closed:
+            return
+        kind = header.get("t")
+        if kind == "req":
+            self._on_req(header, body)
+            return
+        if kind not in ("body", "ack", "cancel"):
+            log.debug("message of an unexpected type ignored")
+            return
+        rid = header.get("id")
+        request = self._requests.get(rid) if _is_id(rid) else None
+        if request is None:
+            log.debug("{kind} for unknown request {id} ignored", kind=kind, id=rid if _is_id(rid) else None)
+        elif kind == "cancel":
+            log.debug("request {id} cancelled by the device", id=rid)
+            request.abort()
+        elif kind == "ack":
+            request.on_ack(header)
+        else:
+            request.on_body(header, body)
+
+    def close(self) -> None:
+        """The session ended: abort every backend request, send nothing more."""
+        self._closed = True
+        for request in list(self._requests.values()):
+            request.abort()
+        self._requests.clear()
+
+    # -- internals -----------------------------------------------------------
+
+    def _send(self, header: dict, body: bytes = b"") -> None:
+        if not self._closed:
+            self._send_out(header, body)
+
+    def _send_err(self, rid: int, code: str, message: str) -> None:
+        log.info("request {id}: err {code}", id=rid, code=code)
+        self._send({"t": "err", "id": rid, "code": code, "message": message})
+
+    def _on_req(self, header: dict, body: bytes) -> None:
+        rid = header.get("id")
+        if not _is_id(rid):
+            log.info("req without a usable id dropped")
+            return
+        existing = self._requests.get(rid)
+        if existing is not None:
+            existing.abort()
+            self._send_err(rid, "bad_request", "this id is already in flight")
+            return
+        problem = _check_req(header, body)
+        if problem is not None:
+            self._send_err(rid, "bad_request", problem)
+            return
+        if len(self._requests) >= MAX_IN_FLIGHT:
+            self._send_err(rid, "busy", f"at most {MAX_IN_FLIGHT} requests may be in flight")
+            return
+        path = header["path"]
+        if not path_allowed(path, self._prefixes):
+            self._send_err(rid, "forbidden", "this path is not allowed")
+            return
+        request = _Request(self, rid, header["method"])
+        self._requests[rid] = request
+        request.start(self._base + path, self._backend_headers(header["headers"]), body, header["end"])
+
+    def _backend_headers(self, pairs) -> Headers:
+        drop = _drop_set(pairs, ("host", "content-length", _norm(self._user_header)))
+        headers = Headers()
+        for name, value in pairs:
+            if _kept(name, drop):
+                headers.addRawHeader(name.encode("ascii"), _wire(value))
+        headers.addRawHeader(self._user_header.encode("ascii"), self._user.encode("utf-8"))
+        return headers
+
+
+@implementer(IBodyProducer)
+class _RequestBody:
+    """Streams the device's body messages into the backend connection."""
+
+    def __init__(self, request: "_Request", length):
+        self.request = request
+        self.length = length
+        self.consumer = None
+        self.finished: Deferred | None = None
+        self.paused = False
+
+    def startProducing(self, consumer):
+        self.consumer = consumer
+        self.finished = Deferred()
+        self.request.pump_up()
+        return self.finished
+
+    def pauseProducing(self):
+        self.paused = True
+
+    def resumeProducing(self):
+        self.paused = False
+        self.request.pump_up()
+
+    def stopProducing(self):
+        self.consumer = None
+
+
+class _ResponseBody(Protocol):
+    def __init__(self, request: "_Request"):
+        self.request = request
+
+    def dataReceived(self, data: bytes) -> None:
+        self.request.on_backend_data(data)
+
+    def connectionLost(self, reason) -> None:
+        self.request.on_backend_end(reason)
+
+
+class _Request:
+    """One request in flight: upload, response and both flow-control windows."""
+
+    def __init__(self, proxy: RequestProxy, rid: int, method: str):
+        self.proxy = proxy
+        self.id = rid
+        self.method = method
+        self.done = False
+        self.timer = None
+        self.backend = None          # the agent's Deferred
+        # device -> backend
+        self.producer: _RequestBody | None = None
+        self.up_queue: deque[bytes] = deque()
+        self.up_unacked = 0          # received from the device, not yet acked
+        self.up_end = False
+        # backend -> device
+        self.res: dict | None = None
+        self.res_sent = False
+        self.reader: _ResponseBody | None = None
+        self.down_buf = bytearray()  # read from the backend, not yet sent
+        self.down_unacked = 0        # sent to the device, not yet acked
+        self.down_end = False
+        self.paused = False
+        self.delivering = False
+        self.pumping = False
+
+    # -- life cycle ----------------------------------------------------------
+
+    def start(self, url: str, headers: Headers, body: bytes, end: bool) -> None:
+        if body:
+            self.up_queue.append(body)
+            self.up_unacked = len(body)
+        self.up_end = end
+        if not (end and not body):
+            self.producer = _RequestBody(self, len(body) if end else UNKNOWN_LENGTH)
+        log.debug("request {id} {method} to the backend", id=self.id, method=self.method)
+        self.arm_timer()
+        self.backend = maybeDeferred(self.proxy._agent.request, self.method.encode("ascii"),
+                                     url.encode("ascii"), headers, self.producer)
+        self.backend.addCallbacks(self.on_response, self.on_request_failed)
+        self.backend.addErrback(self.on_bug)
+
+    def arm_timer(self) -> None:
+        if self.done or self.res is not None:
+            return
+        if self.timer is not None and self.timer.active():
+            self.timer.reset(self.proxy.response_timeout)
+        else:
+            self.timer = self.proxy.clock.callLater(self.proxy.response_timeout, self.on_timeout)
+
+    def finish(self) -> None:
+        """Forget this request (no message is sent here)."""
+        self.done = True
+        if self.proxy._requests.get(self.id) is self:
+            del self.proxy._requests[self.id]
+        if self.timer is not None and self.timer.active():
+            self.timer.cancel()
+        self.down_buf = bytearray()
+        self.up_queue.clear()
+
+    def stop_backend(self) -> None:
+        if self.reader is not None:
+            if self.reader.transport is not None:
+                self.reader.transport.stopProducing()  # closes the connection
+        elif self.backend is not None:
+            self.backend.cancel()  # a no-op once it has fired
+
+    def abort(self) -> None:
+        """Cancel from the device or the end of the session: nothing is sent."""
+        if not self.done:
+            self.finish()
+            self.stop_backend()
+
+    def fail(self, code: str, message: str) -> None:
+        if not self.done:
+            self.finish()
+            self.proxy._send_err(self.id, code, message)
+            self.stop_backend()
+
+    def on_timeout(self) -> None:
+        self.timer = None
+        self.fail("timeout", f"no response from the backend within {self.proxy.response_timeout:g} s")
+
+    def on_request_failed(self, failure) -> None:
+        if self.done:
+            return  # we cancelled it
+        log.info("request {id}: backend failed before the response ({error})",
+                 id=self.id, error=failure.type.__name__)
+        self.fail("backend_unreachable", "the backend could not be reached")
+
+    def on_bug(self, failure) -> None:
+        log.failure("request {id}: proxying failed", failure, id=self.id)
+        self.fail("backend_unreachable", "the connector failed to proxy this request")
+
+    # -- device -> backend ---------------------------------------------------
+
+    def on_body(self, header: dict, body: bytes) -> None:
+        end = header.get("end")
+        if not isinstance(end, bool) or self.up_end or len(body) > MAX_BODY_CHUNK:
+            self.fail("bad_request", "unexpected or malformed body message")
+            return
+        self.up_unacked += len(body)
+        if self.up_unacked > CREDIT_WINDOW:
+            self.fail("too_large", "more than 1 MiB of request body was sent without an ack")
+            return
+        if body:
+            self.up_queue.append(body)
+        self.up_end = end
+        self.arm_timer()
+        self.pump_up()
+
+    def pump_up(self) -> None:
+        """Hand queued request bytes to the backend connection while it takes
+        them, and ack what was handed over."""
+        p = self.producer
+        if self.done or p is None or p.consumer is None:
+            return
+        written = 0
+        while self.up_queue and not p.paused and p.consumer is not None:
+            chunk = self.up_queue.popleft()
+            p.consumer.write(chunk)
+            written += len(chunk)
+            self.up_unacked -= len(chunk)
+        if self.done:
+            return
+        if written:
+            self.proxy._send({"t": "ack", "id": self.id, "bytes": written})
+        if self.up_end and not self.up_queue and p.finished is not None and not p.finished.called:
+            p.finished.callback(None)
+
+    # -- backend -> device ---------------------------------------------------
+
+    def on_response(self, response) -> None:
+        if self.done:
+            return
+        if self.timer is not None and self.timer.active():
+            self.timer.cancel()
+        log.info("request {id} {method}: {status}", id=self.id, method=self.method, status=response.code)
+        self.res = {"t": "res", "id": self.id, "status": response.code,
+                    "headers": _response_headers(response, self.method), "end": False}
+        self.reader = _ResponseBody(self)
+        self.delivering = True  # body bytes that are already here ride in the res
+        try:
+            response.deliverBody(self.reader)
+        finally:
+            self.delivering = False
+        if not _fits(self.res):
+            self.fail("backend_unreachable", "the backend's response headers are too large")
+            return
+        self.pump_down()
+
+    def on_backend_data(self, data: bytes) -> None:
+        if not self.done:
+            self.down_buf += data
+            self.pump_down()
+
+    def on_backend_end(self, reason) -> None:
+        if self.done:
+            return
+        if reason.check(ResponseDone, PotentialDataLoss):
+            self.down_end = True
+            self.pump_down()
+        else:
+            log.info("request {id}: backend failed during the response ({error})",
+                     id=self.id, error=reason.type.__name__)
+            self.fail("backend_unreachable", "the backend connection failed during the response")
+
+    def on_ack(self, header: dict) -> None:
+        n = header.get("bytes")
+        if type(n) is not int or not 0 <= n <= self.down_unacked:
+            self.fail("bad_request", "ack for more response bytes than were sent")
+            return
+        self.down_unacked -= n
+        self.pump_down()
+
+    def pump_down(self) -> None:
+        """Send buffered response bytes within the device's window; pause the
+        backend transport while the window is full."""
+        if self.done or self.delivering or self.pumping or self.res is None:
+            return
+        self.pumping = True
+        try:
+            while not self.done:
+                n = min(len(self.down_buf), MAX_BODY_CHUNK, CREDIT_WINDOW - self.down_unacked)
+                end = self.down_end and n == len(self.down_buf)
+                if self.res_sent and not n and not end:
+                    break
+                chunk = bytes(self.down_buf[:n])
+                del self.down_buf[:n]
+                self.down_unacked += n
+                if self.res_sent:
+                    header = {"t": "body", "id": self.id, "end": end}
+                else:
+                    header = dict(self.res, end=end)
+                    self.res_sent = True
+                if end:
+                    self.finish()
+                self.proxy._send(header, chunk)
+        finally:
+            self.pumping = False
+        if not self.done:
+            self.set_paused(self.down_unacked >= CREDIT_WINDOW)
+
+    def set_paused(self, paused: bool) -> None:
+        transport = self.reader.transport if self.reader is not None else None
+        if paused == self.paused or transport is None:
+            return
+        self.paused = paused
+        if paused:
+            transport.pauseProducing()
+        else:
+            transport.resumeProducing()
