@@ -77,7 +77,15 @@ def test_refusals_and_exit_codes(system, tmp_path):
 
 
 def test_revocation_cuts_the_device(system, tmp_path):
-    state = system.pair("dave")
+    png, svg = tmp_path / "dave.png", tmp_path / "dave.svg"
+    added = cli("lmconnector", "--data-dir", system.connector_dir, "device", "add", "dave", "--qr-png", png,
+                "--qr-svg", svg)
+    lines = added.stdout.decode().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("linchpin-mobile://pair?v=1&gateway=http%3A%2F%2F127.0.0.1%3A")
+    assert png.read_bytes().startswith(b"\x89PNG") and b"<svg" in svg.read_bytes()
+    assert stat.S_IMODE(os.stat(png).st_mode) == 0o600 == stat.S_IMODE(os.stat(svg).st_mode)
+    state = tmp_path / "dave.json"
+    cli("lmdevice", "--state", state, "pair", lines[0])
     device_id = json.load(open(state))["device_id"]
     cli("lmconnector", "--data-dir", system.connector_dir, "device", "revoke", device_id)
     assert cli("lmconnector", "--data-dir", system.connector_dir, "device", "list").stdout == b""
