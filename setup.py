@@ -19,6 +19,7 @@ setup(
         "cryptography>=41.0.0",
         "treq>=23.11.0",
         "segno>=1.5.3",
+        "prometheus_client>=0.17.0",
         "zope.interface>=6.0",
     ],
     extras_require={

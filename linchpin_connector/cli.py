@@ -17,6 +17,7 @@ from . import console
 from .console import UNREACHABLE
 from .device import make_pairing_uri
 from .gateway_client import GatewayAPI, GatewayError, InsecureURL, check_gateway_url, make_http_client
+from .mqtt_client import CAFileError
 from .state import ConnectorState, NotRegistered
 
 DEFAULT_DATA_DIR = "./var/lmconnector"
@@ -145,6 +146,9 @@ def main(argv=None) -> None:
         except (CommandError, NotRegistered, GatewayError) as e:
             print(f"lmconnector: {e}", file=sys.stderr)
             return 1
+        except CAFileError as e:
+            print(f"lmconnector: {e}", file=sys.stderr)
+            return 2
         except UNREACHABLE as e:
             print(f"lmconnector: gateway unreachable: {e}", file=sys.stderr)
             return 3

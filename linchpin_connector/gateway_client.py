@@ -13,6 +13,7 @@ from twisted.logger import Logger
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
 
 from . import mqtt_client
+from .mqtt_client import tls_failure
 
 LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "::1"}
 
@@ -42,13 +43,7 @@ def check_gateway_url(url: str, allow_insecure: bool = False) -> str:
 
 def make_http_client(reactor, ca_file: str | None = None, persistent: bool = True) -> treq.client.HTTPClient:
     """A treq client verifying certificates (system roots, or a private CA PEM)."""
-    trust = None
-    if ca_file:
-        from twisted.internet.ssl import Certificate
-
-        with open(ca_file, "rb") as f:
-            trust = Certificate.loadPEM(f.read())
-    policy = BrowserLikePolicyForHTTPS(trustRoot=trust)
+    policy = BrowserLikePolicyForHTTPS(trustRoot=mqtt_client.trust_root(ca_file))
     pool = HTTPConnectionPool(reactor, persistent=persistent)
     return treq.client.HTTPClient(Agent(reactor, contextFactory=policy, pool=pool))
 
@@ -68,7 +63,13 @@ class GatewayAPI:
             kwargs["headers"]["Content-Type"] = "application/json"
         if auth and self.auth:
             kwargs["auth"] = self.auth
-        response = await self.http.request(method, self.url + path, **kwargs)
+        try:
+            response = await self.http.request(method, self.url + path, **kwargs)
+        except Exception as e:
+            failure = tls_failure(e, urlsplit(self.url).netloc)
+            if failure is not None:
+                raise failure from e
+            raise
         raw = await response.content()
         try:
             parsed = json.loads(raw) if raw else None

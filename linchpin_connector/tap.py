@@ -8,6 +8,7 @@ from twisted.python import usage
 from linchpin_gateway.service import exit_zero_on_sigterm
 
 from .connector import ConnectorService
+from .mqtt_client import CAFileError, trust_root
 
 
 class Options(usage.Options):
@@ -37,6 +38,11 @@ class Options(usage.Options):
             raise usage.UsageError("--backend must be an http:// or https:// URL")
         if not 1 <= self["keep-alive"] <= 300:
             raise usage.UsageError("--keep-alive must be 1-300 seconds")
+        if self["ca-file"]:
+            try:
+                trust_root(self["ca-file"])
+            except CAFileError as e:
+                raise usage.UsageError(f"--ca-file: {e}")
         self["allow-path"] = self["allow-path"] or ["/"]
         for prefix in self["allow-path"]:
             if not prefix.startswith("/") or "?" in prefix or "\\" in prefix:

@@ -14,7 +14,6 @@ import io
 import json
 from datetime import datetime, timezone
 
-from autobahn.twisted.resource import WebSocketResource
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.web import http, server
@@ -22,6 +21,7 @@ from twisted.web.resource import Resource
 
 from .hashing import Overloaded, new_id, new_secret, sha256_hex
 from .router import is_hex_id
+from .session import MQTTResource
 
 MAX_BODY = 64 * 1024
 REALM = 'realm="lmgateway"'
@@ -169,7 +169,7 @@ class Root(Resource):
         self._api = ApiV1(gateway)
         self._not_found = NotFound()
         self.putChild(b"healthz", Health(gateway))
-        self.putChild(b"mqtt", WebSocketResource(ws_factory))
+        self.putChild(b"mqtt", MQTTResource(ws_factory))
 
     def getChild(self, path, request):
         if path == b"api":
@@ -208,20 +208,31 @@ class ApiV1(_AsyncResource):
                 return {"DELETE": self.revoke_device}, (device_id,)
         return None
 
+    # Calls that need no credentials; every other call is limited only when
+    # its credentials turn out wrong.
+    OPEN = ("register", "setup_device")
+
     async def handle(self, request):
+        host = _peer(request)
         try:
             parts = [p.decode("utf-8") for p in request.postpath]
         except UnicodeDecodeError:
-            raise ApiError(404, *NOT_FOUND)
-        route = self._route(parts)
+            parts = None
+        route = self._route(parts) if parts is not None else None
         if route is None:
+            self._charge(host)
             raise ApiError(404, *NOT_FOUND)
         methods, args = route
         method = request.method.decode("ascii", "replace")
         handler = methods.get(method)
         if handler is None:
+            self._charge(host)
             raise ApiError(405, "method_not_allowed", f"{method} is not allowed here",
                            {"Allow": ", ".join(sorted(methods))})
+        if handler.__name__ in self.OPEN:
+            self._charge(host)
+        elif not self.gw.rest_limiter.allowed(host):
+            self._limited(host)
         body = _body(request)
         if getattr(request, "body_too_large", False) or len(body) > MAX_BODY:
             raise ApiError(413, "payload_too_large", f"request body over {MAX_BODY} bytes")
@@ -232,6 +243,15 @@ class ApiV1(_AsyncResource):
         return await handler(request, *args)
 
     # -- helpers ------------------------------------------------------------
+
+    def _charge(self, host: str) -> None:
+        if not self.gw.rest_limiter.charge(host):
+            self._limited(host)
+
+    def _limited(self, host: str):
+        self.gw.stats.rate_limited += 1
+        retry = self.gw.rest_limiter.retry_after(host)
+        raise ApiError(429, "rate_limited", f"too many requests; retry in {retry} s", {"Retry-After": str(retry)})
 
     @staticmethod
     def _json_body(request) -> dict:
@@ -250,17 +270,19 @@ class ApiV1(_AsyncResource):
         """The instance_id of valid Basic credentials, else 401."""
         header = request.getHeader("authorization") or ""
         scheme, _, value = header.partition(" ")
-        if scheme.lower() != "basic":
-            raise _unauthorized()
         try:
             decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
         except (binascii.Error, ValueError):
-            raise _unauthorized()
+            decoded = ""
         instance_id, sep, password = decoded.partition(":")
-        if not sep:
+        if scheme.lower() != "basic" or not sep:
+            self.gw.rest_limiter.charge(_peer(request))
             raise _unauthorized()
         if not await self.gw.authenticator.check_instance(instance_id, password):
-            self.log.info("REST auth failure from {peer}", peer=_peer(request))
+            host = _peer(request)
+            self.gw.stats.auth_failures += 1
+            self.log.info("REST auth failure from {peer}", peer=host)
+            self.gw.rest_limiter.charge(host)
             raise _unauthorized()
         return instance_id
 
@@ -303,6 +325,7 @@ class ApiV1(_AsyncResource):
         encoded = await self.gw.hasher.hash(password)
         if not await self.gw.store.set_instance_password(instance_id, encoded):
             raise _unauthorized()  # deleted meanwhile
+        self.gw.authenticator.forget(instance_id)
         self.log.info("instance {instance_id} password changed", instance_id=instance_id)
         return 200, {"instance_password": password}
 
@@ -311,6 +334,7 @@ class ApiV1(_AsyncResource):
         device_ids = await self.gw.store.delete_instance(instance_id)
         if device_ids is None:
             raise _unauthorized()
+        self.gw.authenticator.forget(instance_id, *device_ids)
         self.gw.router.drop_instance(instance_id)
         self.log.info("instance {instance_id} deleted with {n} devices", instance_id=instance_id,
                       n=len(device_ids))
@@ -347,6 +371,7 @@ class ApiV1(_AsyncResource):
         instance_id = await self._instance(request)
         if not is_hex_id(device_id) or not await self.gw.store.delete_device(instance_id, device_id):
             raise ApiError(404, *NOT_FOUND)
+        self.gw.authenticator.forget(device_id)
         self.gw.router.revoke_device(instance_id, device_id)
         self.log.info("device {device_id} revoked by instance {instance_id}", device_id=device_id,
                       instance_id=instance_id)

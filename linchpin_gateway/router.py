@@ -28,6 +28,8 @@ from dataclasses import dataclass
 
 from twisted.logger import Logger
 
+from .metrics import Stats
+
 DEVICE = "device"
 CONNECTOR = "connector"
 
@@ -77,21 +79,23 @@ class Client:
 
 
 class _Instance:
-    __slots__ = ("connector", "devices", "online", "grace")
+    __slots__ = ("connector", "devices", "online", "grace", "blocked")
 
     def __init__(self):
         self.connector: Client | None = None
         self.devices: dict[str, Client] = {}
         self.online = False
         self.grace = None  # DelayedCall while a takeover is settling
+        self.blocked = False  # the connector's socket is backed up: devices are not read
 
 
 class Router:
     log = Logger()
 
-    def __init__(self, clock, takeover_grace: float = TAKEOVER_GRACE):
+    def __init__(self, clock, takeover_grace: float = TAKEOVER_GRACE, stats=None):
         self.clock = clock
         self.takeover_grace = takeover_grace
+        self.stats = stats if stats is not None else Stats()
         self._clients: dict[str, Client] = {}  # principal id -> live client
         self._instances: dict[str, _Instance] = {}
 
@@ -121,6 +125,8 @@ class Router:
             inst.connector = client
         else:
             inst.devices[principal.id] = client
+            if inst.blocked:
+                session.hold()
             self._event(inst, "device_connected", principal.id)
         return client
 
@@ -149,6 +155,7 @@ class Router:
         if principal.role == CONNECTOR:
             if inst.connector is client:
                 inst.connector = None
+                self._set_blocked(inst, False)
                 if not takeover:
                     self._cancel_grace(inst)
         elif inst.devices.get(principal.id) is client:
@@ -211,6 +218,7 @@ class Router:
             if target is not None:
                 sub_qos = target.subs.get(UP_FILTER)
                 if sub_qos is not None:
+                    self._count(payload)
                     target.session.deliver(topic_bytes, payload, min(qos, sub_qos))
             return True
         device_id = _down_device(topic)
@@ -221,8 +229,37 @@ class Router:
         if target is not None:
             sub_qos = target.subs.get(topic)
             if sub_qos is not None:
+                self._count(payload)
                 target.session.deliver(topic_bytes, payload, min(qos, sub_qos))
         return True
+
+    def _count(self, payload: bytes) -> None:
+        stats = self.stats
+        stats.messages_relayed += 1
+        stats.bytes_relayed += len(payload)
+
+    # -- back-pressure -------------------------------------------------------
+
+    def backed_up(self, client: Client, backed_up: bool) -> None:
+        """A client's socket filled (or drained).  When it is a connector, its
+        devices are not read meanwhile: TCP pushes back on them instead of the
+        gateway buffering what the connector cannot take."""
+        if client.principal.role != CONNECTOR:
+            return
+        inst = self._instances.get(client.principal.instance_id)
+        if inst is not None and inst.connector is client:
+            self._set_blocked(inst, backed_up)
+
+    @staticmethod
+    def _set_blocked(inst: _Instance, blocked: bool) -> None:
+        if inst.blocked == blocked:
+            return
+        inst.blocked = blocked
+        for device in inst.devices.values():
+            if blocked:
+                device.session.hold()
+            else:
+                device.session.release()
 
     # -- lifecycle events from the API ---------------------------------------
 

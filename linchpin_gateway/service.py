@@ -13,10 +13,18 @@ from zope.interface import implementer
 from .api import GatewaySite, Root
 from .auth import Authenticator
 from .hashing import MIN_ITERATIONS, Hasher
+from .metrics import Stats, metrics_site
+from .ratelimit import RateLimiter, Unlimited
 from .router import Router
-from .session import MQTTWebSocketFactory
+from .session import MAX_OUTBOUND, Limits, MQTTWebSocketFactory
 
 PURGE_INTERVAL = 3600.0
+HTTP_IDLE_TIMEOUT = 60  # seconds an HTTP connection may sit idle before the upgrade
+# (burst, per minute) for one address.  REST: every call that is not
+# authenticated.  Logins: failed CONNECTs only.  Both admit a well-behaved
+# client's 20 a minute and trip within 100 (REST) and 50 (logins).
+REST_LIMIT = (30, 30.0)
+LOGIN_LIMIT = (20, 20.0)
 
 
 class Gateway(service.MultiService):
@@ -26,28 +34,39 @@ class Gateway(service.MultiService):
 
     def __init__(self, reactor, store, *, public_url: str | None = None,
                  registration_token: str | None = None, max_packet: int = 1048576,
-                 setup_key_ttl: int = 86400, iterations: int = MIN_ITERATIONS, hash_worker=None):
+                 setup_key_ttl: int = 86400, iterations: int = MIN_ITERATIONS, hash_worker=None,
+                 max_outbound: int = MAX_OUTBOUND, max_sessions: int = 50_000, max_unauthenticated: int = 1024,
+                 hash_queue: int = 256, rest_limit: tuple[int, float] | None = REST_LIMIT,
+                 login_limit: tuple[int, float] | None = LOGIN_LIMIT, drain_timeout: float = 5.0):
         super().__init__()
         self.reactor = reactor
         self.clock = reactor
         self.store = store
-        self.hasher = Hasher(reactor, iterations, worker=hash_worker)
-        self.authenticator = Authenticator(store, self.hasher)
-        self.router = Router(reactor)
+        self.stats = Stats()
+        self.hasher = Hasher(reactor, iterations, worker=hash_worker, max_pending=hash_queue)
+        self.authenticator = Authenticator(store, self.hasher, reactor)
+        self.router = Router(reactor, stats=self.stats)
         self.public_url = public_url.rstrip("/") if public_url else None
         self.registration_token = registration_token
-        self.max_packet = max_packet
         self.setup_key_ttl = setup_key_ttl
-        self.ws_factory = MQTTWebSocketFactory(self, reactor)
-        self.site = GatewaySite(Root(self, self.ws_factory), reactor=reactor)
+        self.drain_timeout = drain_timeout
+        self.rest_limiter = RateLimiter(reactor, *rest_limit) if rest_limit else Unlimited()
+        self.limits = Limits(max_packet=max_packet, max_outbound=max_outbound,
+                             login_limiter=RateLimiter(reactor, *login_limit) if login_limit else None)
+        self.ws_factory = MQTTWebSocketFactory(self, reactor, max_sessions=max_sessions,
+                                               max_unauthenticated=max_unauthenticated)
+        self.site = GatewaySite(Root(self, self.ws_factory), reactor=reactor, timeout=HTTP_IDLE_TIMEOUT)
         purge = internet.TimerService(PURGE_INTERVAL, self.purge_expired)
         purge.clock = reactor
         purge.setServiceParent(self)
 
-    def listen(self, endpoint, description: str) -> None:
-        svc = internet.StreamServerEndpointService(_Announced(endpoint, description), self.site)
+    def listen(self, endpoint, description: str, site=None) -> None:
+        svc = internet.StreamServerEndpointService(_Announced(endpoint, description), site or self.site)
         svc._raiseSynchronously = True  # a port that cannot be bound stops start-up
         svc.setServiceParent(self)
+
+    def serve_metrics(self, endpoint, description: str) -> None:
+        self.listen(endpoint, f"metrics {description}", metrics_site(self))
 
     def startService(self):
         self.store.start()
@@ -59,7 +78,9 @@ class Gateway(service.MultiService):
         # Listeners stop first (no new connections), then every session gets
         # a clean close, then pools finish their queued work and stop.
         yield super().stopService()
-        self.router.close_all("gateway shutting down")
+        sessions = len(self.ws_factory.live)
+        yield self.ws_factory.close_all(self.drain_timeout)
+        self.log.info("closed {n} sessions", n=sessions)
         self.hasher.stop()
         self.store.stop()
         self.log.info("lmgateway stopped")

@@ -9,13 +9,20 @@ only moves WebSocket messages in and out of it.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny
 from twisted.internet import defer
+from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from . import wire
 from .hashing import Overloaded
+from .metrics import Stats
+from .ratelimit import RateLimiter
 
 AWAIT_CONNECT, AUTHENTICATING, CONNECTED, CLOSED = range(4)
 
@@ -23,27 +30,52 @@ CONNECT_TIMEOUT = 10.0  # seconds from WebSocket open to CONNECT
 DEAD_AFTER = 450.0  # silence allowed for keep-alive 0 or > 300
 MAX_KEEP_ALIVE = 300
 MAX_QUEUED = 64  # packets pipelined behind a CONNECT that is being checked
+MAX_OUTBOUND = 4 * 1024 * 1024  # bytes queued for a client that stopped reading
+
+
+@dataclass
+class Limits:
+    """Per-session bounds; one instance is shared by every session of a gateway."""
+
+    max_packet: int = 1048576
+    max_outbound: int = MAX_OUTBOUND
+    connect_timeout: float = CONNECT_TIMEOUT
+    login_limiter: RateLimiter | None = None  # failed CONNECTs per address
 
 
 class MQTTSession:
+    """One MQTT session.
+
+    ``transport`` provides ``send(bytes)``, ``disconnect(reason, abort)``,
+    ``pause_reading()`` and ``resume_reading()``.  The transport in turn
+    tells the session when its socket backs up (:meth:`output_paused`) and
+    drains (:meth:`output_resumed`).
+    """
+
     log = Logger()
 
-    def __init__(self, router, authenticator, clock, send, disconnect, peer: str = "?",
-                 max_packet: int = 1048576, connect_timeout: float = CONNECT_TIMEOUT):
+    def __init__(self, router, authenticator, clock, transport, peer: str = "?", host: str = "?",
+                 limits: Limits | None = None, stats: Stats | None = None, on_accepted=None):
         self.router = router
         self.authenticator = authenticator
         self.clock = clock
-        self._send = send
-        self._disconnect = disconnect
+        self.transport = transport
         self.peer = peer
-        self.parser = wire.Parser(max_packet)
+        self.host = host  # rate limits are per address
+        self.limits = limits or Limits()
+        self.stats = stats or Stats()
+        self.on_accepted = on_accepted
+        self.parser = wire.Parser(self.limits.max_packet)
         self.state = AWAIT_CONNECT
+        self._out_paused = False
+        self._out_queued = 0  # bytes written since the socket backed up
+        self._held = False  # reading paused because our connector is backed up
         self.client = None  # router.Client once accepted
         self._queued: list = []
         self._next_id = 0
         self._last_seen = clock.seconds()
-        self._dead_after = connect_timeout
-        self._timer = clock.callLater(connect_timeout, self._check_alive)
+        self._dead_after = self.limits.connect_timeout
+        self._timer = clock.callLater(self._dead_after, self._check_alive)
 
     # -- input ---------------------------------------------------------------
 
@@ -116,6 +148,12 @@ class MQTTSession:
             password = (packet.password or b"").decode("utf-8")
         except UnicodeDecodeError:
             password = ""
+        limiter = self.limits.login_limiter
+        if limiter is not None and not limiter.allowed(self.host):
+            self.stats.rate_limited += 1
+            self.log.info("too many failed logins from {host}: CONNACK 5", host=self.host)
+            self._refuse(wire.CONNACK_NOT_AUTHORIZED, "too many failed logins")
+            return
         self.state = AUTHENTICATING
         d = defer.maybeDeferred(self.authenticator.authenticate, username, password)
         d.addCallbacks(self._authenticated, self._auth_error)
@@ -139,10 +177,16 @@ class MQTTSession:
         if self.state == CLOSED:
             return
         if principal is None:
+            self.stats.auth_failures += 1
+            limiter = self.limits.login_limiter
+            if limiter is not None and not limiter.charge(self.host):
+                self.stats.rate_limited += 1
             self.log.info("auth failure from {peer}", peer=self.peer)
             self._refuse(wire.CONNACK_BAD_CREDENTIALS, "bad credentials")
             return
         self.state = CONNECTED
+        if self.on_accepted is not None:
+            self.on_accepted()
         self.client = self.router.attach(principal, self)
         self.log.info(
             "{role} {id} connected from {peer}", role=principal.role, id=principal.id, peer=self.peer
@@ -187,6 +231,9 @@ class MQTTSession:
             self.log.info("no CONNECT from {peer} in time", peer=self.peer)
             self.close("no CONNECT")
             return
+        if self._held:  # we stopped reading it: its silence is ours
+            self._timer = self.clock.callLater(self._dead_after, self._check_alive)
+            return
         idle = self.clock.seconds() - self._last_seen
         if idle >= self._dead_after:
             self.log.info("keep-alive expired for {peer}", peer=self.peer)
@@ -208,9 +255,9 @@ class MQTTSession:
         if qos:
             self._next_id = self._next_id % 65535 + 1
             packet_id = self._next_id
-        self._send(wire.encode_publish(topic, payload, qos, packet_id))
+        self._write(wire.encode_publish(topic, payload, qos, packet_id))
 
-    def close(self, reason: str) -> None:
+    def close(self, reason: str, abort: bool = False) -> None:
         if self.state == CLOSED:
             return
         self.state = CLOSED
@@ -218,7 +265,7 @@ class MQTTSession:
         self._cancel_timer()
         if self.client is not None:
             self.router.detach(self.client)
-        self._disconnect(reason)
+        self.transport.disconnect(reason, abort)
 
     def connection_lost(self) -> None:
         if self.state == CLOSED:
@@ -229,8 +276,64 @@ class MQTTSession:
         self.close("connection lost")
 
     def _write(self, data: bytes) -> None:
-        if self.state != CLOSED:
-            self._send(data)
+        if self.state == CLOSED:
+            return
+        if self._out_paused:
+            self._out_queued += len(data)
+            if self._out_queued > self.limits.max_outbound:
+                self.stats.slow_consumers += 1
+                self.log.info("{peer} stopped reading ({n} bytes waiting); disconnecting", peer=self.peer,
+                              n=self._out_queued)
+                self.close("slow consumer", abort=True)
+                return
+        self.transport.send(data)
+
+    # -- flow control --------------------------------------------------------
+
+    def output_paused(self) -> None:
+        """The socket's send buffer is full: count what we queue from now on."""
+        self._out_paused = True
+        self._out_queued = 0
+        if self.client is not None and self.client.attached:
+            self.router.backed_up(self.client, True)
+
+    def output_resumed(self) -> None:
+        self._out_paused = False
+        self._out_queued = 0
+        if self.client is not None and self.client.attached:
+            self.router.backed_up(self.client, False)
+
+    def hold(self) -> None:
+        """Stop reading from this client (its connector cannot take more)."""
+        if not self._held and self.state != CLOSED:
+            self._held = True
+            self.transport.pause_reading()
+
+    def release(self) -> None:
+        if self._held:
+            self._held = False
+            self._last_seen = self.clock.seconds()
+            if self.state != CLOSED:
+                self.transport.resume_reading()
+
+
+@implementer(IPushProducer)
+class _OutputWatch:
+    """Registered with the socket: told when its send buffer fills and drains."""
+
+    def __init__(self, protocol: MQTTServerProtocol):
+        self.protocol = protocol
+
+    def pauseProducing(self):
+        if self.protocol.mqtt is not None:
+            self.protocol.mqtt.output_paused()
+
+    def resumeProducing(self):
+        if self.protocol.mqtt is not None:
+            self.protocol.mqtt.output_resumed()
+
+    def stopProducing(self):
+        pass
 
 
 class MQTTServerProtocol(WebSocketServerProtocol):
@@ -240,30 +343,60 @@ class MQTTServerProtocol(WebSocketServerProtocol):
     """
 
     mqtt: MQTTSession | None = None
+    _unauthenticated = False
+
+    def connectionMade(self):
+        super().connectionMade()
+        self.factory.live.add(self)
+        # The HTTP channel that accepted the upgrade was the socket's
+        # producer; from now on the socket reports its backlog to us.
+        self.transport.unregisterProducer()
+        self.transport.registerProducer(_OutputWatch(self), True)
 
     def onConnect(self, request):
+        f = self.factory
         if "mqtt" not in request.protocols:
-            self.factory.log.info("refusing WebSocket from {peer}: no mqtt subprotocol", peer=self.peer)
+            f.log.info("refusing WebSocket from {peer}: no mqtt subprotocol", peer=self.peer)
             raise ConnectionDeny(ConnectionDeny.BAD_REQUEST, "subprotocol 'mqtt' required")
+        if len(f.live) > f.max_sessions:
+            f.log.warn("session limit {n} reached; refusing {peer}", n=f.max_sessions, peer=self.peer)
+            raise ConnectionDeny(ConnectionDeny.SERVICE_UNAVAILABLE, "too many sessions")
+        if f.unauthenticated >= f.max_unauthenticated:
+            f.log.warn("{n} sessions await authentication; refusing {peer}", n=f.unauthenticated, peer=self.peer)
+            raise ConnectionDeny(ConnectionDeny.SERVICE_UNAVAILABLE, "too many pending logins")
+        f.unauthenticated += 1
+        self._unauthenticated = True
         return "mqtt"
 
     def onOpen(self):
         gw = self.factory.gateway
-        self.mqtt = MQTTSession(
-            gw.router,
-            gw.authenticator,
-            self.factory.reactor,
-            self._send_binary,
-            self._close,
-            peer=self.peer,
-            max_packet=gw.max_packet,
-        )
+        self.mqtt = MQTTSession(gw.router, gw.authenticator, self.factory.reactor, self, peer=self.peer,
+                                host=getattr(self.transport.getPeer(), "host", self.peer), limits=gw.limits,
+                                stats=gw.stats, on_accepted=self._accepted)
 
-    def _send_binary(self, data: bytes) -> None:
+    def _accepted(self):
+        if self._unauthenticated:
+            self._unauthenticated = False
+            self.factory.unauthenticated -= 1
+
+    # -- what MQTTSession needs of its transport --
+
+    def send(self, data: bytes) -> None:
         self.sendMessage(data, isBinary=True)
 
-    def _close(self, reason: str) -> None:
-        self.sendClose(code=1000)
+    def disconnect(self, reason: str, abort: bool = False) -> None:
+        if abort:
+            self.dropConnection(abort=True)
+        else:
+            self.sendClose(code=1000)
+
+    def pause_reading(self) -> None:
+        self.transport.pauseProducing()
+
+    def resume_reading(self) -> None:
+        self.transport.resumeProducing()
+
+    # -- Autobahn callbacks --
 
     def onMessage(self, payload, isBinary):
         if self.mqtt is None:
@@ -278,18 +411,31 @@ class MQTTServerProtocol(WebSocketServerProtocol):
         if self.mqtt is not None:
             self.mqtt.connection_lost()
 
+    def connectionLost(self, reason):
+        super().connectionLost(reason)
+        if self.mqtt is not None:
+            self.mqtt.connection_lost()
+        self._accepted()
+        self.factory.gone(self)
+
 
 class MQTTWebSocketFactory(WebSocketServerFactory):
     protocol = MQTTServerProtocol
     log = Logger()
 
-    def __init__(self, gateway, reactor, url: str = "ws://localhost/mqtt"):
+    def __init__(self, gateway, reactor, url: str = "ws://localhost/mqtt", max_sessions: int = 50_000,
+                 max_unauthenticated: int = 1024):
         super().__init__(url, protocols=["mqtt"], reactor=reactor)
         self.gateway = gateway
+        self.max_sessions = max_sessions
+        self.max_unauthenticated = max_unauthenticated
+        self.live: set[MQTTServerProtocol] = set()
+        self.unauthenticated = 0
+        self._drained: list[defer.Deferred] = []
         # One MQTT packet (plus a few headers' worth of slack for packets
         # sharing its message) is the most a WebSocket message may carry, so
         # neither layer ever buffers more than the packet cap.
-        limit = gateway.max_packet + 64
+        limit = gateway.limits.max_packet + 64
         self.setProtocolOptions(
             maxFramePayloadSize=limit,
             maxMessagePayloadSize=limit,
@@ -301,3 +447,44 @@ class MQTTWebSocketFactory(WebSocketServerFactory):
             autoPingInterval=0,  # liveness is MQTT keep-alive, never WebSocket pings
             perMessageCompressionAccept=lambda offers: None,
         )
+
+    def gone(self, protocol: MQTTServerProtocol) -> None:
+        self.live.discard(protocol)
+        if not self.live:
+            waiters, self._drained = self._drained, []
+            for d in waiters:
+                d.callback(None)
+
+    def close_all(self, timeout: float) -> defer.Deferred:
+        """Close every WebSocket cleanly; fires once all are gone (those still
+        open after ``timeout`` seconds are cut)."""
+        for protocol in list(self.live):
+            if protocol.mqtt is not None:
+                protocol.mqtt.close("gateway shutting down")
+            else:
+                protocol.dropConnection(abort=True)
+        if not self.live:
+            return defer.succeed(None)
+        d = defer.Deferred()
+        self._drained.append(d)
+
+        def cut():
+            for protocol in list(self.live):
+                protocol.dropConnection(abort=True)
+
+        timer = self.reactor.callLater(timeout, cut)
+
+        def stop_timer(result):
+            if timer.active():
+                timer.cancel()
+            return result
+
+        return d.addBoth(stop_timer)
+
+
+class MQTTResource(WebSocketResource):
+    """``/mqtt``: the HTTP channel's idle timeout must not outlive the upgrade."""
+
+    def render(self, request):
+        request.channel.setTimeout(None)
+        return super().render(request)

@@ -25,7 +25,13 @@ class Options(usage.Options):
         ["max-message-size", None, 1048576, "MQTT packet cap in bytes (at least 524288).", int],
         ["setup-key-ttl", None, 86400, "Lifetime of a device setup key, in seconds.", int],
         ["pbkdf2-iterations", None, MIN_ITERATIONS, "PBKDF2 iterations for new hashes (at least 100000).", int],
-        ["metrics", None, None, "Endpoint for Prometheus metrics."],
+        ["metrics", None, None, "Endpoint serving Prometheus metrics at /metrics, e.g. tcp:9100:interface=127.0.0.1."],
+        ["max-outbound", None, 4 * 1024 * 1024, "Bytes queued for a client that stopped reading before it is cut.", int],
+        ["max-sessions", None, 50_000, "Open MQTT WebSocket sessions at most.", int],
+        ["max-pending-logins", None, 1024, "WebSocket sessions awaiting CONNACK at most.", int],
+        ["rest-limit", None, 30, "Unauthenticated REST calls a minute per address (burst the same); 0: no limit.", int],
+        ["login-limit", None, 20, "Failed logins a minute per address (burst the same); 0: no limit.", int],
+        ["hash-queue", None, 256, "PBKDF2 jobs queued at most; beyond, CONNACK 3 / HTTP 503 at once.", int],
     ]
 
     def __init__(self):
@@ -50,8 +56,16 @@ class Options(usage.Options):
             raise usage.UsageError("--store: only the embedded SQLite store is available in this release")
         if self["bus"]:
             raise usage.UsageError("--bus: only the in-process bus is available in this release")
-        if self["metrics"]:
-            raise usage.UsageError("--metrics is not available in this release")
+        for name in ("max-outbound", "max-sessions", "max-pending-logins", "hash-queue"):
+            if self[name] < 1:
+                raise usage.UsageError(f"--{name} must be positive")
+        for name in ("rest-limit", "login-limit"):
+            if self[name] < 0:
+                raise usage.UsageError(f"--{name} must be 0 (off) or positive")
+
+
+def _limit(per_minute: int):
+    return (per_minute, float(per_minute)) if per_minute > 0 else None
 
 
 def makeService(config, reactor=default_reactor):
@@ -63,8 +77,16 @@ def makeService(config, reactor=default_reactor):
         max_packet=config["max-message-size"],
         setup_key_ttl=config["setup-key-ttl"],
         iterations=config["pbkdf2-iterations"],
+        max_outbound=config["max-outbound"],
+        max_sessions=config["max-sessions"],
+        max_unauthenticated=config["max-pending-logins"],
+        hash_queue=config["hash-queue"],
+        rest_limit=_limit(config["rest-limit"]),
+        login_limit=_limit(config["login-limit"]),
     )
     for description in config["listen"]:
         gateway.listen(serverFromString(reactor, description), description)
+    if config["metrics"]:
+        gateway.serve_metrics(serverFromString(reactor, config["metrics"]), config["metrics"])
     reactor.callWhenRunning(exit_zero_on_sigterm, reactor)
     return gateway

@@ -291,3 +291,66 @@ def test_store_holds_no_secret(api, gw, tmp_path):
     from tests.secrets_scan import find_secrets
 
     assert find_secrets(tmp_path, secrets) == []
+
+
+def test_unauthenticated_calls_rate_limited_with_retry_after(api, gw):
+    codes = [api.setup("nope")[0].code for _ in range(40)]
+    assert codes[:30] == [404] * 30 and set(codes[30:]) == {429}
+    resp, body = api.setup("nope")
+    assert_error(resp, body, 429, "rate_limited")
+    retry = int(resp.headers.getRawHeaders("retry-after")[0])
+    assert 1 <= retry <= 2
+    gw.reactor.advance(retry)
+    assert api.setup("nope")[0].code == 404
+    assert gw.stats.rate_limited >= 11
+
+
+def test_failed_logins_charge_and_then_block_before_hashing(api, gw):
+    inst = api.register()
+    for _ in range(29):
+        resp, _ = api.call("GET", "/api/v1/devices", headers=basic(inst["instance_id"], "wrong"))
+        assert resp.code == 401
+    resp, body = api.call("GET", "/api/v1/devices", headers=basic(inst["instance_id"], "wrong"))
+    assert resp.code == 429
+    pending_before = gw.hasher.pending
+    # even the right password waits now: the address is over its limit
+    resp, body = api.call("GET", "/api/v1/devices", headers=basic(inst["instance_id"], inst["instance_password"]))
+    assert_error(resp, body, 429, "rate_limited")
+    assert gw.hasher.pending == pending_before
+
+
+def test_authenticated_calls_are_not_limited(api, gw):
+    inst = api.register()
+    auth = basic(inst["instance_id"], inst["instance_password"])
+    for _ in range(300):
+        assert api.call("GET", "/api/v1/devices", headers=auth)[0].code == 200
+
+
+def test_well_behaved_client_never_limited(api, gw):
+    for _ in range(100):  # 20 a minute, for five minutes
+        assert api.setup("nope")[0].code == 404
+        gw.reactor.advance(3)
+
+
+def test_default_limits_trip_within_100_calls_a_minute(api, gw):
+    codes = []
+    for _ in range(100):
+        codes.append(api.setup("nope")[0].code)
+        gw.reactor.advance(0.6)
+    assert 429 in codes
+
+
+def test_verified_credentials_cached_and_forgotten_on_rotation(api, gw):
+    inst = api.register()
+    auth = basic(inst["instance_id"], inst["instance_password"])
+    calls = []
+    real = gw.hasher.verify
+    gw.hasher.verify = lambda *a: (calls.append(a), real(*a))[1]
+    for _ in range(5):
+        assert api.call("GET", "/api/v1/devices", headers=auth)[0].code == 200
+    assert len(calls) == 1  # PBKDF2 once, then the cache
+    api.call("POST", "/api/v1/instance/password", {}, auth)
+    assert api.call("GET", "/api/v1/devices", headers=auth)[0].code == 401
+    gw.reactor.advance(301)
+    resp, body = api.call("POST", "/api/v1/instance/password", {}, auth)
+    assert resp.code == 401

@@ -372,7 +372,8 @@ def test_pairing_then_whoami(system, devices):
     assert answer["path"] == "/api/whoami" and answer["query"] == "x=1"
     # A second request on the same session: seqs keep counting by one.
     assert whoami(device, session, 2)["user"] == "alice"
-    assert session.sent_seqs == [0, 1, 2]  # confirm, req, req
+    # confirm, req, (acks), req, (acks): 0, 1, 2, ...
+    assert session.sent_seqs == list(range(len(session.sent_seqs))) and len(session.sent_seqs) >= 3
     assert session.received_seqs == list(range(len(session.received_seqs)))
     assert len(session.received_seqs) >= 2
     assert device.drain() == []
@@ -406,26 +407,75 @@ def test_second_session_uses_device_secret_key(system, devices):
     assert [e.hex() for e in leftovers] == [], "connector answered a HELLO under the setup secret after proof"
 
 
+def download_with_probes(device: Device, session: Session, rid: int, path: str):
+    """GET ``path`` as request ``rid``, consuming its body lazily; returns (status, body, stats).
+
+    The device acks nothing until 768 KiB are unacked. It then sends a probe
+    request (``GET /api/whoami``, another id on the same session) and only once
+    the probe's answer is back does it ack, one ``ack`` per body message
+    consumed. The probe needs a full trip through the connector and the
+    backend, which gives a connector that ignored the window every chance to
+    overshoot before the acks go out, without any sleep. A conforming
+    connector never deadlocks here: its messages hold at most 256 KiB, so
+    when it stops for the window it has more than 768 KiB out.
+    """
+    device.send(session, {"t": "req", "id": rid, "method": "GET", "path": path, "headers": [], "end": True})
+    status, parts, pending = None, [], []
+    unacked = 0
+    probe_id, probe_done, next_probe = None, False, 1000
+    stats = {"max_message": 0, "max_unacked": 0, "messages": 0, "probes": 0}
+    ended = False
+    while not ended or (probe_id is not None and not probe_done):
+        header, part = device.receive(session)
+        assert len(part) <= MAX_BODY_PER_MESSAGE, len(part)
+        if header["id"] == probe_id:
+            assert header["t"] in ("res", "body"), header
+            assert header["t"] == "body" or header["status"] == 200, header
+            probe_done = header["end"]
+        else:
+            assert header["id"] == rid, header
+            assert header["t"] == ("res" if status is None else "body"), header
+            if status is None:
+                status = header["status"]
+            parts.append(part)
+            unacked += len(part)
+            ended = header["end"]
+            if part and not ended:
+                pending.append(len(part))
+            stats["messages"] += 1
+            stats["max_message"] = max(stats["max_message"], len(part))
+            stats["max_unacked"] = max(stats["max_unacked"], unacked)
+            # bytes sent and not acked, seen from here: never more than the connector's own count
+            assert unacked <= WINDOW, f"{unacked} body bytes unacked (> 1 MiB): {stats}"
+        if probe_id is None and unacked >= 768 * 1024 and not ended:
+            probe_id, probe_done, next_probe = next_probe, False, next_probe + 1
+            stats["probes"] += 1
+            device.send(session, {"t": "req", "id": probe_id, "method": "GET", "path": "/api/whoami",
+                                  "headers": [], "end": True})
+        if probe_id is not None and probe_done:
+            probe_id = None
+            while pending:
+                n = pending.pop(0)
+                unacked -= n
+                device.send(session, {"t": "ack", "id": rid, "bytes": n})
+    return status, b"".join(parts), stats
+
+
 def test_streamed_download_flow_control(system, devices):
     device, session = pair(system, "alice")
     devices.append(device)
     size = 4 * MiB
-    stats: dict = {}
-    # Lazy consumer: ack (message by message) only once 768 KiB are unacked,
-    # down to 256 KiB. A connector sending messages of at most 256 KiB that
-    # stops when the next one would pass 1 MiB always has more than 768 KiB
-    # out when it stalls, so this never deadlocks a conforming connector, yet
-    # it drives the window to its limit.
-    kind, status, headers, body = device.request(session, 7, "GET", f"/download?size={size}",
-                                                 ack_low=256 * 1024, ack_high=768 * 1024, stats=stats)
-    assert kind == "res" and status == 200
+    status, body, stats = download_with_probes(device, session, 7, f"/download?size={size}")
+    assert status == 200
     assert stats["max_message"] <= MAX_BODY_PER_MESSAGE, stats
     assert stats["max_unacked"] <= WINDOW, stats
+    assert stats["probes"] >= 3, stats  # the window was actually exercised
     assert len(body) == size
     with urllib.request.urlopen(f"{system.app.url}/download?size={size}", timeout=TIMEOUT) as resp:
         direct = resp.read()
     assert hashlib.sha256(body).hexdigest() == hashlib.sha256(direct).hexdigest()
-    assert session.received_seqs == list(range(stats["messages"]))
+    assert session.received_seqs == list(range(len(session.received_seqs)))
+    assert session.sent_seqs == list(range(len(session.sent_seqs)))
     # still usable afterwards
     assert whoami(device, session, 8)["user"] == "alice"
 
@@ -433,25 +483,26 @@ def test_streamed_download_flow_control(system, devices):
 def test_seq_gap_forgets_session(system, devices):
     device, broken = pair(system, "alice")
     devices.append(device)
-    witness = device.handshake(broken.device_secret_key, 1)
-    device.confirm(witness)
-    assert whoami(device, broken, 1)["user"] == "alice"  # up seq 1 used
-    # Skip seq 2: send seq 3. The connector forgets the session; that DATA
-    # and later ones get RESET.
+    assert whoami(device, broken, 1)["user"] == "alice"  # up seqs 0 (confirm), 1 (req), maybe acks
+    gap = broken.up_seq + 1
+    # Skip one seq. The connector forgets the session: that DATA and later ones get RESET.
     device.send(broken, {"t": "req", "id": 2, "method": "GET", "path": "/api/whoami", "headers": [],
-                         "end": True}, seq=3)
+                         "end": True}, seq=gap)
     device.send(broken, {"t": "req", "id": 3, "method": "GET", "path": "/api/whoami", "headers": [],
-                         "end": True}, seq=4)
+                         "end": True}, seq=gap + 1)
     reset = bytes([1, RESET]) + broken.sid
     first = device.next_envelope(lambda e: e[:2] == bytes([1, RESET]))
     assert first == reset and len(first) == 10
-    # Ordering witness: a round trip on the other session.
-    assert whoami(device, witness, 1)["user"] == "alice"
+    # Ordering witness: a fresh session (the connector keeps one per device;
+    # PROTOCOL.md does not say so) and a backend round trip on it.
+    fresh = device.handshake(broken.device_secret_key, 1)
+    device.confirm(fresh)
+    assert whoami(device, fresh, 1)["user"] == "alice"
     rest = device.drain()
     resets = [e for e in rest if e == reset]
     others = [e.hex() for e in rest if e != reset]
     assert others == [], f"unexpected envelopes: {others}"
-    # the gap DATA (seq 3) and the following one (seq 4): two RESETs in all
+    # the gap DATA and the one after it: two RESETs in all, and no answer to either request
     assert 1 + len(resets) == 2, f"got {1 + len(resets)} RESETs for 2 DATA after the gap"
 
 

@@ -22,6 +22,14 @@ class FakeSession:
     def close(self, reason):
         self.closed = reason
 
+    held = False
+
+    def hold(self):
+        self.held = True
+
+    def release(self):
+        self.held = False
+
     def statuses(self):
         return [json.loads(p)["connector"] for t, p, _ in self.delivered if t == "$gateway/status"]
 

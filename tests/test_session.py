@@ -7,7 +7,8 @@ from twisted.internet.task import Clock
 from linchpin_gateway import wire
 from linchpin_gateway.hashing import Overloaded
 from linchpin_gateway.router import CONNECTOR, DEVICE, Principal, Router
-from linchpin_gateway.session import DEAD_AFTER, MQTTSession
+from linchpin_gateway.ratelimit import RateLimiter
+from linchpin_gateway.session import DEAD_AFTER, Limits, MQTTSession
 
 INST = "a" * 32
 DEV = "d" * 32
@@ -42,23 +43,40 @@ class FakeAuth:
 
 
 class Peer:
-    """One client connection: what the session wrote back, and whether it closed."""
+    """One client connection: what the session wrote back, and whether it closed.
 
-    def __init__(self, router, auth, clock, max_packet=1 << 20):
+    It plays the session's transport: ``send``, ``disconnect``, and reading
+    paused or resumed.
+    """
+
+    def __init__(self, router, auth, clock, max_packet=1 << 20, limits=None, host="192.0.2.1"):
         self.out = wire.Parser(1 << 24)
         self.received = []
         self.closed = None
-        self.session = MQTTSession(router, auth, clock, self._send, self._close, peer="test",
-                                   max_packet=max_packet)
+        self.aborted = False
+        self.reading = True
+        self.sent_bytes = 0
+        limits = limits or Limits(max_packet=max_packet)
+        self.session = MQTTSession(router, auth, clock, self, peer="test", host=host, limits=limits)
 
-    def _send(self, data):
+    def send(self, data):
+        self.sent_bytes += len(data)
         self.received.extend(self.out.feed(data))
 
-    def _close(self, reason):
+    def disconnect(self, reason, abort=False):
         self.closed = reason
+        self.aborted = abort
 
-    def send(self, *packets):
+    def pause_reading(self):
+        self.reading = False
+
+    def resume_reading(self):
+        self.reading = True
+
+    def feed(self, *packets):
         self.session.data_received(b"".join(wire.encode(p) for p in packets))
+
+    send_packets = feed
 
     def take(self):
         got, self.received = self.received, []
@@ -92,70 +110,70 @@ def peer(router, auth, clock):
 
 def online(peer, user, password, *subs):
     p = peer()
-    p.send(connect(user, password))
+    p.feed(connect(user, password))
     assert p.take() == [wire.Connack(0)]
     if subs:
-        p.send(wire.Subscribe(1, tuple((s, 1) for s in subs)))
+        p.feed(wire.Subscribe(1, tuple((s, 1) for s in subs)))
         p.take()
     return p
 
 
 def test_accepted(peer):
     p = peer()
-    p.send(connect(DEV, "dpw"))
+    p.feed(connect(DEV, "dpw"))
     assert p.take() == [wire.Connack(0)] and p.closed is None
 
 
 @pytest.mark.parametrize("user,password", [(DEV, "wrong"), ("nobody", "dpw"), (INST, "dpw")])
 def test_bad_credentials_connack_4_and_close(peer, user, password):
     p = peer()
-    p.send(connect(user, password))
+    p.feed(connect(user, password))
     assert p.take() == [wire.Connack(4)] and p.closed
 
 
 def test_protocol_level_3_gets_connack_1(peer):
     p = peer()
-    p.send(connect(DEV, "dpw", protocol_name="MQIsdp", protocol_level=3))
+    p.feed(connect(DEV, "dpw", protocol_name="MQIsdp", protocol_level=3))
     assert p.take() == [wire.Connack(1)] and p.closed
 
 
 def test_empty_client_id_without_clean_session_connack_2(peer):
     p = peer()
-    p.send(connect(DEV, "dpw", client_id="", clean_session=False))
+    p.feed(connect(DEV, "dpw", client_id="", clean_session=False))
     assert p.take() == [wire.Connack(2)] and p.closed
 
 
 def test_empty_client_id_with_clean_session_ok_and_session_present_0(peer):
     p = peer()
-    p.send(connect(DEV, "dpw", client_id="", clean_session=True))
+    p.feed(connect(DEV, "dpw", client_id="", clean_session=True))
     assert p.take() == [wire.Connack(0, session_present=False)]
     q = peer()
-    q.send(connect(INST, "ipw", clean_session=False))
+    q.feed(connect(INST, "ipw", clean_session=False))
     assert q.take() == [wire.Connack(0, session_present=False)]
 
 
 def test_overloaded_connack_3(peer, auth):
     auth.overloaded = True
     p = peer()
-    p.send(connect(DEV, "dpw"))
+    p.feed(connect(DEV, "dpw"))
     assert p.take() == [wire.Connack(3)] and p.closed
 
 
 def test_packet_before_connect_closes(peer):
     p = peer()
-    p.send(wire.Pingreq())
+    p.feed(wire.Pingreq())
     assert p.take() == [] and p.closed
 
 
 def test_second_connect_closes(peer):
     p = online(peer, DEV, "dpw")
-    p.send(connect(DEV, "dpw"))
+    p.feed(connect(DEV, "dpw"))
     assert p.closed == "second CONNECT"
 
 
 def test_qos2_publish_closes(peer):
     p = online(peer, DEV, "dpw")
-    p.send(wire.Publish(f"devices/{DEV}/up", b"x", qos=2, packet_id=5))
+    p.feed(wire.Publish(f"devices/{DEV}/up", b"x", qos=2, packet_id=5))
     assert p.closed
 
 
@@ -167,7 +185,7 @@ def test_malformed_closes(peer):
 
 def test_oversize_closes_before_body(peer):
     p = peer(max_packet=512 * 1024)
-    p.send(connect(DEV, "dpw"))
+    p.feed(connect(DEV, "dpw"))
     p.take()
     p.session.data_received(b"\x30" + wire.encode_remaining_length(2 * 1024 * 1024))
     assert p.closed and p.session.parser.buffered < 16
@@ -176,7 +194,7 @@ def test_oversize_closes_before_body(peer):
 def test_packets_pipelined_behind_connect_wait_for_connack(peer, auth):
     auth.manual = True
     p = peer()
-    p.send(connect(DEV, "dpw"), wire.Subscribe(7, ((f"devices/{DEV}/down", 1),)), wire.Pingreq())
+    p.feed(connect(DEV, "dpw"), wire.Subscribe(7, ((f"devices/{DEV}/down", 1),)), wire.Pingreq())
     assert p.take() == []
     auth.release()
     assert p.take() == [wire.Connack(0), wire.Suback(7, (1,)), wire.Pingresp()]
@@ -185,7 +203,7 @@ def test_packets_pipelined_behind_connect_wait_for_connack(peer, auth):
 def test_connection_lost_during_auth_attaches_nothing(peer, auth, router):
     auth.manual = True
     p = peer()
-    p.send(connect(DEV, "dpw"))
+    p.feed(connect(DEV, "dpw"))
     p.session.connection_lost()
     auth.release()
     assert p.take() == [] and not router.is_connected(DEV)
@@ -194,10 +212,10 @@ def test_connection_lost_during_auth_attaches_nothing(peer, auth, router):
 def test_relay_and_puback(peer):
     c = online(peer, INST, "ipw", "devices/+/up")
     d = online(peer, DEV, "dpw", f"devices/{DEV}/down")
-    d.send(wire.Publish(f"devices/{DEV}/up", b"\x00\x01payload", qos=1, packet_id=9))
+    d.feed(wire.Publish(f"devices/{DEV}/up", b"\x00\x01payload", qos=1, packet_id=9))
     assert d.take() == [wire.Puback(9)]
     assert c.take() == [wire.Publish(f"devices/{DEV}/up", b"\x00\x01payload", qos=1, packet_id=1)]
-    c.send(wire.Publish(f"devices/{DEV}/down", b"back", qos=0))
+    c.feed(wire.Publish(f"devices/{DEV}/down", b"back", qos=0))
     assert d.take() == [wire.Publish(f"devices/{DEV}/down", b"back", qos=0)]
 
 
@@ -206,31 +224,31 @@ def test_outgoing_packet_ids_wrap_and_skip_zero(peer):
     d = online(peer, DEV, "dpw")
     c.session._next_id = 65534
     for _ in range(3):
-        d.send(wire.Publish(f"devices/{DEV}/up", b"x", qos=1, packet_id=1))
+        d.feed(wire.Publish(f"devices/{DEV}/up", b"x", qos=1, packet_id=1))
     assert [p.packet_id for p in c.take()] == [65535, 1, 2]
 
 
 def test_connector_foreign_device_puback_not_closed(peer):
     c = online(peer, INST, "ipw", "devices/+/up")
-    c.send(wire.Publish(f"devices/{'e' * 32}/down", b"x", qos=1, packet_id=3))
+    c.feed(wire.Publish(f"devices/{'e' * 32}/down", b"x", qos=1, packet_id=3))
     assert c.take() == [wire.Puback(3)] and c.closed is None
 
 
 def test_device_foreign_publish_closed_without_puback(peer):
     d = online(peer, DEV, "dpw")
-    d.send(wire.Publish(f"devices/{'e' * 32}/up", b"x", qos=1, packet_id=3))
+    d.feed(wire.Publish(f"devices/{'e' * 32}/up", b"x", qos=1, packet_id=3))
     assert d.take() == [] and d.closed
 
 
 def test_unsubscribe(peer):
     d = online(peer, DEV, "dpw", "$gateway/status")
-    d.send(wire.Unsubscribe(4, ("$gateway/status",)))
+    d.feed(wire.Unsubscribe(4, ("$gateway/status",)))
     assert d.take() == [wire.Unsuback(4)]
 
 
 def test_status_follows_suback(peer):
     d = online(peer, DEV, "dpw")
-    d.send(wire.Subscribe(2, (("$gateway/status", 0),)))
+    d.feed(wire.Subscribe(2, (("$gateway/status", 0),)))
     assert d.take() == [wire.Suback(2, (0,)), wire.Publish("$gateway/status", b'{"connector": "offline"}')]
 
 
@@ -244,9 +262,9 @@ def test_takeover_closes_older(peer):
                                                (301, DEAD_AFTER)])
 def test_keep_alive(peer, clock, keep_alive, limit):
     p = peer()
-    p.send(connect(DEV, "dpw", keep_alive=keep_alive))
+    p.feed(connect(DEV, "dpw", keep_alive=keep_alive))
     clock.advance(limit * 0.9)
-    p.send(wire.Pingreq())
+    p.feed(wire.Pingreq())
     assert p.take()[-1] == wire.Pingresp()
     clock.advance(limit * 0.9)
     assert p.closed is None
@@ -256,7 +274,7 @@ def test_keep_alive(peer, clock, keep_alive, limit):
 
 def test_partial_packet_does_not_count_as_activity(peer, clock):
     p = peer()
-    p.send(connect(DEV, "dpw", keep_alive=10))
+    p.feed(connect(DEV, "dpw", keep_alive=10))
     clock.advance(14)
     p.session.data_received(b"\xc0")  # half a PINGREQ
     clock.advance(1.1)
@@ -273,3 +291,79 @@ def test_closed_session_cancels_timers(peer, clock):
     p = online(peer, DEV, "dpw")
     p.session.connection_lost()
     assert clock.getDelayedCalls() == []
+
+
+def test_failed_logins_rate_limited_with_connack_5(router, auth, clock):
+    limits = Limits(login_limiter=RateLimiter(clock, 3, 3.0))
+    codes = []
+    for _ in range(5):
+        p = Peer(router, auth, clock, limits=limits)
+        p.feed(connect(DEV, "wrong"))
+        codes += [c.return_code for c in p.take()]
+    assert codes == [4, 4, 4, 5, 5]
+    # another address is not affected, and right credentials still need a token
+    other = Peer(router, auth, clock, limits=limits, host="198.51.100.7")
+    other.feed(connect(DEV, "dpw"))
+    assert other.take() == [wire.Connack(0)]
+    clock.advance(20)  # one token back after 20 s at 3 a minute
+    p = Peer(router, auth, clock, limits=limits)
+    p.feed(connect(DEV, "dpw"))
+    assert p.take() == [wire.Connack(0)]
+
+
+def test_well_behaved_logins_never_limited(router, auth, clock):
+    limits = Limits(login_limiter=RateLimiter(clock, 20, 20.0))
+    for _ in range(200):
+        p = Peer(router, auth, clock, limits=limits)
+        p.feed(connect(DEV, "dpw"))
+        assert p.take() == [wire.Connack(0)]
+        clock.advance(3)
+
+
+def test_slow_reader_cut_once_backlog_passes_limit(router, auth, clock):
+    conn = Peer(router, auth, clock)
+    conn.feed(connect(INST, "ipw"))
+    limits = Limits(max_outbound=100_000)
+    dev = Peer(router, auth, clock, limits=limits)
+    dev.feed(connect(DEV, "dpw"), wire.Subscribe(1, ((f"devices/{DEV}/down", 0),)))
+    dev.session.output_paused()  # its socket is full
+    sent_before = dev.sent_bytes
+    for _ in range(200):
+        conn.feed(wire.Publish(f"devices/{DEV}/down", b"x" * 1000))
+        if dev.closed:
+            break
+    assert dev.closed == "slow consumer" and dev.aborted
+    assert dev.sent_bytes - sent_before <= 100_000
+    assert conn.closed is None
+
+
+def test_drained_reader_is_not_cut(router, auth, clock):
+    conn = Peer(router, auth, clock)
+    conn.feed(connect(INST, "ipw"))
+    dev = Peer(router, auth, clock, limits=Limits(max_outbound=100_000))
+    dev.feed(connect(DEV, "dpw"), wire.Subscribe(1, ((f"devices/{DEV}/down", 0),)))
+    for _ in range(50):
+        dev.session.output_paused()
+        for _ in range(50):
+            conn.feed(wire.Publish(f"devices/{DEV}/down", b"x" * 1000))
+        dev.session.output_resumed()
+    assert dev.closed is None
+
+
+def test_backed_up_connector_stops_reading_its_devices(router, auth, clock):
+    conn = Peer(router, auth, clock)
+    conn.feed(connect(INST, "ipw"), wire.Subscribe(1, (("devices/+/up", 0),)))
+    dev = Peer(router, auth, clock)
+    dev.feed(connect(DEV, "dpw", keep_alive=10))
+    conn.session.output_paused()
+    assert not dev.reading
+    clock.advance(60)  # not read, so its silence does not count against it
+    assert dev.closed is None
+    late = Peer(router, auth, clock)  # a device arriving meanwhile is held too
+    late.feed(connect(DEV, "dpw"))
+    assert not late.reading
+    conn.session.output_resumed()
+    assert late.reading
+    conn.session.output_paused()
+    conn.session.connection_lost()  # connector gone: nothing left to protect
+    assert late.reading

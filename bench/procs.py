@@ -1,0 +1,164 @@
+"""Child processes and /proc readings for the benchmarks.
+
+Every process the benchmarks start goes through :class:`Proc`: it runs in a
+process group of its own (``start_new_session``), its output goes to a log
+file under ``var/bench/`` (never a pipe nobody drains), and it is registered
+so that :func:`stop_all` -- called from ``finally`` blocks and at exit --
+terminates every group that is still alive: SIGTERM, a grace period, then
+SIGKILL.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import re
+import resource
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+ROOT = Path(__file__).resolve().parent.parent
+VAR = ROOT / "var" / "bench"
+PYTHON = sys.executable
+
+_live: list["Proc"] = []
+
+
+class Proc:
+    def __init__(self, name: str, argv: list[str], log: Path | None = None, stdin=None, env=None,
+                 cwd: Path | None = None):
+        self.name = name
+        self.argv = argv
+        self.log = log or VAR / f"{name}.log"
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        self._out = open(self.log, "wb")
+        self.proc = subprocess.Popen(
+            argv, stdout=self._out, stderr=subprocess.STDOUT, stdin=stdin if stdin is not None else subprocess.DEVNULL,
+            start_new_session=True, env=env, cwd=str(cwd or ROOT))
+        self.pid = self.proc.pid
+        _live.append(self)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def text(self) -> str:
+        try:
+            return self.log.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def wait_for(self, pattern: str, timeout: float = 30.0) -> re.Match:
+        """Poll the log until a line matches; fail if the process ends first."""
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        while True:
+            m = regex.search(self.text())
+            if m:
+                return m
+            if not self.alive():
+                raise RuntimeError(f"{self.name} exited ({self.proc.returncode}) before {pattern!r}:\n"
+                                   f"{self.tail()}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{self.name}: no {pattern!r} within {timeout} s:\n{self.tail()}")
+            time.sleep(0.05)
+
+    def tail(self, n: int = 20) -> str:
+        return "\n".join(self.text().splitlines()[-n:])
+
+    def wait(self, timeout: float) -> int | None:
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def stop(self, grace: float = 5.0) -> None:
+        """SIGTERM the group, then SIGKILL it after `grace` seconds."""
+        if self.alive():
+            _killpg(self.pid, signal.SIGTERM)
+            if self.wait(grace) is None:
+                _killpg(self.pid, signal.SIGKILL)
+                self.wait(5)
+        # Children that outlived the leader (none expected) go too.
+        _killpg(self.pid, signal.SIGKILL)
+        if not self._out.closed:
+            self._out.close()
+        if self in _live:
+            _live.remove(self)
+
+
+def _killpg(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def stop_all() -> None:
+    for proc in list(reversed(_live)):
+        try:
+            proc.stop(grace=3.0)
+        except Exception as e:  # keep cleaning up the others
+            print(f"warning: stopping {proc.name}: {e}", file=sys.stderr)
+
+
+atexit.register(stop_all)
+
+
+def exit_on_signals() -> None:
+    """SIGTERM/SIGHUP raise SystemExit, so `finally` blocks and atexit run."""
+    def handler(signum, frame):
+        raise SystemExit(128 + signum)
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGHUP, handler)
+
+
+# -- /proc ----------------------------------------------------------------------
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of the whole process (all threads), in seconds."""
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        stat = f.read()
+    fields = stat[stat.rindex(b")") + 2:].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
+def tcp_ext(*names: str) -> dict[str, int]:
+    """Counters of the TcpExt line of /proc/net/netstat (e.g. ListenOverflows)."""
+    with open("/proc/net/netstat") as f:
+        lines = f.read().splitlines()
+    for head, values in zip(lines[::2], lines[1::2]):
+        if head.startswith("TcpExt:"):
+            table = dict(zip(head.split()[1:], map(int, values.split()[1:])))
+            return {n: table.get(n, 0) for n in names}
+    return {n: 0 for n in names}
+
+
+def free_port() -> int:
+    """A port that was free a moment ago (for servers that cannot take port 0)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def raise_nofile(want: int = 8192) -> int:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard == resource.RLIM_INFINITY else min(max(soft, want), hard)
+    if hard == resource.RLIM_INFINITY:
+        target = max(soft, want)
+    if target > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]

@@ -1,0 +1,72 @@
+"""Per-address token buckets, on an injected clock.
+
+A bucket holds up to ``burst`` tokens and refills at ``per_minute`` tokens a
+minute.  :meth:`RateLimiter.allowed` only looks; :meth:`RateLimiter.charge`
+spends a token, so a limiter can count failures only (failed logins) or
+every call (unauthenticated REST).  Full buckets carry no information and
+are swept, so memory follows the number of addresses recently misbehaving.
+"""
+
+from __future__ import annotations
+
+import math
+
+
+class RateLimiter:
+    SWEEP_EVERY = 1024  # charges between sweeps of refilled buckets
+
+    def __init__(self, clock, burst: int, per_minute: float):
+        if burst < 1 or per_minute <= 0:
+            raise ValueError("a rate limit needs burst >= 1 and a positive rate")
+        self.clock = clock
+        self.burst = float(burst)
+        self.rate = per_minute / 60.0
+        self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, at)
+        self._charges = 0
+
+    def _tokens(self, key: str, now: float) -> float:
+        entry = self._buckets.get(key)
+        if entry is None:
+            return self.burst
+        tokens, at = entry
+        return min(self.burst, tokens + (now - at) * self.rate)
+
+    def allowed(self, key: str) -> bool:
+        """True while ``key`` has at least one token left."""
+        return self._tokens(key, self.clock.seconds()) >= 1.0
+
+    def charge(self, key: str) -> bool:
+        """Spend a token; False (and nothing spent) when none was left."""
+        now = self.clock.seconds()
+        tokens = self._tokens(key, now)
+        if tokens < 1.0:
+            return False
+        self._buckets[key] = (tokens - 1.0, now)
+        self._charges += 1
+        if self._charges % self.SWEEP_EVERY == 0:
+            self._sweep(now)
+        return True
+
+    def retry_after(self, key: str) -> int:
+        """Whole seconds until ``key`` has a token again (at least 1)."""
+        missing = 1.0 - self._tokens(key, self.clock.seconds())
+        return max(1, math.ceil(missing / self.rate))
+
+    def _sweep(self, now: float) -> None:
+        self._buckets = {k: v for k, v in self._buckets.items() if self._tokens(k, now) < self.burst}
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+
+class Unlimited:
+    """A limiter that never limits (rate limits switched off)."""
+
+    def allowed(self, key: str) -> bool:
+        return True
+
+    def charge(self, key: str) -> bool:
+        return True
+
+    def retry_after(self, key: str) -> int:
+        return 0
