@@ -291,7 +291,12 @@ class MQTTSession:
     # -- flow control --------------------------------------------------------
 
     def output_paused(self) -> None:
-        """The socket's send buffer is full: count what we queue from now on."""
+        """The socket's send buffer is full: count what we queue from now on.
+
+        (Twisted calls this again on every write while the buffer stays full.)
+        """
+        if self._out_paused:
+            return
         self._out_paused = True
         self._out_queued = 0
         if self.client is not None and self.client.attached:

@@ -4,6 +4,8 @@ import json
 import re
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from treq.testing import StubTreq
 from twisted.internet import defer
 from twisted.python.failure import Failure
@@ -354,3 +356,35 @@ def test_verified_credentials_cached_and_forgotten_on_rotation(api, gw):
     gw.reactor.advance(301)
     resp, body = api.call("POST", "/api/v1/instance/password", {}, auth)
     assert resp.code == 401
+
+
+@pytest.fixture
+def unlimited_gateway(make_gateway):
+    """One gateway for every example of a hypothesis test (no rate limit)."""
+    return make_gateway(rest_limit=None)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=40),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=20), children, max_size=4),
+    max_leaves=12,
+)
+bodies = st.one_of(
+    st.binary(max_size=300),
+    json_values.map(lambda v: json.dumps(v).encode()),
+    st.dictionaries(st.sampled_from(["device_setup_key", "x", ""]), json_values, max_size=3).map(
+        lambda v: json.dumps(v).encode()),
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(path=st.sampled_from(["/api/v1/devices/setup", "/api/v1/instances", "/api/v1/devices",
+                             "/api/v1/instance/password"]),
+       body=bodies, ctype=st.sampled_from(["application/json", "application/json; charset=utf-8", "text/plain"]))
+def test_fuzzed_bodies_only_get_defined_answers(unlimited_gateway, path, body, ctype):
+    api = Client(unlimited_gateway)
+    resp, parsed = api.call("POST", path, raw=body, headers={"Content-Type": ctype})
+    assert resp.code in (200, 201, 400, 401, 404, 415), (resp.code, parsed)
+    if resp.code >= 400:
+        assert set(parsed) == {"error", "message"}
+        assert parsed["error"] in ("bad_request", "unauthorized", "invalid_setup_key", "unsupported_media_type")

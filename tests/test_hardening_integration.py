@@ -1,0 +1,198 @@
+"""The real gateway under crashes, SIGTERM, slow readers and junk on its port."""
+
+import os
+import signal
+import socket
+import time
+import urllib.request
+
+import pytest
+
+from linchpin_gateway import wire
+from tests.support import TIMEOUT, Gateway, Paho, RawWebSocket, World, rest
+
+
+def rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def test_kill_9_loses_no_answered_write(tmp_path):
+    gw = Gateway(tmp_path / "gw")
+    world = World(gw.url)
+    inst = world.register()
+    kept_id, kept_pw = world.pair(inst)
+    spent = world.add_device(inst)
+    status, _, _ = rest("POST", gw.url + "/api/v1/devices/setup", {"device_setup_key": spent["device_setup_key"]})
+    assert status == 200
+    gone_id, gone_pw = world.pair(inst)
+    world.revoke(inst, gone_id)
+    os.kill(gw.proc.pid, signal.SIGKILL)  # right after the last answer
+    gw.proc.wait(TIMEOUT)
+
+    again = Gateway(tmp_path / "gw")
+    try:
+        assert Paho(again.port, *inst).result == "Success"
+        assert Paho(again.port, kept_id, kept_pw).result == "Success"
+        assert Paho(again.port, gone_id, gone_pw).result == "Bad user name or password"
+        status, body, _ = rest("POST", again.url + "/api/v1/devices/setup",
+                               {"device_setup_key": spent["device_setup_key"]})
+        assert status == 404 and body["error"] == "invalid_setup_key"  # a used key stays used
+    finally:
+        again.kill()
+
+
+def test_sigterm_drains_sessions_and_exits_0(tmp_path):
+    gw = Gateway(tmp_path / "gw")
+    world = World(gw.url)
+    inst = world.register()
+    dev_id, dev_pw = world.pair(inst)
+    clients = [Paho(gw.port, *inst), Paho(gw.port, dev_id, dev_pw)]
+    raw = RawWebSocket(gw.port)
+    raw.send(wire.encode(wire.Connect(client_id="r", username=dev_id, password=dev_pw.encode(),
+                                      keep_alive=60, clean_session=True)))
+    raw.recv_binary()  # CONNACK (this session took over the paho one of the device)
+    started = time.monotonic()
+    assert gw.terminate() == 0
+    assert time.monotonic() - started < 10
+    assert 0x8 in raw.wait_closed()  # a clean WebSocket close, not a reset
+    for c in clients:
+        c.wait_closed()
+    assert "closed 2 sessions" in gw.text() or "closed 3 sessions" in gw.text()
+
+
+def test_never_reading_device_is_cut_and_memory_stays_flat(tmp_path):
+    """200 MiB sent to a device that never reads: the gateway keeps at most
+    its outbound limit for it, cuts it, and its memory does not follow."""
+    gw = Gateway(tmp_path / "gw", "--max-message-size", "1048576")
+    world = World(gw.url)
+    inst = world.register()
+    dev_id, dev_pw = world.pair(inst)
+    sleeper = RawWebSocket(gw.port)
+    sleeper.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sleeper.send(wire.encode(wire.Connect(client_id="s", username=dev_id, password=dev_pw.encode(),
+                                          keep_alive=300, clean_session=True)))
+    sleeper.send(wire.encode(wire.Subscribe(1, ((f"devices/{dev_id}/down", 0),))))
+    assert wire.Parser().feed(sleeper.recv_binary())[0] == wire.Connack(0)
+
+    connector = RawWebSocket(gw.port)
+    connector.send(wire.encode(wire.Connect(client_id="c", username=inst[0], password=inst[1].encode(),
+                                            keep_alive=300, clean_session=True)))
+    assert wire.Parser().feed(connector.recv_binary()) == [wire.Connack(0)]
+    before = rss_kib(gw.proc.pid)
+    chunk = wire.encode_publish(f"devices/{dev_id}/down".encode(), b"\xab" * (256 * 1024))
+    sent = 0
+    peak = before
+    while sent < 200 * 1024 * 1024:
+        try:
+            connector.send(chunk)
+        except OSError:
+            break
+        sent += 256 * 1024
+        if sent % (8 * 1024 * 1024) == 0:
+            peak = max(peak, rss_kib(gw.proc.pid))
+    # the connector is never cut for what its device did not read
+    connector.send(wire.encode(wire.Pingreq()))
+    parser = wire.Parser()
+    got = []
+    while wire.Pingresp() not in got:
+        got += parser.feed(connector.recv_binary())
+    growth_mib = (peak - before) / 1024
+    gw.wait_for("stopped reading")
+    assert growth_mib < 48, f"gateway grew {growth_mib:.1f} MiB while relaying {sent >> 20} MiB"
+    print(f"gateway RSS growth while sending {sent >> 20} MiB to a non-reader: {growth_mib:.1f} MiB")
+    gw.kill()
+
+
+def test_never_reading_connector_pushes_back_on_devices(tmp_path):
+    gw = Gateway(tmp_path / "gw")
+    world = World(gw.url)
+    inst = world.register()
+    dev_id, dev_pw = world.pair(inst)
+    connector = RawWebSocket(gw.port)
+    connector.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    connector.send(wire.encode(wire.Connect(client_id="c", username=inst[0], password=inst[1].encode(),
+                                            keep_alive=300, clean_session=True)))
+    connector.send(wire.encode(wire.Subscribe(1, (("devices/+/up", 0),))))
+    assert wire.Parser().feed(connector.recv_binary())[0] == wire.Connack(0)
+
+    device = RawWebSocket(gw.port)
+    device.send(wire.encode(wire.Connect(client_id="d", username=dev_id, password=dev_pw.encode(),
+                                         keep_alive=300, clean_session=True)))
+    assert wire.Parser().feed(device.recv_binary()) == [wire.Connack(0)]
+    device.sock.settimeout(3)
+    before = rss_kib(gw.proc.pid)
+    chunk = wire.encode_publish(f"devices/{dev_id}/up".encode(), b"\xcd" * (256 * 1024))
+    sent = 0
+    blocked = False
+    while sent < 200 * 1024 * 1024:
+        try:
+            device.send(chunk)
+        except socket.timeout:
+            blocked = True  # TCP pushed back all the way to the device
+            break
+        sent += len(chunk)
+    growth_mib = (rss_kib(gw.proc.pid) - before) / 1024
+    assert blocked, "the gateway kept reading from the device"
+    assert sent < 64 * 1024 * 1024
+    assert growth_mib < 48
+    assert gw.proc.poll() is None
+    gw.kill()
+
+
+@pytest.mark.parametrize("junk", [
+    b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + os.urandom(64),  # a TLS hello on a plain port
+    b"GET /mqtt HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: mqtt\r\n\r\n",  # no key
+    b"\x10\x0c\x00\x04MQTT\x04\x02\x00\x3c\x00\x00",  # raw MQTT, no WebSocket
+    os.urandom(2048),
+])
+def test_junk_on_the_port_is_closed_and_disturbs_nothing(tmp_path, junk):
+    gw = Gateway(tmp_path / "gw")
+    world = World(gw.url)
+    inst = world.register()
+    live = Paho(gw.port, *inst)
+    s = socket.create_connection(("127.0.0.1", gw.port), timeout=TIMEOUT)
+    s.sendall(junk)
+    s.shutdown(socket.SHUT_WR)
+    while s.recv(65536):
+        pass  # the gateway answers (or not) and closes
+    s.close()
+    assert not live.disconnected.is_set()
+    assert rest("GET", gw.url + "/healthz")[0] == 200
+    gw.kill()
+
+
+def test_metrics_endpoint(tmp_path):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    gw = Gateway(tmp_path / "gw", "--metrics", f"tcp:{port}:interface=127.0.0.1")
+    world = World(gw.url)
+    inst = world.register()
+    dev_id, dev_pw = world.pair(inst)
+    conn = Paho(gw.port, *inst)
+    conn.subscribe("devices/+/up")
+    dev = Paho(gw.port, dev_id, dev_pw)
+    dev.publish(f"devices/{dev_id}/up", b"12345")
+    conn.next_message()
+    assert Paho(gw.port, dev_id, "wrong").result == "Bad user name or password"
+    gw.wait_for(rf"lmgateway listening on metrics .* at 127\.0\.0\.1:{port}")
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=TIMEOUT).read().decode()
+    values = {}
+    for line in text.splitlines():
+        if line.startswith("lmgateway_"):
+            name, value = line.rsplit(" ", 1)
+            values[name] = float(value)
+    assert values['lmgateway_sessions{role="connector"}'] == 1
+    assert values['lmgateway_sessions{role="device"}'] == 1
+    assert values["lmgateway_messages_relayed_total"] == 1
+    assert values["lmgateway_bytes_relayed_total"] == 5
+    assert values["lmgateway_auth_failures_total"] == 1
+    assert "lmgateway_pbkdf2_queue_depth" in values
+    assert "lmgateway_slow_consumer_disconnects_total" in values
+    assert "lmgateway_rate_limited_total" in values
+    gw.kill()
