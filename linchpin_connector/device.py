@@ -387,7 +387,12 @@ class Device:
     # -- connection --------------------------------------------------------------
 
     async def open(self) -> None:
-        """Connect to the gateway and learn whether the connector is online."""
+        """Connect to the gateway and learn whether the connector is online.
+
+        :meth:`request` calls it again by itself after the connection was
+        lost (gateway restart, network change).
+        """
+        self._status_known = _Outcome()
         try:
             gateway_url = check_gateway_url(self.state.gateway_url, self.state.insecure)
         except InsecureURL as e:
@@ -520,6 +525,8 @@ class Device:
         ``body`` is bytes or a binary file object read in 256 KiB parts as the
         connector's acknowledgements allow.
         """
+        if self.client is None or not self.client.is_open:
+            await self.open()
         await self.handshake()
         channel = self._session
         if channel is None:

@@ -19,6 +19,7 @@ from twisted.logger import Logger
 from twisted.web import http, server
 from twisted.web.resource import Resource
 
+from .audit import audit
 from .hashing import Overloaded, new_id, new_secret, sha256_hex
 from .router import is_hex_id
 from .session import MQTTResource
@@ -281,7 +282,7 @@ class ApiV1(_AsyncResource):
         if not await self.gw.authenticator.check_instance(instance_id, password):
             host = _peer(request)
             self.gw.stats.auth_failures += 1
-            self.log.info("REST auth failure from {peer}", peer=host)
+            self.log.debug("REST auth failure from {peer}", peer=host)
             self.gw.rest_limiter.charge(host)
             raise _unauthorized()
         return instance_id
@@ -305,13 +306,13 @@ class ApiV1(_AsyncResource):
             if scheme.lower() != "bearer" or not hmac.compare_digest(
                 value.strip().encode("utf-8"), token.encode("utf-8")
             ):
-                self.log.info("registration refused from {peer}: bad token", peer=_peer(request))
+                self.log.debug("registration refused from {peer}: bad token", peer=_peer(request))
                 raise _unauthorized("Bearer")
         self._json_body(request)
         instance_id, password = new_id(), new_secret()
         encoded = await self.gw.hasher.hash(password)
         await self.gw.store.create_instance(instance_id, encoded, self.gw.clock.seconds())
-        self.log.info("instance {instance_id} registered", instance_id=instance_id)
+        audit("instance_registered", instance_id=instance_id, host=_peer(request))
         return 201, {
             "instance_id": instance_id,
             "instance_password": password,
@@ -326,7 +327,7 @@ class ApiV1(_AsyncResource):
         if not await self.gw.store.set_instance_password(instance_id, encoded):
             raise _unauthorized()  # deleted meanwhile
         self.gw.authenticator.forget(instance_id)
-        self.log.info("instance {instance_id} password changed", instance_id=instance_id)
+        audit("instance_password_changed", instance_id=instance_id)
         return 200, {"instance_password": password}
 
     async def delete_instance(self, request):
@@ -336,8 +337,7 @@ class ApiV1(_AsyncResource):
             raise _unauthorized()
         self.gw.authenticator.forget(instance_id, *device_ids)
         self.gw.router.drop_instance(instance_id)
-        self.log.info("instance {instance_id} deleted with {n} devices", instance_id=instance_id,
-                      n=len(device_ids))
+        audit("instance_deleted", instance_id=instance_id, devices=len(device_ids))
         return 204, None
 
     async def add_device(self, request):
@@ -347,8 +347,7 @@ class ApiV1(_AsyncResource):
         now = self.gw.clock.seconds()
         expires_at = int(now) + self.gw.setup_key_ttl
         await self.gw.store.create_device(device_id, instance_id, sha256_hex(setup_key), expires_at, now)
-        self.log.info("device {device_id} created for instance {instance_id}", device_id=device_id,
-                      instance_id=instance_id)
+        audit("device_created", device_id=device_id, instance_id=instance_id)
         return 201, {
             "device_id": device_id,
             "device_setup_key": setup_key,
@@ -373,8 +372,7 @@ class ApiV1(_AsyncResource):
             raise ApiError(404, *NOT_FOUND)
         self.gw.authenticator.forget(device_id)
         self.gw.router.revoke_device(instance_id, device_id)
-        self.log.info("device {device_id} revoked by instance {instance_id}", device_id=device_id,
-                      instance_id=instance_id)
+        audit("device_revoked", device_id=device_id, instance_id=instance_id)
         return 204, None
 
     async def setup_device(self, request):
@@ -387,7 +385,7 @@ class ApiV1(_AsyncResource):
         now = self.gw.clock.seconds()
         found = await self.gw.store.find_setup_key(key_hash, now)
         if found is None:
-            self.log.info("invalid setup key from {peer}", peer=_peer(request))
+            self.log.debug("invalid setup key from {peer}", peer=_peer(request))
             raise invalid
         device_id, _instance_id = found
         password = new_secret()
@@ -396,8 +394,7 @@ class ApiV1(_AsyncResource):
         if instance_id is None:  # another request spent the key meanwhile
             raise invalid
         self.gw.router.device_paired(instance_id, device_id)
-        self.log.info("device {device_id} paired to instance {instance_id}", device_id=device_id,
-                      instance_id=instance_id)
+        audit("device_paired", device_id=device_id, instance_id=instance_id, host=_peer(request))
         return 200, {"device_id": device_id, "device_password": password}
 
 

@@ -15,10 +15,12 @@ import math
 class RateLimiter:
     SWEEP_EVERY = 1024  # charges between sweeps of refilled buckets
 
-    def __init__(self, clock, burst: int, per_minute: float):
+    def __init__(self, clock, burst: int, per_minute: float, on_trip=None):
+        """``on_trip(key)`` is called once each time a charge empties a bucket."""
         if burst < 1 or per_minute <= 0:
             raise ValueError("a rate limit needs burst >= 1 and a positive rate")
         self.clock = clock
+        self.on_trip = on_trip
         self.burst = float(burst)
         self.rate = per_minute / 60.0
         self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, at)
@@ -42,6 +44,8 @@ class RateLimiter:
         if tokens < 1.0:
             return False
         self._buckets[key] = (tokens - 1.0, now)
+        if tokens < 2.0 and self.on_trip is not None:
+            self.on_trip(key)
         self._charges += 1
         if self._charges % self.SWEEP_EVERY == 0:
             self._sweep(now)

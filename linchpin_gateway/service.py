@@ -12,6 +12,7 @@ from zope.interface import implementer
 
 from .api import GatewaySite, Root
 from .auth import Authenticator
+from .audit import audit
 from .hashing import MIN_ITERATIONS, Hasher
 from .metrics import Stats, metrics_site
 from .ratelimit import RateLimiter, Unlimited
@@ -50,9 +51,12 @@ class Gateway(service.MultiService):
         self.registration_token = registration_token
         self.setup_key_ttl = setup_key_ttl
         self.drain_timeout = drain_timeout
-        self.rest_limiter = RateLimiter(reactor, *rest_limit) if rest_limit else Unlimited()
+        self.rest_limiter = (RateLimiter(reactor, *rest_limit, on_trip=lambda host: audit(
+            "rate_limit_tripped", host=host, limit="unauthenticated REST calls")) if rest_limit else Unlimited())
         self.limits = Limits(max_packet=max_packet, max_outbound=max_outbound,
-                             login_limiter=RateLimiter(reactor, *login_limit) if login_limit else None)
+                             login_limiter=RateLimiter(reactor, *login_limit, on_trip=lambda host: audit(
+                                 "auth_failure_burst", host=host, limit="failed MQTT logins"))
+                             if login_limit else None)
         self.ws_factory = MQTTWebSocketFactory(self, reactor, max_sessions=max_sessions,
                                                max_unauthenticated=max_unauthenticated)
         self.site = GatewaySite(Root(self, self.ws_factory), reactor=reactor, timeout=HTTP_IDLE_TIMEOUT)

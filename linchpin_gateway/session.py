@@ -151,7 +151,7 @@ class MQTTSession:
         limiter = self.limits.login_limiter
         if limiter is not None and not limiter.allowed(self.host):
             self.stats.rate_limited += 1
-            self.log.info("too many failed logins from {host}: CONNACK 5", host=self.host)
+            self.log.debug("too many failed logins from {host}: CONNACK 5", host=self.host)
             self._refuse(wire.CONNACK_NOT_AUTHORIZED, "too many failed logins")
             return
         self.state = AUTHENTICATING
@@ -181,7 +181,7 @@ class MQTTSession:
             limiter = self.limits.login_limiter
             if limiter is not None and not limiter.charge(self.host):
                 self.stats.rate_limited += 1
-            self.log.info("auth failure from {peer}", peer=self.peer)
+            self.log.debug("auth failure from {peer}", peer=self.peer)
             self._refuse(wire.CONNACK_BAD_CREDENTIALS, "bad credentials")
             return
         self.state = CONNECTED

@@ -245,3 +245,15 @@ def test_upload_respects_credit_window(pair):
         assert sent() - acked <= e2e.CREDIT_WINDOW
     assert b"".join(b for h, b in proxy.handled if h["t"] in ("req", "body")) == body
     assert proxy.handled[-1][0] == {"t": "body", "id": 0, "end": True}
+
+
+def test_device_reconnects_by_itself_after_losing_the_gateway(pair):
+    device = pair.new_device()
+    handshake(pair, device)
+    old = device.client
+    old.is_open = False
+    old.closed.callback("gateway restarted")
+    d = pair.run(device.request("GET", "/after"))
+    assert device.client is not old and device.client.is_open
+    assert [h["path"] for h, _ in pair.proxies[-1].handled if h["t"] == "req"] == ["/after"]
+    assert not d.called  # waiting for the response on the new session

@@ -196,3 +196,20 @@ def test_metrics_endpoint(tmp_path):
     assert "lmgateway_slow_consumer_disconnects_total" in values
     assert "lmgateway_rate_limited_total" in values
     gw.kill()
+
+
+def test_caps_on_pending_and_total_sessions(tmp_path):
+    gw = Gateway(tmp_path / "gw", "--max-pending-logins", "2", "--max-sessions", "3")
+    world = World(gw.url)
+    inst = world.register()
+    idle = [RawWebSocket(gw.port), RawWebSocket(gw.port)]  # open, never CONNECT
+    assert [ws.status for ws in idle] == [101, 101]
+    assert RawWebSocket(gw.port).status == 503  # too many awaiting CONNACK
+    idle[0].send(wire.encode(wire.Connect(client_id="a", username=inst[0], password=inst[1].encode(),
+                                          keep_alive=60, clean_session=True)))
+    assert wire.Parser().feed(idle[0].recv_binary()) == [wire.Connack(0)]
+    third = RawWebSocket(gw.port)  # one is authenticated now: room for one more pending
+    assert third.status == 101
+    assert RawWebSocket(gw.port).status == 503  # but 3 sessions are open, the most allowed
+    assert rest("GET", gw.url + "/healthz")[0] == 200
+    gw.kill()
