@@ -1,6 +1,8 @@
 """The device side: pairing, the E2E session, and requests; plus ``lmdevice``.
 
-The library is Deferred-based and usable from any Twisted program::
+The library is Deferred-based and usable from any Twisted program: ``pair``,
+``Device.open``, ``Device.request`` and ``Response.content`` return
+Deferreds (so they can be awaited from coroutines too)::
 
     state = await pair(reactor, uri, "phone.json")
     device = Device(reactor, state)
@@ -16,6 +18,7 @@ is what lets the connector send the next part (1 MiB credit window).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -34,6 +37,17 @@ PAIR_PREFIX = "linchpin-mobile://pair?"
 DEFAULT_STATE = "./var/lmdevice.json"
 DEFAULT_TIMEOUT = 60.0
 READ_CHUNK = e2e.MAX_BODY_CHUNK
+
+
+def _deferred(fn):
+    """The public API returns Deferreds (usable from any Twisted code); the
+    bodies are coroutines for readability."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs) -> defer.Deferred:
+        return defer.ensureDeferred(fn(*args, **kwargs))
+
+    return wrapper
 
 
 class DeviceError(Exception):
@@ -178,6 +192,7 @@ class DeviceState:
         raise DeviceError("device state holds no key; pair again")
 
 
+@_deferred
 async def pair(reactor, uri: str, state_path: str, *, http=None, allow_insecure: bool = False,
                ca_file: str | None = None) -> DeviceState:
     """Trade the setup key for this device's own password and save the state."""
@@ -240,6 +255,7 @@ class Response:
         self._finish_if_ended()
         return self._done
 
+    @_deferred
     async def content(self) -> bytes:
         parts = []
         await self.deliver(parts.append)
@@ -386,6 +402,7 @@ class Device:
 
     # -- connection --------------------------------------------------------------
 
+    @_deferred
     async def open(self) -> None:
         """Connect to the gateway and learn whether the connector is online.
 
@@ -480,6 +497,7 @@ class Device:
 
     # -- handshake -----------------------------------------------------------------
 
+    @_deferred
     async def handshake(self) -> None:
         """Make sure an E2E session exists (HELLO, WELCOME, confirm)."""
         if self._session is not None:
@@ -519,6 +537,7 @@ class Device:
 
     # -- requests ------------------------------------------------------------------
 
+    @_deferred
     async def request(self, method: str, path: str, headers=(), body=b"") -> Response:
         """Send one request; returns once the response starts (its body streams).
 
