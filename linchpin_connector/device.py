@@ -145,6 +145,7 @@ class DeviceState:
     setup_secret: str | None = None
     device_secret: str | None = None
     insecure: bool = False
+    ca_file: str | None = None  # private CA given at pairing, used from then on
 
     @classmethod
     def load(cls, path: str) -> DeviceState:
@@ -214,7 +215,8 @@ async def pair(reactor, uri: str, state_path: str, *, http=None, allow_insecure:
     state = DeviceState(path=state_path, gateway_url=gateway_url, device_id=creds["device_id"],
                         device_password=creds["device_password"],
                         connector_key=e2e.b64u_encode(info.connector_key),
-                        setup_secret=e2e.b64u_encode(info.secret), insecure=allow_insecure)
+                        setup_secret=e2e.b64u_encode(info.secret), insecure=allow_insecure,
+                        ca_file=os.path.abspath(ca_file) if ca_file else None)
     state.save()
     return state
 
@@ -388,7 +390,7 @@ class Device:
         self.reactor = reactor
         self.state = state
         self.timeout = timeout
-        self.ca_file = ca_file
+        self.ca_file = ca_file or state.ca_file
         self._connect = connect
         self.client: mqtt_client.MQTTClient | None = None
         self.online: bool | None = None

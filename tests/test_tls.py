@@ -95,7 +95,9 @@ def test_connector_and_device_work_over_https_and_wss(tls_system, tmp_path):
         assert b"end-to-end key agreed" in paired.stderr  # the WSS session and the E2E handshake worked
         assert json.load(open(state))["gateway_url"] == gateway.url
 
-        who = cli("lmdevice", "--ca-file", tls.ca, "--state", state, "request", "/api/whoami")
+        # the CA given at pairing is remembered in the state file
+        assert json.load(open(state))["ca_file"] == str(tls.ca)
+        who = cli("lmdevice", "--state", state, "request", "/api/whoami")
         assert json.loads(who.stdout) == {"user": "alice", "method": "GET", "path": "/api/whoami", "query": ""}
         # a CA bundle counts every certificate in it, not only the first (here: the unrelated CA)
         page = cli("lmdevice", "--ca-file", tls.bundle, "--state", state, "request", "/")
@@ -121,8 +123,13 @@ def test_untrusted_certificate_is_refused_with_a_clear_error(tls_system, paired_
     one_line_error(pair, "lmdevice:", "TLS", "certificate verify failed")
     assert not state.exists()
 
-    # a device already paired: its WSS session is refused the same way
-    request = cli("lmdevice", *ca, "--state", paired_state, "request", "/", check=False, timeout=QUICK)
+    # a device already paired: its WSS session is refused the same way (here
+    # the CA it remembered is gone: system roots, or overridden by --ca-file)
+    saved = json.load(open(paired_state))
+    saved["ca_file"] = None
+    other_state = tmp_path / "paired-elsewhere.json"
+    other_state.write_text(json.dumps(saved))
+    request = cli("lmdevice", *ca, "--state", other_state, "request", "/", check=False, timeout=QUICK)
     assert request.returncode == 3
     one_line_error(request, "lmdevice:", "TLS", "certificate verify failed")
 
