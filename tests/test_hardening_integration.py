@@ -213,3 +213,25 @@ def test_caps_on_pending_and_total_sessions(tmp_path):
     assert RawWebSocket(gw.port).status == 503  # but 3 sessions are open, the most allowed
     assert rest("GET", gw.url + "/healthz")[0] == 200
     gw.kill()
+
+
+def test_connect_storm_gets_connack_3_at_once_and_relaying_goes_on(tmp_path):
+    gw = Gateway(tmp_path / "gw", "--hash-queue", "4", "--login-limit", "0")
+    world = World(gw.url)
+    inst = world.register()
+    dev_id, dev_pw = world.pair(inst)
+    conn = Paho(gw.port, *inst)
+    conn.subscribe("devices/+/up")
+    device = Paho(gw.port, dev_id, dev_pw)
+    storm = [RawWebSocket(gw.port) for _ in range(60)]
+    for i, ws in enumerate(storm):
+        ws.send(wire.encode(wire.Connect(client_id="s", username=f"{i:032x}", password=b"x" * 22, keep_alive=60,
+                                         clean_session=True)))
+    # established sessions keep relaying while the storm is being answered
+    device.publish(f"devices/{dev_id}/up", b"during the storm")
+    assert conn.next_matching(f"devices/{dev_id}/up")[1] == b"during the storm"
+    codes = [wire.Parser().feed(ws.recv_binary())[0].return_code for ws in storm]
+    assert set(codes) <= {3, 4}
+    assert codes.count(3) >= 40  # the queue holds 4: most are told "overloaded" at once
+    assert codes.count(4) >= 4
+    gw.kill()
