@@ -155,11 +155,7 @@ class MQTTClient:
     def data_received(self, data: bytes) -> None:
         if self._ended:
             return
-        try:
-            packets = self.parser.feed(data)
-            error = None
-        except wire.ProtocolError as e:
-            packets, error = e.packets, e
+        packets, error = self.parser.feed_to_error(data)
         if packets:
             self._last_received = self.clock.seconds()
         for packet in packets:

@@ -82,13 +82,9 @@ class MQTTSession:
     def data_received(self, data: bytes) -> None:
         if self.state == CLOSED:
             return
-        try:
-            packets = self.parser.feed(data)
-            error = None
-        except wire.ProtocolError as e:
-            # Packets complete before the bad bytes are handled first, so the
-            # outcome does not depend on how the stream was split.
-            packets, error = e.packets, e
+        # Packets complete before any bad bytes are handled first, so the
+        # outcome does not depend on how the stream was split.
+        packets, error = self.parser.feed_to_error(data)
         if packets:
             self._last_seen = self.clock.seconds()
         self._handle_all(packets)

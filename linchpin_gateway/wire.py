@@ -611,6 +611,15 @@ class Parser:
             raise
         return packets
 
+    def feed_to_error(self, data: bytes) -> tuple[list[Packet], ProtocolError | None]:
+        """Like :meth:`feed`, but returns ``(packets, error)``: the packets
+        complete before any malformed bytes, and the error (or None), so a
+        session can act on the good packets before it closes."""
+        try:
+            return self.feed(data), None
+        except ProtocolError as error:
+            return error.packets, error
+
     def _feed(self, data: bytes, packets: list[Packet]) -> None:
         end = len(data)
         pos = 0

@@ -332,3 +332,28 @@ class System:
         for proc in (self.connector, self.app, self.gateway):
             if proc is not None:
                 proc.kill()
+
+
+def connect_packet(username: str, password: str, keep_alive: int = 60) -> bytes:
+    from linchpin_gateway import wire
+
+    return wire.encode(wire.Connect(client_id="raw", username=username, password=password.encode(),
+                                    keep_alive=keep_alive, clean_session=True))
+
+
+def raw_session(port, username, password, *subscriptions, rcvbuf=None, keep_alive=300) -> RawWebSocket:
+    """A raw WebSocket MQTT session, accepted (and subscribed) before it is returned."""
+    from linchpin_gateway import wire
+
+    ws = RawWebSocket(port)
+    if rcvbuf is not None:
+        ws.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    ws.send(connect_packet(username, password, keep_alive))
+    if subscriptions:
+        ws.send(wire.encode(wire.Subscribe(1, tuple((s, 0) for s in subscriptions))))
+    ws.parser = wire.Parser()
+    got = []
+    while len(got) < (2 if subscriptions else 1):
+        got += ws.parser.feed(ws.recv_binary())
+    assert got[0] == wire.Connack(0), got
+    return ws

@@ -8,7 +8,7 @@ import pytest
 
 from linchpin_gateway import wire
 from tests.secrets_scan import find_secrets
-from tests.support import Gateway, Paho, RawWebSocket, World, rest
+from tests.support import Gateway, Paho, RawWebSocket, World, connect_packet, raw_session, rest
 
 
 @pytest.fixture
@@ -130,8 +130,7 @@ def test_packets_split_across_websocket_messages(gateway, world):
 
     ws = RawWebSocket(gateway.port)
     assert ws.status == 101 and "Sec-WebSocket-Protocol: mqtt" in ws.headers
-    stream = wire.encode(wire.Connect(client_id="raw", username=dev_id, password=dev_pw.encode(),
-                                      keep_alive=30, clean_session=True))
+    stream = connect_packet(dev_id, dev_pw)
     payload = os.urandom(3000)
     stream += wire.encode(wire.Publish(f"devices/{dev_id}/up", payload, qos=1, packet_id=7))
     stream += wire.encode(wire.Pingreq())
@@ -166,10 +165,7 @@ def test_2mib_publish_rejected(gateway, world):
 
 def test_oversize_header_closes_before_body(gateway, world):
     inst = world.register()
-    ws = RawWebSocket(gateway.port)
-    ws.send(wire.encode(wire.Connect(client_id="raw", username=inst[0], password=inst[1].encode(),
-                                     keep_alive=30, clean_session=True)))
-    assert wire.Parser().feed(ws.recv_binary()) == [wire.Connack(0)]
+    ws = raw_session(gateway.port, *inst)
     ws.send(b"\x30" + wire.encode_remaining_length(2 * 1024 * 1024))  # header only
     assert 0x8 in ws.wait_closed()
 

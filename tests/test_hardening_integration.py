@@ -9,7 +9,7 @@ import urllib.request
 import pytest
 
 from linchpin_gateway import wire
-from tests.support import TIMEOUT, Gateway, Paho, RawWebSocket, World, rest
+from tests.support import TIMEOUT, Gateway, Paho, RawWebSocket, World, connect_packet, raw_session, rest
 
 
 def rss_kib(pid: int) -> int:
@@ -51,10 +51,7 @@ def test_sigterm_drains_sessions_and_exits_0(tmp_path):
     inst = world.register()
     dev_id, dev_pw = world.pair(inst)
     clients = [Paho(gw.port, *inst), Paho(gw.port, dev_id, dev_pw)]
-    raw = RawWebSocket(gw.port)
-    raw.send(wire.encode(wire.Connect(client_id="r", username=dev_id, password=dev_pw.encode(),
-                                      keep_alive=60, clean_session=True)))
-    raw.recv_binary()  # CONNACK (this session took over the paho one of the device)
+    raw = raw_session(gw.port, dev_id, dev_pw)  # takes over the paho session of the device
     started = time.monotonic()
     assert gw.terminate() == 0
     assert time.monotonic() - started < 10
@@ -71,17 +68,8 @@ def test_never_reading_device_is_cut_and_memory_stays_flat(tmp_path):
     world = World(gw.url)
     inst = world.register()
     dev_id, dev_pw = world.pair(inst)
-    sleeper = RawWebSocket(gw.port)
-    sleeper.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sleeper.send(wire.encode(wire.Connect(client_id="s", username=dev_id, password=dev_pw.encode(),
-                                          keep_alive=300, clean_session=True)))
-    sleeper.send(wire.encode(wire.Subscribe(1, ((f"devices/{dev_id}/down", 0),))))
-    assert wire.Parser().feed(sleeper.recv_binary())[0] == wire.Connack(0)
-
-    connector = RawWebSocket(gw.port)
-    connector.send(wire.encode(wire.Connect(client_id="c", username=inst[0], password=inst[1].encode(),
-                                            keep_alive=300, clean_session=True)))
-    assert wire.Parser().feed(connector.recv_binary()) == [wire.Connack(0)]
+    sleeper = raw_session(gw.port, dev_id, dev_pw, f"devices/{dev_id}/down", rcvbuf=4096)  # never reads
+    connector = raw_session(gw.port, *inst)
     before = rss_kib(gw.proc.pid)
     chunk = wire.encode_publish(f"devices/{dev_id}/down".encode(), b"\xab" * (256 * 1024))
     sent = 0
@@ -104,6 +92,7 @@ def test_never_reading_device_is_cut_and_memory_stays_flat(tmp_path):
     gw.wait_for("stopped reading")
     assert growth_mib < 48, f"gateway grew {growth_mib:.1f} MiB while relaying {sent >> 20} MiB"
     print(f"gateway RSS growth while sending {sent >> 20} MiB to a non-reader: {growth_mib:.1f} MiB")
+    sleeper.close()
     gw.kill()
 
 
@@ -112,17 +101,8 @@ def test_never_reading_connector_pushes_back_on_devices(tmp_path):
     world = World(gw.url)
     inst = world.register()
     dev_id, dev_pw = world.pair(inst)
-    connector = RawWebSocket(gw.port)
-    connector.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    connector.send(wire.encode(wire.Connect(client_id="c", username=inst[0], password=inst[1].encode(),
-                                            keep_alive=300, clean_session=True)))
-    connector.send(wire.encode(wire.Subscribe(1, (("devices/+/up", 0),))))
-    assert wire.Parser().feed(connector.recv_binary())[0] == wire.Connack(0)
-
-    device = RawWebSocket(gw.port)
-    device.send(wire.encode(wire.Connect(client_id="d", username=dev_id, password=dev_pw.encode(),
-                                         keep_alive=300, clean_session=True)))
-    assert wire.Parser().feed(device.recv_binary()) == [wire.Connack(0)]
+    sleeper = raw_session(gw.port, *inst, "devices/+/up", rcvbuf=4096)  # a connector that never reads
+    device = raw_session(gw.port, dev_id, dev_pw)
     device.sock.settimeout(3)
     before = rss_kib(gw.proc.pid)
     chunk = wire.encode_publish(f"devices/{dev_id}/up".encode(), b"\xcd" * (256 * 1024))
@@ -140,6 +120,7 @@ def test_never_reading_connector_pushes_back_on_devices(tmp_path):
     assert sent < 64 * 1024 * 1024
     assert growth_mib < 48
     assert gw.proc.poll() is None
+    sleeper.close()
     gw.kill()
 
 
@@ -205,8 +186,7 @@ def test_caps_on_pending_and_total_sessions(tmp_path):
     idle = [RawWebSocket(gw.port), RawWebSocket(gw.port)]  # open, never CONNECT
     assert [ws.status for ws in idle] == [101, 101]
     assert RawWebSocket(gw.port).status == 503  # too many awaiting CONNACK
-    idle[0].send(wire.encode(wire.Connect(client_id="a", username=inst[0], password=inst[1].encode(),
-                                          keep_alive=60, clean_session=True)))
+    idle[0].send(connect_packet(*inst))
     assert wire.Parser().feed(idle[0].recv_binary()) == [wire.Connack(0)]
     third = RawWebSocket(gw.port)  # one is authenticated now: room for one more pending
     assert third.status == 101
@@ -225,8 +205,7 @@ def test_connect_storm_gets_connack_3_at_once_and_relaying_goes_on(tmp_path):
     device = Paho(gw.port, dev_id, dev_pw)
     storm = [RawWebSocket(gw.port) for _ in range(60)]
     for i, ws in enumerate(storm):
-        ws.send(wire.encode(wire.Connect(client_id="s", username=f"{i:032x}", password=b"x" * 22, keep_alive=60,
-                                         clean_session=True)))
+        ws.send(connect_packet(f"{i:032x}", "x" * 22))
     # established sessions keep relaying while the storm is being answered
     device.publish(f"devices/{dev_id}/up", b"during the storm")
     assert conn.next_matching(f"devices/{dev_id}/up")[1] == b"during the storm"
