@@ -64,7 +64,7 @@ class Principal:
 class Client:
     """One attached session of a principal, as the router sees it."""
 
-    __slots__ = ("principal", "session", "subs", "attached", "up_topic", "down_topic")
+    __slots__ = ("principal", "session", "subs", "attached", "up_topic", "down_topic", "up_wire", "down_wire")
 
     def __init__(self, principal: Principal, session):
         self.principal = principal
@@ -76,6 +76,9 @@ class Client:
             self.down_topic = f"devices/{principal.id}/down"
         else:
             self.up_topic = self.down_topic = None
+        # The same topics as bytes, made once, so forwarding never re-encodes.
+        self.up_wire = self.up_topic.encode() if self.up_topic else None
+        self.down_wire = self.down_topic.encode() if self.down_topic else None
 
 
 class _Instance:
@@ -205,7 +208,7 @@ class Router:
 
     # -- publishing ----------------------------------------------------------
 
-    def publish(self, client: Client, topic: str, topic_bytes: bytes, payload: bytes, qos: int) -> bool:
+    def publish(self, client: Client, topic: str, payload: bytes, qos: int) -> bool:
         """Route one PUBLISH.  False means the sender broke the rules and
         must be disconnected; True means delivered or dropped."""
         principal = client.principal
@@ -219,7 +222,7 @@ class Router:
                 sub_qos = target.subs.get(UP_FILTER)
                 if sub_qos is not None:
                     self._count(payload)
-                    target.session.deliver(topic_bytes, payload, min(qos, sub_qos))
+                    target.session.deliver(client.up_wire, payload, min(qos, sub_qos))
             return True
         device_id = _down_device(topic)
         if device_id is None:
@@ -230,7 +233,7 @@ class Router:
             sub_qos = target.subs.get(topic)
             if sub_qos is not None:
                 self._count(payload)
-                target.session.deliver(topic_bytes, payload, min(qos, sub_qos))
+                target.session.deliver(target.down_wire, payload, min(qos, sub_qos))
         return True
 
     def _count(self, payload: bytes) -> None:

@@ -205,8 +205,7 @@ class MQTTSession:
         if packet.qos > 1:
             self.close("QoS 2 PUBLISH")
             return
-        topic = packet.topic
-        if not self.router.publish(self.client, topic, topic.encode("utf-8"), packet.payload, packet.qos):
+        if not self.router.publish(self.client, packet.topic, packet.payload, packet.qos):
             self.close("publish to a forbidden topic")
             return
         if packet.qos == 1:
