@@ -23,7 +23,7 @@ takeover never flips its devices to offline.
 from __future__ import annotations
 
 import json
-import string
+import re
 from dataclasses import dataclass
 
 from twisted.logger import Logger
@@ -41,7 +41,7 @@ SUBACK_FAILURE = 0x80
 _DOWN_PREFIX = "devices/"
 _DOWN_SUFFIX = "/down"
 _DOWN_LEN = len(_DOWN_PREFIX) + 32 + len(_DOWN_SUFFIX)
-_HEX = frozenset(string.hexdigits.lower()) - frozenset("ABCDEF")
+_HEX_ID = re.compile(r"[0-9a-f]{32}")
 _STATUS_TOPIC = STATUS.encode()
 _EVENTS_TOPIC = EVENTS.encode()
 _ONLINE = json.dumps({"connector": "online"}).encode()
@@ -51,7 +51,7 @@ TAKEOVER_GRACE = 10.0
 
 
 def is_hex_id(text: str) -> bool:
-    return len(text) == 32 and all(ch in _HEX for ch in text)
+    return _HEX_ID.fullmatch(text) is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,16 +225,17 @@ class Router:
                     target.session.deliver(client.up_wire, payload, min(qos, sub_qos))
             return True
         device_id = _down_device(topic)
-        if device_id is None:
-            self.log.info("connector {id} published to a forbidden topic; closing", id=principal.id)
-            return False
-        target = inst.devices.get(device_id)
-        if target is not None:
+        target = inst.devices.get(device_id) if device_id is not None else None
+        if target is not None:  # one of ours, connected: the id is well-formed
             sub_qos = target.subs.get(topic)
             if sub_qos is not None:
                 self._count(payload)
                 target.session.deliver(target.down_wire, payload, min(qos, sub_qos))
-        return True
+            return True
+        if device_id is None or not is_hex_id(device_id):
+            self.log.info("connector {id} published to a forbidden topic; closing", id=principal.id)
+            return False
+        return True  # not (or no longer) its device, or absent: dropped
 
     def _count(self, payload: bytes) -> None:
         stats = self.stats
@@ -348,8 +349,8 @@ class Router:
 
 
 def _down_device(topic: str) -> str | None:
-    """The device id of a well-formed ``devices/<32 hex>/down`` topic, else None."""
+    """The X of a ``devices/X/down`` topic with a 32-character X, else None
+    (whether X is hex is only checked when it names no connected device)."""
     if len(topic) != _DOWN_LEN or not topic.startswith(_DOWN_PREFIX) or not topic.endswith(_DOWN_SUFFIX):
         return None
-    device_id = topic[len(_DOWN_PREFIX) : -len(_DOWN_SUFFIX)]
-    return device_id if is_hex_id(device_id) else None
+    return topic[len(_DOWN_PREFIX) : -len(_DOWN_SUFFIX)]
