@@ -317,6 +317,18 @@ class MQTTSession:
                 self.transport.resume_reading()
 
 
+_SHORT_HEADERS = [bytes((0x82, n)) for n in range(126)]
+
+
+def _binary_frame_header(n: int) -> bytes:
+    """RFC 6455 header of a final, unmasked binary frame of ``n`` bytes."""
+    if n < 126:
+        return _SHORT_HEADERS[n]
+    if n < 65536:
+        return b"\x82\x7e" + n.to_bytes(2, "big")
+    return b"\x82\x7f" + n.to_bytes(8, "big")
+
+
 @implementer(IPushProducer)
 class _OutputWatch:
     """Registered with the socket: told when its send buffer fills and drains."""
@@ -382,7 +394,26 @@ class MQTTServerProtocol(WebSocketServerProtocol):
     # -- what MQTTSession needs of its transport --
 
     def send(self, data: bytes) -> None:
-        self.sendMessage(data, isBinary=True)
+        # The hot path frames its messages itself: one unmasked binary frame
+        # whose header and payload go to the transport as they are, without
+        # the payload copy and per-message bookkeeping of sendMessage.  That
+        # is all sendMessage would do here: the factory never compresses,
+        # fragments or masks server frames.
+        if self.state != WebSocketServerProtocol.STATE_OPEN:
+            return  # closing: nothing more goes out
+        if self.send_queue:  # Autobahn has queued frames of its own: keep the order
+            self.sendMessage(data, isBinary=True)
+            return
+        self.transport.writeSequence((_binary_frame_header(len(data)), data))
+
+    def onMessageEnd(self):
+        # Autobahn's version also fires a "message" event (a DeferredList per
+        # message) for observers this protocol never registers, and schedules
+        # a timer per message for its trickle queue, which is unused here.
+        if not self.failedByMe:
+            data = self.message_data
+            self.onMessage(data[0] if len(data) == 1 else b"".join(data), self.message_is_binary)
+        self.message_data = None
 
     def disconnect(self, reason: str, abort: bool = False) -> None:
         if abort:

@@ -9,6 +9,17 @@ from linchpin_gateway.store import SQLiteStore
 from linchpin_gateway.workers import InlineWorker
 
 
+@pytest.fixture(autouse=True)
+def no_process_left():
+    """Kill any real process a test started and did not stop (a failed test)."""
+    from tests.support import Process
+
+    yield
+    for proc in list(Process.running):
+        proc.kill()
+        Process.running.discard(proc)
+
+
 @pytest.fixture
 def make_gateway(tmp_path):
     """An in-memory gateway: real store and hashing, run inline; fake reactor."""

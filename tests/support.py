@@ -28,7 +28,10 @@ BIN = os.path.dirname(sys.executable)
 
 class Process:
     """A child process whose output lines are read on a thread, so a test can
-    wait for a line without polling."""
+    wait for a line without polling.  Every one still running when its test
+    ends is killed (see conftest.py), also when the test failed."""
+
+    running: set[Process] = set()
 
     def __init__(self, argv, env=None, cwd=None):
         self.argv = argv
@@ -38,6 +41,7 @@ class Process:
                                      env=env, cwd=cwd, start_new_session=True)
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
+        Process.running.add(self)
 
     def _read(self):
         for line in self.proc.stdout:
