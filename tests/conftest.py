@@ -11,11 +11,15 @@ from linchpin_gateway.workers import InlineWorker
 
 @pytest.fixture(autouse=True)
 def no_process_left():
-    """Kill any real process a test started and did not stop (a failed test)."""
+    """Kill any real process a test started and did not stop (a failed test).
+
+    Processes of wider-scoped fixtures were started before this snapshot and
+    are left to their own fixture."""
     from tests.support import Process
 
+    before = set(Process.running)
     yield
-    for proc in list(Process.running):
+    for proc in Process.running - before:
         proc.kill()
         Process.running.discard(proc)
 
