@@ -37,6 +37,7 @@ PAIR_PREFIX = "linchpin-mobile://pair?"
 DEFAULT_STATE = "./var/lmdevice.json"
 DEFAULT_TIMEOUT = 60.0
 READ_CHUNK = e2e.MAX_BODY_CHUNK
+ACK_BATCH = e2e.CREDIT_WINDOW // 4
 
 
 def _deferred(fn):
@@ -240,6 +241,7 @@ class Response:
         self._error = None
         self._sink = None
         self._done: defer.Deferred | None = None
+        self._unacked = 0  # consumed but not yet acknowledged
 
     def header(self, name: str) -> str | None:
         for k, v in self.headers:
@@ -273,7 +275,12 @@ class Response:
 
     def _consume(self, data: bytes) -> None:
         self._sink(data)
-        self._request.ack(len(data))
+        # Acks go out per ACK_BATCH consumed, not per part: a quarter of the
+        # window, so the sender always hears from us before its window fills.
+        self._unacked += len(data)
+        if self._unacked >= ACK_BATCH:
+            self._request.ack(self._unacked)
+            self._unacked = 0
 
     def _end(self, error=None) -> None:
         self._ended = True
