@@ -222,11 +222,13 @@ class MQTTSession:
         self._timer = None
         if self.state == CLOSED:
             return
-        if self.state != CONNECTED and self.state != AUTHENTICATING:
+        if self.state == AWAIT_CONNECT:
             self.log.info("no CONNECT from {peer} in time", peer=self.peer)
             self.close("no CONNECT")
             return
-        if self._held:  # we stopped reading it: its silence is ours
+        if self.state == AUTHENTICATING or self._held:
+            # Waiting for its password check (a bounded queue) or not read
+            # by us: either way the silence is ours, not the client's.
             self._timer = self.clock.callLater(self._dead_after, self._check_alive)
             return
         idle = self.clock.seconds() - self._last_seen

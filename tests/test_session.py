@@ -368,3 +368,13 @@ def test_backed_up_connector_stops_reading_its_devices(router, auth, clock):
     conn.session.output_paused()
     conn.session.connection_lost()  # connector gone: nothing left to protect
     assert late.reading
+
+
+def test_slow_password_check_is_not_a_dead_client(peer, auth, clock):
+    auth.manual = True
+    p = peer()
+    p.feed(connect(DEV, "dpw"))
+    clock.advance(25)  # the PBKDF2 queue is long
+    assert p.closed is None
+    auth.release()
+    assert p.take() == [wire.Connack(0)]
