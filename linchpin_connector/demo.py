@@ -89,9 +89,26 @@ def run_bytes(argv: list[str]) -> tuple[bytes, float]:
     return done.stdout, elapsed
 
 
-def measure(state: str, app_url: str) -> None:
-    """Round trips and throughput through the relay (device library, one session) and direct."""
+def rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def measure(state: str, app_url: str, download: int, watch: dict[str, int]) -> None:
+    """Round trips and throughput through the relay (device library, one
+    session) and direct to the app; peak RSS growth of the ``watch`` processes
+    during the download."""
     from .device import Device, DeviceState
+
+    before = {name: rss_mib(pid) for name, pid in watch.items()}
+    peak = dict(before)
+
+    def sample():
+        for name, pid in watch.items():
+            peak[name] = max(peak[name], rss_mib(pid))
 
     async def main(reactor):
         device = Device(reactor, DeviceState.load(state))
@@ -104,9 +121,17 @@ def measure(state: str, app_url: str) -> None:
             await response.content()
             relay.append(time.perf_counter() - start)
         start = time.perf_counter()
-        response = await device.request("GET", f"/download?size={DOWNLOAD}")
+        response = await device.request("GET", f"/download?size={download}")
         digest = hashlib.sha256()
-        await response.deliver(digest.update)
+        seen = [0]
+
+        def consume(part):
+            digest.update(part)
+            seen[0] += len(part)
+            if seen[0] % (4 << 20) < len(part):
+                sample()
+
+        await response.deliver(consume)
         relay_seconds = time.perf_counter() - start
         device.close()
         return relay, relay_seconds, digest.hexdigest()
@@ -120,17 +145,21 @@ def measure(state: str, app_url: str) -> None:
         direct.append(time.perf_counter() - start)
     start = time.perf_counter()
     digest = hashlib.sha256()
-    with urllib.request.urlopen(f"{app_url}/download?size={DOWNLOAD}", timeout=TIMEOUT) as r:
+    with urllib.request.urlopen(f"{app_url}/download?size={download}", timeout=TIMEOUT) as r:
         while chunk := r.read(1 << 20):
             digest.update(chunk)
     direct_seconds = time.perf_counter() - start
     if digest.hexdigest() != relay_digest:
         raise SystemExit("the download through the relay differs from the direct one")
-    mib = DOWNLOAD / (1 << 20)
+    mib = download / (1 << 20)
+    relay_rate, direct_rate = mib / relay_seconds, mib / direct_seconds
     print(f"  request round trip, median of 50:  relay {statistics.median(relay) * 1000:.1f} ms"
-          f"   direct {statistics.median(direct) * 1000:.1f} ms")
-    print(f"  {mib:.0f} MiB download (same sha256):     relay {mib / relay_seconds:.1f} MiB/s"
-          f"   direct {mib / direct_seconds:.1f} MiB/s")
+          f"   direct {statistics.median(direct) * 1000:.1f} ms"
+          f"   (added {(statistics.median(relay) - statistics.median(direct)) * 1000:.1f} ms)")
+    print(f"  {mib:.0f} MiB download (same sha256):    relay {relay_rate:.1f} MiB/s"
+          f"   direct {direct_rate:.1f} MiB/s   ({relay_rate / direct_rate:.0%} of direct)")
+    print("  RSS growth during the download:   "
+          + "   ".join(f"{name} {peak[name] - before[name]:+.1f} MiB" for name in watch))
 
 
 def _react(main):
@@ -150,7 +179,13 @@ def _react(main):
     return out[0]
 
 
-def main() -> None:
+def main(argv=None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m linchpin_connector.demo")
+    parser.add_argument("--download-mib", type=int, default=DOWNLOAD >> 20,
+                        help="size of the measured download (default %(default)s)")
+    download = parser.parse_args(argv).download_mib << 20
     shutil.rmtree(ROOT, ignore_errors=True)
     os.makedirs(ROOT, mode=0o700)
     twistd = os.path.join(BIN, "twistd")
@@ -179,9 +214,9 @@ def main() -> None:
         run([lmconnector, "--data-dir", connector_dir, "register", "--gateway", gateway_url])
 
         step("Starting the connector (twistd lmconnector)")
-        services.append(Service("connector", [twistd, "-n", "--pidfile=", "lmconnector", "--data-dir",
-                                              connector_dir, "--backend", app_url],
-                                r"connected to the gateway"))
+        connector = Service("connector", [twistd, "-n", "--pidfile=", "lmconnector", "--data-dir",
+                                          connector_dir, "--backend", app_url], r"connected to the gateway")
+        services.append(connector)
         print("  connector online")
 
         step("Adding a device for alice (the URI is what the QR code holds)")
@@ -210,7 +245,7 @@ def main() -> None:
         print(f"  {len(body)} bytes in {seconds:.2f} s (including process start and handshake)")
 
         step("Measuring: relay vs. direct (one device session, in-process)")
-        measure(state, app_url)
+        measure(state, app_url, download, {"gateway": gateway.proc.pid, "connector": connector.proc.pid})
     finally:
         step("Stopping everything")
         for service in reversed(services):
