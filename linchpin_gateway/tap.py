@@ -39,12 +39,14 @@ class Options(usage.Options):
         self["listen"] = []
 
     def opt_listen(self, endpoint):
-        """Server endpoint string (repeatable); default tcp:8080."""
+        """Server endpoint string (repeatable); default tcp:8080 (with backlog=1024)."""
         self["listen"].append(endpoint)
 
     def postOptions(self):
         if not self["listen"]:
-            self["listen"] = ["tcp:8080"]
+            # Twisted's own backlog of 50 drops SYNs when many devices
+            # reconnect at once (docs/benchmarks.md, connect storm).
+            self["listen"] = ["tcp:8080:backlog=1024"]
         if self["max-message-size"] < MIN_MESSAGE_SIZE:
             raise usage.UsageError(f"--max-message-size must be at least {MIN_MESSAGE_SIZE}")
         if self["setup-key-ttl"] < 1:
