@@ -12,10 +12,12 @@ from __future__ import annotations
 import json
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-from twisted.application import service
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from twisted.application import internet, service
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from linchpin_gateway.metrics import metrics_site
 from linchpin_gateway.router import is_hex_id
 from linchpin_gateway.workers import ThreadWorker
 
@@ -40,6 +42,16 @@ class _Channel:
         self.confirmed = False
 
 
+class ChannelStats:
+    """Plain counters of the E2E side (read by the metrics collector)."""
+
+    __slots__ = ("envelopes_up", "envelopes_down", "bytes_up", "bytes_down", "welcomes", "rejects", "resets")
+
+    def __init__(self):
+        for name in self.__slots__:
+            setattr(self, name, 0)
+
+
 class DeviceChannels:
     log = Logger()
 
@@ -47,14 +59,30 @@ class DeviceChannels:
         """``state`` is an :class:`AsyncState`; ``make_proxy(user, send)`` builds a RequestProxy."""
         self.state = state
         self.static_private = static_private
-        self.publish = publish
+        self.stats = ChannelStats()
+        self._publish = publish
         self.make_proxy = make_proxy
         self.channels: dict[str, _Channel] = {}
         self._locks: dict[str, defer.DeferredLock] = {}
 
     # -- input -------------------------------------------------------------------
 
+    def publish(self, device_id: str, payload: bytes) -> None:
+        stats = self.stats
+        stats.envelopes_down += 1
+        stats.bytes_down += len(payload)
+        kind = payload[1]
+        if kind == e2e.WELCOME:
+            stats.welcomes += 1
+        elif kind == e2e.REJECT:
+            stats.rejects += 1
+        elif kind == e2e.RESET:
+            stats.resets += 1
+        self._publish(device_id, payload)
+
     def envelope(self, device_id: str, payload: bytes) -> defer.Deferred | None:
+        self.stats.envelopes_up += 1
+        self.stats.bytes_up += len(payload)
         env = e2e.parse_envelope(payload)
         if env is None:
             return None
@@ -170,7 +198,7 @@ class ConnectorService(service.MultiService):
 
     def __init__(self, reactor, data_dir: str, backend_url: str, *, user_header: str = "X-Forwarded-User",
                  allow_paths=("/",), ca_file: str | None = None, keep_alive: int = 30,
-                 response_timeout: float = 60.0):
+                 response_timeout: float = 60.0, metrics_endpoint=None):
         super().__init__()
         self.reactor = reactor
         self.data_dir = data_dir
@@ -182,6 +210,9 @@ class ConnectorService(service.MultiService):
         self.response_timeout = response_timeout
         self.link: GatewayLink | None = None
         self.channels: DeviceChannels | None = None
+        if metrics_endpoint is not None:
+            internet.StreamServerEndpointService(metrics_endpoint, metrics_site(ConnectorCollector(self))
+                                                 ).setServiceParent(self)
 
     def startService(self):
         state = ConnectorState(self.data_dir)  # fails start-up early if not registered
@@ -260,3 +291,40 @@ class ConnectorService(service.MultiService):
                 await self.state.remove_device(device.device_id)
                 self.channels.end(device.device_id)
                 self.log.info("device {device_id} is gone at the gateway; keys removed", device_id=device.device_id)
+
+
+class ConnectorCollector:
+    """``lmconnector_*`` metrics, read from the live service when scraped."""
+
+    def __init__(self, service: ConnectorService):
+        self.service = service
+
+    def collect(self):
+        svc = self.service
+        link, channels = svc.link, svc.channels
+        connected = link is not None and link.client is not None and link.client.is_open
+        yield GaugeMetricFamily("lmconnector_gateway_connected", "1 while the gateway session is up",
+                                value=int(connected))
+        yield CounterMetricFamily("lmconnector_gateway_connects", "Gateway sessions opened",
+                                  value=link.connects if link is not None else 0)
+        if channels is None:
+            return
+        stats = channels.stats
+        yield GaugeMetricFamily("lmconnector_e2e_sessions", "Live end-to-end sessions with devices",
+                                value=len(channels.channels))
+        yield GaugeMetricFamily("lmconnector_requests_in_flight", "Device requests being proxied",
+                                value=sum(ch.proxy.in_flight for ch in channels.channels.values()
+                                          if ch.proxy is not None))
+        envelopes = CounterMetricFamily("lmconnector_envelopes", "E2E envelopes", labels=["direction"])
+        envelopes.add_metric(["up"], stats.envelopes_up)
+        envelopes.add_metric(["down"], stats.envelopes_down)
+        yield envelopes
+        octets = CounterMetricFamily("lmconnector_envelope_bytes", "E2E envelope bytes", labels=["direction"])
+        octets.add_metric(["up"], stats.bytes_up)
+        octets.add_metric(["down"], stats.bytes_down)
+        yield octets
+        answers = CounterMetricFamily("lmconnector_handshake_answers", "Answers to HELLOs and stray DATA",
+                                      labels=["kind"])
+        for kind in ("welcomes", "rejects", "resets"):
+            answers.add_metric([kind[:-1]], getattr(stats, kind))
+        yield answers

@@ -126,6 +126,7 @@ class GatewayLink(service.Service):
         self._connect = connect
         self.client: mqtt_client.MQTTClient | None = None
         self.failures = 0
+        self.connects = 0
         self._retry = None
         self._attempt = None
 
@@ -164,6 +165,7 @@ class GatewayLink(service.Service):
         if 0x80 in codes:
             self.log.error("gateway refused a subscription: {codes}", codes=codes)
         self.failures = 0
+        self.connects += 1
         self.log.info("connected to the gateway at {url}", url=self.gateway_url)
         if self.on_connected is not None:
             yield self.on_connected(client)

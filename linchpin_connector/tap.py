@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from twisted.internet import reactor as default_reactor
+from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
 from linchpin_gateway.service import exit_zero_on_sigterm
@@ -21,6 +22,7 @@ class Options(usage.Options):
         ["ca-file", None, None, "PEM file of a private CA that signed the gateway's certificate."],
         ["keep-alive", None, 30, "MQTT keep-alive in seconds (1-300).", int],
         ["response-timeout", None, 60.0, "Seconds to wait for the backend's response headers.", float],
+        ["metrics", None, None, "Endpoint serving Prometheus metrics (lmconnector_*) at /metrics."],
     ]
 
     def __init__(self):
@@ -60,4 +62,5 @@ def makeService(config, reactor=default_reactor):
         ca_file=config["ca-file"],
         keep_alive=config["keep-alive"],
         response_timeout=config["response-timeout"],
+        metrics_endpoint=serverFromString(reactor, config["metrics"]) if config["metrics"] else None,
     )

@@ -52,10 +52,11 @@ class GatewayCollector:
                                 value=gw.hasher.pending)
 
 
-def metrics_site(gateway) -> Site:
-    """A Site serving ``/metrics`` (Prometheus text format) for ``gateway``."""
+def metrics_site(collector) -> Site:
+    """A Site serving ``/metrics`` (Prometheus text format) from ``collector``
+    (an object with a ``collect()`` yielding metric families)."""
     registry = CollectorRegistry(auto_describe=True)
-    registry.register(GatewayCollector(gateway))
+    registry.register(collector)
     root = Resource()
     root.putChild(b"metrics", MetricsResource(registry=registry))
     return Site(root)

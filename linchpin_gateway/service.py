@@ -14,7 +14,7 @@ from .api import GatewaySite, Root
 from .auth import Authenticator
 from .audit import audit
 from .hashing import MIN_ITERATIONS, Hasher
-from .metrics import Stats, metrics_site
+from .metrics import GatewayCollector, Stats, metrics_site
 from .ratelimit import RateLimiter, Unlimited
 from .router import Router
 from .session import MAX_OUTBOUND, Limits, MQTTWebSocketFactory
@@ -70,7 +70,7 @@ class Gateway(service.MultiService):
         svc.setServiceParent(self)
 
     def serve_metrics(self, endpoint, description: str) -> None:
-        self.listen(endpoint, f"metrics {description}", metrics_site(self))
+        self.listen(endpoint, f"metrics {description}", metrics_site(GatewayCollector(self)))
 
     def startService(self):
         self.store.start()

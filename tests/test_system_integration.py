@@ -147,3 +147,29 @@ def test_no_secrets_in_connector_logs_or_gateway_disk(system, tmp_path):
     for log in (system.gateway.text(), system.connector.text()):
         for secret in secrets:
             assert secret not in log
+
+
+def test_connector_metrics(tmp_path):
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    system = System(tmp_path, "--metrics", f"tcp:{port}:interface=127.0.0.1")
+    try:
+        state = system.pair("heidi")
+        assert b"Hello, heidi" in device(state, "request", "/").stdout
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30).read().decode()
+        values = {}
+        for line in text.splitlines():
+            if line.startswith("lmconnector_"):
+                name, value = line.rsplit(" ", 1)
+                values[name] = float(value)
+        assert values["lmconnector_gateway_connected"] == 1
+        assert values["lmconnector_gateway_connects_total"] == 1
+        assert values['lmconnector_handshake_answers_total{kind="welcome"}'] == 2  # pairing, then the request
+        assert values['lmconnector_envelopes_total{direction="up"}'] >= 4
+        assert values['lmconnector_envelope_bytes_total{direction="down"}'] > 100
+        assert "lmconnector_requests_in_flight" in values and "lmconnector_e2e_sessions" in values
+    finally:
+        system.stop()
