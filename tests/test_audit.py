@@ -50,3 +50,23 @@ def test_audit_events_and_no_secret_in_any_log_event(make_gateway):
         text = formatEvent(event) + json.dumps({k: repr(v) for k, v in event.items()})
         for secret in secrets:
             assert secret not in text, (secret, event)
+
+
+def test_default_login_limit_trips_within_50_a_minute_but_not_at_20(make_gateway):
+    gw = make_gateway()
+    inst = Client(gw).register()
+
+    def attempt(host):
+        p = Peer(gw.router, gw.authenticator, gw.reactor, limits=gw.limits, host=host)
+        p.feed(wire.Connect(client_id="x", username=inst["instance_id"], password=b"wrong", keep_alive=60,
+                            clean_session=True))
+        return p.take()[0].return_code
+
+    codes = []
+    for _ in range(50):
+        codes.append(attempt("198.51.100.1"))
+        gw.reactor.advance(1.2)  # 50 in a minute
+    assert 5 in codes and codes[:20] == [4] * 20
+    for _ in range(60):  # 20 a minute from another address, for three minutes
+        assert attempt("198.51.100.2") == 4
+        gw.reactor.advance(3)
