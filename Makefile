@@ -23,3 +23,19 @@ demo: $(STAMP)
 
 clean:
 	rm -rf var build *.egg-info
+
+# Benchmarks (bench/run.py; docs/benchmarks.md). `bench` first tries to
+# install py-spy and the optional brokers (mosquitto, amqtt in its own venv);
+# without network it goes on and skips them.
+.PHONY: bench-quick
+# The last step of `bench` is the demo with a 100 MiB download: end-to-end
+# latency and throughput through device -> gateway -> connector -> backend.
+
+bench: $(STAMP)
+	-$(BIN)/python -m pip install --quiet --retries 1 --timeout 15 -r bench/requirements.txt
+	-bash bench/install-brokers.sh
+	$(BIN)/python -m bench.run
+	$(BIN)/python -m linchpin_connector.demo --download-mib 100
+
+bench-quick: $(STAMP)
+	$(BIN)/python -m bench.run --quick

@@ -10,7 +10,11 @@ bytes as to the gateway (MQTT PUBLISH packets), which it treats as opaque.
 
 Autobahn options are the gateway's (``linchpin_gateway.session``): no
 auto-fragmentation, no UTF-8 validation, TCP_NODELAY, no compression, no
-WebSocket pings, the same frame/message caps. Prints one line
+WebSocket pings, the same frame/message caps. TCP_NODELAY is set on the
+socket here explicitly, because Autobahn's ``tcpNoDelay`` option is silently
+lost (see RelayProtocol.connectionMade); the gateway gets TCP_NODELAY from
+twisted.web's HTTPChannel, which accepts its sockets before the upgrade.
+``--nagle`` leaves it off (what a plain Autobahn factory really runs with). Prints one line
 ``bare relay listening at 127.0.0.1:PORT`` once it listens; SIGTERM stops it.
 """
 
@@ -26,6 +30,15 @@ MAX_PACKET = 1048576  # the gateway's default --max-message-size
 
 class RelayProtocol(WebSocketServerProtocol):
     is_connector = False
+
+    def connectionMade(self):
+        super().connectionMade()
+        # Autobahn's own tcpNoDelay option never reaches the socket: its
+        # connectionMade reads self.tcpNoDelay before _connectionMade copies
+        # the factory options onto the protocol, gets AttributeError and
+        # swallows it. So the option is applied here, as the gateway means to.
+        if self.factory.nodelay:
+            self.transport.setTcpNoDelay(True)
 
     def onConnect(self, request):
         self.is_connector = request.path == "/connector"
@@ -57,8 +70,9 @@ class RelayProtocol(WebSocketServerProtocol):
 class RelayFactory(WebSocketServerFactory):
     protocol = RelayProtocol
 
-    def __init__(self, reactor):
+    def __init__(self, reactor, nodelay: bool = True):
         super().__init__("ws://127.0.0.1/", protocols=["mqtt"], reactor=reactor)
+        self.nodelay = nodelay
         self.connector = None
         self.device = None
         self.devices: set = set()
@@ -80,12 +94,14 @@ class RelayFactory(WebSocketServerFactory):
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--listen", default="tcp:0:interface=127.0.0.1")
+    parser.add_argument("--nagle", action="store_true",
+                        help="leave Nagle on, as Autobahn's lost tcpNoDelay option does (diagnostic)")
     args = parser.parse_args(argv)
 
     from twisted.internet import reactor
     from twisted.internet.endpoints import serverFromString
 
-    factory = RelayFactory(reactor)
+    factory = RelayFactory(reactor, nodelay=not args.nagle)
 
     def listening(port):
         addr = port.getHost()

@@ -128,6 +128,16 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def machine_busy_seconds() -> float:
+    """CPU time all CPUs spent busy since boot (the cpu line of /proc/stat,
+    minus idle and iowait), in seconds; deltas over a window give the load
+    of the whole machine, ours and everybody else's."""
+    with open("/proc/stat") as f:
+        fields = f.readline().split()[1:]
+    values = list(map(int, fields[:8]))  # user nice system idle iowait irq softirq steal
+    return (sum(values) - values[3] - values[4]) / CLK_TCK
+
+
 def rss_kib(pid: int) -> int:
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -145,6 +155,43 @@ def tcp_ext(*names: str) -> dict[str, int]:
             table = dict(zip(head.split()[1:], map(int, values.split()[1:])))
             return {n: table.get(n, 0) for n in names}
     return {n: 0 for n in names}
+
+
+def tcp_nodelay_of(pid: int) -> list[tuple[str, str, int]] | None:
+    """(local, remote, TCP_NODELAY) of each connected TCP socket of `pid`,
+    read from a duplicate of its descriptors (pidfd_getfd, Linux 5.6+, needs
+    ptrace rights); None when that is not possible."""
+    import ctypes
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        pidfd = os.pidfd_open(pid)
+    except (OSError, AttributeError):
+        return None
+    out = []
+    try:
+        for name in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                if not os.readlink(f"/proc/{pid}/fd/{name}").startswith("socket:"):
+                    continue
+            except OSError:
+                continue
+            fd = libc.syscall(438, pidfd, int(name), 0)  # SYS_pidfd_getfd
+            if fd < 0:
+                return None
+            s = socket.socket(fileno=fd)
+            try:
+                if s.family == socket.AF_INET and s.type == socket.SOCK_STREAM:
+                    try:
+                        peer = "%s:%d" % s.getpeername()
+                    except OSError:
+                        continue  # listening
+                    out.append(("%s:%d" % s.getsockname(), peer,
+                                s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)))
+            finally:
+                s.close()
+    finally:
+        os.close(pidfd)
+    return out
 
 
 def free_port() -> int:

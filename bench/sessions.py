@@ -1,0 +1,341 @@
+"""Many idle sessions from one process: non-blocking sockets, one epoll loop.
+
+    python -m bench.sessions --target gw --port P --accounts FILE --first 0 --count 500
+        [--concurrency 8 | --concurrency 0] [--start-at MONOTONIC] [--retry] [--hold]
+
+Each session: TCP connect, WebSocket opening handshake, then for ``gw``
+MQTT CONNECT with a device account from --accounts (JSON list of
+``[device_id, password]``) and SUBSCRIBE to ``devices/<id>/down`` and
+``$gateway/status``; it is *ready* once the CONNACK 0, the SUBACK and the
+first status message arrived. ``broker`` does the same anonymously (client
+id ``bench-<id>``), ``bare`` stops after the handshake (path /device).
+
+--concurrency N keeps at most N sessions in their opening phase (a gradual
+ramp, for the memory figure); 0 opens all of them at once (the storm), at
+--start-at (a ``time.monotonic()`` value shared by several processes).
+--retry: a CONNACK other than 0, a refused or dropped connection is retried
+after 1 s doubling to 8 s, plus up to 20 % jitter (the connector's policy,
+capped lower), until --deadline.
+
+Prints ``READY {json}`` when every session is ready or has failed for good;
+with --hold it then keeps them open until a line (or EOF) on stdin, and
+prints a final JSON line after closing them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import json
+import random
+import selectors
+import socket
+import sys
+import time
+
+from linchpin_gateway import wire
+
+from . import ws
+from .procs import raise_nofile
+
+CONNECTING, HANDSHAKE, MQTT, READY, WAITING, FAILED = range(6)
+
+
+class Session:
+    __slots__ = ("i", "user", "password", "state", "sock", "buf", "out", "parser", "t_start",
+                 "t_first_connack", "first_code", "t_accepted", "t_ready", "attempts", "codes",
+                 "got_suback", "got_status", "connack_ok", "retry_at", "errors")
+
+    def __init__(self, i, user, password):
+        self.i, self.user, self.password = i, user, password
+        self.state = WAITING
+        self.sock = None
+        self.t_first_connack = self.first_code = self.t_accepted = self.t_ready = None
+        self.attempts = 0
+        self.codes: list = []
+        self.errors: list = []
+        self.retry_at = 0.0
+
+
+class Runner:
+    def __init__(self, args, accounts):
+        self.args = args
+        self.sel = selectors.DefaultSelector()
+        self.sessions = [Session(i, u, p) for i, (u, p) in enumerate(accounts)]
+        self.waiting = list(reversed(self.sessions))  # not started yet (pop from the end)
+        self.retrying: list[Session] = []
+        self.opening = 0
+        self.done = 0
+        self.key = ws.new_key()
+        self.t0 = None
+
+    # -- per session -------------------------------------------------------
+
+    def start(self, s: Session, now: float) -> None:
+        s.attempts += 1
+        s.state = CONNECTING
+        s.buf = bytearray()
+        s.out = b""
+        s.parser = wire.Parser(wire.MAX_REMAINING_LENGTH)
+        s.got_suback = s.got_status = s.connack_ok = False
+        s.t_start = now
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        s.sock = sock
+        self.opening += 1
+        rc = sock.connect_ex(("127.0.0.1", self.args.port))
+        if rc not in (0, errno.EINPROGRESS):
+            self.fail(s, f"connect: {errno.errorcode.get(rc, rc)}", now)
+            return
+        self.sel.register(sock, selectors.EVENT_WRITE, s)
+
+    def send(self, s: Session, data: bytes) -> None:
+        s.out += data
+        self.flush(s)
+
+    def flush(self, s: Session) -> None:
+        if s.out:
+            try:
+                n = s.sock.send(s.out)
+            except BlockingIOError:
+                n = 0
+            s.out = s.out[n:]
+        self.sel.modify(s.sock, selectors.EVENT_READ | (selectors.EVENT_WRITE if s.out else 0), s)
+
+    def on_writable(self, s: Session, now: float) -> None:
+        if s.state == CONNECTING:
+            err = s.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if err:
+                self.fail(s, f"connect: {errno.errorcode.get(err, err)}", now)
+                return
+            s.state = HANDSHAKE
+            path = "/device" if self.args.target == "bare" else "/mqtt"
+            self.send(s, ws.handshake_request("127.0.0.1", self.args.port, path, "mqtt"))
+        else:
+            self.flush(s)
+
+    def on_readable(self, s: Session, now: float) -> None:
+        try:
+            chunk = s.sock.recv(65536)
+        except BlockingIOError:
+            return
+        except OSError as e:
+            self.fail(s, f"recv: {e}", now)
+            return
+        if s.state == READY:
+            if not chunk:  # an idle session the server dropped
+                self.sel.unregister(s.sock)
+                s.sock.close()
+                s.sock = None
+                s.state = FAILED
+                s.errors.append("closed by the server after ready")
+            return  # idle: status changes and the like are not kept
+        if not chunk:
+            self.fail(s, "closed by the server", now)
+            return
+        s.buf += chunk
+        if s.state == HANDSHAKE:
+            end = s.buf.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            head = bytes(s.buf[:end])
+            del s.buf[:end + 4]
+            if not head.startswith(b"HTTP/1.1 101"):
+                self.fail(s, f"handshake: {head[:40]!r}", now)
+                return
+            if self.args.target == "bare":
+                self.ready(s, now)
+                return
+            s.state = MQTT
+            user = s.user if self.args.target == "gw" else None
+            password = s.password if self.args.target == "gw" else None
+            client_id = "" if self.args.target == "gw" else f"bench-{s.user}"
+            connect = wire.encode(wire.Connect(client_id=client_id, username=user,
+                                               password=None if password is None else password.encode(),
+                                               keep_alive=300, clean_session=True))
+            topics = ((f"devices/{s.user}/down", 0), ("$gateway/status", 0))
+            subscribe = wire.encode(wire.Subscribe(1, topics))
+            # The gateway queues packets behind a CONNECT being checked, so
+            # both go at once, as a pipelining client would send them.
+            self.send(s, ws.client_frame(connect, self.key) + ws.client_frame(subscribe, self.key))
+        if s.state == MQTT:
+            self.mqtt_input(s, now)
+
+    def mqtt_input(self, s: Session, now: float) -> None:
+        buf = s.buf
+        while len(buf) >= 2:
+            n = buf[1] & 0x7F
+            pos = 2
+            if n == 126:
+                if len(buf) < 4:
+                    return
+                n, pos = int.from_bytes(buf[2:4], "big"), 4
+            elif n == 127:
+                if len(buf) < 10:
+                    return
+                n, pos = int.from_bytes(buf[2:10], "big"), 10
+            if len(buf) < pos + n:
+                return
+            opcode = buf[0] & 0x0F
+            payload = bytes(buf[pos:pos + n])
+            del buf[:pos + n]
+            if opcode == 0x8:
+                self.fail(s, "WebSocket closed by the server", now)
+                return
+            if opcode not in (0x0, 0x2):
+                continue
+            for packet in s.parser.feed(payload):
+                if isinstance(packet, wire.Connack):
+                    code = packet.return_code
+                    s.codes.append(code)
+                    if s.t_first_connack is None:
+                        s.t_first_connack = now - self.t0
+                        s.first_code = code
+                    if code != 0:
+                        self.fail(s, f"CONNACK {code}", now)
+                        return
+                    s.connack_ok = True
+                    s.t_accepted = now - self.t0
+                elif isinstance(packet, wire.Suback):
+                    if 0x80 in packet.return_codes:
+                        self.fail(s, "SUBACK refused", now, final=True)
+                        return
+                    s.got_suback = True
+                elif isinstance(packet, wire.Publish) and packet.topic == "$gateway/status":
+                    s.got_status = True
+            if s.connack_ok and s.got_suback and (s.got_status or self.args.target != "gw"):
+                self.ready(s, now)
+                return
+
+    def ready(self, s: Session, now: float) -> None:
+        s.state = READY
+        s.t_ready = now - self.t0
+        self.opening -= 1
+        self.done += 1
+        self.sel.modify(s.sock, selectors.EVENT_READ, s)
+
+    def fail(self, s: Session, why: str, now: float, final: bool = False) -> None:
+        if s.sock is not None:
+            try:
+                self.sel.unregister(s.sock)
+            except (KeyError, ValueError):
+                pass
+            s.sock.close()
+            s.sock = None
+        self.opening -= 1
+        s.errors.append(why)
+        if self.args.retry and not final:
+            delay = min(2 ** (s.attempts - 1), 8) * (1 + 0.2 * random.random())
+            s.retry_at = now + delay
+            s.state = WAITING
+            self.retrying.append(s)
+        else:
+            s.state = FAILED
+            self.done += 1
+
+    # -- loop ----------------------------------------------------------------
+
+    def run(self) -> dict:
+        args = self.args
+        if args.start_at:
+            delay = args.start_at - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+        self.t0 = time.monotonic()
+        deadline = self.t0 + args.deadline
+        total = len(self.sessions)
+        limit = args.concurrency or total
+        while self.done < total:
+            now = time.monotonic()
+            if now > deadline:
+                break
+            while self.waiting and self.opening < limit:
+                self.start(self.waiting.pop(), now)
+            if self.retrying:
+                due = [s for s in self.retrying if s.retry_at <= now]
+                if due:
+                    self.retrying = [s for s in self.retrying if s.retry_at > now]
+                    for s in due:
+                        self.start(s, now)
+            for key, mask in self.sel.select(0.05):
+                s = key.data
+                now = time.monotonic()
+                if mask & selectors.EVENT_WRITE and s.sock is not None:
+                    self.on_writable(s, now)
+                if mask & selectors.EVENT_READ and s.sock is not None:
+                    self.on_readable(s, now)
+        return self.summary()
+
+    def summary(self) -> dict:
+        ss = self.sessions
+        ready = [s for s in ss if s.state == READY]
+        firsts = sorted(s.t_first_connack for s in ss if s.t_first_connack is not None)
+        accepted = sorted(s.t_accepted for s in ss if s.t_accepted is not None)
+        codes: dict[str, int] = {}
+        for s in ss:
+            for c in s.codes:
+                codes[str(c)] = codes.get(str(c), 0) + 1
+        errors: dict[str, int] = {}
+        for s in ss:
+            for e in s.errors:
+                errors[e] = errors.get(e, 0) + 1
+        return {
+            "sessions": len(ss),
+            "ready": len(ready),
+            "attempts": sum(s.attempts for s in ss),
+            "first_connack": firsts,
+            "accepted": accepted,
+            "ready_times": sorted(s.t_ready for s in ready),
+            "first_codes": _count(str(s.first_code) for s in ss if s.first_code is not None),
+            "connack_codes": codes,
+            "errors": errors,
+            "elapsed": time.monotonic() - self.t0,
+        }
+
+    def close_all(self) -> None:
+        for s in self.sessions:
+            if s.sock is not None:
+                s.sock.close()
+                s.sock = None
+
+
+def _count(items) -> dict:
+    out: dict = {}
+    for x in items:
+        out[x] = out.get(x, 0) + 1
+    return out
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description="many idle sessions (see module docstring)")
+    p.add_argument("--target", choices=["gw", "bare", "broker"], required=True)
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--accounts", help="JSON file: [[device_id, password], ...]")
+    p.add_argument("--first", type=int, default=0)
+    p.add_argument("--count", type=int, required=True)
+    p.add_argument("--concurrency", type=int, default=8)
+    p.add_argument("--start-at", type=float, default=0.0)
+    p.add_argument("--retry", action="store_true")
+    p.add_argument("--hold", action="store_true")
+    p.add_argument("--deadline", type=float, default=300.0)
+    args = p.parse_args(argv)
+    raise_nofile(args.count + 256)
+    if args.accounts:
+        with open(args.accounts) as f:
+            accounts = json.load(f)[args.first:args.first + args.count]
+    else:
+        accounts = [(f"{i:032x}", "") for i in range(args.first, args.first + args.count)]
+    if len(accounts) < args.count:
+        raise SystemExit(f"only {len(accounts)} accounts in {args.accounts}")
+    runner = Runner(args, accounts)
+    summary = runner.run()
+    print("READY " + json.dumps(summary), flush=True)
+    if args.hold:
+        sys.stdin.readline()
+    runner.close_all()
+    print("CLOSED", flush=True)
+
+
+if __name__ == "__main__":
+    main()
