@@ -97,6 +97,13 @@ def rss_mib(pid: int) -> float:
     return 0.0
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def measure(state: str, app_url: str, download: int, watch: dict[str, int]) -> None:
     """Round trips and throughput through the relay (device library, one
     session) and direct to the app; peak RSS growth of the ``watch`` processes
@@ -105,6 +112,8 @@ def measure(state: str, app_url: str, download: int, watch: dict[str, int]) -> N
 
     before = {name: rss_mib(pid) for name, pid in watch.items()}
     peak = dict(before)
+    cpu_before: dict[str, float] = {}
+    cpu_used: dict[str, float] = {}
 
     def sample():
         for name, pid in watch.items():
@@ -121,6 +130,7 @@ def measure(state: str, app_url: str, download: int, watch: dict[str, int]) -> N
             await response.content()
             relay.append(time.perf_counter() - start)
         start = time.perf_counter()
+        cpu_before.update({name: cpu_seconds(pid) for name, pid in watch.items()}, device=cpu_seconds(os.getpid()))
         response = await device.request("GET", f"/download?size={download}")
         digest = hashlib.sha256()
         seen = [0]
@@ -133,6 +143,8 @@ def measure(state: str, app_url: str, download: int, watch: dict[str, int]) -> N
 
         await response.deliver(consume)
         relay_seconds = time.perf_counter() - start
+        cpu_used.update({name: cpu_seconds(pid) - cpu_before[name] for name, pid in watch.items()},
+                        device=cpu_seconds(os.getpid()) - cpu_before["device"])
         device.close()
         return relay, relay_seconds, digest.hexdigest()
 
@@ -160,6 +172,9 @@ def measure(state: str, app_url: str, download: int, watch: dict[str, int]) -> N
           f"   direct {direct_rate:.1f} MiB/s   ({relay_rate / direct_rate:.0%} of direct)")
     print("  RSS growth during the download:   "
           + "   ".join(f"{name} {peak[name] - before[name]:+.1f} MiB" for name in watch))
+    print("  CPU per MiB relayed:              "
+          + "   ".join(f"{name} {cpu_used[name] * 1000 / mib:.1f} ms" for name in cpu_used)
+          + f"   (2 cores: {2 * relay_seconds * 1000 / mib:.1f} core-ms per MiB available)")
 
 
 def _react(main):
