@@ -361,3 +361,23 @@ def raw_session(port, username, password, *subscriptions, rcvbuf=None, keep_aliv
         got += ws.parser.feed(ws.recv_binary())
     assert got[0] == wire.Connack(0), got
     return ws
+
+
+def gateway_with_device(tmp_path, *extra):
+    """A fresh gateway with one instance and one paired device:
+    ``(gateway, instance credentials, (device_id, device_password))``."""
+    gw = Gateway(tmp_path / "gw", *extra)
+    world = World(gw.url)
+    inst = world.register()
+    return gw, inst, world.pair(inst)
+
+
+def scrape(url: str, prefix: str) -> dict[str, float]:
+    """Prometheus text from ``url`` as {name with labels: value}, for names starting with ``prefix``."""
+    text = urllib.request.urlopen(url, timeout=TIMEOUT).read().decode()
+    values = {}
+    for line in text.splitlines():
+        if line.startswith(prefix):
+            name, value = line.rsplit(" ", 1)
+            values[name] = float(value)
+    return values

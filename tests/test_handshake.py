@@ -125,7 +125,7 @@ def test_setup_hello_after_proof_dropped_silently(pair):
 def test_replayed_setup_hello_before_proof_keeps_four_newest(pair):
     device = pair.new_device()
     pair.wire.filter_down = lambda p: None
-    d = pair.run(device.handshake())
+    pair.run(device.handshake())  # its WELCOMEs are all lost
     hello = pair.wire.log[0][1]
     for _ in range(6):
         pair.wire.up.append(hello)

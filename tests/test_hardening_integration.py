@@ -4,12 +4,12 @@ import os
 import signal
 import socket
 import time
-import urllib.request
 
 import pytest
 
 from linchpin_gateway import wire
-from tests.support import TIMEOUT, Gateway, Paho, RawWebSocket, World, connect_packet, raw_session, rest
+from tests.support import (TIMEOUT, Gateway, Paho, RawWebSocket, World, connect_packet, gateway_with_device,
+                           raw_session, rest, scrape)
 
 
 def rss_kib(pid: int) -> int:
@@ -46,10 +46,7 @@ def test_kill_9_loses_no_answered_write(tmp_path):
 
 
 def test_sigterm_drains_sessions_and_exits_0(tmp_path):
-    gw = Gateway(tmp_path / "gw")
-    world = World(gw.url)
-    inst = world.register()
-    dev_id, dev_pw = world.pair(inst)
+    gw, inst, (dev_id, dev_pw) = gateway_with_device(tmp_path)
     clients = [Paho(gw.port, *inst), Paho(gw.port, dev_id, dev_pw)]
     raw = raw_session(gw.port, dev_id, dev_pw)  # takes over the paho session of the device
     started = time.monotonic()
@@ -64,10 +61,7 @@ def test_sigterm_drains_sessions_and_exits_0(tmp_path):
 def test_never_reading_device_is_cut_and_memory_stays_flat(tmp_path):
     """200 MiB sent to a device that never reads: the gateway keeps at most
     its outbound limit for it, cuts it, and its memory does not follow."""
-    gw = Gateway(tmp_path / "gw", "--max-message-size", "1048576")
-    world = World(gw.url)
-    inst = world.register()
-    dev_id, dev_pw = world.pair(inst)
+    gw, inst, (dev_id, dev_pw) = gateway_with_device(tmp_path, "--max-message-size", "1048576")
     sleeper = raw_session(gw.port, dev_id, dev_pw, f"devices/{dev_id}/down", rcvbuf=4096)  # never reads
     connector = raw_session(gw.port, *inst)
     before = rss_kib(gw.proc.pid)
@@ -97,10 +91,7 @@ def test_never_reading_device_is_cut_and_memory_stays_flat(tmp_path):
 
 
 def test_never_reading_connector_pushes_back_on_devices(tmp_path):
-    gw = Gateway(tmp_path / "gw")
-    world = World(gw.url)
-    inst = world.register()
-    dev_id, dev_pw = world.pair(inst)
+    gw, inst, (dev_id, dev_pw) = gateway_with_device(tmp_path)
     sleeper = raw_session(gw.port, *inst, "devices/+/up", rcvbuf=4096)  # a connector that never reads
     device = raw_session(gw.port, dev_id, dev_pw)
     device.sock.settimeout(3)
@@ -151,10 +142,7 @@ def test_metrics_endpoint(tmp_path):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    gw = Gateway(tmp_path / "gw", "--metrics", f"tcp:{port}:interface=127.0.0.1")
-    world = World(gw.url)
-    inst = world.register()
-    dev_id, dev_pw = world.pair(inst)
+    gw, inst, (dev_id, dev_pw) = gateway_with_device(tmp_path, "--metrics", f"tcp:{port}:interface=127.0.0.1")
     conn = Paho(gw.port, *inst)
     conn.subscribe("devices/+/up")
     dev = Paho(gw.port, dev_id, dev_pw)
@@ -162,12 +150,7 @@ def test_metrics_endpoint(tmp_path):
     conn.next_message()
     assert Paho(gw.port, dev_id, "wrong").result == "Bad user name or password"
     gw.wait_for(rf"lmgateway listening on metrics .* at 127\.0\.0\.1:{port}")
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=TIMEOUT).read().decode()
-    values = {}
-    for line in text.splitlines():
-        if line.startswith("lmgateway_"):
-            name, value = line.rsplit(" ", 1)
-            values[name] = float(value)
+    values = scrape(f"http://127.0.0.1:{port}/metrics", "lmgateway_")
     assert values['lmgateway_sessions{role="connector"}'] == 1
     assert values['lmgateway_sessions{role="device"}'] == 1
     assert values["lmgateway_messages_relayed_total"] == 1
@@ -196,10 +179,7 @@ def test_caps_on_pending_and_total_sessions(tmp_path):
 
 
 def test_connect_storm_gets_connack_3_at_once_and_relaying_goes_on(tmp_path):
-    gw = Gateway(tmp_path / "gw", "--hash-queue", "4", "--login-limit", "0")
-    world = World(gw.url)
-    inst = world.register()
-    dev_id, dev_pw = world.pair(inst)
+    gw, inst, (dev_id, dev_pw) = gateway_with_device(tmp_path, "--hash-queue", "4", "--login-limit", "0")
     conn = Paho(gw.port, *inst)
     conn.subscribe("devices/+/up")
     device = Paho(gw.port, dev_id, dev_pw)

@@ -9,7 +9,7 @@ import urllib.request
 import pytest
 
 from tests.secrets_scan import find_secrets
-from tests.support import Gateway, System, cli
+from tests.support import Gateway, System, cli, scrape
 
 
 @pytest.fixture
@@ -159,12 +159,7 @@ def test_connector_metrics(tmp_path):
     try:
         state = system.pair("heidi")
         assert b"Hello, heidi" in device(state, "request", "/").stdout
-        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30).read().decode()
-        values = {}
-        for line in text.splitlines():
-            if line.startswith("lmconnector_"):
-                name, value = line.rsplit(" ", 1)
-                values[name] = float(value)
+        values = scrape(f"http://127.0.0.1:{port}/metrics", "lmconnector_")
         assert values["lmconnector_gateway_connected"] == 1
         assert values["lmconnector_gateway_connects_total"] == 1
         assert values['lmconnector_handshake_answers_total{kind="welcome"}'] == 2  # pairing, then the request
