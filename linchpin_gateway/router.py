@@ -208,9 +208,10 @@ class Router:
 
     # -- publishing ----------------------------------------------------------
 
-    def publish(self, client: Client, topic: str, payload: bytes, qos: int) -> bool:
+    def publish(self, client: Client, topic: str, payload: bytes, qos: int, raw: bytes | None = None) -> bool:
         """Route one PUBLISH.  False means the sender broke the rules and
-        must be disconnected; True means delivered or dropped."""
+        must be disconnected; True means delivered or dropped.  ``raw`` is
+        the packet as received when it can be forwarded as it is (QoS 0)."""
         principal = client.principal
         inst = self._instances[principal.instance_id]
         if principal.role == DEVICE:
@@ -222,7 +223,7 @@ class Router:
                 sub_qos = target.subs.get(UP_FILTER)
                 if sub_qos is not None:
                     self._count(payload)
-                    target.session.deliver(client.up_wire, payload, min(qos, sub_qos))
+                    target.session.deliver(client.up_wire, payload, min(qos, sub_qos), raw)
             return True
         device_id = _down_device(topic)
         target = inst.devices.get(device_id) if device_id is not None else None
@@ -230,7 +231,7 @@ class Router:
             sub_qos = target.subs.get(topic)
             if sub_qos is not None:
                 self._count(payload)
-                target.session.deliver(target.down_wire, payload, min(qos, sub_qos))
+                target.session.deliver(target.down_wire, payload, min(qos, sub_qos), raw)
             return True
         if device_id is None or not is_hex_id(device_id):
             self.log.info("connector {id} published to a forbidden topic; closing", id=principal.id)

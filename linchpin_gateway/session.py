@@ -205,7 +205,7 @@ class MQTTSession:
         if packet.qos > 1:
             self.close("QoS 2 PUBLISH")
             return
-        if not self.router.publish(self.client, packet.topic, packet.payload, packet.qos):
+        if not self.router.publish(self.client, packet.topic, packet.payload, packet.qos, packet.raw):
             self.close("publish to a forbidden topic")
             return
         if packet.qos == 1:
@@ -245,8 +245,13 @@ class MQTTSession:
 
     # -- output (the router calls these) -------------------------------------
 
-    def deliver(self, topic: bytes, payload: bytes, qos: int) -> None:
+    def deliver(self, topic: bytes, payload: bytes, qos: int, raw: bytes | None = None) -> None:
+        """Send a PUBLISH; ``raw``, when given, is that same QoS 0 packet
+        already encoded (the one received, forwarded as it is)."""
         if self.state != CONNECTED:
+            return
+        if raw is not None and qos == 0:
+            self._write(raw)
             return
         packet_id = None
         if qos:

@@ -39,7 +39,7 @@ CONNACK 1 ("unacceptable protocol version") as MQTT requires.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Callable, Union
 
 __all__ = [
@@ -173,6 +173,10 @@ class Publish:
     packet_id: int | None = None
     retain: bool = False
     dup: bool = False
+    # The packet exactly as received, set by the parser for a QoS 0 PUBLISH
+    # without retain that filled its WebSocket message alone: forwarding it
+    # to another QoS 0 subscriber of the same topic needs no re-encoding.
+    raw: bytes | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True, eq=True)
@@ -404,7 +408,7 @@ def _decode_connack(flags: int, data: bytes, start: int, end: int) -> Connack:
 # is the relay's hot path, so the parser builds Publish objects through the
 # slot descriptors; the assertion keeps this in step with the class.
 assert [f.name for f in fields(Publish)] == [
-    "topic", "payload", "qos", "packet_id", "retain", "dup"
+    "topic", "payload", "qos", "packet_id", "retain", "dup", "raw"
 ], "update the Publish slot setters below and _decode_publish"
 _new = object.__new__
 _set_topic = Publish.topic.__set__  # type: ignore[attr-defined]
@@ -413,6 +417,7 @@ _set_qos = Publish.qos.__set__  # type: ignore[attr-defined]
 _set_packet_id = Publish.packet_id.__set__  # type: ignore[attr-defined]
 _set_retain = Publish.retain.__set__  # type: ignore[attr-defined]
 _set_dup = Publish.dup.__set__  # type: ignore[attr-defined]
+_set_raw = Publish.raw.__set__  # type: ignore[attr-defined]
 
 
 def _decode_publish(flags: int, data: bytes, start: int, end: int) -> Publish:
@@ -446,6 +451,7 @@ def _decode_publish(flags: int, data: bytes, start: int, end: int) -> Publish:
     _set_packet_id(packet, packet_id)
     _set_retain(packet, bool(flags & 0x01))
     _set_dup(packet, bool(flags & 0x08))
+    _set_raw(packet, None)
     return packet
 
 
@@ -645,7 +651,10 @@ class Parser:
                 self._total = header_len + length
                 return
             first = data[pos]
-            packets.append(_DECODERS[first >> 4](first & 0x0F, data, body, stop))
+            packet = _DECODERS[first >> 4](first & 0x0F, data, body, stop)
+            if first == 0x30 and pos == 0 and stop == end:
+                _set_raw(packet, data)  # QoS 0, no retain, the whole input: no copy
+            packets.append(packet)
             pos = stop
 
     def _resume(self, data: bytes, packets: list[Packet]) -> int:

@@ -16,7 +16,7 @@ class FakeSession:
         self.delivered = []
         self.closed = None
 
-    def deliver(self, topic, payload, qos):
+    def deliver(self, topic, payload, qos, raw=None):
         self.delivered.append((topic.decode(), payload, qos))
 
     def close(self, reason):

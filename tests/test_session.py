@@ -378,3 +378,15 @@ def test_slow_password_check_is_not_a_dead_client(peer, auth, clock):
     assert p.closed is None
     auth.release()
     assert p.take() == [wire.Connack(0)]
+
+
+def test_qos0_publish_forwarded_as_received_but_retain_cleared(peer):
+    c = online(peer, INST, "ipw", "devices/+/up")
+    d = online(peer, DEV, "dpw")
+    sent = []
+    c.send = lambda data: sent.append(data)
+    packet = wire.encode(wire.Publish(f"devices/{DEV}/up", b"same bytes"))
+    d.session.data_received(packet)
+    assert sent == [packet]
+    d.session.data_received(wire.encode(wire.Publish(f"devices/{DEV}/up", b"same bytes", retain=True)))
+    assert sent[-1] == packet  # re-encoded with retain 0

@@ -713,3 +713,17 @@ def test_mutated_valid_streams(stream, data):
     raw = bytes(raw)
     cuts = data.draw(st.lists(st.integers(0, len(raw)), max_size=10))
     assert outcome(raw, cuts) == outcome(raw, [])
+
+
+def test_raw_kept_only_for_a_whole_input_qos0_publish_without_retain():
+    packet = encode(Publish("devices/x/up", b"payload"))
+    (p,) = Parser().feed(packet)
+    assert p.raw is packet  # the very bytes received, no copy
+    retained = encode(Publish("devices/x/up", b"payload", retain=True))
+    assert Parser().feed(retained)[0].raw is None
+    assert Parser().feed(encode(Publish("t", b"x", qos=1, packet_id=1)))[0].raw is None
+    two = packet + packet
+    assert [q.raw for q in Parser().feed(two)] == [None, None]
+    split = Parser()
+    split.feed(packet[:5])
+    assert split.feed(packet[5:])[0].raw is None
