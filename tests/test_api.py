@@ -388,3 +388,29 @@ def test_fuzzed_bodies_only_get_defined_answers(unlimited_gateway, path, body, c
     if resp.code >= 400:
         assert set(parsed) == {"error", "message"}
         assert parsed["error"] in ("bad_request", "unauthorized", "invalid_setup_key", "unsupported_media_type")
+
+
+def test_tcp_keepalive_on_for_every_accepted_socket(gw):
+    from twisted.internet.testing import StringTransport
+
+    class TCP(StringTransport):
+        keepalive = nodelay = None
+
+        def setTcpKeepAlive(self, on):
+            self.keepalive = on
+
+        def setTcpNoDelay(self, on):
+            self.nodelay = on
+
+    class TLS(StringTransport):  # a TLS transport: the socket is its handle
+        def __init__(self):
+            super().__init__()
+            self.handle = TCP()
+
+        def getHandle(self):
+            return self.handle
+
+    plain, tls = TCP(), TLS()
+    gw.site.buildProtocol(None).makeConnection(plain)
+    gw.site.buildProtocol(None).makeConnection(tls)
+    assert plain.keepalive and tls.handle.keepalive
