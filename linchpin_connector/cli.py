@@ -57,14 +57,20 @@ async def register(reactor, args, state: ConnectorState) -> None:
         pass
     api = GatewayAPI(make_http_client(reactor, args.ca_file, persistent=False), url)
     answer = await api.register(args.registration_token)
+    # The daemon and the devices use the URL the gateway gives (its public
+    # URL), which must pass the same test as the one typed here.
+    try:
+        public_url = check_gateway_url(answer.get("gateway_url") or url, args.insecure)
+    except InsecureURL as e:
+        raise CommandError(f"the gateway calls itself {answer.get('gateway_url')!r}: {e}")
     static = X25519PrivateKey.generate()
-    # Devices are told gateway_url by the gateway itself (its public URL).
-    state.save_registration(answer.get("gateway_url") or url, answer["instance_id"], answer["instance_password"],
-                            _raw_private(static))
-    print(f"registered instance {answer['instance_id']} at {answer.get('gateway_url') or url}", file=sys.stderr)
+    state.save_registration(public_url, answer["instance_id"], answer["instance_password"], _raw_private(static))
+    print(f"registered instance {answer['instance_id']} at {public_url}", file=sys.stderr)
 
 
 async def device_add(reactor, args, state: ConnectorState) -> None:
+    if not args.user or any(ch < " " or ch == "\x7f" for ch in args.user):
+        raise CommandError("a user name must be non-empty and hold no control characters")
     reg = state.registration()
     answer = await _api(reactor, state, args.ca_file).add_device()
     secret = secrets.token_bytes(32)

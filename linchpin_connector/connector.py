@@ -10,6 +10,7 @@ and go out through a ``publish(device_id, payload)`` callable.
 from __future__ import annotations
 
 import json
+from urllib.parse import urlsplit, urlunsplit
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -232,7 +233,7 @@ class ConnectorService(service.MultiService):
                                 ca_file=self.ca_file, keep_alive=self.keep_alive)
         self.link.setServiceParent(self)
         self.log.info("lmconnector for instance {instance_id} proxying to {backend}",
-                      instance_id=registration["instance_id"], backend=self.backend_url)
+                      instance_id=registration["instance_id"], backend=_without_userinfo(self.backend_url))
         super().startService()
 
     @defer.inlineCallbacks
@@ -291,6 +292,12 @@ class ConnectorService(service.MultiService):
                 await self.state.remove_device(device.device_id)
                 self.channels.end(device.device_id)
                 self.log.info("device {device_id} is gone at the gateway; keys removed", device_id=device.device_id)
+
+
+def _without_userinfo(url: str) -> str:
+    """A URL fit for a log line: any ``user:password@`` taken out."""
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
 
 
 class ConnectorCollector:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import random
 from urllib.parse import urlsplit
@@ -15,7 +16,6 @@ from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionP
 from . import mqtt_client
 from .mqtt_client import tls_failure
 
-LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "::1"}
 
 
 class GatewayError(Exception):
@@ -36,9 +36,19 @@ def check_gateway_url(url: str, allow_insecure: bool = False) -> str:
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise InsecureURL(f"not an http(s) URL: {url!r}")
     host = parts.hostname
-    if parts.scheme == "http" and not allow_insecure and host not in LOOPBACK_HOSTS and not host.startswith("127."):
+    if parts.scheme == "http" and not allow_insecure and not is_loopback(host):
         raise InsecureURL(f"refusing plain http to {host}; use https or pass --insecure")
     return url.rstrip("/")
+
+
+def is_loopback(host: str) -> bool:
+    """``localhost`` or a loopback address; never a DNS name like ``127.example``."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def make_http_client(reactor, ca_file: str | None = None, persistent: bool = True) -> treq.client.HTTPClient:
@@ -102,7 +112,8 @@ class GatewayLink(service.Service):
     """One MQTT session to the gateway, reopened for ever with backoff.
 
     Backoff starts at 1 s and doubles up to 60 s, each wait stretched by up
-    to 20 % of random jitter so a fleet does not reconnect in lock-step.
+    to 20 % of random jitter (never past 60 s) so a fleet does not reconnect
+    in lock-step.
     ``on_connected(client)`` runs (and may return a Deferred) each time a
     session is up and subscribed.
     """
@@ -132,7 +143,7 @@ class GatewayLink(service.Service):
 
     def next_delay(self) -> float:
         base = min(self.MAX_DELAY, self.MIN_DELAY * 2 ** self.failures)
-        return base * (1 + 0.2 * self.rng())
+        return min(self.MAX_DELAY, base * (1 + 0.2 * self.rng()))
 
     def startService(self):
         super().startService()

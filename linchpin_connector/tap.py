@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from twisted.internet import reactor as default_reactor
 from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
@@ -38,6 +40,8 @@ class Options(usage.Options):
             raise usage.UsageError("--backend URL is required")
         if not self["backend"].startswith(("http://", "https://")):
             raise usage.UsageError("--backend must be an http:// or https:// URL")
+        if not re.fullmatch(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+", self["user-header"]):
+            raise usage.UsageError("--user-header must be an HTTP header name")
         if not 1 <= self["keep-alive"] <= 300:
             raise usage.UsageError("--keep-alive must be 1-300 seconds")
         if self["ca-file"]:

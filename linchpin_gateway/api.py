@@ -155,6 +155,10 @@ class Health(_AsyncResource):
         self.gateway = gateway
 
     async def handle(self, request):
+        if request.postpath:
+            raise ApiError(404, *NOT_FOUND)
+        if request.method not in (b"GET", b"HEAD"):
+            raise ApiError(405, "method_not_allowed", "only GET is allowed here", {"Allow": "GET, HEAD"})
         try:
             await self.gateway.store.ping()
         except Exception:
@@ -209,8 +213,9 @@ class ApiV1(_AsyncResource):
                 return {"DELETE": self.revoke_device}, (device_id,)
         return None
 
-    # Calls that need no credentials; every other call is limited only when
-    # its credentials turn out wrong.
+    # Calls that need no credentials spend the unauthenticated-call limit;
+    # every other call is limited only by failed logins (the same limit as
+    # failed MQTT logins), so right credentials never pay for other calls.
     OPEN = ("register", "setup_device")
 
     async def handle(self, request):
@@ -232,8 +237,8 @@ class ApiV1(_AsyncResource):
                            {"Allow": ", ".join(sorted(methods))})
         if handler.__name__ in self.OPEN:
             self._charge(host)
-        elif not self.gw.rest_limiter.allowed(host):
-            self._limited(host)
+        elif not self.gw.login_limiter.allowed(host):
+            self._limited(host, self.gw.login_limiter)
         body = _body(request)
         if getattr(request, "body_too_large", False) or len(body) > MAX_BODY:
             raise ApiError(413, "payload_too_large", f"request body over {MAX_BODY} bytes")
@@ -247,11 +252,11 @@ class ApiV1(_AsyncResource):
 
     def _charge(self, host: str) -> None:
         if not self.gw.rest_limiter.charge(host):
-            self._limited(host)
+            self._limited(host, self.gw.rest_limiter)
 
-    def _limited(self, host: str):
+    def _limited(self, host: str, limiter):
         self.gw.stats.rate_limited += 1
-        retry = self.gw.rest_limiter.retry_after(host)
+        retry = limiter.retry_after(host)
         raise ApiError(429, "rate_limited", f"too many requests; retry in {retry} s", {"Retry-After": str(retry)})
 
     @staticmethod
@@ -277,13 +282,13 @@ class ApiV1(_AsyncResource):
             decoded = ""
         instance_id, sep, password = decoded.partition(":")
         if scheme.lower() != "basic" or not sep:
-            self.gw.rest_limiter.charge(_peer(request))
+            self.gw.login_limiter.charge(_peer(request))
             raise _unauthorized()
         if not await self.gw.authenticator.check_instance(instance_id, password):
             host = _peer(request)
             self.gw.stats.auth_failures += 1
             self.log.debug("REST auth failure from {peer}", peer=host)
-            self.gw.rest_limiter.charge(host)
+            self.gw.login_limiter.charge(host)
             raise _unauthorized()
         return instance_id
 

@@ -53,10 +53,9 @@ class Gateway(service.MultiService):
         self.drain_timeout = drain_timeout
         self.rest_limiter = (RateLimiter(reactor, *rest_limit, on_trip=lambda host: audit(
             "rate_limit_tripped", host=host, limit="unauthenticated REST calls")) if rest_limit else Unlimited())
-        self.limits = Limits(max_packet=max_packet, max_outbound=max_outbound,
-                             login_limiter=RateLimiter(reactor, *login_limit, on_trip=lambda host: audit(
-                                 "auth_failure_burst", host=host, limit="failed MQTT logins"))
-                             if login_limit else None)
+        self.login_limiter = (RateLimiter(reactor, *login_limit, on_trip=lambda host: audit(
+            "auth_failure_burst", host=host, limit="failed logins (MQTT and REST)")) if login_limit else Unlimited())
+        self.limits = Limits(max_packet=max_packet, max_outbound=max_outbound, login_limiter=self.login_limiter)
         self.ws_factory = MQTTWebSocketFactory(self, reactor, max_sessions=max_sessions,
                                                max_unauthenticated=max_unauthenticated)
         self.site = GatewaySite(Root(self, self.ws_factory), reactor=reactor, timeout=HTTP_IDLE_TIMEOUT)

@@ -9,6 +9,7 @@ only moves WebSocket messages in and out of it.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 from autobahn.twisted.resource import WebSocketResource
@@ -521,8 +522,21 @@ class MQTTWebSocketFactory(WebSocketServerFactory):
 
 
 class MQTTResource(WebSocketResource):
-    """``/mqtt``: the HTTP channel's idle timeout must not outlive the upgrade."""
+    """``/mqtt``: WebSocket upgrades only; anything else gets the API's JSON errors.
+
+    The HTTP channel's idle timeout must not outlive the upgrade.
+    """
 
     def render(self, request):
+        if request.postpath and request.postpath != [b""]:
+            return _json_error(request, 404, "not_found", "no such resource")
+        if (request.getHeader("upgrade") or "").lower() != "websocket":
+            return _json_error(request, 400, "bad_request", "this is the MQTT-over-WebSocket endpoint: upgrade required")
         request.channel.setTimeout(None)
         return super().render(request)
+
+
+def _json_error(request, status: int, code: str, message: str) -> bytes:
+    request.setResponseCode(status)
+    request.setHeader("Content-Type", "application/json")
+    return json.dumps({"error": code, "message": message}).encode()

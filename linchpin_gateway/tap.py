@@ -53,9 +53,9 @@ class Options(usage.Options):
             raise usage.UsageError("--setup-key-ttl must be positive")
         if self["pbkdf2-iterations"] < MIN_ITERATIONS:
             raise usage.UsageError(f"--pbkdf2-iterations must be at least {MIN_ITERATIONS}")
-        store = self["store"]
-        if store and not store.startswith("sqlite:"):
-            raise usage.UsageError("--store: only the embedded SQLite store is available in this release")
+        if self["store"]:
+            raise usage.UsageError("--store: only the embedded SQLite store (in --data-dir) is available in this "
+                                   "release")
         if self["bus"]:
             raise usage.UsageError("--bus: only the in-process bus is available in this release")
         for name in ("max-outbound", "max-sessions", "max-pending-logins", "hash-queue"):

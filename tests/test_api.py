@@ -309,11 +309,11 @@ def test_unauthenticated_calls_rate_limited_with_retry_after(api, gw):
 
 def test_failed_logins_charge_and_then_block_before_hashing(api, gw):
     inst = api.register()
-    for _ in range(29):
+    for _ in range(20):
         resp, _ = api.call("GET", "/api/v1/devices", headers=basic(inst["instance_id"], "wrong"))
         assert resp.code == 401
     resp, body = api.call("GET", "/api/v1/devices", headers=basic(inst["instance_id"], "wrong"))
-    assert resp.code == 429
+    assert resp.code == 429  # 20 failed logins a minute is the limit
     pending_before = gw.hasher.pending
     # even the right password waits now: the address is over its limit
     resp, body = api.call("GET", "/api/v1/devices", headers=basic(inst["instance_id"], inst["instance_password"]))
@@ -361,7 +361,7 @@ def test_verified_credentials_cached_and_forgotten_on_rotation(api, gw):
 @pytest.fixture
 def unlimited_gateway(make_gateway):
     """One gateway for every example of a hypothesis test (no rate limit)."""
-    return make_gateway(rest_limit=None)
+    return make_gateway(rest_limit=None, login_limit=None)
 
 
 json_values = st.recursive(
@@ -414,3 +414,22 @@ def test_tcp_keepalive_on_for_every_accepted_socket(gw):
     gw.site.buildProtocol(None).makeConnection(plain)
     gw.site.buildProtocol(None).makeConnection(tls)
     assert plain.keepalive and tls.handle.keepalive
+
+
+def test_unauthenticated_calls_and_failed_logins_have_separate_budgets(api, gw):
+    inst = api.register()
+    for _ in range(15):
+        assert api.setup("nope")[0].code == 404
+    for _ in range(16):
+        assert api.call("GET", "/api/v1/devices", headers=basic(inst["instance_id"], "wrong"))[0].code == 401
+    auth = basic(inst["instance_id"], inst["instance_password"])
+    assert api.call("GET", "/api/v1/devices", headers=auth)[0].code == 200
+
+
+@pytest.mark.parametrize("method,path,status,code", [
+    ("POST", "/healthz", 405, "method_not_allowed"), ("GET", "/healthz/x", 404, "not_found"),
+    ("GET", "/mqtt", 400, "bad_request"), ("GET", "/mqtt/x", 404, "not_found"),
+])
+def test_healthz_and_mqtt_follow_the_api_error_rules(api, method, path, status, code):
+    resp, body = api.call(method, path)
+    assert_error(resp, body, status, code)

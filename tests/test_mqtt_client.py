@@ -138,7 +138,7 @@ def test_link_backoff_doubles_to_60_with_jitter_and_resets():
         (call,) = clock.getDelayedCalls()
         delays.append(call.getTime() - clock.seconds())
         clock.advance(delays[-1])
-    assert delays == pytest.approx([1.2, 2.4, 4.8, 9.6, 19.2, 38.4, 72, 72, 72])
+    assert delays == pytest.approx([1.2, 2.4, 4.8, 9.6, 19.2, 38.4, 60, 60, 60])
     client = FakeClient()
     connect.attempts[-1].callback(client)
     assert connected == [client] and client.subscribed == [[("devices/+/up", 0)]]
