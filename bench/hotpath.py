@@ -25,7 +25,8 @@ pool). Output: the tables on stdout, the raw stacks in
 the server (root, or kernel.yama.ptrace_scope = 0).
 """
 
-from __future__ import annotations
+from __future__ import os
+import annotations
 
 import argparse
 import collections
@@ -48,12 +49,15 @@ def py_spy() -> str | None:
     return str(exe) if exe.exists() else shutil.which("py-spy")
 
 
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + "/"
+
+
 def short(frame: str) -> str:
     m = _FRAME.match(frame.strip())
     if not m:
         return frame.strip()
     path = m.group("file")
-    for marker in ("site-packages/", "/work/main/", "lib/python3.11/"):
+    for marker in ("site-packages/", _REPO, "lib/python3.11/"):
         if marker in path:
             path = path.split(marker, 1)[1]
     return f"{m.group('func')} ({path}{':' + m.group('line') if m.group('line') else ''})"

@@ -2,7 +2,7 @@
 
 Nothing here imports ``linchpin_connector`` or ``linchpin_gateway``: the device
 below is built from paho-mqtt, urllib, hashlib/json/struct and the
-``cryptography`` primitives, following /work/shared/PROTOCOL.md sections 1-5
+``cryptography`` primitives, following PROTOCOL.md (docs/protocol.md) sections 1-5
 byte by byte. ``tests.support`` is used only to start the real processes
 (gateway, sample intranet app, ``twistd lmconnector``) and to run
 ``lmconnector device add``.
