@@ -25,12 +25,12 @@ pool). Output: the tables on stdout, the raw stacks in
 the server (root, or kernel.yama.ptrace_scope = 0).
 """
 
-from __future__ import os
-import annotations
+from __future__ import annotations
 
 import argparse
 import collections
 import json
+import os
 import re
 import shutil
 import subprocess
