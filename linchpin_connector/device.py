@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import io
 import json
 import os
 import sys
@@ -650,8 +651,6 @@ def _first_part(body):
         body = bytes(body)
         if len(body) <= READ_CHUNK:
             return body, None
-        import io
-
         return b"", io.BytesIO(body)
     return b"", body
 
