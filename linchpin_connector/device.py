@@ -24,10 +24,10 @@ import json
 import os
 import sys
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from urllib.parse import parse_qs, quote, urlsplit
 
-from twisted.internet import defer
+from twisted.internet import defer, threads
 from twisted.logger import Logger
 from twisted.web.http import RESPONSES
 
@@ -219,8 +219,18 @@ async def pair(reactor, uri: str, state_path: str, *, http=None, allow_insecure:
                         connector_key=e2e.b64u_encode(info.connector_key),
                         setup_secret=e2e.b64u_encode(info.secret), insecure=allow_insecure,
                         ca_file=os.path.abspath(ca_file) if ca_file else None)
-    state.save()
+    await _ReactorThreads(reactor).run(state.save)
     return state
+
+
+class _ReactorThreads:
+    """Blocking file work on the reactor's thread pool."""
+
+    def __init__(self, reactor):
+        self.reactor = reactor
+
+    def run(self, fn, *args) -> defer.Deferred:
+        return threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(), fn, *args)
 
 
 def _reason(error) -> str:
@@ -394,9 +404,12 @@ class Device:
     log = Logger()
 
     def __init__(self, reactor, state: DeviceState, *, timeout: float = DEFAULT_TIMEOUT,
-                 ca_file: str | None = None, connect=mqtt_client.connect):
+                 ca_file: str | None = None, connect=mqtt_client.connect, worker=None):
+        """``worker.run(fn)`` runs file writes off the reactor thread (the
+        reactor's thread pool by default)."""
         self.reactor = reactor
         self.state = state
+        self._worker = worker or _ReactorThreads(reactor)
         self.timeout = timeout
         self.ca_file = ca_file or state.ca_file
         self._connect = connect
@@ -535,15 +548,28 @@ class Device:
         if result is None:
             return  # not the answer to our HELLO
         self._handshake = None
-        if result.device_secret_key is not None:
-            # The new key is on disk before the setup secret is forgotten.
-            self.state.device_secret = e2e.b64u_encode(result.device_secret_key)
-            self.state.setup_secret = None
-            self.state.save()
+        welcome = self._welcome
+        if result.device_secret_key is None:
+            self._start_session(result, welcome)
+            return
+        # The new key is on disk (written on a thread, atomically) before the
+        # setup secret is forgotten, here and in memory.
+        paired = replace(self.state, device_secret=e2e.b64u_encode(result.device_secret_key), setup_secret=None)
+
+        def saved(_):
+            self.state = paired
             self.log.info("pairing complete: device secret key stored")
+            self._start_session(result, welcome)
+
+        def not_saved(failure):
+            welcome.errback(DeviceError(f"cannot write the device state: {failure.getErrorMessage()}"))
+
+        self._worker.run(paired.save).addCallbacks(saved, not_saved)
+
+    def _start_session(self, result: e2e.HandshakeResult, welcome: _Outcome) -> None:
         self._session = _Session(self, result.session)
         self._session.send({"t": "confirm"})
-        self._welcome.callback(None)
+        welcome.callback(None)
 
     # -- requests ------------------------------------------------------------------
 

@@ -140,7 +140,7 @@ class Pair:
         def connect(reactor, url, username, password, on_message, **kw):
             return defer.succeed(FakeMQTT(self.wire, on_message, self.online))
 
-        device = Device(self.clock, state, timeout=timeout, connect=connect)
+        device = Device(self.clock, state, timeout=timeout, connect=connect, worker=InlineWorker())
         opened = defer.ensureDeferred(device.open())
         self.wire.pump()
         assert opened.called

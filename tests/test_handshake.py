@@ -279,3 +279,22 @@ def test_device_reconnects_by_itself_after_losing_the_gateway(pair):
     assert device.client is not old and device.client.is_open
     assert [h["path"] for h, _ in pair.proxies[-1].handled if h["t"] == "req"] == ["/after"]
     assert not d.called  # waiting for the response on the new session
+
+
+def test_unwritable_state_fails_the_handshake_and_keeps_the_setup_secret(pair):
+    from twisted.internet import defer
+
+    from linchpin_connector.device import DeviceError
+
+    device = pair.new_device()
+
+    class Full:
+        def run(self, fn, *args):
+            return defer.fail(OSError("No space left on device"))
+
+    device._worker = Full()
+    d = pair.run(device.handshake())
+    failure = result_of(d)
+    assert isinstance(failure.value, DeviceError) and "No space left" in str(failure.value)
+    assert device.state.setup_secret is not None and device.state.device_secret is None
+    assert DeviceState.load(pair.dstate.path).setup_secret is not None
