@@ -25,6 +25,8 @@ import sys
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 
+from linchpin_gateway.session import websocket_options
+
 MAX_PACKET = 1048576  # the gateway's default --max-message-size
 
 
@@ -76,19 +78,8 @@ class RelayFactory(WebSocketServerFactory):
         self.connector = None
         self.device = None
         self.devices: set = set()
-        limit = MAX_PACKET + 64
-        # The same options as linchpin_gateway.session.MQTTWebSocketFactory.
-        self.setProtocolOptions(
-            maxFramePayloadSize=limit,
-            maxMessagePayloadSize=limit,
-            autoFragmentSize=0,
-            utf8validateIncoming=False,
-            openHandshakeTimeout=10,
-            closeHandshakeTimeout=5,
-            tcpNoDelay=True,
-            autoPingInterval=0,
-            perMessageCompressionAccept=lambda offers: None,
-        )
+        # The same options as the gateway's factory.
+        self.setProtocolOptions(**websocket_options(MAX_PACKET))
 
 
 def main(argv=None) -> None:

@@ -458,6 +458,30 @@ class MQTTServerProtocol(WebSocketServerProtocol):
         self.factory.gone(self)
 
 
+def websocket_options(max_packet: int) -> dict:
+    """The gateway's Autobahn server options (the benchmark's bare relay uses
+    the same, so it measures the same WebSocket layer)."""
+    # One MQTT packet (plus a few headers' worth of slack for packets sharing
+    # its message) is the most a WebSocket message may carry, so neither
+    # layer ever buffers more than the packet cap.
+    limit = max_packet + 64
+    return dict(
+        maxFramePayloadSize=limit,
+        maxMessagePayloadSize=limit,
+        autoFragmentSize=0,
+        utf8validateIncoming=False,
+        openHandshakeTimeout=10,
+        closeHandshakeTimeout=5,
+        tcpNoDelay=True,
+        autoPingInterval=0,  # liveness is MQTT keep-alive, never WebSocket pings
+        perMessageCompressionAccept=_no_compression,
+    )
+
+
+def _no_compression(offers):
+    return None
+
+
 class MQTTWebSocketFactory(WebSocketServerFactory):
     protocol = MQTTServerProtocol
     log = Logger()
@@ -471,21 +495,7 @@ class MQTTWebSocketFactory(WebSocketServerFactory):
         self.live: set[MQTTServerProtocol] = set()
         self.unauthenticated = 0
         self._drained: list[defer.Deferred] = []
-        # One MQTT packet (plus a few headers' worth of slack for packets
-        # sharing its message) is the most a WebSocket message may carry, so
-        # neither layer ever buffers more than the packet cap.
-        limit = gateway.limits.max_packet + 64
-        self.setProtocolOptions(
-            maxFramePayloadSize=limit,
-            maxMessagePayloadSize=limit,
-            autoFragmentSize=0,
-            utf8validateIncoming=False,
-            openHandshakeTimeout=10,
-            closeHandshakeTimeout=5,
-            tcpNoDelay=True,
-            autoPingInterval=0,  # liveness is MQTT keep-alive, never WebSocket pings
-            perMessageCompressionAccept=lambda offers: None,
-        )
+        self.setProtocolOptions(**websocket_options(gateway.limits.max_packet))
 
     def gone(self, protocol: MQTTServerProtocol) -> None:
         self.live.discard(protocol)

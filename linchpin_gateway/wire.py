@@ -291,16 +291,11 @@ _FIXED_LENGTHS = {
 
 def _read_string(data: bytes, pos: int, end: int, what: str) -> tuple[str, int]:
     """Read a UTF-8 string field at `pos`; return it and the next position."""
-    start = pos + 2
-    if start > end:
-        raise ProtocolError(f"truncated {what}")
-    stop = start + ((data[pos] << 8) | data[pos + 1])
-    if stop > end:
-        raise ProtocolError(f"truncated {what}")
+    raw, stop = _read_binary(data, pos, end, what)
     try:
         # Python's strict UTF-8 decoder also refuses overlong forms and
         # encoded surrogates, which MQTT 1.5.3 forbids as well.
-        text = data[start:stop].decode()
+        text = raw.decode()
     except UnicodeDecodeError:
         raise ProtocolError(f"invalid UTF-8 in {what}") from None
     if "\x00" in text:

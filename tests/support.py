@@ -22,6 +22,8 @@ import urllib.request
 
 import paho.mqtt.client as mqtt
 
+from bench.ws import client_frame
+
 TIMEOUT = 30
 BIN = os.path.dirname(sys.executable)
 
@@ -217,16 +219,7 @@ class RawWebSocket:
         self.headers = head.decode("latin-1")
 
     def send(self, payload: bytes, opcode=0x2) -> None:
-        mask = os.urandom(4)
-        n = len(payload)
-        if n < 126:
-            header = struct.pack("!BB", 0x80 | opcode, 0x80 | n)
-        elif n < 65536:
-            header = struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, n)
-        else:
-            header = struct.pack("!BBQ", 0x80 | opcode, 0x80 | 127, n)
-        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload)) if n < 4096 else _mask(payload, mask)
-        self.sock.sendall(header + mask + masked)
+        self.sock.sendall(client_frame(payload, os.urandom(4), opcode))
 
     def _read(self, n):
         while len(self.buf) < n:
@@ -267,12 +260,6 @@ class RawWebSocket:
 
     def close(self):
         self.sock.close()
-
-
-def _mask(payload: bytes, mask: bytes) -> bytes:
-    n = len(payload)
-    key = int.from_bytes((mask * (n // 4 + 1))[:n], "big")
-    return (int.from_bytes(payload, "big") ^ key).to_bytes(n, "big")
 
 
 # -- the whole system ------------------------------------------------------------------

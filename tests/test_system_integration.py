@@ -9,7 +9,7 @@ import urllib.request
 import pytest
 
 from tests.secrets_scan import find_secrets
-from tests.support import Gateway, System, cli, scrape
+from tests.support import Connector, Gateway, System, cli, scrape
 
 
 @pytest.fixture
@@ -114,9 +114,6 @@ def test_connector_survives_gateway_down_at_start_and_restarts(tmp_path):
         system.connector.terminate()
         assert system.gateway.terminate() == 0
         # the connector starts while the gateway is down, and keeps trying
-        system.start_connector = lambda: None
-        from tests.support import Connector
-
         system.connector = Connector(system.connector_dir, system.app.url)
         system.connector.wait_for(r"cannot reach the gateway")
         system.gateway = Gateway(tmp_path / "gw", "--listen", f"tcp:{port}:interface=127.0.0.1")
