@@ -186,8 +186,8 @@ def main(argv=None) -> int:
             srv = servers.gateway("profile-gateway", VAR / "profile-gateway")
             inst = accounts.register(srv.port)
             (dev_id, dev_pw), = accounts.pair_devices(srv.port, inst, 1)[0]
-            conn_creds = ["--user", inst[0], "--password", inst[1]]
-            dev_creds = ["--user", dev_id, "--password", dev_pw]
+            conn_creds = ["--user", inst[0], f"--password={inst[1]}"]
+            dev_creds = ["--user", dev_id, f"--password={dev_pw}"]
         else:
             srv = servers.bare_relay("profile-bare")
             dev_id, conn_creds, dev_creds = "d" * 32, [], []

@@ -174,8 +174,8 @@ def start_relay_targets(args, notes: list[str]) -> list[Target]:
     gw = servers.gateway("relay-gateway", VAR / "relay-gateway")
     inst = accounts.register(gw.port)
     (dev_id, dev_pw), = accounts.pair_devices(gw.port, inst, 1)[0]
-    targets.append(Target(gw, dev_id, ["--user", inst[0], "--password", inst[1]],
-                          ["--user", dev_id, "--password", dev_pw]))
+    targets.append(Target(gw, dev_id, ["--user", inst[0], f"--password={inst[1]}"],
+                          ["--user", dev_id, f"--password={dev_pw}"]))
     if args.no_brokers:
         notes.append("mosquitto and amqtt skipped (--no-brokers).")
         return targets
@@ -422,8 +422,8 @@ def storm_config(label: str, listen: str, n: int, state: dict, notes: list[str],
     lat_dev, lat_pw = devices[n]  # the extra device, not part of the storm
     lat = Proc("storm-latency", [
         PYTHON, "-m", "bench.relayclient", "latency", "--target", "gw", "--port", str(gw.port),
-        "--device-id", lat_dev, "--size", "256", "--conn-user", inst[0], "--conn-pass", inst[1],
-        "--user", lat_dev, "--password", lat_pw, "--rate", "200", "--samples", str(samples_file),
+        "--device-id", lat_dev, "--size", "256", "--conn-user", inst[0], f"--conn-pass={inst[1]}",
+        "--user", lat_dev, f"--password={lat_pw}", "--rate", "200", "--samples", str(samples_file),
         "--max-seconds", "900"])
     clients: list[Proc] = []
     try:
