@@ -28,6 +28,7 @@ from .proxy import RequestProxy
 from .state import AsyncState, ConnectorState
 
 UP_TOPIC = "devices/+/up"
+MAX_QUEUED_HELLOS = 4  # per device, behind the one being answered
 EVENTS_TOPIC = "$gateway/events"
 
 
@@ -92,6 +93,11 @@ class DeviceChannels:
             return None
         if isinstance(env, e2e.Hello):
             lock = self._locks.setdefault(device_id, defer.DeferredLock())
+            if len(lock.waiting) >= MAX_QUEUED_HELLOS:
+                # A device cannot make us queue work without bound: a
+                # handshake needs one HELLO, a retry a few more.
+                self.log.info("HELLO flood from device {device_id}: dropped", device_id=device_id)
+                return None
             d = lock.run(self._hello, device_id, env)
             d.addErrback(lambda f: self.log.failure("HELLO from {device_id} failed", f, device_id=device_id))
             return d

@@ -298,3 +298,20 @@ def test_unwritable_state_fails_the_handshake_and_keeps_the_setup_secret(pair):
     assert isinstance(failure.value, DeviceError) and "No space left" in str(failure.value)
     assert device.state.setup_secret is not None and device.state.device_secret is None
     assert DeviceState.load(pair.dstate.path).setup_secret is not None
+
+
+def test_hello_flood_is_bounded(pair):
+    from twisted.internet import defer
+
+    slow = defer.Deferred()
+    real_device = pair.channels.state.device
+    pair.channels.state.device = lambda device_id: slow  # the state file is busy
+    hello = e2e.DeviceHandshake.start(DEVICE_ID, pair.setup_secret, e2e.KEY_SETUP,
+                                      e2e.b64u_decode(pair.dstate.connector_key)).hello
+    for _ in range(100):
+        pair.channels.envelope(DEVICE_ID, hello)
+    assert len(pair.channels._locks[DEVICE_ID].waiting) == 4  # not 99
+    pair.channels.state.device = real_device
+    slow.callback(pair.cstate.device(DEVICE_ID))
+    pair.wire.pump()
+    assert pair.wire.kinds("down").count(e2e.WELCOME) == 5  # the first and the four queued
