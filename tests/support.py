@@ -79,6 +79,9 @@ class Process:
             self.proc.wait(TIMEOUT)
 
     def text(self) -> str:
+        """Everything printed so far; all of it once the process has ended."""
+        if self.proc.poll() is not None:
+            self._reader.join(TIMEOUT)  # the last lines may still be in the pipe
         return "".join(self.output)
 
 
