@@ -5,8 +5,10 @@ setup(
     version="0.1.0",
     description="Reach an intranet web app from a phone through a blind MQTT-over-WebSocket relay",
     python_requires=">=3.11",
-    packages=["linchpin_gateway", "linchpin_connector", "twisted.plugins"],
+    packages=["linchpin_common", "linchpin_common.contract", "linchpin_gateway", "linchpin_connector",
+              "linchpin_connector.device", "twisted.plugins"],
     package_data={
+        "linchpin_common": ["py.typed"],
         "linchpin_gateway": ["db-schemas/*.sql", "py.typed"],
         "linchpin_connector": ["db-schemas/*.sql", "py.typed"],
         "twisted": ["plugins/lmgateway_plugin.py", "plugins/lmconnector_plugin.py"],
@@ -33,7 +35,7 @@ setup(
     entry_points={
         "console_scripts": [
             "lmconnector = linchpin_connector.cli:main",
-            "lmdevice = linchpin_connector.device:main",
+            "lmdevice = linchpin_connector.device.cli:main",
         ],
     },
 )

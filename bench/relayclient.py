@@ -38,7 +38,7 @@ import signal
 import sys
 import time
 
-from linchpin_gateway import wire
+from linchpin_common.contract import wire
 
 from . import ws
 from .procs import cpu_seconds, machine_busy_seconds

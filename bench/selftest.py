@@ -14,7 +14,7 @@ import random
 import struct
 import sys
 
-from linchpin_gateway import wire
+from linchpin_common.contract import wire
 
 from .ws import Counter
 

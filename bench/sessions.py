@@ -33,7 +33,7 @@ import socket
 import sys
 import time
 
-from linchpin_gateway import wire
+from linchpin_common.contract import wire
 
 from . import ws
 from .procs import raise_nofile

@@ -27,7 +27,7 @@ import os
 import socket
 import struct
 
-from linchpin_gateway import wire
+from linchpin_common.contract import wire
 
 TIMEOUT = 30.0
 

@@ -13,11 +13,12 @@ import sys
 import segno
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-from . import console
-from .console import UNREACHABLE
-from .device import make_pairing_uri
-from .gateway_client import GatewayAPI, GatewayError, InsecureURL, check_gateway_url, make_http_client
-from .mqtt_client import CAFileError
+from linchpin_common import console
+from linchpin_common.console import UNREACHABLE
+from linchpin_common.contract.pairing import make_pairing_uri
+from linchpin_common.gateway_client import GatewayAPI, GatewayError, InsecureURL, check_gateway_url, make_http_client
+from linchpin_common.tls import CAFileError
+
 from .state import ConnectorState, NotRegistered
 
 DEFAULT_DATA_DIR = "./var/lmconnector"

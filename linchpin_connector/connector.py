@@ -18,12 +18,13 @@ from twisted.application import internet, service
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from linchpin_gateway.metrics import metrics_site
-from linchpin_gateway.router import is_hex_id
-from linchpin_gateway.workers import ThreadWorker
+from linchpin_common.metrics import metrics_site
+from linchpin_common.contract.ids import is_hex_id
+from linchpin_common.workers import ThreadWorker
 
-from . import e2e
-from .gateway_client import GatewayAPI, GatewayLink, make_http_client
+from linchpin_common.contract import e2e
+from linchpin_common.gateway_client import GatewayAPI, GatewayLink, make_http_client
+
 from .proxy import RequestProxy
 from .state import AsyncState, ConnectorState
 

@@ -64,7 +64,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
 from zope.interface import implementer
 
-from .e2e import CREDIT_WINDOW, MAX_BODY_CHUNK, MAX_IN_FLIGHT, MessageError, encode_message
+from linchpin_common.contract.e2e import CREDIT_WINDOW, MAX_BODY_CHUNK, MAX_IN_FLIGHT, MessageError, encode_message
 
 __all__ = ["RequestProxy", "path_allowed", "MAX_ID"]
 

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from importlib import resources
 
-from linchpin_gateway.store import ensure_private_dir
+from linchpin_common.files import ensure_private_dir
 
 SCHEMA_VERSION = 1
 DB_NAME = "lmconnector.sqlite"

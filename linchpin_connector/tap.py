@@ -8,10 +8,10 @@ from twisted.internet import reactor as default_reactor
 from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
-from linchpin_gateway.service import exit_zero_on_sigterm
+from linchpin_common.daemon import exit_zero_on_sigterm
 
 from .connector import ConnectorService
-from .mqtt_client import CAFileError, trust_root
+from linchpin_common.tls import CAFileError, trust_root
 
 
 class Options(usage.Options):

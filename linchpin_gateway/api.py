@@ -20,8 +20,9 @@ from twisted.web import http, server
 from twisted.web.resource import Resource
 
 from .audit import audit
-from .hashing import Overloaded, new_id, new_secret, sha256_hex
-from .router import is_hex_id
+from linchpin_common.contract.ids import is_hex_id, new_id, new_secret
+
+from .hashing import Overloaded, sha256_hex
 from .session import MQTTResource
 
 MAX_BODY = 64 * 1024

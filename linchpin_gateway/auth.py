@@ -18,7 +18,9 @@ import os
 
 from twisted.internet import defer
 
-from .router import CONNECTOR, DEVICE, Principal, is_hex_id
+from linchpin_common.contract.ids import is_hex_id
+
+from .router import CONNECTOR, DEVICE, Principal
 
 CACHE_TTL = 300.0
 CACHE_MAX = 100_000

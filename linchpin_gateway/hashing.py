@@ -17,11 +17,12 @@ import base64
 import hashlib
 import hmac
 import os
-import secrets
+import threading
 
 from twisted.internet import defer
 
-from .workers import ThreadWorker
+from linchpin_common.contract.ids import new_secret
+from linchpin_common.workers import ThreadWorker
 
 MIN_ITERATIONS = 100_000
 SALT_BYTES = 16
@@ -30,20 +31,6 @@ _ALGORITHM = "pbkdf2_sha256"
 
 class Overloaded(Exception):
     """The hashing queue is full: answer "server unavailable" at once."""
-
-
-def new_secret() -> str:
-    """128 random bits as base64url without padding (22 chars)."""
-    return b64u(secrets.token_bytes(16))
-
-
-def new_id() -> str:
-    """128 random bits as 32 lowercase hex chars."""
-    return secrets.token_hex(16)
-
-
-def b64u(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
 
 def hash_password(password: str, iterations: int = MIN_ITERATIONS, salt: bytes | None = None) -> str:
@@ -83,10 +70,6 @@ def sha256_hex(text: str) -> str:
     return hashlib.sha256(text.encode("ascii", "replace")).hexdigest()
 
 
-# Verifying an unknown id against this costs the same as a real check.
-DUMMY_HASH = hash_password(new_secret())
-
-
 class Hasher:
     """Runs PBKDF2 off the reactor thread, with a bounded queue.
 
@@ -101,6 +84,8 @@ class Hasher:
         self.worker = worker or ThreadWorker(reactor, "lmgateway-pbkdf2", max(1, os.cpu_count() or 1))
         self.max_pending = max_pending
         self.pending = 0
+        self._dummy: str | None = None
+        self._dummy_lock = threading.Lock()
 
     def start(self) -> None:
         self.worker.start()
@@ -123,5 +108,17 @@ class Hasher:
         return self._run(hash_password, password, self.iterations)
 
     def verify(self, password: str, encoded: str | None) -> defer.Deferred:
-        """Deferred[bool]; ``encoded=None`` (unknown principal) costs a real check."""
-        return self._run(verify_password, password, encoded or DUMMY_HASH)
+        """Deferred[bool]; ``encoded=None`` (unknown principal) costs a real check
+        at the configured iteration count, so it is no timing oracle."""
+        return self._run(self._verify, password, encoded)
+
+    def _verify(self, password: str, encoded: str | None) -> bool:
+        return verify_password(password, encoded or self._dummy_hash())
+
+    def _dummy_hash(self) -> str:
+        """A hash of a random secret, made once on a worker thread (never at
+        import time, never on the reactor thread)."""
+        with self._dummy_lock:
+            if self._dummy is None:
+                self._dummy = hash_password(new_secret(), self.iterations)
+            return self._dummy

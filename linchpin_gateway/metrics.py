@@ -8,10 +8,6 @@ no allocation for metrics.
 from __future__ import annotations
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from prometheus_client.registry import CollectorRegistry
-from prometheus_client.twisted import MetricsResource
-from twisted.web.resource import Resource
-from twisted.web.server import Site
 
 
 class Stats:
@@ -50,13 +46,3 @@ class GatewayCollector:
                                   value=stats.slow_consumers)
         yield GaugeMetricFamily("lmgateway_pbkdf2_queue_depth", "PBKDF2 jobs queued or running",
                                 value=gw.hasher.pending)
-
-
-def metrics_site(collector) -> Site:
-    """A Site serving ``/metrics`` (Prometheus text format) from ``collector``
-    (an object with a ``collect()`` yielding metric families)."""
-    registry = CollectorRegistry(auto_describe=True)
-    registry.register(collector)
-    root = Resource()
-    root.putChild(b"metrics", MetricsResource(registry=registry))
-    return Site(root)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import signal
 
 from twisted.application import internet, service
 from twisted.internet import defer
@@ -14,7 +13,9 @@ from .api import GatewaySite, Root
 from .auth import Authenticator
 from .audit import audit
 from .hashing import MIN_ITERATIONS, Hasher
-from .metrics import GatewayCollector, Stats, metrics_site
+from linchpin_common.metrics import metrics_site
+
+from .metrics import GatewayCollector, Stats
 from .ratelimit import RateLimiter, Unlimited
 from .router import Router
 from .session import MAX_OUTBOUND, Limits, MQTTWebSocketFactory
@@ -120,18 +121,3 @@ class _Announced:
             return port
 
         return d.addCallback(announce)
-
-
-def exit_zero_on_sigterm(reactor) -> None:
-    """Make SIGTERM a clean stop with exit status 0.
-
-    twistd re-raises a stopping signal after shutdown (exit status 143); an
-    operator's SIGTERM is the normal way to stop us, so it is not an error.
-    Call this once the reactor runs (it replaces the reactor's handler).
-    """
-
-    def on_sigterm(signum, frame):
-        Logger(namespace="lmsignal").info("SIGTERM received; stopping")
-        reactor.callFromThread(reactor.stop)
-
-    signal.signal(signal.SIGTERM, on_sigterm)

@@ -20,7 +20,8 @@ from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from . import wire
+from linchpin_common.contract import wire
+
 from .hashing import Overloaded
 from .metrics import Stats
 from .ratelimit import RateLimiter

@@ -16,7 +16,8 @@ from importlib import resources
 
 from zope.interface import Interface, implementer
 
-from .workers import ThreadWorker
+from linchpin_common.files import ensure_private_dir
+from linchpin_common.workers import ThreadWorker
 
 SCHEMA_VERSION = 1
 DB_NAME = "lmgateway.sqlite"
@@ -73,12 +74,6 @@ class IStore(Interface):
 
 def _schema(version: int) -> str:
     return resources.files("linchpin_gateway").joinpath(f"db-schemas/v{version}.sql").read_text("utf-8")
-
-
-def ensure_private_dir(path: str) -> None:
-    """Create ``path`` (and parents) with mode 0700 and tighten it if it exists."""
-    os.makedirs(path, mode=0o700, exist_ok=True)
-    os.chmod(path, 0o700)
 
 
 def _connect(path: str) -> sqlite3.Connection:

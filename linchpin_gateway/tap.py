@@ -7,7 +7,9 @@ from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
 from .hashing import MIN_ITERATIONS
-from .service import Gateway, exit_zero_on_sigterm
+from linchpin_common.daemon import exit_zero_on_sigterm
+
+from .service import Gateway
 from .store import SQLiteStore
 
 MIN_MESSAGE_SIZE = 512 * 1024

@@ -6,7 +6,7 @@ from twisted.internet.testing import MemoryReactorClock
 
 from linchpin_gateway.service import Gateway
 from linchpin_gateway.store import SQLiteStore
-from linchpin_gateway.workers import InlineWorker
+from linchpin_common.workers import InlineWorker
 
 
 @pytest.fixture(autouse=True)

@@ -15,11 +15,11 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from twisted.internet import defer
 from twisted.internet.task import Clock
 
-from linchpin_connector import e2e
+from linchpin_common.contract import e2e
 from linchpin_connector.connector import DeviceChannels
 from linchpin_connector.device import Device, DeviceState
 from linchpin_connector.state import AsyncState, ConnectorState
-from linchpin_gateway.workers import InlineWorker
+from linchpin_common.workers import InlineWorker
 
 DEVICE_ID = "d" * 32
 

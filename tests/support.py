@@ -329,7 +329,7 @@ class System:
 
 
 def connect_packet(username: str, password: str, keep_alive: int = 60) -> bytes:
-    from linchpin_gateway import wire
+    from linchpin_common.contract import wire
 
     return wire.encode(wire.Connect(client_id="raw", username=username, password=password.encode(),
                                     keep_alive=keep_alive, clean_session=True))
@@ -337,7 +337,7 @@ def connect_packet(username: str, password: str, keep_alive: int = 60) -> bytes:
 
 def raw_session(port, username, password, *subscriptions, rcvbuf=None, keep_alive=300) -> RawWebSocket:
     """A raw WebSocket MQTT session, accepted (and subscribed) before it is returned."""
-    from linchpin_gateway import wire
+    from linchpin_common.contract import wire
 
     ws = RawWebSocket(port)
     if rcvbuf is not None:

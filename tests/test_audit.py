@@ -4,7 +4,7 @@ import json
 
 from twisted.logger import capturedLogs, formatEvent
 
-from linchpin_gateway import wire
+from linchpin_common.contract import wire
 from tests.conftest import basic
 from tests.test_api import Client
 from tests.test_session import Peer

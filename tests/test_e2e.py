@@ -19,8 +19,8 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import (
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from hypothesis import given, settings, strategies as st
 
-from linchpin_connector import e2e
-from linchpin_connector.e2e import (
+from linchpin_common.contract import e2e
+from linchpin_common.contract.e2e import (
     Accepted,
     Data,
     DeviceHandshake,

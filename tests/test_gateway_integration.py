@@ -6,7 +6,7 @@ import stat
 
 import pytest
 
-from linchpin_gateway import wire
+from linchpin_common.contract import wire
 from tests.secrets_scan import find_secrets
 from tests.support import Gateway, Paho, RawWebSocket, World, connect_packet, raw_session, rest
 

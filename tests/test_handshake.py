@@ -3,7 +3,7 @@
 import pytest
 from twisted.python.failure import Failure
 
-from linchpin_connector import e2e
+from linchpin_common.contract import e2e
 from linchpin_connector.device import (ConnectorOffline, DeviceState, PairingRejected, RequestTimeout,
                                        SessionLost)
 from tests.e2e_harness import DEVICE_ID, Pair, result_of

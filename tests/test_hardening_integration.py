@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from linchpin_gateway import wire
+from linchpin_common.contract import wire
 from tests.support import (TIMEOUT, Gateway, Paho, RawWebSocket, World, connect_packet, gateway_with_device,
                            raw_session, rest, scrape)
 

@@ -4,9 +4,9 @@ import pytest
 from twisted.internet import defer
 from twisted.internet.task import Clock
 
-from linchpin_connector.gateway_client import GatewayLink
-from linchpin_connector.mqtt_client import ConnectionClosed, ConnectionRefused, MQTTClient
-from linchpin_gateway import wire
+from linchpin_common.gateway_client import GatewayLink
+from linchpin_common.mqtt_client import ConnectionClosed, ConnectionRefused, MQTTClient
+from linchpin_common.contract import wire
 
 
 class Harness:

@@ -4,7 +4,7 @@ import pytest
 from twisted.python import usage
 
 from linchpin_connector import tap as connector_tap
-from linchpin_connector.gateway_client import InsecureURL, check_gateway_url
+from linchpin_common.gateway_client import InsecureURL, check_gateway_url
 from linchpin_gateway import tap as gateway_tap
 
 

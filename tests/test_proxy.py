@@ -23,8 +23,8 @@ from twisted.web import resource, server
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.iweb import UNKNOWN_LENGTH
 
-from linchpin_connector import e2e
-from linchpin_connector.e2e import CREDIT_WINDOW, MAX_BODY_CHUNK, MAX_IN_FLIGHT
+from linchpin_common.contract import e2e
+from linchpin_common.contract.e2e import CREDIT_WINDOW, MAX_BODY_CHUNK, MAX_IN_FLIGHT
 from linchpin_connector.proxy import RequestProxy
 from linchpin_connector.sample_app import make_site, pattern
 

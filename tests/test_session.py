@@ -4,7 +4,7 @@ import pytest
 from twisted.internet import defer
 from twisted.internet.task import Clock
 
-from linchpin_gateway import wire
+from linchpin_common.contract import wire
 from linchpin_gateway.hashing import Overloaded
 from linchpin_gateway.router import CONNECTOR, DEVICE, Principal, Router
 from linchpin_gateway.ratelimit import RateLimiter

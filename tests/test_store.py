@@ -9,7 +9,7 @@ import pytest
 from linchpin_connector.state import MAX_PENDING, ConnectorState, NotRegistered
 from linchpin_gateway import hashing
 from linchpin_gateway.store import DB_NAME, SQLiteStore, StoreError
-from linchpin_gateway.workers import InlineWorker
+from linchpin_common.workers import InlineWorker
 from tests.test_api import result
 
 I, D = "a" * 32, "d" * 32

@@ -15,8 +15,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from linchpin_gateway import wire
-from linchpin_gateway.wire import (
+from linchpin_common.contract import wire
+from linchpin_common.contract.wire import (
     Connack,
     Connect,
     Disconnect,

@@ -63,13 +63,10 @@ Decisions where PROTOCOL.md leaves room:
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import hmac
 import json
 import os
-import re
 import struct
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
@@ -82,6 +79,8 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import (
 )
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from .ids import b64u_decode, b64u_encode, is_hex_id  # noqa: F401 (re-exported)
 
 __all__ = [
     "KEY_SETUP", "KEY_DEVICE",
@@ -132,8 +131,6 @@ _INFO_HANDSHAKE = b"lm-e2e v1 handshake"
 _INFO_SESSION = b"lm-e2e v1 session"
 _INFO_DEVICE_SECRET = b"lm-e2e v1 device secret"
 
-_DEVICE_ID_RE = re.compile(r"[0-9a-f]{32}")
-_B64U_RE = re.compile(r"[A-Za-z0-9_-]*")
 
 
 # --- errors ----------------------------------------------------------------
@@ -160,44 +157,10 @@ class HandshakeError(ValueError):
     (the connector static key yields an all-zero X25519 result)."""
 
 
-# --- base64url -------------------------------------------------------------
-
-def b64u_encode(data: bytes) -> str:
-    """base64url without padding."""
-    return base64.urlsafe_b64encode(bytes(data)).rstrip(b"=").decode("ascii")
-
-
-def b64u_decode(text: str) -> bytes:
-    """Inverse of :func:`b64u_encode`; strict.
-
-    Raises ValueError for padding characters, characters outside the url-safe
-    alphabet, an impossible length, or non-zero unused trailing bits (so every
-    byte string has exactly one accepted text form).
-    """
-    if isinstance(text, (bytes, bytearray)):
-        try:
-            text = bytes(text).decode("ascii")
-        except UnicodeDecodeError:
-            raise ValueError("base64url text must be ASCII") from None
-    if not isinstance(text, str):
-        raise ValueError("base64url text must be a str")
-    if not _B64U_RE.fullmatch(text):
-        raise ValueError("invalid base64url character (padding is not allowed)")
-    if len(text) % 4 == 1:
-        raise ValueError("invalid base64url length")
-    try:
-        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-    except (binascii.Error, ValueError) as exc:
-        raise ValueError(f"invalid base64url: {exc}") from None
-    if b64u_encode(raw) != text:
-        raise ValueError("non-canonical base64url (unused bits set)")
-    return raw
-
-
 # --- small helpers ---------------------------------------------------------
 
 def _device_bytes(device_id: str) -> bytes:
-    if not isinstance(device_id, str) or not _DEVICE_ID_RE.fullmatch(device_id):
+    if not is_hex_id(device_id):
         raise ValueError("device_id must be 32 lowercase hex characters")
     return device_id.encode("ascii")
 

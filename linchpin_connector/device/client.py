@@ -17,25 +17,24 @@ is what lets the connector send the next part (1 MiB credit window).
 
 from __future__ import annotations
 
-import argparse
 import functools
 import io
 import json
 import os
-import sys
-import tempfile
-from dataclasses import asdict, dataclass, replace
-from urllib.parse import parse_qs, quote, urlsplit
+from dataclasses import replace
 
 from twisted.internet import defer, threads
 from twisted.logger import Logger
-from twisted.web.http import RESPONSES
 
-from . import console, e2e, mqtt_client
-from .gateway_client import GatewayAPI, GatewayError, InsecureURL, check_gateway_url, make_http_client
+from linchpin_common import console, mqtt_client
+from linchpin_common.contract import e2e
+from linchpin_common.contract.pairing import PAIR_PREFIX, PairingInfo, make_pairing_uri, parse_pairing_uri  # noqa: F401
+from linchpin_common.gateway_client import GatewayAPI, GatewayError, InsecureURL, check_gateway_url, make_http_client
 
-PAIR_PREFIX = "linchpin-mobile://pair?"
-DEFAULT_STATE = "./var/lmdevice.json"
+from .errors import (ConnectorOffline, DeviceError, GatewayUnreachable, PairingRejected, RequestRefused,
+                     RequestTimeout, SessionLost)
+from .state import DeviceState
+
 DEFAULT_TIMEOUT = 60.0
 READ_CHUNK = e2e.MAX_BODY_CHUNK
 ACK_BATCH = e2e.CREDIT_WINDOW // 4
@@ -52,147 +51,7 @@ def _deferred(fn):
     return wrapper
 
 
-class DeviceError(Exception):
-    """Base of everything a device user is told; ``str()`` is the one-line reason."""
-
-    exit_code = 1
-
-
-class GatewayUnreachable(DeviceError):
-    exit_code = 3
-
-
-class ConnectorOffline(DeviceError):
-    exit_code = 4
-
-    def __init__(self, message="the connector is offline (the intranet side is not connected to the gateway)"):
-        super().__init__(message)
-
-
-class PairingRejected(DeviceError):
-    exit_code = 5
-
-    def __init__(self, message="pairing rejected: the connector does not recognise this device"):
-        super().__init__(message)
-
-
-class RequestTimeout(DeviceError):
-    exit_code = 6
-
-
-class SessionLost(DeviceError):
-    """The E2E session ended with the request in flight; it is not replayed."""
-
-    exit_code = 7
-
-
-class RequestRefused(DeviceError):
-    """The connector answered ``err`` instead of a response."""
-
-    exit_code = 8
-
-    def __init__(self, code: str, message: str):
-        super().__init__(f"connector refused the request ({code}): {message}")
-        self.code = code
-
-
-# -- pairing URI and state file ------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class PairingInfo:
-    gateway_url: str
-    setup_key: str
-    secret: bytes
-    connector_key: bytes
-
-
-def make_pairing_uri(gateway_url: str, setup_key: str, secret: bytes, connector_key: bytes) -> str:
-    return (f"{PAIR_PREFIX}v=1&gateway={quote(gateway_url, safe='')}&setup_key={setup_key}"
-            f"&secret={e2e.b64u_encode(secret)}&connector_key={e2e.b64u_encode(connector_key)}")
-
-
-def parse_pairing_uri(uri: str) -> PairingInfo:
-    uri = uri.strip()
-    if not uri.startswith(PAIR_PREFIX):
-        raise ValueError("not a Linchpin pairing URI (linchpin-mobile://pair?...)")
-    query = parse_qs(urlsplit(uri).query, keep_blank_values=True, strict_parsing=False)
-    fields = {}
-    for name in ("v", "gateway", "setup_key", "secret", "connector_key"):
-        values = query.get(name)
-        if not values or len(values) != 1 or not values[0]:
-            raise ValueError(f"pairing URI lacks '{name}'")
-        fields[name] = values[0]
-    if fields["v"] != "1":
-        raise ValueError(f"unsupported pairing URI version {fields['v']}")
-    try:
-        secret = e2e.b64u_decode(fields["secret"])
-        connector_key = e2e.b64u_decode(fields["connector_key"])
-    except ValueError:
-        raise ValueError("pairing URI has a malformed key")
-    if len(secret) != 32 or len(connector_key) != 32:
-        raise ValueError("pairing URI has a key of the wrong length")
-    return PairingInfo(fields["gateway"], fields["setup_key"], secret, connector_key)
-
-
-@dataclass
-class DeviceState:
-    """What a paired device keeps (a JSON file, mode 0600, replaced atomically)."""
-
-    path: str
-    gateway_url: str
-    device_id: str
-    device_password: str
-    connector_key: str
-    setup_secret: str | None = None
-    device_secret: str | None = None
-    insecure: bool = False
-    ca_file: str | None = None  # private CA given at pairing, used from then on
-
-    @classmethod
-    def load(cls, path: str) -> DeviceState:
-        try:
-            with open(path, encoding="utf-8") as f:
-                data = json.load(f)
-        except FileNotFoundError:
-            raise DeviceError(f"no device state at {path}: run 'lmdevice pair URI' first")
-        except ValueError:
-            raise DeviceError(f"device state {path} is not valid JSON")
-        data.pop("path", None)
-        try:
-            return cls(path=path, **data)
-        except TypeError as e:
-            raise DeviceError(f"device state {path} is incomplete: {e}")
-
-    def save(self) -> None:
-        """Write atomically: a crash leaves the old file or the new one, never half."""
-        folder = os.path.dirname(os.path.abspath(self.path))
-        os.makedirs(folder, mode=0o700, exist_ok=True)
-        data = asdict(self)
-        del data["path"]
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".lmdevice-", suffix=".tmp")  # mode 0600
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(data, f, indent=1)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
-        dir_fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-
-    def long_term_key(self) -> tuple[int, bytes]:
-        if self.device_secret:
-            return e2e.KEY_DEVICE, e2e.b64u_decode(self.device_secret)
-        if self.setup_secret:
-            return e2e.KEY_SETUP, e2e.b64u_decode(self.setup_secret)
-        raise DeviceError("device state holds no key; pair again")
+# -- pairing ------------------------------------------------------------------------
 
 
 @_deferred
@@ -679,100 +538,3 @@ def _first_part(body):
             return body, None
         return b"", io.BytesIO(body)
     return b"", body
-
-
-# -- lmdevice ------------------------------------------------------------------------
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="lmdevice", description="Linchpin mobile device (command-line client)")
-    p.add_argument("--state", default=DEFAULT_STATE, help="device state file (default %(default)s)")
-    p.add_argument("--ca-file", help="PEM of a private CA that signed the gateway's certificate")
-    p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds to wait (default %(default)s)")
-    sub = p.add_subparsers(dest="command", required=True)
-    pp = sub.add_parser("pair", help="pair with the URI from the QR code ('-' reads it from stdin)")
-    pp.add_argument("uri")
-    pp.add_argument("--insecure", action="store_true", help="allow a plain-http gateway that is not on loopback")
-    rp = sub.add_parser("request", help="send one HTTP request to the intranet app")
-    rp.add_argument("-X", "--request", dest="method", default=None, help="method (default GET, POST with --data)")
-    rp.add_argument("-H", "--header", action="append", default=[], help="'Name: value' (repeatable)")
-    rp.add_argument("--data", help="request body: @FILE, or - for stdin")
-    rp.add_argument("-i", "--include", action="store_true", help="print status line and headers first")
-    rp.add_argument("path")
-    return p
-
-
-async def _pair_command(reactor, args) -> int:
-    uri = sys.stdin.readline() if args.uri == "-" else args.uri
-    state = await pair(reactor, uri, args.state, allow_insecure=args.insecure, ca_file=args.ca_file)
-    print(f"paired: device {state.device_id}", file=sys.stderr)
-    device = Device(reactor, state, timeout=args.timeout, ca_file=args.ca_file)
-    try:
-        await device.open()
-        if device.online:
-            await device.handshake()
-            print("end-to-end key agreed with the connector", file=sys.stderr)
-        else:
-            print("connector offline: the key exchange will happen at the first request", file=sys.stderr)
-    except PairingRejected:
-        raise
-    except DeviceError as e:
-        print(f"key exchange postponed: {e}", file=sys.stderr)
-    finally:
-        device.close()
-    return 0
-
-
-async def _request_command(reactor, args) -> int:
-    headers = []
-    for h in args.header:
-        name, sep, value = h.partition(":")
-        if not sep or not name.strip():
-            raise DeviceError(f"bad header {h!r}: use 'Name: value'")
-        headers.append((name.strip(), value.strip()))
-    body = b""
-    if args.data is not None:
-        if args.data == "-":
-            body = sys.stdin.buffer
-        elif args.data.startswith("@"):
-            body = open(args.data[1:], "rb")
-        else:
-            body = args.data.encode()
-    method = args.method or ("POST" if args.data is not None else "GET")
-    device = Device(reactor, DeviceState.load(args.state), timeout=args.timeout, ca_file=args.ca_file)
-    try:
-        await device.open()
-        if not device.online:
-            raise ConnectorOffline()
-        response = await device.request(method, args.path, headers, body)
-        out = sys.stdout.buffer
-        if args.include:
-            reason = RESPONSES.get(response.status, b"").decode("latin-1")
-            out.write(f"HTTP/1.1 {response.status} {reason}".rstrip().encode() + b"\r\n")
-            for k, v in response.headers:
-                out.write(f"{k}: {v}\r\n".encode("utf-8", "replace"))
-            out.write(b"\r\n")
-
-        def write(part):
-            out.write(part)
-            out.flush()
-
-        await response.deliver(write)
-    finally:
-        device.close()
-    return 0
-
-
-def main(argv=None) -> None:
-    args = _parser().parse_args(argv)
-
-    async def run(reactor):
-        try:
-            if args.command == "pair":
-                return await _pair_command(reactor, args)
-            return await _request_command(reactor, args)
-        except (DeviceError, ValueError) as e:
-            print(f"lmdevice: {e}", file=sys.stderr)
-            return getattr(e, "exit_code", 2)
-
-    console.run(run)

@@ -14,7 +14,7 @@ from twisted.logger import Logger
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
 
 from . import mqtt_client
-from .mqtt_client import tls_failure
+from .tls import tls_failure, trust_root
 
 
 
@@ -53,7 +53,7 @@ def is_loopback(host: str) -> bool:
 
 def make_http_client(reactor, ca_file: str | None = None, persistent: bool = True) -> treq.client.HTTPClient:
     """A treq client verifying certificates (system roots, or a private CA PEM)."""
-    policy = BrowserLikePolicyForHTTPS(trustRoot=mqtt_client.trust_root(ca_file))
+    policy = BrowserLikePolicyForHTTPS(trustRoot=trust_root(ca_file))
     pool = HTTPConnectionPool(reactor, persistent=persistent)
     return treq.client.HTTPClient(Agent(reactor, contextFactory=policy, pool=pool))
 

@@ -1,0 +1,6 @@
+"""What the three parties share: the wire contract and the Twisted plumbing.
+
+``linchpin_common.contract`` is PROTOCOL.md as sans-IO code (no Twisted);
+the other modules are the plumbing each daemon and client needs (workers,
+private files, SQLite schemas, TLS trust, the gateway clients, metrics).
+"""

@@ -1,0 +1,22 @@
+"""What every daemon of ours does the same way (twistd lmgateway, lmconnector)."""
+
+from __future__ import annotations
+
+import signal
+
+from twisted.logger import Logger
+
+
+def exit_zero_on_sigterm(reactor) -> None:
+    """Make SIGTERM a clean stop with exit status 0.
+
+    twistd re-raises a stopping signal after shutdown (exit status 143); an
+    operator's SIGTERM is the normal way to stop us, so it is not an error.
+    Call this once the reactor runs (it replaces the reactor's handler).
+    """
+
+    def on_sigterm(signum, frame):
+        Logger(namespace="lmsignal").info("SIGTERM received; stopping")
+        reactor.callFromThread(reactor.stop)
+
+    signal.signal(signal.SIGTERM, on_sigterm)

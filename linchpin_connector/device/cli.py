@@ -1,0 +1,108 @@
+"""``lmdevice``: pair, send one request, or serve the intranet to a local browser."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from twisted.web.http import RESPONSES
+
+from linchpin_common import console
+
+from .client import DEFAULT_TIMEOUT, Device, pair
+from .errors import ConnectorOffline, DeviceError, PairingRejected
+from .state import DEFAULT_STATE, DeviceState
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lmdevice", description="Linchpin mobile device (command-line client)")
+    p.add_argument("--state", default=DEFAULT_STATE, help="device state file (default %(default)s)")
+    p.add_argument("--ca-file", help="PEM of a private CA that signed the gateway's certificate")
+    p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds to wait (default %(default)s)")
+    sub = p.add_subparsers(dest="command", required=True)
+    pp = sub.add_parser("pair", help="pair with the URI from the QR code ('-' reads it from stdin)")
+    pp.add_argument("uri")
+    pp.add_argument("--insecure", action="store_true", help="allow a plain-http gateway that is not on loopback")
+    rp = sub.add_parser("request", help="send one HTTP request to the intranet app")
+    rp.add_argument("-X", "--request", dest="method", default=None, help="method (default GET, POST with --data)")
+    rp.add_argument("-H", "--header", action="append", default=[], help="'Name: value' (repeatable)")
+    rp.add_argument("--data", help="request body: @FILE, or - for stdin")
+    rp.add_argument("-i", "--include", action="store_true", help="print status line and headers first")
+    rp.add_argument("path")
+    return p
+
+
+async def _pair_command(reactor, args) -> int:
+    uri = sys.stdin.readline() if args.uri == "-" else args.uri
+    state = await pair(reactor, uri, args.state, allow_insecure=args.insecure, ca_file=args.ca_file)
+    print(f"paired: device {state.device_id}", file=sys.stderr)
+    device = Device(reactor, state, timeout=args.timeout, ca_file=args.ca_file)
+    try:
+        await device.open()
+        if device.online:
+            await device.handshake()
+            print("end-to-end key agreed with the connector", file=sys.stderr)
+        else:
+            print("connector offline: the key exchange will happen at the first request", file=sys.stderr)
+    except PairingRejected:
+        raise
+    except DeviceError as e:
+        print(f"key exchange postponed: {e}", file=sys.stderr)
+    finally:
+        device.close()
+    return 0
+
+
+async def _request_command(reactor, args) -> int:
+    headers = []
+    for h in args.header:
+        name, sep, value = h.partition(":")
+        if not sep or not name.strip():
+            raise DeviceError(f"bad header {h!r}: use 'Name: value'")
+        headers.append((name.strip(), value.strip()))
+    body = b""
+    if args.data is not None:
+        if args.data == "-":
+            body = sys.stdin.buffer
+        elif args.data.startswith("@"):
+            body = open(args.data[1:], "rb")
+        else:
+            body = args.data.encode()
+    method = args.method or ("POST" if args.data is not None else "GET")
+    device = Device(reactor, DeviceState.load(args.state), timeout=args.timeout, ca_file=args.ca_file)
+    try:
+        await device.open()
+        if not device.online:
+            raise ConnectorOffline()
+        response = await device.request(method, args.path, headers, body)
+        out = sys.stdout.buffer
+        if args.include:
+            reason = RESPONSES.get(response.status, b"").decode("latin-1")
+            out.write(f"HTTP/1.1 {response.status} {reason}".rstrip().encode() + b"\r\n")
+            for k, v in response.headers:
+                out.write(f"{k}: {v}\r\n".encode("utf-8", "replace"))
+            out.write(b"\r\n")
+
+        def write(part):
+            out.write(part)
+            out.flush()
+
+        await response.deliver(write)
+    finally:
+        device.close()
+    return 0
+
+
+def main(argv=None) -> None:
+    args = _parser().parse_args(argv)
+
+    async def run(reactor):
+        try:
+            if args.command == "pair":
+                return await _pair_command(reactor, args)
+            return await _request_command(reactor, args)
+        except (DeviceError, ValueError) as e:
+            print(f"lmdevice: {e}", file=sys.stderr)
+            return getattr(e, "exit_code", 2)
+
+    console.run(run)

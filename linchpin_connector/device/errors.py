@@ -1,0 +1,48 @@
+"""What a device user is told: one exception class per reason, each with its
+``lmdevice`` exit code."""
+
+from __future__ import annotations
+
+
+class DeviceError(Exception):
+    """Base of everything a device user is told; ``str()`` is the one-line reason."""
+
+    exit_code = 1
+
+
+class GatewayUnreachable(DeviceError):
+    exit_code = 3
+
+
+class ConnectorOffline(DeviceError):
+    exit_code = 4
+
+    def __init__(self, message="the connector is offline (the intranet side is not connected to the gateway)"):
+        super().__init__(message)
+
+
+class PairingRejected(DeviceError):
+    exit_code = 5
+
+    def __init__(self, message="pairing rejected: the connector does not recognise this device"):
+        super().__init__(message)
+
+
+class RequestTimeout(DeviceError):
+    exit_code = 6
+
+
+class SessionLost(DeviceError):
+    """The E2E session ended with the request in flight; it is not replayed."""
+
+    exit_code = 7
+
+
+class RequestRefused(DeviceError):
+    """The connector answered ``err`` instead of a response."""
+
+    exit_code = 8
+
+    def __init__(self, code: str, message: str):
+        super().__init__(f"connector refused the request ({code}): {message}")
+        self.code = code
