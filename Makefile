@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo bench install clean
+.PHONY: test demo bench install clean system-packages
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -15,7 +15,13 @@ $(STAMP): $(BIN)/python setup.py
 
 install: $(STAMP)
 
-test: $(STAMP)
+# The Debian packages the tests start on loopback (PostgreSQL, Redis, HAProxy,
+# tinyproxy, chromium, systemd-analyze, node): installed when missing and
+# running as root, else named.
+system-packages:
+	bash tools/system-packages.sh
+
+test: $(STAMP) system-packages
 	$(BIN)/python -m pytest -q tests
 
 demo: $(STAMP)

@@ -23,6 +23,10 @@ setup(
         "segno>=1.5.3",
         "prometheus_client>=0.17.0",
         "zope.interface>=6.0",
+        "automat>=22.10.0",
+        "psycopg[binary]>=3.1.18",
+        "psycopg_pool>=3.2.0",
+        "txredisapi>=1.4.10",
     ],
     extras_require={
         "test": [
@@ -30,6 +34,8 @@ setup(
             "pytest-twisted>=1.14",
             "hypothesis>=6.90",
             "paho-mqtt>=2.0",
+            "playwright>=1.40",
+            "build>=1.0",
         ],
     },
     entry_points={

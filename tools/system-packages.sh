@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Make sure the Debian packages the tests start on loopback are installed.
+#
+#   tools/system-packages.sh
+#
+# Each real component is found by a command it ships.  When some are
+# missing: as root, `apt-get update` once and `apt-get install -y` them;
+# otherwise print what to install and fail.
+set -euo pipefail
+
+# command -> Debian package
+declare -A NEEDED=(
+  [initdb]=postgresql          # PostgreSQL store tests (a private cluster per run)
+  [redis-server]=redis-server  # the cross-node bus
+  [haproxy]=haproxy            # several gateway nodes behind a load balancer
+  [tinyproxy]=tinyproxy        # the connector behind an HTTP proxy
+  [chromium]=chromium          # pairing page and `lmdevice serve` in a real browser
+  [systemd-analyze]=systemd    # `systemd-analyze verify` on deploy/*.service
+  [node]=nodejs                # MQTT.js for the browser MQTT test
+  [npm]=npm
+)
+
+have() {
+  command -v "$1" >/dev/null 2>&1 && return 0
+  # PostgreSQL's server binaries live in a versioned folder, off PATH.
+  [ "$1" = initdb ] && compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null
+}
+
+missing=()
+for cmd in "${!NEEDED[@]}"; do
+  have "$cmd" || missing+=("${NEEDED[$cmd]}")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
+if [ "$(id -u)" -ne 0 ]; then
+  echo "The tests need these Debian packages: ${missing[*]}" >&2
+  echo "Install them with: sudo apt-get update && sudo apt-get install -y ${missing[*]}" >&2
+  exit 1
+fi
+echo "installing Debian packages: ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -q
+apt-get install -y -q --no-install-recommends "${missing[@]}"
+# Packaged daemons must not run as system services here: the tests start
+# private instances on loopback.
+for svc in redis-server haproxy tinyproxy; do
+  if command -v systemctl >/dev/null 2>&1; then systemctl disable --now "$svc" >/dev/null 2>&1 || true; fi
+  service "$svc" stop >/dev/null 2>&1 || true
+done
