@@ -24,6 +24,7 @@ from linchpin_common.contract.ids import is_hex_id, new_id, new_secret
 
 from .hashing import Overloaded, sha256_hex
 from .session import MQTTResource
+from .store import StoreUnavailable
 
 MAX_BODY = 64 * 1024
 REALM = 'realm="lmgateway"'
@@ -137,6 +138,10 @@ class _AsyncResource(Resource):
             elif failure.check(Overloaded):
                 _error_response(request, ApiError(503, "unavailable", "server busy, try again",
                                                   {"Retry-After": "1"}))
+            elif failure.check(StoreUnavailable):
+                self.log.warn("store unavailable for {path}", path=request.path)
+                _error_response(request, ApiError(503, "unavailable", "store unavailable, try again",
+                                                  {"Retry-After": "5"}))
             else:
                 self.log.failure("API handler failed for {path}", failure, path=request.path)
                 _error_response(request, ApiError(500, "internal_error", "internal error"))
@@ -167,14 +172,33 @@ class Health(_AsyncResource):
         return 200, {"status": "ok"}
 
 
+class Ready(_AsyncResource):
+    """``/readyz``: can this node serve?  Store and (when configured) bus up."""
+
+    def __init__(self, gateway):
+        super().__init__()
+        self.gateway = gateway
+
+    async def handle(self, request):
+        if request.postpath:
+            raise ApiError(404, *NOT_FOUND)
+        if request.method not in (b"GET", b"HEAD"):
+            raise ApiError(405, "method_not_allowed", "only GET is allowed here", {"Allow": "GET, HEAD"})
+        reason = await self.gateway.not_ready()
+        if reason is not None:
+            raise ApiError(503, "unavailable", reason)
+        return 200, {"status": "ready"}
+
+
 class Root(Resource):
-    """``/api/v1/...``, ``/healthz`` and ``/mqtt`` on one Site; JSON 404 elsewhere."""
+    """``/api/v1/...``, ``/healthz``, ``/readyz`` and ``/mqtt`` on one Site; JSON 404 elsewhere."""
 
     def __init__(self, gateway, ws_factory):
         super().__init__()
         self._api = ApiV1(gateway)
         self._not_found = NotFound()
         self.putChild(b"healthz", Health(gateway))
+        self.putChild(b"readyz", Ready(gateway))
         self.putChild(b"mqtt", MQTTResource(ws_factory))
 
     def getChild(self, path, request):

@@ -90,6 +90,15 @@ class Gateway(service.MultiService):
         self.log.info("lmgateway stopped")
 
     @defer.inlineCallbacks
+    def not_ready(self):
+        """Deferred[str | None]: why this node cannot serve now, or None."""
+        try:
+            yield self.store.ping()
+        except Exception:
+            return "store unreachable"
+        return None
+
+    @defer.inlineCallbacks
     def purge_expired(self):
         try:
             purged = yield self.store.purge_expired(self.clock.seconds())

@@ -25,6 +25,7 @@ from linchpin_common.contract import wire
 from .hashing import Overloaded
 from .metrics import Stats
 from .ratelimit import RateLimiter
+from .store import StoreUnavailable
 
 AWAIT_CONNECT, AUTHENTICATING, CONNECTED, CLOSED = range(4)
 
@@ -163,6 +164,9 @@ class MQTTSession:
         if failure.check(Overloaded):
             self.log.warn("password checking overloaded; refusing {peer}", peer=self.peer)
             self._refuse(wire.CONNACK_SERVER_UNAVAILABLE, "overloaded")
+        elif failure.check(StoreUnavailable):
+            self.log.warn("store unavailable; refusing {peer}", peer=self.peer)
+            self._refuse(wire.CONNACK_SERVER_UNAVAILABLE, "store unavailable")
         else:
             self.log.failure("credential check failed for {peer}", failure, peer=self.peer)
             self._refuse(wire.CONNACK_SERVER_UNAVAILABLE, "store error")

@@ -4,8 +4,8 @@
 returns a Deferred and every write is committed before it fires, so an answer
 sent after it survives a crash.  :class:`SQLiteStore` is the embedded
 implementation: one database file in the data dir, all SQLite work on one
-dedicated thread (never the reactor's).  A PostgreSQL implementation only has
-to provide the same interface.
+dedicated thread (never the reactor's).  :mod:`.pgstore` provides the same
+interface on PostgreSQL, for several gateway nodes sharing one store.
 """
 
 from __future__ import annotations
@@ -25,6 +25,11 @@ DB_NAME = "lmgateway.sqlite"
 
 class StoreError(Exception):
     pass
+
+
+class StoreUnavailable(StoreError):
+    """The store cannot be reached right now (a network store that is down);
+    callers answer "try again later" instead of failing hard."""
 
 
 class IStore(Interface):
@@ -72,8 +77,9 @@ class IStore(Interface):
         """Deferred[list[(instance_id, device_id)]]: expired pending devices removed."""
 
 
-def _schema(version: int) -> str:
-    return resources.files("linchpin_gateway").joinpath(f"db-schemas/v{version}.sql").read_text("utf-8")
+def _schema(version: int, engine: str = "") -> str:
+    name = f"{engine}-v{version}.sql" if engine else f"v{version}.sql"
+    return resources.files("linchpin_gateway").joinpath(f"db-schemas/{name}").read_text("utf-8")
 
 
 def _connect(path: str) -> sqlite3.Connection:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from twisted.internet import reactor as default_reactor
 from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
@@ -20,7 +22,8 @@ class Options(usage.Options):
     longdesc = "Linchpin Mobile Gateway: REST API and MQTT over WebSocket (/mqtt) on one port."
     optParameters = [
         ["data-dir", None, "./var/lmgateway", "Folder of the embedded SQLite store (created 0700)."],
-        ["store", None, None, "Store URL; default: SQLite in --data-dir."],
+        ["store", None, None, "Store URL postgresql://user[:password]@host:port/db (also from $LMGATEWAY_STORE, "
+                              "which keeps a password out of ps); default: SQLite in --data-dir."],
         ["bus", None, None, "Message bus URL for several gateway nodes; default: in-process."],
         ["public-url", None, None, "Base URL the gateway tells clients; default: from each request."],
         ["registration-token", None, None, "Bearer token required to register an instance."],
@@ -55,9 +58,9 @@ class Options(usage.Options):
             raise usage.UsageError("--setup-key-ttl must be positive")
         if self["pbkdf2-iterations"] < MIN_ITERATIONS:
             raise usage.UsageError(f"--pbkdf2-iterations must be at least {MIN_ITERATIONS}")
-        if self["store"]:
-            raise usage.UsageError("--store: only the embedded SQLite store (in --data-dir) is available in this "
-                                   "release")
+        self["store"] = self["store"] or os.environ.get("LMGATEWAY_STORE") or None
+        if self["store"] and not self["store"].startswith(("postgresql://", "postgres://")):
+            raise usage.UsageError("--store: a postgresql:// URL (without it: SQLite in --data-dir)")
         if self["bus"]:
             raise usage.UsageError("--bus: only the in-process bus is available in this release")
         for name in ("max-outbound", "max-sessions", "max-pending-logins", "hash-queue"):
@@ -72,10 +75,18 @@ def _limit(per_minute: int):
     return (per_minute, float(per_minute)) if per_minute > 0 else None
 
 
+def _store(config, reactor):
+    if config["store"]:
+        from .pgstore import PostgreSQLStore  # psycopg only when asked for
+
+        return PostgreSQLStore(reactor, config["store"])
+    return SQLiteStore(reactor, config["data-dir"])
+
+
 def makeService(config, reactor=default_reactor):
     gateway = Gateway(
         reactor,
-        SQLiteStore(reactor, config["data-dir"]),
+        _store(config, reactor),
         public_url=config["public-url"],
         registration_token=config["registration-token"],
         max_packet=config["max-message-size"],

@@ -271,6 +271,24 @@ def test_healthz_503_when_store_fails(api, gw):
     assert_error(resp, body, 503, "unavailable")
 
 
+def test_readyz_follows_the_store(api, gw):
+    resp, body = api.call("GET", "/readyz")
+    assert resp.code == 200 and body == {"status": "ready"}
+    gw.store.ping = lambda: defer.fail(RuntimeError("gone"))
+    resp, body = api.call("GET", "/readyz")
+    assert_error(resp, body, 503, "unavailable")
+    assert body["message"] == "store unreachable"
+
+
+def test_store_unavailable_is_503_with_retry_after(api, gw):
+    from linchpin_gateway.store import StoreUnavailable
+
+    gw.store.create_instance = lambda *a: defer.fail(StoreUnavailable("down"))
+    resp, body = api.call("POST", "/api/v1/instances", {})
+    assert_error(resp, body, 503, "unavailable")
+    assert resp.headers.getRawHeaders("retry-after") == ["5"]
+
+
 def test_setup_emits_paired_event(api, gw):
     from linchpin_gateway.router import CONNECTOR
 

@@ -23,12 +23,19 @@ def test_plain_http_to_anything_but_loopback_refused(url):
         assert check_gateway_url(url, allow_insecure=True)
 
 
-@pytest.mark.parametrize("argv", [["--store", "postgresql://x"], ["--store", "sqlite:/tmp/x"], ["--bus", "redis://x"],
+@pytest.mark.parametrize("argv", [["--store", "mysql://x"], ["--store", "sqlite:/tmp/x"], ["--bus", "amqp://x"],
                                   ["--max-message-size", "1000"], ["--pbkdf2-iterations", "1000"],
                                   ["--rest-limit", "-1"]])
 def test_gateway_refuses(argv):
     with pytest.raises(usage.UsageError):
         gateway_tap.Options().parseOptions(argv)
+
+
+def test_gateway_store_url_from_environment(monkeypatch):
+    monkeypatch.setenv("LMGATEWAY_STORE", "postgresql://u:pw@127.0.0.1:5432/lm")
+    options = gateway_tap.Options()
+    options.parseOptions([])
+    assert options["store"] == "postgresql://u:pw@127.0.0.1:5432/lm"
 
 
 def test_gateway_defaults():

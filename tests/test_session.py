@@ -9,6 +9,7 @@ from linchpin_gateway.hashing import Overloaded
 from linchpin_gateway.router import CONNECTOR, DEVICE, Principal, Router
 from linchpin_gateway.ratelimit import RateLimiter
 from linchpin_gateway.session import DEAD_AFTER, Limits, MQTTSession
+from linchpin_gateway.store import StoreUnavailable
 
 INST = "a" * 32
 DEV = "d" * 32
@@ -25,10 +26,13 @@ class FakeAuth:
         self.manual = False
         self.waiting = []
         self.overloaded = False
+        self.store_down = False
 
     def authenticate(self, username, password):
         if self.overloaded:
             return defer.fail(Overloaded())
+        if self.store_down:
+            return defer.fail(StoreUnavailable("down"))
         result = USERS.get((username, password))
         if self.manual:
             d = defer.Deferred()
@@ -157,6 +161,13 @@ def test_overloaded_connack_3(peer, auth):
     p = peer()
     p.feed(connect(DEV, "dpw"))
     assert p.take() == [wire.Connack(3)] and p.closed
+
+
+def test_store_unavailable_connack_3(peer, auth):
+    auth.store_down = True
+    p = peer()
+    p.feed(connect(DEV, "dpw"))
+    assert p.take() == [wire.Connack(3)] and p.closed == "store unavailable"
 
 
 def test_packet_before_connect_closes(peer):

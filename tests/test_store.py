@@ -1,4 +1,5 @@
-"""The gateway's SQLite store and the connector's state file, directly."""
+"""The gateway's store (one body against SQLite and PostgreSQL) and the
+connector's state file, directly."""
 
 import os
 import sqlite3
@@ -10,20 +11,37 @@ from linchpin_connector.state import MAX_PENDING, ConnectorState, NotRegistered
 from linchpin_gateway import hashing
 from linchpin_gateway.store import DB_NAME, SQLiteStore, StoreError
 from linchpin_common.workers import InlineWorker
+from tests.services import postgresql  # noqa: F401  (fixture)
 from tests.test_api import result
 
 I, D = "a" * 32, "d" * 32
 
 
 @pytest.fixture
-def store(tmp_path):
+def sqlite_store(tmp_path):
     s = SQLiteStore(None, str(tmp_path / "gw"), worker=InlineWorker())
     s.start()
     yield s
     s.stop()
 
 
-def test_created_private_with_version_and_foreign_keys(store, tmp_path):
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request, tmp_path):
+    """The same test body against each engine (PostgreSQL: a fresh database)."""
+    if request.param == "sqlite":
+        yield request.getfixturevalue("sqlite_store")
+        return
+    from linchpin_gateway.pgstore import PostgreSQLStore
+
+    pg = request.getfixturevalue("postgresql")
+    s = PostgreSQLStore(None, pg.url(pg.create_database()), worker=InlineWorker())
+    s.start()
+    yield s
+    s.stop()
+
+
+def test_created_private_with_version_and_foreign_keys(sqlite_store, tmp_path):
+    store = sqlite_store
     folder = tmp_path / "gw"
     assert stat.S_IMODE(os.stat(folder).st_mode) == 0o700
     assert stat.S_IMODE(os.stat(folder / DB_NAME).st_mode) == 0o600
@@ -72,6 +90,24 @@ def test_purge_only_expired_pending(store):
     result(store.create_device("e" * 32, I, "k2", 1000, 0))
     assert result(store.purge_expired(500)) == [(I, D)]
     assert [d for d, _ in result(store.list_devices(I))] == ["e" * 32]
+
+
+def test_instances_devices_and_passwords(store):
+    assert result(store.instance_hash(I)) is None
+    result(store.create_instance(I, "h1", 0))
+    assert result(store.instance_hash(I)) == "h1"
+    assert result(store.set_instance_password(I, "h2")) is True
+    assert result(store.set_instance_password("b" * 32, "h2")) is False
+    assert result(store.instance_hash(I)) == "h2"
+    result(store.create_device(D, I, "k", 10**10, 5))  # expiry past 2038
+    assert result(store.list_devices(I)) == [(D, "pending")]
+    assert result(store.device_auth(D)) == (I, "pending", None)
+    assert result(store.delete_device("b" * 32, D)) is False  # another instance's
+    assert result(store.delete_device(I, D)) is True
+    assert result(store.delete_device(I, D)) is False
+    assert result(store.delete_instance("b" * 32)) is None
+    assert result(store.delete_instance(I)) == []
+    assert result(store.ping()) is not None
 
 
 def test_password_hash_format_and_verify():
@@ -137,3 +173,110 @@ def test_connector_state(tmp_path):
     other = ConnectorState(str(tmp_path / "c"))
     assert other.device(D).device_secret == device.device_secret
     assert state.remove_device(D) and other.device(D) is None
+
+
+# -- PostgreSQL only: what several nodes sharing one database need ------------------
+
+
+def _pg_store(pg, db, worker=None):
+    from linchpin_gateway.pgstore import PostgreSQLStore
+
+    s = PostgreSQLStore(None, pg.url(db), worker=worker or InlineWorker())
+    s.start()
+    return s
+
+
+def test_postgresql_nodes_starting_at_once_create_one_schema(postgresql):
+    import threading
+
+    db = postgresql.create_database()
+    started, errors = [], []
+    go = threading.Barrier(3)
+
+    def node():
+        go.wait()
+        try:
+            started.append(_pg_store(postgresql, db))
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=node) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors and len(started) == 3
+    import psycopg
+
+    with psycopg.connect(postgresql.url(db)) as conn:
+        assert conn.execute("SELECT version FROM version").fetchall() == [(1,)]
+    for s in started:
+        s.stop()
+
+
+def test_postgresql_setup_key_redeemed_at_once_on_two_nodes(postgresql):
+    """Two nodes (two pools), many threads each: exactly one wins each key."""
+    import threading
+
+    db = postgresql.create_database()
+    a, b = _pg_store(postgresql, db), _pg_store(postgresql, db)
+    result(a.create_instance(I, "h", 0))
+    keys = [(f"{n:032x}", f"key{n}") for n in range(10)]
+    for device_id, key in keys:
+        result(a.create_device(device_id, I, key, 1000, 0))
+    wins = []
+    go = threading.Barrier(4)
+
+    def redeem(store):
+        go.wait()
+        for device_id, key in keys:
+            got = result(store.activate_device(device_id, key, "pw", 10))
+            if got is not None:
+                wins.append(device_id)
+
+    threads = [threading.Thread(target=redeem, args=(s,)) for s in (a, b, a, b)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sorted(wins) == sorted(d for d, _ in keys)  # each key exactly once
+    a.stop()
+    b.stop()
+
+
+def test_postgresql_one_purger_at_a_time(postgresql):
+    import psycopg
+
+    from linchpin_gateway.pgstore import LOCK_PURGE
+
+    db = postgresql.create_database()
+    s = _pg_store(postgresql, db)
+    result(s.create_instance(I, "h", 0))
+    result(s.create_device(D, I, "k", 100, 0))
+    with psycopg.connect(postgresql.url(db)) as other:  # another node, mid-purge
+        other.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_PURGE,))
+        assert result(s.purge_expired(500)) == []
+    assert result(s.purge_expired(500)) == [(I, D)]
+    s.stop()
+
+
+def test_postgresql_unknown_schema_version_refused(postgresql):
+    import psycopg
+
+    db = postgresql.create_database()
+    _pg_store(postgresql, db).stop()
+    with psycopg.connect(postgresql.url(db)) as conn:
+        conn.execute("UPDATE version SET version = 99")
+    with pytest.raises(StoreError, match="schema version 99"):
+        _pg_store(postgresql, db)
+
+
+def test_postgresql_unreachable_fails_fast_and_redacts(postgresql):
+    from linchpin_gateway.pgstore import PostgreSQLStore, redact
+    from tests.services import free_port
+
+    url = f"postgresql://u:hunter2@127.0.0.1:{free_port()}/db"
+    assert "hunter2" not in redact(url) and redact(url).startswith("postgresql://u:***@127.0.0.1:")
+    with pytest.raises(StoreError) as info:
+        PostgreSQLStore(None, url, worker=InlineWorker(), timeout=1).start()
+    assert "hunter2" not in str(info.value)
