@@ -480,6 +480,10 @@ def websocket_options(max_packet: int) -> dict:
         tcpNoDelay=True,
         autoPingInterval=0,  # liveness is MQTT keep-alive, never WebSocket pings
         perMessageCompressionAccept=_no_compression,
+        # Credentials travel in CONNECT, never in cookies: any Origin may
+        # connect, including `null` (pages loaded from file:// in hybrid apps).
+        allowedOrigins=["*"],
+        allowNullOrigin=True,
     )
 
 

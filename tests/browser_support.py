@@ -1,0 +1,92 @@
+"""Real-browser test helpers: Debian's Chromium driven by Playwright, MQTT.js from npm.
+
+Playwright never downloads a browser here: it launches the system Chromium.
+MQTT.js is installed by npm once into ``.cache/npm`` at the top of the
+checkout (ignored by git) and reused by later runs.  A small threaded HTTP
+server serves test pages from a folder, so pages get a real ``http`` origin.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import functools
+import http.server
+import os
+import shutil
+import subprocess
+import threading
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",  # CI runs as root, where Chromium's sandbox cannot start
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-default-apps",
+    "--disable-extensions",
+    "--no-first-run",
+    "--no-default-browser-check",
+]
+MQTTJS_VERSION = "5.16.0"
+NPM_CACHE = os.path.join(ROOT, ".cache", "npm")
+
+
+@contextlib.contextmanager
+def chromium():
+    """One headless Chromium (use one per test module: starting it costs a second)."""
+    os.environ.setdefault("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+def mqttjs_bundle() -> str:
+    """Path of MQTT.js's browser bundle (``dist/mqtt.min.js``), installed by npm when missing."""
+    bundle = os.path.join(NPM_CACHE, "node_modules", "mqtt", "dist", "mqtt.min.js")
+    os.makedirs(NPM_CACHE, exist_ok=True)
+    with open(os.path.join(NPM_CACHE, ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # tests in parallel install once
+        if not os.path.exists(bundle):
+            subprocess.run(["npm", "install", "--prefix", NPM_CACHE, "--no-audit", "--no-fund", "--no-save",
+                            "--loglevel=error", f"mqtt@{MQTTJS_VERSION}"], check=True, timeout=300,
+                           stdin=subprocess.DEVNULL)
+    return bundle
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format, *args):
+        pass
+
+
+class StaticServer:
+    """Serves ``folder`` on 127.0.0.1 (a free port) from a thread."""
+
+    def __init__(self, folder):
+        handler = functools.partial(_QuietHandler, directory=str(folder))
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def handshake_origins(context, page) -> list:
+    """Record the ``Origin`` header of every WebSocket handshake ``page`` sends (Chrome DevTools Protocol)."""
+    origins = []
+    cdp = context.new_cdp_session(page)
+    cdp.send("Network.enable")
+    cdp.on("Network.webSocketWillSendHandshakeRequest",
+           lambda event: origins.append({k.lower(): v for k, v in event["request"]["headers"].items()}.get("origin")))
+    return origins
