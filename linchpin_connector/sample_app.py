@@ -7,10 +7,15 @@ real intranet app behind the connector would.
 
 Routes:
 
-* ``/`` — an HTML page "Hello, <user>" (``X-Forwarded-User``, else "anonymous").
+* ``/`` — an HTML page "Hello, <user>" (``X-Forwarded-User``, else "anonymous") with a
+  stylesheet, an image, a visit counter kept in a cookie, a note form and a download link.
+* ``/static/style.css``, ``/static/logo.png`` — what that page loads.
+* ``/notes`` — GET lists the user's notes; POST (form field ``note``) adds one and
+  redirects (303, absolute ``Location``) back to ``/notes``.
 * ``/api/whoami`` — JSON ``{"user", "method", "path", "query"}`` (user null when absent).
 * ``/download?size=N`` — N bytes (default 8 MiB, at most 1 GiB) of
-  :func:`pattern`, written by a push producer, never built in memory.
+  :func:`pattern`, written by a push producer, never built in memory; sent as
+  an attachment (``pattern-N.bin``).
 * ``/upload`` (POST) — reads the body, answers ``{"bytes": n, "sha256": hex}``.
 * ``/echo-headers`` — JSON ``{"headers": [[name, value], ...]}`` as received.
 * ``/slow`` — never answers; ``/slow?seconds=N`` answers "done" after N seconds.
@@ -22,7 +27,9 @@ import argparse
 import hashlib
 import html
 import json
+import struct
 import sys
+import zlib
 
 from twisted.internet import defer, endpoints, task
 from twisted.internet.interfaces import IPushProducer
@@ -60,6 +67,41 @@ def _json(request, data, code: int = 200) -> bytes:
     return json.dumps(data).encode()
 
 
+STYLESHEET = b"""body { font-family: sans-serif; margin: 2rem; background: #f3f6fa; color: #1b2733; }
+h1 { color: #0b4f8a; }
+img.logo { float: right; }
+"""
+
+
+def _png(size: int = 32) -> bytes:
+    """A small PNG logo (blue and white squares), made here so the app needs no files."""
+    def chunk(kind, data):
+        return struct.pack("!I", len(data)) + kind + data + struct.pack("!I", zlib.crc32(kind + data))
+
+    rows = b"".join(b"\0" + b"".join(b"\x0b\x4f\x8a" if (x // 8 + y // 8) % 2 == 0 else b"\xff\xff\xff"
+                                        for x in range(size)) for y in range(size))
+    header = struct.pack("!IIBBBBB", size, size, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+
+
+LOGO = _png()
+
+
+class Static(resource.Resource):
+    isLeaf = True
+
+    def __init__(self, body: bytes, content_type: bytes):
+        super().__init__()
+        self.body, self.content_type = body, content_type
+
+    def render_GET(self, request):
+        request.setHeader(b"Content-Type", self.content_type)
+        request.setHeader(b"Cache-Control", b"max-age=60")
+        return self.body
+
+    render_HEAD = render_GET
+
+
 class Hello(resource.Resource):
     isLeaf = True
 
@@ -69,11 +111,55 @@ class Hello(resource.Resource):
 
     def render_GET(self, request):
         user = html.escape(_user(request) or "anonymous")
+        try:
+            visits = int(request.getCookie(b"visits") or b"0") + 1
+        except ValueError:
+            visits = 1
+        request.addCookie(b"visits", str(visits).encode(), path=b"/", httpOnly=True, sameSite="lax")
         request.setHeader(b"Content-Type", b"text/html; charset=utf-8")
-        return (f"<!doctype html><html><head><title>{self.title}</title></head>"
-                f"<body><h1>Hello, {user}</h1></body></html>").encode()
+        return (f"<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{self.title}</title>"
+                f"<link rel=\"stylesheet\" href=\"/static/style.css\"></head><body>"
+                f"<img class=\"logo\" src=\"/static/logo.png\" alt=\"Linchpin logo\" width=\"32\" height=\"32\">"
+                f"<h1>Hello, {user}</h1><p id=\"visits\">Visit number {visits}</p>"
+                f"<form method=\"post\" action=\"/notes\"><label for=\"note\">Note</label> "
+                f"<input id=\"note\" name=\"note\" required> <button type=\"submit\">Save note</button></form>"
+                f"<p><a id=\"notes\" href=\"/notes\">Your notes</a> · "
+                f"<a id=\"download\" href=\"/download?size=1048576\">Download the report (1 MiB)</a></p>"
+                f"</body></html>").encode()
 
     render_HEAD = render_GET
+
+
+class Notes(resource.Resource):
+    """Each user's notes, in memory: a form that POSTs and redirects."""
+
+    isLeaf = True
+    MAX_NOTES = 100
+
+    def __init__(self):
+        super().__init__()
+        self.notes: dict[str, list[str]] = {}
+
+    def render_GET(self, request):
+        user = _user(request) or "anonymous"
+        items = "".join(f"<li>{html.escape(n)}</li>" for n in self.notes.get(user, []))
+        request.setHeader(b"Content-Type", b"text/html; charset=utf-8")
+        return (f"<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Notes</title>"
+                f"<link rel=\"stylesheet\" href=\"/static/style.css\"></head><body>"
+                f"<h1>Notes of {html.escape(user)}</h1><ul id=\"note-list\">{items}</ul>"
+                f"<p><a href=\"/\">Home</a></p></body></html>").encode()
+
+    def render_POST(self, request):
+        note = request.args.get(b"note", [b""])[0].decode("utf-8", "replace").strip()
+        if note:
+            notes = self.notes.setdefault(_user(request) or "anonymous", [])
+            notes.append(note[:500])
+            del notes[: -self.MAX_NOTES]
+        # Absolute, as many apps write it: the device's local server turns it into a path.
+        host = (request.getHeader(b"host") or b"localhost").decode("latin-1")
+        request.setResponseCode(303)
+        request.setHeader(b"Location", f"http://{host}/notes".encode("latin-1"))
+        return b""
 
 
 class WhoAmI(resource.Resource):
@@ -125,6 +211,7 @@ class Download(resource.Resource):
             return _json(request, {"error": "size must be 0..1 GiB"}, 400)
         request.setHeader(b"Content-Type", b"application/octet-stream")
         request.setHeader(b"Content-Length", str(size).encode())
+        request.setHeader(b"Content-Disposition", f'attachment; filename="pattern-{size}.bin"'.encode())
         producer = _PatternProducer(request, size)
         request.notifyFinish().addErrback(lambda _: producer.stopProducing())
         request.registerProducer(producer, True)
@@ -186,6 +273,11 @@ def make_site(title: str = "Linchpin intranet (sample)", *, clock=None) -> serve
     """The sample app; ``clock`` (default: the reactor) drives ``/slow?seconds``."""
     root = _Root()
     root.putChild(b"", Hello(title))
+    static = resource.Resource()
+    static.putChild(b"style.css", Static(STYLESHEET, b"text/css; charset=utf-8"))
+    static.putChild(b"logo.png", Static(LOGO, b"image/png"))
+    root.putChild(b"static", static)
+    root.putChild(b"notes", Notes())
     api = resource.Resource()
     api.putChild(b"whoami", WhoAmI())
     root.putChild(b"api", api)

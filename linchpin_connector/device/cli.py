@@ -5,12 +5,15 @@ from __future__ import annotations
 import argparse
 import sys
 
+from twisted.internet import defer
 from twisted.web.http import RESPONSES
 
 from linchpin_common import console
 
 from .client import DEFAULT_TIMEOUT, Device, pair
+from . import serve
 from .errors import ConnectorOffline, DeviceError, PairingRejected
+from .progress import Progress
 from .state import DEFAULT_STATE, DeviceState
 
 
@@ -29,6 +32,9 @@ def _parser() -> argparse.ArgumentParser:
     rp.add_argument("--data", help="request body: @FILE, or - for stdin")
     rp.add_argument("-i", "--include", action="store_true", help="print status line and headers first")
     rp.add_argument("path")
+    sp = sub.add_parser("serve", help="serve the intranet app to a browser on this machine")
+    sp.add_argument("--listen", default=serve.DEFAULT_LISTEN,
+                    help="Twisted server endpoint (default %(default)s; loopback only unless told otherwise)")
     return p
 
 
@@ -83,13 +89,46 @@ async def _request_command(reactor, args) -> int:
                 out.write(f"{k}: {v}\r\n".encode("utf-8", "replace"))
             out.write(b"\r\n")
 
+        progress = None
+        if sys.stderr.isatty():
+            length = response.header("Content-Length")
+            progress = Progress(sys.stderr, int(length) if length and length.isdigit() else None)
+
         def write(part):
             out.write(part)
             out.flush()
+            if progress is not None:
+                progress.update(len(part))
 
-        await response.deliver(write)
+        try:
+            await response.deliver(write)
+        finally:
+            if progress is not None:
+                progress.finish()
     finally:
         device.close()
+    return 0
+
+
+async def _serve_command(reactor, args) -> int:
+    state = DeviceState.load(args.state)
+    device = Device(reactor, state, timeout=args.timeout, ca_file=args.ca_file)
+    reactor.addSystemEventTrigger("before", "shutdown", device.close)
+    port = await serve.listen(reactor, device, args.listen)
+    address = port.getHost()
+    host = f"[{address.host}]" if ":" in address.host else address.host
+    print(f"lmdevice serving the intranet at http://{host}:{address.port}/ for device {state.device_id}",
+          file=sys.stderr, flush=True)
+    if not serve.HostCheck(address.host, address.port).loopback:
+        print("lmdevice: warning: listening beyond loopback; anyone who reaches this address browses "
+              "the intranet as this device's user", file=sys.stderr, flush=True)
+    try:
+        await device.open()
+        print("connector " + ("online" if device.online else "offline (pages will say so until it is back)"),
+              file=sys.stderr, flush=True)
+    except DeviceError as e:
+        print(f"lmdevice: {e} (each page load tries again)", file=sys.stderr, flush=True)
+    await defer.Deferred()  # until the process is stopped (SIGTERM, SIGINT)
     return 0
 
 
@@ -100,6 +139,8 @@ def main(argv=None) -> None:
         try:
             if args.command == "pair":
                 return await _pair_command(reactor, args)
+            if args.command == "serve":
+                return await _serve_command(reactor, args)
             return await _request_command(reactor, args)
         except (DeviceError, ValueError) as e:
             print(f"lmdevice: {e}", file=sys.stderr)

@@ -1,0 +1,260 @@
+"""``lmdevice serve``: the intranet app in a local browser, through the device.
+
+A small HTTP server on the device (loopback by default).  Every request a
+browser sends it travels through the end-to-end channel to the intranet app,
+as the paired user, and the app's answer comes back as the app sent it:
+status, headers and a streamed body.  Only these changes are made on the
+way back: hop-by-hop headers go, a ``Location`` pointing at an absolute
+``http(s)`` URL becomes a path on this server (the tunnel only reaches the
+intranet app), and a ``Domain`` attribute leaves ``Set-Cookie`` so the
+browser keeps the cookie for this server.
+
+It protects the paired user from other web pages the browser has open:
+- a request whose ``Host`` is not the address it listens on is refused
+  (403), so a DNS-rebinding page cannot read the intranet through it;
+- a state-changing request (anything but GET, HEAD, OPTIONS) that a browser
+  marks as coming from another site (``Sec-Fetch-Site``, ``Origin``) is
+  refused (403).
+
+When the gateway or the connector cannot be reached, the browser gets a short
+error page that says which; a request in flight when the session resets fails
+(its connection is cut if the response had started) and is never replayed.
+"""
+
+from __future__ import annotations
+
+import html
+import ipaddress
+import re
+from urllib.parse import urlsplit, urlunsplit
+
+from twisted.internet import defer, endpoints
+from twisted.logger import Logger
+from twisted.web import resource, server
+from twisted.web.http import RESPONSES
+
+from linchpin_common.contract import e2e
+
+from .errors import (ConnectorOffline, DeviceError, GatewayUnreachable, PairingRejected, RequestRefused,
+                     RequestTimeout, SessionLost)
+
+DEFAULT_LISTEN = "tcp:8088:interface=127.0.0.1"
+SAFE_METHODS = (b"GET", b"HEAD", b"OPTIONS")
+# Not forwarded in either direction (RFC 9110 section 7.6.1), plus what the
+# connector sets itself.
+HOP_BY_HOP = frozenset(("connection", "keep-alive", "proxy-connection", "proxy-authenticate",
+                        "proxy-authorization", "te", "trailer", "transfer-encoding", "upgrade"))
+REQUEST_DROPPED = HOP_BY_HOP | {"host", "content-length", "origin"}
+_COOKIE_DOMAIN = re.compile(r";\s*domain=[^;]*", re.IGNORECASE)
+
+# What went wrong -> (HTTP status, page title). The connector's `err` codes first.
+_REFUSALS = {
+    "forbidden": (403, "The intranet connector refused this address"),
+    "bad_request": (400, "The intranet connector refused this request"),
+    "backend_unreachable": (502, "The intranet app cannot be reached"),
+    "timeout": (504, "The intranet app did not answer in time"),
+    "too_large": (413, "The request is too large"),
+    "busy": (503, "Too many requests at once"),
+}
+
+
+def error_page(failure_or_error) -> tuple[int, str, str]:
+    """(status, title, explanation) for an error of the device library."""
+    error = getattr(failure_or_error, "value", failure_or_error)
+    if isinstance(error, GatewayUnreachable):
+        return 502, "The gateway cannot be reached", str(error)
+    if isinstance(error, ConnectorOffline):
+        return 503, "The intranet connector is offline", str(error)
+    if isinstance(error, PairingRejected):
+        return 403, "This device is no longer paired", str(error)
+    if isinstance(error, RequestTimeout):
+        return 504, "No answer in time", str(error)
+    if isinstance(error, SessionLost):
+        return 502, "The connection to the intranet was reset", str(error)
+    if isinstance(error, RequestRefused):
+        status, title = _REFUSALS.get(error.code, (502, "The intranet connector refused this request"))
+        return status, title, str(error)
+    if isinstance(error, DeviceError):
+        return 502, "The device cannot reach the intranet", str(error)
+    return 500, "Internal error", "the device failed to relay this request"
+
+
+def render_error(request, status: int, title: str, text: str) -> bytes:
+    request.setResponseCode(status)
+    request.responseHeaders.setRawHeaders(b"Content-Type", [b"text/html; charset=utf-8"])
+    request.responseHeaders.setRawHeaders(b"Cache-Control", [b"no-store"])
+    request.responseHeaders.setRawHeaders(b"Content-Security-Policy", [b"default-src 'none'"])
+    return (f"<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
+            f"<title>{html.escape(title)}</title></head><body><h1>{html.escape(title)}</h1>"
+            f"<p id=\"reason\">{html.escape(text)}</p></body></html>").encode()
+
+
+class HostCheck:
+    """Which ``Host`` values name this server (a defence against DNS rebinding).
+
+    Only the address it listens on, with its port; ``localhost`` too when
+    that address is loopback; any IP address when it listens on all
+    interfaces (a DNS name is never accepted: rebinding needs one).
+    """
+
+    def __init__(self, host: str, port: int):
+        self.port = port
+        address = ipaddress.ip_address(host)
+        self.any_address = address.is_unspecified
+        self.loopback = address.is_loopback
+        self.names = {address.compressed}
+        if address.is_loopback:
+            self.names.add("localhost")
+
+    def __call__(self, value: bytes | None) -> bool:
+        if not value:
+            return False
+        try:
+            parts = urlsplit("//" + value.decode("ascii"))
+            name, port = parts.hostname, parts.port
+        except (UnicodeDecodeError, ValueError):
+            return False
+        if port is None:
+            port = 80
+        if name is None or port != self.port or parts.path or parts.username is not None:
+            return False
+        if name in self.names:
+            return True
+        try:
+            ipaddress.ip_address(name)
+        except ValueError:
+            return False
+        return self.any_address
+
+
+def cross_site(request, host: bytes) -> bool:
+    """True for a state-changing request a browser says another site made."""
+    if request.method in SAFE_METHODS:
+        return False
+    fetch_site = request.getHeader(b"sec-fetch-site")
+    if fetch_site is not None and fetch_site not in (b"same-origin", b"none"):
+        return True
+    origin = request.getHeader(b"origin")
+    return origin is not None and origin != b"http://" + host
+
+
+def rewrite_location(value: str) -> str:
+    """An absolute http(s) URL becomes its path (and query) on this server."""
+    parts = urlsplit(value)
+    if parts.scheme.lower() in ("http", "https") and parts.netloc:
+        return urlunsplit(("", "", parts.path or "/", parts.query, parts.fragment))
+    return value
+
+
+class DeviceLink:
+    """The device as the local server uses it: opened once, reopened after the
+    gateway went away, never by two requests at once."""
+
+    def __init__(self, device):
+        self.device = device
+        self._lock = defer.DeferredLock()
+
+    async def request(self, method: str, path: str, headers, body):
+        await self._lock.acquire()
+        try:
+            client = self.device.client
+            if client is None or not client.is_open:
+                await self.device.open()
+        finally:
+            self._lock.release()
+        return await self.device.request(method, path, headers, body)
+
+
+class LocalProxy(resource.Resource):
+    """Every path, every method: through the device to the intranet app."""
+
+    isLeaf = True
+    log = Logger()
+
+    def __init__(self, link, host_check: HostCheck):
+        super().__init__()
+        self.link = link
+        self.host_check = host_check
+
+    def render(self, request):
+        host = request.getHeader(b"host")
+        if not self.host_check(host):
+            return render_error(request, 403, "Unknown host name",
+                                "this local server answers only to the address it listens on")
+        if cross_site(request, host):
+            return render_error(request, 403, "Cross-site request refused",
+                                "another web site tried to send this request through your device")
+        defer.ensureDeferred(self._forward(request)).addErrback(
+            lambda f: self.log.failure("relaying a request failed", f))
+        return server.NOT_DONE_YET
+
+    async def _forward(self, request) -> None:
+        gone = []
+        request.notifyFinish().addErrback(lambda _: gone.append(True))
+        headers = [(k.decode("latin-1"), v.decode("latin-1"))
+                   for k, values in request.requestHeaders.getAllRawHeaders() for v in values
+                   if k.decode("latin-1").lower() not in REQUEST_DROPPED]
+        try:
+            response = await self.link.request(request.method.decode("ascii"), request.uri.decode("ascii"),
+                                               headers, _body(request))
+        except Exception as e:
+            if not gone:
+                status, title, text = error_page(e)
+                if status == 500:
+                    self.log.failure("relaying a request failed")
+                request.write(render_error(request, status, title, text))
+                request.finish()
+            return
+        if gone:
+            return
+        request.setResponseCode(response.status, RESPONSES.get(response.status, b"Unknown"))
+        for name, value in response.headers:
+            lower = name.lower()
+            if lower in HOP_BY_HOP:
+                continue
+            if lower == "location":
+                value = rewrite_location(value)
+            elif lower == "set-cookie":
+                value = _COOKIE_DOMAIN.sub("", value)
+            request.responseHeaders.addRawHeader(name.encode("latin-1"), value.encode("latin-1", "replace"))
+
+        def write(part: bytes) -> None:
+            if not gone:
+                request.write(part)
+
+        try:
+            await response.deliver(write)
+        except Exception as e:
+            # The response had started: the browser must see it broken, not complete.
+            self.log.info("a response was cut: {error}", error=str(e))
+            if not gone:
+                request.channel.transport.abortConnection()
+            return
+        if not gone:
+            request.finish()
+
+
+def _body(request):
+    """The request body (twisted.web has it in memory or a temporary file) as
+    bytes when small, else the file, read in parts as the connector acks."""
+    content = request.content
+    if content is None:
+        return b""
+    content.seek(0, 2)
+    size = content.tell()
+    content.seek(0)
+    if size <= e2e.MAX_BODY_CHUNK:
+        return content.read()
+    return content
+
+
+async def listen(reactor, device, endpoint: str = DEFAULT_LISTEN):
+    """Serve the intranet through ``device`` on ``endpoint``; returns the listening port."""
+    proxy = LocalProxy(DeviceLink(device), HostCheck("127.0.0.1", 0))
+    site = server.Site(proxy)
+    site.displayTracebacks = False
+    port = await endpoints.serverFromString(reactor, endpoint).listen(site)
+    address = port.getHost()  # port 0 picks one: the Host check needs the real one
+    proxy.host_check = HostCheck(address.host, address.port)
+    return port

@@ -1,0 +1,234 @@
+"""``lmdevice serve``: the local HTTP server that carries a browser's requests through the device.
+
+In memory first (a fake device behind the real twisted.web site, driven by
+treq's StubTreq), then one loopback test with the real commands for the
+error pages a browser sees when the connector or the gateway is away.
+"""
+
+from __future__ import annotations
+
+import http.client
+import io
+import os
+
+import pytest
+from treq.testing import StubTreq
+from twisted.internet import defer
+
+from linchpin_connector.device.errors import (ConnectorOffline, DeviceError, GatewayUnreachable, RequestRefused,
+                                              SessionLost)
+from linchpin_connector.device.progress import Progress
+from linchpin_connector.device.serve import HostCheck, LocalProxy, cross_site, rewrite_location
+from tests.support import BIN, Process, System, cli
+
+
+# -- pure parts ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("host, ok", [
+    (b"127.0.0.1:8088", True), (b"localhost:8088", True),
+    (b"127.0.0.1:8089", False), (b"127.0.0.1", False), (b"evil.example:8088", False),
+    (b"127.0.0.1.nip.io:8088", False), (b"[::1]:8088", False), (b"user@127.0.0.1:8088", False),
+    (b"127.0.0.1:8088/x", False), (b"", False), (None, False), (b"\xff:8088", False),
+])
+def test_host_check_on_loopback(host, ok):
+    assert HostCheck("127.0.0.1", 8088)(host) is ok
+
+
+def test_host_check_on_all_interfaces_takes_ip_addresses_only():
+    check = HostCheck("0.0.0.0", 80)
+    assert check(b"192.0.2.7") and check(b"192.0.2.7:80") and check(b"[2001:db8::1]")
+    assert not check(b"intranet.example") and not check(b"192.0.2.7:81")
+    assert not check.loopback and HostCheck("::1", 1).loopback and HostCheck("::1", 1)(b"[::1]:1")
+
+
+class _Req:
+    def __init__(self, method, **headers):
+        self.method = method
+        self.headers = {k.replace("_", "-").encode(): v for k, v in headers.items()}
+
+    def getHeader(self, name):
+        return self.headers.get(name.lower())
+
+
+@pytest.mark.parametrize("method, headers, refused", [
+    (b"GET", {"origin": b"http://evil.example", "sec_fetch_site": b"cross-site"}, False),
+    (b"POST", {}, False),
+    (b"POST", {"origin": b"http://127.0.0.1:8088", "sec_fetch_site": b"same-origin"}, False),
+    (b"POST", {"sec_fetch_site": b"none"}, False),
+    (b"POST", {"origin": b"http://evil.example"}, True),
+    (b"POST", {"origin": b"null"}, True),
+    (b"DELETE", {"sec_fetch_site": b"same-site"}, True),
+    (b"PUT", {"sec_fetch_site": b"cross-site", "origin": b"http://127.0.0.1:8088"}, True),
+])
+def test_cross_site_state_changing_requests(method, headers, refused):
+    assert cross_site(_Req(method, **headers), b"127.0.0.1:8088") is refused
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("http://intranet.local:8090/notes?x=1", "/notes?x=1"),
+    ("https://intranet.local", "/"),
+    ("/already/a/path", "/already/a/path"),
+    ("relative", "relative"),
+    ("mailto:someone@example.com", "mailto:someone@example.com"),
+])
+def test_location_to_the_app_becomes_a_path(value, expected):
+    assert rewrite_location(value) == expected
+
+
+def test_progress_bar_only_for_large_bodies():
+    small = io.StringIO()
+    p = Progress(small, 1024 * 1024)
+    p.update(1024 * 1024)
+    p.finish()
+    assert small.getvalue() == ""
+
+    out = io.StringIO()
+    p = Progress(out, 8 * 1024 * 1024)
+    for _ in range(8):
+        p.update(1024 * 1024)
+    p.finish()
+    frames = out.getvalue().split("\r")[1:]
+    assert frames[0].startswith("[###") and "12%" in frames[0]
+    assert frames[-1].startswith("[" + "#" * 30 + "] 100% 8.0 MiB of 8.0 MiB") and out.getvalue().endswith("\n")
+
+    unknown = io.StringIO()
+    p = Progress(unknown, None)
+    for _ in range(6):
+        p.update(1024 * 1024)
+    assert unknown.getvalue().split("\r")[1:] == ["4.0 MiB received", "5.0 MiB received", "6.0 MiB received"]
+
+
+# -- the site in memory --------------------------------------------------------------
+
+
+class FakeResponse:
+    def __init__(self, status, headers, parts, error=None):
+        self.status, self.headers, self.parts, self.error = status, headers, parts, error
+
+    def deliver(self, write):
+        for part in self.parts:
+            write(part)
+        return defer.fail(self.error) if self.error else defer.succeed(None)
+
+
+class FakeLink:
+    """Stands for DeviceLink: records requests, answers what the test says."""
+
+    def __init__(self):
+        self.seen = []
+        self.answer = FakeResponse(200, [("Content-Type", "text/plain")], [b"hello"])
+
+    async def request(self, method, path, headers, body):
+        body = body if isinstance(body, bytes) else body.read()
+        self.seen.append((method, path, headers, body))
+        if isinstance(self.answer, Exception):
+            raise self.answer
+        return self.answer
+
+
+@pytest.fixture
+def local():
+    link = FakeLink()
+    stub = StubTreq(LocalProxy(link, HostCheck("127.0.0.1", 8088)))
+    return link, stub
+
+
+def fetch(stub, method, url, **kwargs):
+    d = stub.request(method, url, allow_redirects=False, **kwargs)
+    stub.flush()
+    response = d.result if not isinstance(d.result, Exception) else None
+    body = stub.content(response)
+    stub.flush()
+    return response, body.result
+
+
+def test_a_request_goes_through_with_method_path_headers_and_body(local):
+    link, stub = local
+    link.answer = FakeResponse(303, [("Location", "http://intranet.local:8090/notes"), ("Connection", "close"),
+                                     ("Set-Cookie", "sid=1; Domain=intranet.local; Path=/; HttpOnly"),
+                                     ("X-App", "yes")], [b"part1", b"part2"])
+    response, body = fetch(stub, "POST", "http://127.0.0.1:8088/notes?a=1", data=b"note=hi",
+                           headers={"Content-Type": "application/x-www-form-urlencoded", "Origin": "http://127.0.0.1:8088",
+                                    "X-Forwarded-User": "mallory"})
+    method, path, headers, sent = link.seen[0]
+    assert (method, path, sent) == ("POST", "/notes?a=1", b"note=hi")
+    names = [k.lower() for k, _ in headers]
+    assert "host" not in names and "origin" not in names and "content-length" not in names
+    assert ("Content-Type", "application/x-www-form-urlencoded") in headers
+    assert response.code == 303 and body == b"part1part2"
+    assert response.headers.getRawHeaders("location") == ["/notes"]
+    assert response.headers.getRawHeaders("set-cookie") == ["sid=1; Path=/; HttpOnly"]
+    assert response.headers.getRawHeaders("x-app") == ["yes"]
+
+
+def test_foreign_host_and_cross_site_post_never_reach_the_device(local):
+    link, stub = local
+    response, body = fetch(stub, "GET", "http://evil.example:8088/")
+    assert response.code == 403 and b"Unknown host name" in body
+    response, body = fetch(stub, "POST", "http://127.0.0.1:8088/notes", data=b"x",
+                           headers={"Origin": "http://evil.example"})
+    assert response.code == 403 and b"Cross-site request refused" in body
+    assert link.seen == []
+
+
+@pytest.mark.parametrize("error, status, text", [
+    (GatewayUnreachable("gateway unreachable at https://gw: refused"), 502, b"The gateway cannot be reached"),
+    (ConnectorOffline(), 503, b"The intranet connector is offline"),
+    (RequestRefused("forbidden", "path not allowed"), 403, b"refused this address"),
+    (SessionLost("the connector lost the session; request not replayed"), 502, b"not replayed"),
+    (DeviceError("the gateway does not accept this device (revoked or unknown)"), 502, b"revoked or unknown"),
+])
+def test_errors_become_a_page_that_says_which_part_is_away(local, error, status, text):
+    link, stub = local
+    link.answer = error
+    response, body = fetch(stub, "GET", "http://127.0.0.1:8088/")
+    assert response.code == status and text in body
+    assert response.headers.getRawHeaders("cache-control") == ["no-store"]
+
+
+def test_a_response_cut_midway_is_not_shown_as_complete(local):
+    link, stub = local
+    link.answer = FakeResponse(200, [], [b"12345"],  # chunked: only a cut shows it broken
+                               error=SessionLost("the connector lost the session; request not replayed"))
+    d = stub.request("GET", "http://127.0.0.1:8088/big")
+    stub.flush()
+    body = stub.content(d.result)
+    stub.flush()
+    assert body.called and isinstance(body.result.value, Exception)  # the client saw a broken response
+    body.addErrback(lambda f: None)
+
+
+# -- loopback, with the real commands ------------------------------------------------
+
+
+def get(url, path="/", headers=None):
+    host = url.split("//", 1)[1]
+    conn = http.client.HTTPConnection(host, timeout=30)
+    conn.request("GET", path, headers=headers or {})
+    response = conn.getresponse()
+    return response.status, response.read()
+
+
+def test_serve_relays_and_says_which_part_is_away(tmp_path):
+    system = System(tmp_path)
+    try:
+        state = system.pair("ivan")
+        serve = Process([os.path.join(BIN, "lmdevice"), "--state", state, "serve", "--listen",
+                         "tcp:0:interface=127.0.0.1"])
+        url = serve.wait_for(r"serving the intranet at (http://127\.0\.0\.1:\d+)/").group(1)
+        serve.wait_for(r"connector online")
+        status, page = get(url)
+        assert status == 200 and b"Hello, ivan" in page
+        assert get(url, headers={"Host": "rebound.example"})[0] == 403
+
+        system.connector.terminate()
+        status, page = get(url)
+        assert status == 503 and b"connector is offline" in page
+
+        system.gateway.terminate()
+        status, page = get(url)
+        assert status == 502 and b"gateway cannot be reached" in page
+        assert serve.terminate() == 0
+    finally:
+        system.stop()
