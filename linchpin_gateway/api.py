@@ -22,7 +22,10 @@ from twisted.web.resource import Resource
 from .audit import audit
 from linchpin_common.contract.ids import is_hex_id, new_id, new_secret
 
+from .auth import LoginRefused
 from .hashing import Overloaded, sha256_hex
+from .ratelimit import address_key
+from .router import CONNECTOR
 from .session import MQTTResource
 from .store import StoreUnavailable
 
@@ -262,8 +265,6 @@ class ApiV1(_AsyncResource):
                            {"Allow": ", ".join(sorted(methods))})
         if handler.__name__ in self.OPEN:
             self._charge(host)
-        elif not self.gw.login_limiter.allowed(host):
-            self._limited(host, self.gw.login_limiter)
         body = _body(request)
         if getattr(request, "body_too_large", False) or len(body) > MAX_BODY:
             raise ApiError(413, "payload_too_large", f"request body over {MAX_BODY} bytes")
@@ -276,12 +277,12 @@ class ApiV1(_AsyncResource):
     # -- helpers ------------------------------------------------------------
 
     def _charge(self, host: str) -> None:
-        if not self.gw.rest_limiter.charge(host):
-            self._limited(host, self.gw.rest_limiter)
+        key = address_key(host)
+        if not self.gw.rest_limiter.charge(key):
+            self._limited(self.gw.rest_limiter.retry_after(key))
 
-    def _limited(self, host: str, limiter):
+    def _limited(self, retry: int):
         self.gw.stats.rate_limited += 1
-        retry = limiter.retry_after(host)
         raise ApiError(429, "rate_limited", f"too many requests; retry in {retry} s", {"Retry-After": str(retry)})
 
     @staticmethod
@@ -306,14 +307,16 @@ class ApiV1(_AsyncResource):
         except (binascii.Error, ValueError):
             decoded = ""
         instance_id, sep, password = decoded.partition(":")
+        host = _peer(request)
         if scheme.lower() != "basic" or not sep:
-            self.gw.login_limiter.charge(_peer(request))
-            raise _unauthorized()
-        if not await self.gw.authenticator.check_instance(instance_id, password):
-            host = _peer(request)
+            instance_id, password = "", ""  # a failed login like any other
+        try:
+            principal = await self.gw.logins.login(host, instance_id, password)
+        except LoginRefused as refused:
+            self._limited(refused.retry_after)
+        if principal is None or principal.role != CONNECTOR:
             self.gw.stats.auth_failures += 1
             self.log.debug("REST auth failure from {peer}", peer=host)
-            self.gw.login_limiter.charge(host)
             raise _unauthorized()
         return instance_id
 

@@ -20,6 +20,7 @@ from twisted.internet import defer
 
 from linchpin_common.contract.ids import is_hex_id
 
+from .ratelimit import Slots, address_key
 from .router import CONNECTOR, DEVICE, Principal
 
 CACHE_TTL = 300.0
@@ -124,3 +125,126 @@ class Authenticator:
         if not ok or (yield self.store.device_auth(username)) != row:
             return None
         return Principal(DEVICE, username, row[0])
+
+    def cached(self, username: str, password: str) -> Principal | None:
+        """The principal of credentials verified recently, without any hashing."""
+        return self._cached(username, password)
+
+
+# -- who may spend a password check --------------------------------------------------
+
+MAX_USERNAME = 64  # ids are 32 characters
+MAX_PASSWORD = 256  # passwords are 22; longer ones cannot be right
+LOGIN_IN_FLIGHT = 4  # password checks one address may have queued or running
+REMEMBER_SUCCESS = 86400.0  # a principal's login from an address exempts it from others' failures there
+REMEMBER_MAX = 100_000
+
+
+class LoginRefused(Exception):
+    """A login turned away before any password check."""
+
+    def __init__(self, retry_after: int, reason: str):
+        super().__init__(reason)
+        self.retry_after = retry_after
+        self.reason = reason
+
+
+class TooManyFailures(LoginRefused):
+    """The failed-login budget of the address (or address and username) is spent."""
+
+
+class TooManyInFlight(LoginRefused):
+    """The address already has its share of password checks queued or running."""
+
+
+class LoginGuard:
+    """Decides which logins may cost a PBKDF2 run, per address.
+
+    * A token of the failed-login budget is **reserved before** the check and
+      given back when the credentials were right, so failures from one
+      address never cost more runs than the budget plus what it may have in
+      flight (``in_flight``, which also keeps one address from filling the
+      shared hashing queue).
+    * Failures count twice: per address (:func:`~.ratelimit.address_key`)
+      and per address and username.  A principal that logged in from an
+      address within ``remember`` seconds is judged only by its own
+      (address, username) budget there, so others' failures behind the same
+      NAT do not lock it out, while a guesser of its password is still slowed.
+    * Credentials verified recently (the authenticator's cache) cost no
+      check and are never refused: they prove themselves for free.
+    """
+
+    def __init__(self, authenticator: Authenticator, clock, limiter, user_limiter, *,
+                 in_flight: int = LOGIN_IN_FLIGHT, remember: float = REMEMBER_SUCCESS,
+                 remember_max: int = REMEMBER_MAX):
+        self.authenticator = authenticator
+        self.clock = clock
+        self.limiter = limiter
+        self.user_limiter = user_limiter
+        self.in_flight = Slots(in_flight)
+        self.remember = remember
+        self.remember_max = remember_max
+        self._recent: dict[str, float] = {}  # "address username" -> last success
+        self.checks = 0  # logins that reached a password check
+
+    def login(self, host: str, username: str, password: str) -> defer.Deferred:
+        """Deferred[Principal | None]; raises :class:`LoginRefused` at once
+        (before any hashing) when the address must wait, and
+        :class:`~.hashing.Overloaded` when the hashing queue is full."""
+        key = address_key(host)
+        user_key = f"{key} {username[:MAX_USERNAME]}"
+        cached = self.authenticator.cached(username, password)
+        if cached is not None:
+            self._remember(user_key)
+            return defer.succeed(cached)
+        known = self._known(user_key)
+        if not self.user_limiter.allowed(user_key) or (not known and not self.limiter.allowed(key)):
+            limiter = self.user_limiter if not self.user_limiter.allowed(user_key) else self.limiter
+            raise TooManyFailures(limiter.retry_after(user_key if limiter is self.user_limiter else key),
+                                  "too many failed logins")
+        if not username or len(username) > MAX_USERNAME or len(password) > MAX_PASSWORD:
+            # No id is empty, no id or password that long: a failure, known
+            # without hashing (and telling nothing about which ids exist).
+            self.user_limiter.charge(user_key)
+            self.limiter.charge(key)
+            return defer.succeed(None)
+        if not self.in_flight.acquire(key):
+            raise TooManyInFlight(1, "too many logins in progress from this address")
+        self.user_limiter.charge(user_key)
+        if not known:
+            self.limiter.charge(key)
+        self.checks += 1
+
+        def done(principal):
+            self.in_flight.release(key)
+            if principal is not None:
+                self._refund(key, user_key, known)
+                self._remember(user_key)
+            return principal
+
+        def failed(failure):
+            self.in_flight.release(key)
+            self._refund(key, user_key, known)  # not a wrong password: the check did not happen
+            return failure
+
+        return defer.maybeDeferred(self.authenticator.authenticate, username, password).addCallbacks(done, failed)
+
+    def _refund(self, key: str, user_key: str, known: bool) -> None:
+        self.user_limiter.refund(user_key)
+        if not known:
+            self.limiter.refund(key)
+
+    def _known(self, user_key: str) -> bool:
+        at = self._recent.get(user_key)
+        if at is None:
+            return False
+        if self.clock.seconds() - at < self.remember:
+            return True
+        del self._recent[user_key]
+        return False
+
+    def _remember(self, user_key: str) -> None:
+        self._recent.pop(user_key, None)
+        self._recent[user_key] = self.clock.seconds()  # newest last
+        while len(self._recent) > self.remember_max:
+            del self._recent[next(iter(self._recent))]

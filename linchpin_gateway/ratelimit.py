@@ -5,11 +5,62 @@ minute.  :meth:`RateLimiter.allowed` only looks; :meth:`RateLimiter.charge`
 spends a token, so a limiter can count failures only (failed logins) or
 every call (unauthenticated REST).  Full buckets carry no information and
 are swept, so memory follows the number of addresses recently misbehaving.
+
+Every per-address limit keys on :func:`address_key`: an IPv4 address as it
+is, an IPv6 address by its /64 (one subscriber's whole allocation), so
+hopping through the addresses of one network buys nothing.
+:class:`Slots` caps how many of something (connections, logins awaiting an
+answer, password checks) one address holds at once.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import math
+
+
+def address_key(host: str) -> str:
+    """The key per-address limits use for ``host``."""
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return host  # not an IP address (a UNIX socket, a test's name)
+    if ip.version == 6:
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((int(ip) >> 64 << 64, 64)))
+    return host
+
+
+class Slots:
+    """At most ``per_key`` held at once per key; memory follows the keys
+    holding at least one."""
+
+    def __init__(self, per_key: int):
+        if per_key < 1:
+            raise ValueError("a slot limit must be at least 1")
+        self.per_key = per_key
+        self._held: dict[str, int] = {}
+
+    def acquire(self, key: str) -> bool:
+        n = self._held.get(key, 0)
+        if n >= self.per_key:
+            return False
+        self._held[key] = n + 1
+        return True
+
+    def release(self, key: str) -> None:
+        n = self._held.get(key, 0) - 1
+        if n > 0:
+            self._held[key] = n
+        else:
+            self._held.pop(key, None)
+
+    def held(self, key: str) -> int:
+        return self._held.get(key, 0)
+
+    def __len__(self) -> int:
+        return len(self._held)
 
 
 class RateLimiter:
@@ -51,6 +102,13 @@ class RateLimiter:
             self._sweep(now)
         return True
 
+    def refund(self, key: str) -> None:
+        """Give back a token charged for something that turned out fine."""
+        entry = self._buckets.get(key)
+        if entry is not None:
+            now = self.clock.seconds()
+            self._buckets[key] = (min(self.burst, self._tokens(key, now) + 1.0), now)
+
     def retry_after(self, key: str) -> int:
         """Whole seconds until ``key`` has a token again (at least 1)."""
         missing = 1.0 - self._tokens(key, self.clock.seconds())
@@ -71,6 +129,9 @@ class Unlimited:
 
     def charge(self, key: str) -> bool:
         return True
+
+    def refund(self, key: str) -> None:
+        pass
 
     def retry_after(self, key: str) -> int:
         return 0

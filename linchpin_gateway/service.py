@@ -10,7 +10,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from .api import GatewaySite, Root
-from .auth import Authenticator
+from .auth import Authenticator, LoginGuard
 from .audit import audit
 from .hashing import MIN_ITERATIONS, Hasher
 from linchpin_common.metrics import metrics_site
@@ -56,7 +56,9 @@ class Gateway(service.MultiService):
             "rate_limit_tripped", host=host, limit="unauthenticated REST calls")) if rest_limit else Unlimited())
         self.login_limiter = (RateLimiter(reactor, *login_limit, on_trip=lambda host: audit(
             "auth_failure_burst", host=host, limit="failed logins (MQTT and REST)")) if login_limit else Unlimited())
-        self.limits = Limits(max_packet=max_packet, max_outbound=max_outbound, login_limiter=self.login_limiter)
+        self.logins = LoginGuard(self.authenticator, reactor, self.login_limiter,
+                                 RateLimiter(reactor, *login_limit) if login_limit else Unlimited())
+        self.limits = Limits(max_packet=max_packet, max_outbound=max_outbound)
         self.ws_factory = MQTTWebSocketFactory(self, reactor, max_sessions=max_sessions,
                                                max_unauthenticated=max_unauthenticated)
         self.site = GatewaySite(Root(self, self.ws_factory), reactor=reactor, timeout=HTTP_IDLE_TIMEOUT)

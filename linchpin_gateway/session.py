@@ -22,18 +22,41 @@ from zope.interface import implementer
 
 from linchpin_common.contract import wire
 
+from .auth import TooManyFailures, TooManyInFlight
 from .hashing import Overloaded
 from .metrics import Stats
-from .ratelimit import RateLimiter
+from .ratelimit import Slots, address_key
 from .store import StoreUnavailable
 
 AWAIT_CONNECT, AUTHENTICATING, CONNECTED, CLOSED = range(4)
+STATE_NAMES = ("AWAIT_CONNECT", "AUTHENTICATING", "CONNECTED", "CLOSED")
 
-CONNECT_TIMEOUT = 10.0  # seconds from WebSocket open to CONNECT
+# The session's life cycle.  Each (state, input) pair that may happen maps to
+# the next state; a pair not listed is a bug and raises SessionStateError.
+# Packets of an established session are not inputs here: the relay path
+# only reads ``state``.
+_NEXT = {
+    (AWAIT_CONNECT, "connect"): AUTHENTICATING,  # a CONNECT worth checking; reading paused
+    (AWAIT_CONNECT, "refuse"): CLOSED,  # CONNACK 1/2/3/5 without a password check
+    (AUTHENTICATING, "accept"): CONNECTED,  # CONNACK 0, reading resumed
+    (AUTHENTICATING, "refuse"): CLOSED,  # CONNACK 3/4
+    (CLOSED, "accept"): CLOSED,  # the client left while its password was checked
+    (CLOSED, "refuse"): CLOSED,
+    (AWAIT_CONNECT, "close"): CLOSED,
+    (AUTHENTICATING, "close"): CLOSED,
+    (CONNECTED, "close"): CLOSED,
+}
+
+CONNECT_TIMEOUT = 10.0  # seconds from accepting the socket to CONNECT
 DEAD_AFTER = 450.0  # silence allowed for keep-alive 0 or > 300
 MAX_KEEP_ALIVE = 300
-MAX_QUEUED = 64  # packets pipelined behind a CONNECT that is being checked
+MAX_PRE_AUTH = 4096  # bytes a client may send after its CONNECT before CONNACK
 MAX_OUTBOUND = 4 * 1024 * 1024  # bytes queued for a client that stopped reading
+PENDING_PER_ADDRESS = 32  # WebSocket sessions awaiting CONNACK from one address
+
+
+class SessionStateError(Exception):
+    """An input arrived in a state where it cannot happen."""
 
 
 @dataclass
@@ -43,7 +66,7 @@ class Limits:
     max_packet: int = 1048576
     max_outbound: int = MAX_OUTBOUND
     connect_timeout: float = CONNECT_TIMEOUT
-    login_limiter: RateLimiter | None = None  # failed CONNECTs per address
+    max_pre_auth: int = MAX_PRE_AUTH
 
 
 class MQTTSession:
@@ -52,15 +75,22 @@ class MQTTSession:
     ``transport`` provides ``send(bytes)``, ``disconnect(reason, abort)``,
     ``pause_reading()`` and ``resume_reading()``.  The transport in turn
     tells the session when its socket backs up (:meth:`output_paused`) and
-    drains (:meth:`output_resumed`).
+    drains (:meth:`output_resumed`).  ``logins`` is the
+    :class:`~linchpin_gateway.auth.LoginGuard` (``login(host, username,
+    password)``).
+
+    Before CONNACK the session holds only the credentials being checked:
+    reading is paused while they are, and a client that sends more than
+    ``max_pre_auth`` bytes after its CONNECT is cut.
     """
 
     log = Logger()
 
-    def __init__(self, router, authenticator, clock, transport, peer: str = "?", host: str = "?",
-                 limits: Limits | None = None, stats: Stats | None = None, on_accepted=None):
+    def __init__(self, router, logins, clock, transport, peer: str = "?", host: str = "?",
+                 limits: Limits | None = None, stats: Stats | None = None, on_accepted=None,
+                 connect_deadline: float | None = None):
         self.router = router
-        self.authenticator = authenticator
+        self.logins = logins
         self.clock = clock
         self.transport = transport
         self.peer = peer
@@ -75,34 +105,64 @@ class MQTTSession:
         self._held = False  # reading paused because our connector is backed up
         self.client = None  # router.Client once accepted
         self._queued: list = []
+        self._pre_auth = 0  # bytes received after the CONNECT, before CONNACK
         self._next_id = 0
         self._last_seen = clock.seconds()
         self._dead_after = self.limits.connect_timeout
-        self._timer = clock.callLater(self._dead_after, self._check_alive)
+        deadline = self.limits.connect_timeout if connect_deadline is None else max(0.0, connect_deadline)
+        self._timer = clock.callLater(deadline, self._check_alive)
+
+    def _go(self, event: str) -> int:
+        """Take the transition for ``event``; returns the state it left."""
+        before = self.state
+        try:
+            self.state = _NEXT[before, event]
+        except KeyError:
+            raise SessionStateError(f"{event!r} cannot happen in state {STATE_NAMES[before]}") from None
+        return before
 
     # -- input ---------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
-        if self.state == CLOSED:
+        state = self.state
+        if state == CLOSED:
             return
+        if state == AUTHENTICATING:
+            self._pre_auth += len(data)
+            if self._pre_auth > self.limits.max_pre_auth:
+                self._too_much_before_connack()
+                return
         # Packets complete before any bad bytes are handled first, so the
         # outcome does not depend on how the stream was split.
         packets, error = self.parser.feed_to_error(data)
         if packets:
             self._last_seen = self.clock.seconds()
+        if state == AWAIT_CONNECT and packets and type(packets[0]) is wire.Connect:
+            # What came with the CONNECT (whole packets or the start of one)
+            # counts towards the bytes allowed before CONNACK.
+            after = self.parser.buffered
+            for packet in packets[1:]:
+                if after > self.limits.max_pre_auth:
+                    break
+                after += len(wire.encode(packet))
+            self._pre_auth = after
         self._handle_all(packets)
         if error is not None and self.state != CLOSED:
             self.log.info("closing {peer}: malformed MQTT: {reason}", peer=self.peer, reason=str(error))
             self.close("malformed packet")
+        elif self.state == AUTHENTICATING and self._pre_auth > self.limits.max_pre_auth:
+            self._too_much_before_connack()
+
+    def _too_much_before_connack(self) -> None:
+        self.log.info("closing {peer}: more than {n} bytes before CONNACK", peer=self.peer,
+                      n=self.limits.max_pre_auth)
+        self.close("too much data before CONNACK")
 
     def _handle_all(self, packets) -> None:
         for packet in packets:
             if self.state == CLOSED:
                 return
             if self.state == AUTHENTICATING:
-                if len(self._queued) >= MAX_QUEUED:
-                    self.close("too many packets before CONNACK")
-                    return
                 self._queued.append(packet)
             else:
                 self._handle(packet)
@@ -147,23 +207,36 @@ class MQTTSession:
             password = (packet.password or b"").decode("utf-8")
         except UnicodeDecodeError:
             password = ""
-        limiter = self.limits.login_limiter
-        if limiter is not None and not limiter.allowed(self.host):
+        try:
+            d = self.logins.login(self.host, username, password)
+        except TooManyFailures:
             self.stats.rate_limited += 1
             self.log.debug("too many failed logins from {host}: CONNACK 5", host=self.host)
             self._refuse(wire.CONNACK_NOT_AUTHORIZED, "too many failed logins")
             return
-        self.state = AUTHENTICATING
-        d = defer.maybeDeferred(self.authenticator.authenticate, username, password)
+        except TooManyInFlight:
+            self.stats.rate_limited += 1
+            self.log.debug("too many logins in progress from {host}: CONNACK 3", host=self.host)
+            self._refuse(wire.CONNACK_SERVER_UNAVAILABLE, "too many logins in progress")
+            return
+        except Overloaded:
+            self._overloaded()
+            return
+        self._go("connect")
+        if not d.called:
+            self.transport.pause_reading()  # nothing more is read until CONNACK
         d.addCallbacks(self._authenticated, self._auth_error)
         d.addErrback(self._crashed)
+
+    def _overloaded(self) -> None:
+        self.log.warn("password checking overloaded; refusing {peer}", peer=self.peer)
+        self._refuse(wire.CONNACK_SERVER_UNAVAILABLE, "overloaded")
 
     def _auth_error(self, failure) -> None:
         if self.state == CLOSED:
             return
         if failure.check(Overloaded):
-            self.log.warn("password checking overloaded; refusing {peer}", peer=self.peer)
-            self._refuse(wire.CONNACK_SERVER_UNAVAILABLE, "overloaded")
+            self._overloaded()
         elif failure.check(StoreUnavailable):
             self.log.warn("store unavailable; refusing {peer}", peer=self.peer)
             self._refuse(wire.CONNACK_SERVER_UNAVAILABLE, "store unavailable")
@@ -176,17 +249,14 @@ class MQTTSession:
         self.close("internal error")
 
     def _authenticated(self, principal) -> None:
-        if self.state == CLOSED:
-            return
         if principal is None:
-            self.stats.auth_failures += 1
-            limiter = self.limits.login_limiter
-            if limiter is not None and not limiter.charge(self.host):
-                self.stats.rate_limited += 1
-            self.log.debug("auth failure from {peer}", peer=self.peer)
+            if self.state != CLOSED:
+                self.stats.auth_failures += 1
+                self.log.debug("auth failure from {peer}", peer=self.peer)
             self._refuse(wire.CONNACK_BAD_CREDENTIALS, "bad credentials")
             return
-        self.state = CONNECTED
+        if self._go("accept") == CLOSED:
+            return
         if self.on_accepted is not None:
             self.on_accepted()
         self.client = self.router.attach(principal, self)
@@ -198,14 +268,21 @@ class MQTTSession:
         self._cancel_timer()
         self._timer = self.clock.callLater(self._dead_after, self._check_alive)
         queued, self._queued = self._queued, []
+        self._pre_auth = 0
         for packet in queued:
             if self.state != CONNECTED:
                 return
             self._handle(packet)
+        if self.state == CONNECTED and not self._held:
+            self.transport.resume_reading()
 
     def _refuse(self, code: int, reason: str) -> None:
+        """CONNACK ``code`` and close, before the session was accepted."""
+        if self.state == CLOSED:
+            self._go("refuse")  # the client left while its password was checked
+            return
         self._write(wire.encode(wire.Connack(code)))
-        self.close(reason)
+        self._end(self._go("refuse"), reason)
 
     def _on_publish(self, packet: wire.Publish) -> None:
         if packet.qos > 1:
@@ -268,11 +345,15 @@ class MQTTSession:
     def close(self, reason: str, abort: bool = False) -> None:
         if self.state == CLOSED:
             return
-        self.state = CLOSED
+        self._end(self._go("close"), reason, abort)
+
+    def _end(self, before: int, reason: str, abort: bool = False) -> None:
         self._queued = []
         self._cancel_timer()
         if self.client is not None:
             self.router.detach(self.client)
+        if before == AUTHENTICATING:
+            self.transport.resume_reading()  # let the transport see the close
         self.transport.disconnect(reason, abort)
 
     def connection_lost(self) -> None:
@@ -369,6 +450,9 @@ class MQTTServerProtocol(WebSocketServerProtocol):
 
     mqtt: MQTTSession | None = None
     _unauthenticated = False
+    _host_key: str | None = None  # per-address limits key
+    _accepted_at: float | None = None  # when the socket was accepted (handed over by the HTTP channel)
+    _release_connection = None  # gives back the address's connection slot
 
     def connectionMade(self):
         super().connectionMade()
@@ -389,20 +473,33 @@ class MQTTServerProtocol(WebSocketServerProtocol):
         if f.unauthenticated >= f.max_unauthenticated:
             f.log.warn("{n} sessions await authentication; refusing {peer}", n=f.unauthenticated, peer=self.peer)
             raise ConnectionDeny(ConnectionDeny.SERVICE_UNAVAILABLE, "too many pending logins")
+        key = self._host_key = address_key(self._host())
+        if not f.pending_per_address.acquire(key):
+            f.log.info("{host} has {n} sessions awaiting CONNACK; refusing {peer}", host=key,
+                       n=f.pending_per_address.per_key, peer=self.peer)
+            raise ConnectionDeny(ConnectionDeny.SERVICE_UNAVAILABLE, "too many pending logins from this address")
         f.unauthenticated += 1
         self._unauthenticated = True
         return "mqtt"
 
+    def _host(self) -> str:
+        return getattr(self.transport.getPeer(), "host", self.peer)
+
     def onOpen(self):
         gw = self.factory.gateway
-        self.mqtt = MQTTSession(gw.router, gw.authenticator, self.factory.reactor, self, peer=self.peer,
-                                host=getattr(self.transport.getPeer(), "host", self.peer), limits=gw.limits,
-                                stats=gw.stats, on_accepted=self._accepted)
+        limits = gw.limits
+        deadline = limits.connect_timeout
+        if self._accepted_at is not None:  # the HTTP request's time counts too
+            deadline -= self.factory.reactor.seconds() - self._accepted_at
+        self.mqtt = MQTTSession(gw.router, gw.logins, self.factory.reactor, self, peer=self.peer,
+                                host=self._host(), limits=limits, stats=gw.stats, on_accepted=self._accepted,
+                                connect_deadline=deadline)
 
     def _accepted(self):
         if self._unauthenticated:
             self._unauthenticated = False
             self.factory.unauthenticated -= 1
+            self.factory.pending_per_address.release(self._host_key)
 
     # -- what MQTTSession needs of its transport --
 
@@ -460,6 +557,9 @@ class MQTTServerProtocol(WebSocketServerProtocol):
         if self.mqtt is not None:
             self.mqtt.connection_lost()
         self._accepted()
+        if self._release_connection is not None:
+            self._release_connection()
+            self._release_connection = None
         self.factory.gone(self)
 
 
@@ -496,15 +596,25 @@ class MQTTWebSocketFactory(WebSocketServerFactory):
     log = Logger()
 
     def __init__(self, gateway, reactor, url: str = "ws://localhost/mqtt", max_sessions: int = 50_000,
-                 max_unauthenticated: int = 1024):
+                 max_unauthenticated: int = 1024, pending_per_address: int = PENDING_PER_ADDRESS):
         super().__init__(url, protocols=["mqtt"], reactor=reactor)
         self.gateway = gateway
         self.max_sessions = max_sessions
         self.max_unauthenticated = max_unauthenticated
+        self.pending_per_address = Slots(pending_per_address)
+        self._handover = None  # the HTTP channel whose socket is being upgraded
         self.live: set[MQTTServerProtocol] = set()
         self.unauthenticated = 0
         self._drained: list[defer.Deferred] = []
         self.setProtocolOptions(**websocket_options(gateway.limits.max_packet))
+
+    def buildProtocol(self, addr):
+        protocol = super().buildProtocol(addr)
+        channel, self._handover = self._handover, None
+        if channel is not None:
+            protocol._accepted_at = getattr(channel, "accepted_at", None)
+            protocol._release_connection = getattr(channel, "hand_over_slot", lambda: None)()
+        return protocol
 
     def gone(self, protocol: MQTTServerProtocol) -> None:
         self.live.discard(protocol)
@@ -552,7 +662,13 @@ class MQTTResource(WebSocketResource):
         if (request.getHeader("upgrade") or "").lower() != "websocket":
             return _json_error(request, 400, "bad_request", "this is the MQTT-over-WebSocket endpoint: upgrade required")
         request.channel.setTimeout(None)
-        return super().render(request)
+        # The socket keeps its accept time and its per-address connection
+        # slot when it becomes a WebSocket.
+        self._factory._handover = request.channel
+        try:
+            return super().render(request)
+        finally:
+            self._factory._handover = None
 
 
 def _json_error(request, status: int, code: str, message: str) -> bytes:

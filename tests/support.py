@@ -203,8 +203,10 @@ class Paho:
 class RawWebSocket:
     """Minimal RFC 6455 client: masked binary frames, blocking reads."""
 
-    def __init__(self, port, path="/mqtt", protocol="mqtt"):
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
+    def __init__(self, port, path="/mqtt", protocol="mqtt", source="127.0.0.1"):
+        """``source``: the loopback address to connect from (any of 127/8),
+        so one test can play many client addresses."""
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT, source_address=(source, 0))
         key = base64.b64encode(os.urandom(16)).decode()
         lines = [f"GET {path} HTTP/1.1", f"Host: 127.0.0.1:{port}", "Upgrade: websocket",
                  "Connection: Upgrade", f"Sec-WebSocket-Key: {key}", "Sec-WebSocket-Version: 13"]

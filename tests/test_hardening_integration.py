@@ -183,7 +183,7 @@ def test_connect_storm_gets_connack_3_at_once_and_relaying_goes_on(tmp_path):
     conn = Paho(gw.port, *inst)
     conn.subscribe("devices/+/up")
     device = Paho(gw.port, dev_id, dev_pw)
-    storm = [RawWebSocket(gw.port) for _ in range(60)]
+    storm = [RawWebSocket(gw.port, source=f"127.0.1.{i + 1}") for i in range(60)]  # 60 addresses
     for i, ws in enumerate(storm):
         ws.send(connect_packet(f"{i:032x}", "x" * 22))
     # established sessions keep relaying while the storm is being answered

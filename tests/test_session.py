@@ -5,6 +5,7 @@ from twisted.internet import defer
 from twisted.internet.task import Clock
 
 from linchpin_common.contract import wire
+from linchpin_gateway.auth import LoginGuard
 from linchpin_gateway.hashing import Overloaded
 from linchpin_gateway.router import CONNECTOR, DEVICE, Principal, Router
 from linchpin_gateway.ratelimit import RateLimiter
@@ -40,6 +41,13 @@ class FakeAuth:
             return d
         return defer.succeed(result)
 
+    def cached(self, username, password):
+        return None
+
+    def login(self, host, username, password):
+        """Without a LoginGuard: every login is checked."""
+        return self.authenticate(username, password)
+
     def release(self):
         for d, result in self.waiting:
             d.callback(result)
@@ -53,7 +61,7 @@ class Peer:
     paused or resumed.
     """
 
-    def __init__(self, router, auth, clock, max_packet=1 << 20, limits=None, host="192.0.2.1"):
+    def __init__(self, router, auth, clock, max_packet=1 << 20, limits=None, host="192.0.2.1", guard=None):
         self.out = wire.Parser(1 << 24)
         self.received = []
         self.closed = None
@@ -61,7 +69,7 @@ class Peer:
         self.reading = True
         self.sent_bytes = 0
         limits = limits or Limits(max_packet=max_packet)
-        self.session = MQTTSession(router, auth, clock, self, peer="test", host=host, limits=limits)
+        self.session = MQTTSession(router, guard or auth, clock, self, peer="test", host=host, limits=limits)
 
     def send(self, data):
         self.sent_bytes += len(data)
@@ -304,28 +312,37 @@ def test_closed_session_cancels_timers(peer, clock):
     assert clock.getDelayedCalls() == []
 
 
+def guard(auth, clock, per_minute, **kw):
+    return LoginGuard(auth, clock, RateLimiter(clock, per_minute, float(per_minute)),
+                      RateLimiter(clock, per_minute, float(per_minute)), **kw)
+
+
 def test_failed_logins_rate_limited_with_connack_5(router, auth, clock):
-    limits = Limits(login_limiter=RateLimiter(clock, 3, 3.0))
+    logins = guard(auth, clock, 3)
     codes = []
     for _ in range(5):
-        p = Peer(router, auth, clock, limits=limits)
+        p = Peer(router, auth, clock, guard=logins)
         p.feed(connect(DEV, "wrong"))
         codes += [c.return_code for c in p.take()]
     assert codes == [4, 4, 4, 5, 5]
-    # another address is not affected, and right credentials still need a token
-    other = Peer(router, auth, clock, limits=limits, host="198.51.100.7")
+    # another address is not affected; right credentials never used from
+    # this address still need a token
+    other = Peer(router, auth, clock, guard=logins, host="198.51.100.7")
     other.feed(connect(DEV, "dpw"))
     assert other.take() == [wire.Connack(0)]
+    p = Peer(router, auth, clock, guard=logins)
+    p.feed(connect(INST, "ipw"))
+    assert p.take() == [wire.Connack(5)]
     clock.advance(20)  # one token back after 20 s at 3 a minute
-    p = Peer(router, auth, clock, limits=limits)
-    p.feed(connect(DEV, "dpw"))
+    p = Peer(router, auth, clock, guard=logins)
+    p.feed(connect(INST, "ipw"))
     assert p.take() == [wire.Connack(0)]
 
 
 def test_well_behaved_logins_never_limited(router, auth, clock):
-    limits = Limits(login_limiter=RateLimiter(clock, 20, 20.0))
+    logins = guard(auth, clock, 20)
     for _ in range(200):
-        p = Peer(router, auth, clock, limits=limits)
+        p = Peer(router, auth, clock, guard=logins)
         p.feed(connect(DEV, "dpw"))
         assert p.take() == [wire.Connack(0)]
         clock.advance(3)
