@@ -9,7 +9,6 @@ and go out through a ``publish(device_id, payload)`` callable.
 
 from __future__ import annotations
 
-import json
 from urllib.parse import urlsplit, urlunsplit
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
@@ -18,31 +17,33 @@ from twisted.application import internet, service
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from linchpin_common.metrics import metrics_site
-from linchpin_common.contract.ids import is_hex_id
-from linchpin_common.workers import ThreadWorker
-
-from linchpin_common.contract import e2e
+from linchpin_common.contract import e2e, topics
+from linchpin_common.contract.channel import AnsweredHellos, ChannelEndpoint, Outcome
 from linchpin_common.gateway_client import GatewayAPI, GatewayLink, make_http_client
+from linchpin_common.metrics import metrics_site
+from linchpin_common.workers import ThreadWorker
 
 from .proxy import RequestProxy
 from .state import AsyncState, ConnectorState
 
-UP_TOPIC = "devices/+/up"
 MAX_QUEUED_HELLOS = 4  # per device, behind the one being answered
-EVENTS_TOPIC = "$gateway/events"
 
 
 class _Channel:
-    """One live E2E session with a device."""
+    """One live E2E session with a device: its endpoint, its proxy, and how it was made."""
 
-    __slots__ = ("session", "proxy", "pending_key_id", "confirmed")
+    __slots__ = ("endpoint", "proxy", "pending_key_id", "hello", "welcome")
 
-    def __init__(self, session: e2e.Session, pending_key_id: int | None):
-        self.session = session
+    def __init__(self, endpoint: ChannelEndpoint, pending_key_id: int | None, hello: bytes, welcome: bytes):
+        self.endpoint = endpoint
         self.proxy = None
         self.pending_key_id = pending_key_id
-        self.confirmed = False
+        self.hello = hello      # the HELLO that made it, and the WELCOME that answered it
+        self.welcome = welcome
+
+    @property
+    def session(self) -> e2e.Session:
+        return self.endpoint.session
 
 
 class ChannelStats:
@@ -67,6 +68,7 @@ class DeviceChannels:
         self.make_proxy = make_proxy
         self.channels: dict[str, _Channel] = {}
         self._locks: dict[str, defer.DeferredLock] = {}
+        self.answered = AnsweredHellos()
 
     # -- input -------------------------------------------------------------------
 
@@ -93,19 +95,35 @@ class DeviceChannels:
             self._data(device_id, env)
             return None
         if isinstance(env, e2e.Hello):
-            lock = self._locks.setdefault(device_id, defer.DeferredLock())
-            if len(lock.waiting) >= MAX_QUEUED_HELLOS:
-                # A device cannot make us queue work without bound: a
-                # handshake needs one HELLO, a retry a few more.
-                self.log.info("HELLO flood from device {device_id}: dropped", device_id=device_id)
-                return None
-            d = lock.run(self._hello, device_id, env)
-            d.addErrback(lambda f: self.log.failure("HELLO from {device_id} failed", f, device_id=device_id))
-            return d
+            return self._queue_hello(device_id, env)
         return None  # WELCOME, RESET and REJECT only travel down
+
+    def _queue_hello(self, device_id: str, hello: e2e.Hello) -> defer.Deferred | None:
+        lock = self._locks.get(device_id)
+        if lock is None:
+            lock = self._locks[device_id] = defer.DeferredLock()
+        if len(lock.waiting) >= MAX_QUEUED_HELLOS:
+            # A device cannot make us queue work without bound: a
+            # handshake needs one HELLO, a retry a few more.
+            self.log.info("HELLO flood from device {device_id}: dropped", device_id=device_id)
+            return None
+        d = lock.run(self._hello, device_id, hello)
+        d.addErrback(lambda f: self.log.failure("HELLO from {device_id} failed", f, device_id=device_id))
+        d.addBoth(self._prune_lock, device_id, lock)
+        return d
+
+    def _prune_lock(self, result, device_id: str, lock: defer.DeferredLock):
+        """Forget a device's lock once nothing holds or waits for it (one
+        lock per device that ever sent a HELLO would grow without bound)."""
+        if not lock.locked and not lock.waiting and self._locks.get(device_id) is lock:
+            del self._locks[device_id]
+        return result
 
     @defer.inlineCallbacks
     def _hello(self, device_id: str, hello: e2e.Hello):
+        if self.answered.seen(device_id, hello):
+            self._replayed_hello(device_id, hello)
+            return
         device = yield self.state.device(device_id)
         if device is None:
             self.log.info("HELLO from unknown device {device_id}: REJECT", device_id=device_id)
@@ -125,63 +143,89 @@ class DeviceChannels:
             self.log.info("HELLO from {device_id} opens with none of its keys: REJECT", device_id=device_id)
             self.publish(device_id, e2e.make_reject())
             return
+        # From here on this HELLO counts as answered: a byte-identical copy
+        # (a replay by the relay) never makes another key or session.
+        self.answered.answered(device_id, hello)
         pending_key_id = None
         if accepted.label == "setup":
             # Stored durably before the WELCOME leaves, so a crash cannot
-            # lose a key the device is about to adopt.
-            pending_key_id = yield self.state.add_pending_key(device_id, accepted.device_secret_key)
+            # lose a key the device is about to adopt. The key of the live,
+            # unconfirmed session is never the one evicted to make room.
+            live = self.channels.get(device_id)
+            keep = live.pending_key_id if live is not None and not live.endpoint.confirmed else None
+            pending_key_id = yield self.state.add_pending_key(device_id, accepted.device_secret_key, keep)
             if pending_key_id is None:
                 return  # proven (or removed) meanwhile
         elif accepted.label.startswith("pending:"):
-            yield self.state.promote_pending_key(device_id, int(accepted.label.split(":", 1)[1]))
+            promoted = yield self.state.promote_pending_key(device_id, int(accepted.label.split(":", 1)[1]))
+            if not promoted:
+                # Another key was proven, or the device removed, while we
+                # worked: this key is no longer the device's. No answer.
+                self.log.info("device {device_id}: its HELLO's key was dropped meanwhile; not answered",
+                              device_id=device_id)
+                return
             self.log.info("device {device_id} proved its key (HELLO); pairing complete", device_id=device_id)
-        channel = _Channel(accepted.session, pending_key_id)
+        channel = _Channel(ChannelEndpoint(accepted.session), pending_key_id, hello.raw, accepted.welcome)
         channel.proxy = self.make_proxy(device.user, lambda header, body=b"": self._send(device_id, channel, header, body))
         self._replace(device_id, channel)
         self.publish(device_id, accepted.welcome)
         self.log.info("E2E session with device {device_id} established", device_id=device_id)
 
+    def _replayed_hello(self, device_id: str, hello: e2e.Hello) -> None:
+        """PROTOCOL.md: the same WELCOME again while the session it made is
+        live and unconfirmed (a retry after a lost WELCOME), else nothing."""
+        channel = self.channels.get(device_id)
+        if channel is not None and channel.hello == hello.raw and not channel.endpoint.confirmed:
+            self.log.info("HELLO from {device_id} repeated: same WELCOME again", device_id=device_id)
+            self.publish(device_id, channel.welcome)
+        else:
+            self.log.info("HELLO from {device_id} already answered: dropped", device_id=device_id)
+
     def _data(self, device_id: str, env: e2e.Data) -> None:
         channel = self.channels.get(device_id)
-        if channel is None or channel.session.session_id != env.session_id:
+        if channel is None:
             self.publish(device_id, e2e.make_reset(env.session_id))
             return
-        try:
-            plaintext = channel.session.open(env)
-        except e2e.SessionGap as gap:
-            self.log.info("device {device_id} skipped to seq {seq}; ending the session", device_id=device_id,
-                          seq=gap.received)
+        received = channel.endpoint.receive(env)
+        outcome = received.outcome
+        if outcome is Outcome.MESSAGE:
+            channel.proxy.handle(received.header, received.body)
+        elif outcome is Outcome.OTHER_SESSION:
+            self.publish(device_id, e2e.make_reset(env.session_id))
+        elif outcome is Outcome.CONFIRMED:
+            if channel.pending_key_id is not None:
+                self._promote(device_id, channel)
+        elif received.ends_session:
+            self.log.info("device {device_id}: {reason}; ending the session", device_id=device_id,
+                          reason=received.reason)
             self.end(device_id)
             self.publish(device_id, e2e.make_reset(env.session_id))
-            return
-        if plaintext is None:
-            return  # replay or forgery: dropped silently
-        try:
-            header, body = e2e.decode_message(plaintext)
-        except e2e.MessageError as e:
-            self.log.info("bad message from device {device_id}: {error}", device_id=device_id, error=str(e))
-            return
-        if not channel.confirmed:
-            if header.get("t") != "confirm":
-                self.log.info("device {device_id} did not confirm first; ending the session", device_id=device_id)
+        elif outcome is Outcome.MALFORMED:
+            self.log.info("bad message from device {device_id}: {error}", device_id=device_id, error=received.reason)
+        # Outcome.DROPPED: a replay or a forgery, dropped silently
+
+    def _promote(self, device_id: str, channel: _Channel) -> None:
+        def promoted(ok):
+            if ok:
+                self.log.info("device {device_id} confirmed its new key; pairing complete", device_id=device_id)
+            elif self.channels.get(device_id) is channel:
+                # The key of this session was dropped meanwhile (the device
+                # was removed, or another key proven): the session cannot stand.
+                self.log.info("device {device_id} confirmed a key that is gone; ending the session",
+                              device_id=device_id)
                 self.end(device_id)
-                self.publish(device_id, e2e.make_reset(env.session_id))
-                return
-            channel.confirmed = True
-            if channel.pending_key_id is not None:
-                d = self.state.promote_pending_key(device_id, channel.pending_key_id)
-                d.addCallback(lambda ok: ok and self.log.info(
-                    "device {device_id} confirmed its new key; pairing complete", device_id=device_id))
-                d.addErrback(lambda f: self.log.failure("promoting a key failed", f))
-            return
-        channel.proxy.handle(header, body)
+                self.publish(device_id, e2e.make_reset(channel.session.session_id))
+
+        d = self.state.promote_pending_key(device_id, channel.pending_key_id)
+        d.addCallback(promoted)
+        d.addErrback(lambda f: self.log.failure("promoting a key failed", f))
 
     # -- output ------------------------------------------------------------------
 
     def _send(self, device_id: str, channel: _Channel, header: dict, body: bytes) -> None:
         if self.channels.get(device_id) is not channel:
             return  # the session ended: nothing more goes out on it
-        self.publish(device_id, channel.session.seal(e2e.encode_message(header, body)))
+        self.publish(device_id, channel.endpoint.seal(header, body))
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -191,8 +235,15 @@ class DeviceChannels:
 
     def end(self, device_id: str) -> None:
         channel = self.channels.pop(device_id, None)
-        if channel is not None and channel.proxy is not None:
-            channel.proxy.close()
+        if channel is not None:
+            channel.endpoint.end()
+            if channel.proxy is not None:
+                channel.proxy.close()
+
+    def forget(self, device_id: str) -> None:
+        """The device is gone for good (revoked): end its session, drop what we remember of it."""
+        self.end(device_id)
+        self.answered.forget(device_id)
 
     def end_all(self) -> None:
         for device_id in list(self.channels):
@@ -235,7 +286,7 @@ class ConnectorService(service.MultiService):
         static = X25519PrivateKey.from_private_bytes(registration["static_private_key"])
         self.channels = DeviceChannels(self.state, static, self._publish, self._make_proxy)
         self.link = GatewayLink(self.reactor, registration["gateway_url"], registration["instance_id"],
-                                registration["instance_password"], [UP_TOPIC, EVENTS_TOPIC], self._on_message,
+                                registration["instance_password"], topics.CONNECTOR_SUBSCRIPTIONS, self._on_message,
                                 on_connected=self._resync, on_disconnected=self.channels.end_all,
                                 ca_file=self.ca_file, keep_alive=self.keep_alive)
         self.link.setServiceParent(self)
@@ -260,45 +311,49 @@ class ConnectorService(service.MultiService):
     def _publish(self, device_id: str, payload: bytes) -> None:
         client = self.link.client if self.link is not None else None
         if client is not None and client.is_open:
-            client.publish(f"devices/{device_id}/down", payload)
+            client.publish(topics.down_topic(device_id), payload)
 
     def _on_message(self, topic: str, payload: bytes) -> None:
-        if topic == EVENTS_TOPIC:
+        device_id = topics.up_topic_id(topic)
+        if device_id is not None:
+            self.channels.envelope(device_id, payload)
+        elif topic == topics.EVENTS:
             self._on_event(payload)
-            return
-        parts = topic.split("/")
-        if len(parts) == 3 and parts[0] == "devices" and parts[2] == "up" and is_hex_id(parts[1]):
-            self.channels.envelope(parts[1], payload)
 
     def _on_event(self, payload: bytes) -> None:
-        try:
-            event = json.loads(payload)
-            name, device_id = event["event"], event["device_id"]
-        except (ValueError, KeyError, TypeError):
+        event = topics.parse_event(payload)
+        if event is None:
             self.log.warn("unreadable gateway event ignored")
             return
-        if name == "device_revoked":
-            self.channels.end(device_id)
+        name, device_id = event
+        if name == topics.EVENT_REVOKED:
+            self.channels.forget(device_id)
             self.state.remove_device(device_id).addCallback(
                 lambda removed: removed and self.log.info("device {device_id} revoked at the gateway; keys removed",
                                                           device_id=device_id))
-        elif name == "device_disconnected":
+        elif name == topics.EVENT_DISCONNECTED:
             self.channels.end(device_id)
         else:
             self.log.debug("gateway event {name} for {device_id}", name=name, device_id=device_id)
 
     async def _resync(self, client) -> None:
-        """Devices revoked at the gateway while we were away lose their keys here too."""
+        """Devices revoked at the gateway while we were away lose their keys here too.
+
+        Only devices that were in the local state before the gateway's list
+        was fetched can be judged by it: ``lmconnector device add`` creates a
+        device at the gateway first and locally second, so one added while
+        the list is on its way is missing from it and must stay.
+        """
+        before = {device.device_id for device in await self.state.devices()}
         try:
             known = {d["device_id"] for d in await self.api.list_devices()}
         except Exception as e:
             self.log.warn("could not list devices at the gateway: {error}", error=str(e))
             return
-        for device in await self.state.devices():
-            if device.device_id not in known:
-                await self.state.remove_device(device.device_id)
-                self.channels.end(device.device_id)
-                self.log.info("device {device_id} is gone at the gateway; keys removed", device_id=device.device_id)
+        for device_id in sorted(before - known):
+            if await self.state.remove_device(device_id):
+                self.log.info("device {device_id} is gone at the gateway; keys removed", device_id=device_id)
+            self.channels.forget(device_id)
 
 
 def _without_userinfo(url: str) -> str:

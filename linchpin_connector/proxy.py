@@ -64,7 +64,8 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
 from zope.interface import implementer
 
-from linchpin_common.contract.e2e import CREDIT_WINDOW, MAX_BODY_CHUNK, MAX_IN_FLIGHT, MessageError, encode_message
+from linchpin_common.contract.channel import ReceiveWindow, SendWindow
+from linchpin_common.contract.e2e import MAX_BODY_CHUNK, MAX_IN_FLIGHT, MessageError, encode_message
 
 __all__ = ["RequestProxy", "path_allowed", "MAX_ID"]
 
@@ -330,14 +331,14 @@ class _Request:
         # device -> backend
         self.producer: _RequestBody | None = None
         self.up_queue: deque[bytes] = deque()
-        self.up_unacked = 0          # received from the device, not yet acked
+        self.up_window = ReceiveWindow()  # received from the device, not yet acked
         self.up_end = False
         # backend -> device
         self.res: dict | None = None
         self.res_sent = False
         self.reader: _ResponseBody | None = None
         self.down_buf = bytearray()  # read from the backend, not yet sent
-        self.down_unacked = 0        # sent to the device, not yet acked
+        self.down_window = SendWindow()  # sent to the device, not yet acked
         self.down_end = False
         self.paused = False
         self.delivering = False
@@ -348,7 +349,7 @@ class _Request:
     def start(self, url: str, headers: Headers, body: bytes, end: bool) -> None:
         if body:
             self.up_queue.append(body)
-            self.up_unacked = len(body)
+            self.up_window.received(len(body))
         self.up_end = end
         if not (end and not body):
             self.producer = _RequestBody(self, len(body) if end else UNKNOWN_LENGTH)
@@ -418,8 +419,7 @@ class _Request:
         if not isinstance(end, bool) or self.up_end or len(body) > MAX_BODY_CHUNK:
             self.fail("bad_request", "unexpected or malformed body message")
             return
-        self.up_unacked += len(body)
-        if self.up_unacked > CREDIT_WINDOW:
+        if not self.up_window.received(len(body)):
             self.fail("too_large", "more than 1 MiB of request body was sent without an ack")
             return
         if body:
@@ -439,11 +439,11 @@ class _Request:
             chunk = self.up_queue.popleft()
             p.consumer.write(chunk)
             written += len(chunk)
-            self.up_unacked -= len(chunk)
         if self.done:
             return
-        if written:
-            self.proxy._send({"t": "ack", "id": self.id, "bytes": written})
+        ack = self.up_window.consumed(written)
+        if ack:
+            self.proxy._send({"t": "ack", "id": self.id, "bytes": ack})
         if self.up_end and not self.up_queue and p.finished is not None and not p.finished.called:
             p.finished.callback(None)
 
@@ -485,11 +485,9 @@ class _Request:
             self.fail("backend_unreachable", "the backend connection failed during the response")
 
     def on_ack(self, header: dict) -> None:
-        n = header.get("bytes")
-        if type(n) is not int or not 0 <= n <= self.down_unacked:
+        if not self.down_window.acked(header.get("bytes")):
             self.fail("bad_request", "ack for more response bytes than were sent")
             return
-        self.down_unacked -= n
         self.pump_down()
 
     def pump_down(self) -> None:
@@ -500,13 +498,13 @@ class _Request:
         self.pumping = True
         try:
             while not self.done:
-                n = min(len(self.down_buf), MAX_BODY_CHUNK, CREDIT_WINDOW - self.down_unacked)
+                n = min(len(self.down_buf), MAX_BODY_CHUNK, self.down_window.available)
                 end = self.down_end and n == len(self.down_buf)
                 if self.res_sent and not n and not end:
                     break
                 chunk = bytes(self.down_buf[:n])
                 del self.down_buf[:n]
-                self.down_unacked += n
+                self.down_window.sent(n)
                 if self.res_sent:
                     header = {"t": "body", "id": self.id, "end": end}
                 else:
@@ -518,7 +516,7 @@ class _Request:
         finally:
             self.pumping = False
         if not self.done:
-            self.set_paused(self.down_unacked >= CREDIT_WINDOW)
+            self.set_paused(self.down_window.full)
 
     def set_paused(self, paused: bool) -> None:
         transport = self.reader.transport if self.reader is not None else None

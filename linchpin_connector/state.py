@@ -124,10 +124,12 @@ class ConnectorState:
         with self._txn() as c:
             return c.execute("DELETE FROM devices WHERE device_id = ?", (device_id,)).rowcount == 1
 
-    def add_pending_key(self, device_id: str, key: bytes) -> int | None:
+    def add_pending_key(self, device_id: str, key: bytes, keep: int | None = None) -> int | None:
         """Store a key derived under the setup secret; keep the newest MAX_PENDING.
 
-        Returns its id, or None if the device is gone or already proven.
+        ``keep`` names a pending key that must survive the eviction (the key
+        of a live, unconfirmed session): the oldest of the others goes instead.
+        Returns the new key's id, or None if the device is gone or already proven.
         """
         with self._txn() as c:
             row = c.execute("SELECT setup_secret FROM devices WHERE device_id = ?", (device_id,)).fetchone()
@@ -135,9 +137,13 @@ class ConnectorState:
                 return None
             key_id = c.execute("INSERT INTO pending_keys (device_id, key) VALUES (?, ?)",
                                (device_id, key)).lastrowid
-            c.execute("DELETE FROM pending_keys WHERE device_id = ? AND id NOT IN"
-                      " (SELECT id FROM pending_keys WHERE device_id = ? ORDER BY id DESC LIMIT ?)",
-                      (device_id, device_id, MAX_PENDING))
+            kept = MAX_PENDING
+            if keep is not None and c.execute("SELECT 1 FROM pending_keys WHERE id = ? AND device_id = ?",
+                                               (keep, device_id)).fetchone() is not None:
+                kept -= 1
+            c.execute("DELETE FROM pending_keys WHERE device_id = ? AND id IS NOT ? AND id NOT IN"
+                      " (SELECT id FROM pending_keys WHERE device_id = ? AND id IS NOT ? ORDER BY id DESC LIMIT ?)",
+                      (device_id, keep, device_id, keep, kept))
             return key_id
 
     def promote_pending_key(self, device_id: str, key_id: int) -> bool:

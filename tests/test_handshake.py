@@ -122,15 +122,76 @@ def test_setup_hello_after_proof_dropped_silently(pair):
     assert pair.connector_device().device_secret is not None
 
 
-def test_replayed_setup_hello_before_proof_keeps_four_newest(pair):
+def setup_hello(pair) -> bytes:
+    """A fresh HELLO under the setup secret, as the device would make it."""
+    return e2e.DeviceHandshake.start(DEVICE_ID, pair.setup_secret, e2e.KEY_SETUP,
+                                     e2e.b64u_decode(pair.dstate.connector_key)).hello
+
+
+def test_replayed_setup_hello_before_proof_makes_no_pending_key(pair):
     device = pair.new_device()
     pair.wire.filter_down = lambda p: None
     pair.run(device.handshake())  # its WELCOMEs are all lost
     hello = pair.wire.log[0][1]
+    before = pair.connector_device().pending
+    assert len(before) == 1
     for _ in range(6):
         pair.wire.up.append(hello)
     pair.wire.pump()
-    assert len(pair.connector_device().pending) == 4
+    assert pair.connector_device().pending == before
+    # a retry after a lost WELCOME: the same WELCOME again, byte for byte
+    welcomes = [p for d, p in pair.wire.log if d == "down" and p[1] == e2e.WELCOME]
+    assert len(welcomes) == 7 and len(set(welcomes)) == 1
+
+
+def test_distinct_setup_hellos_keep_four_newest_pending_keys(pair):
+    for _ in range(6):
+        pair.wire.up.append(setup_hello(pair))
+    pair.wire.pump()
+    pending = pair.connector_device().pending
+    assert len(pending) == 4 and [key_id for key_id, _ in pending] == [3, 4, 5, 6]
+
+
+def test_live_unconfirmed_session_key_is_never_evicted(pair):
+    pair.wire.up.append(setup_hello(pair))
+    pair.wire.pump()
+    (first,) = pair.connector_device().pending
+    pair.channels._replace = lambda device_id, channel: None  # later HELLOs never replace the live session
+    for _ in range(6):
+        pair.wire.up.append(setup_hello(pair))
+    pair.wire.pump()
+    pending = pair.connector_device().pending
+    assert len(pending) == 4 and pending[0] == first
+
+
+def test_relay_replaying_the_first_hello_does_not_unpair_the_device(pair):
+    """Issue: the relay replays the device's first HELLO four times before it
+    forwards the confirm; the device must still end up paired."""
+    held = []
+
+    def hold_confirm(p):
+        if p[1] == e2e.DATA and not held:
+            held.append(p)
+            return None
+        return p
+
+    device = pair.new_device()
+    pair.wire.filter_up = hold_confirm
+    handshake(pair, device)  # the device adopted its key and dropped the setup secret
+    assert DeviceState.load(pair.dstate.path).setup_secret is None
+    hello = next(p for d, p in pair.wire.log if d == "up" and p[1] == e2e.HELLO)
+    pair.wire.filter_up = None
+    for _ in range(4):
+        pair.wire.up.append(hello)
+    pair.wire.up.append(held[0])
+    pair.wire.pump()
+    dev = pair.connector_device()
+    assert dev.setup_secret is None and dev.pending == ()
+    assert dev.device_secret == e2e.b64u_decode(DeviceState.load(pair.dstate.path).device_secret)
+    # and the device's next session (a new process, key kind 1) is accepted
+    again = pair.new_device()
+    handshake(pair, again)
+    assert pair.wire.kinds("down")[-1] == e2e.WELCOME
 
 
 def test_unknown_or_revoked_device_rejected_and_keys_kept(pair):

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import functools
 import io
-import json
 import os
 from dataclasses import replace
 
@@ -27,17 +26,19 @@ from twisted.internet import defer, threads
 from twisted.logger import Logger
 
 from linchpin_common import console, mqtt_client
-from linchpin_common.contract import e2e
+from linchpin_common.contract import e2e, topics
+from linchpin_common.contract.channel import ACK_BATCH, ChannelEndpoint, ReceiveWindow, SendWindow
+from linchpin_common.contract.channel import Outcome as ChannelOutcome
 from linchpin_common.contract.pairing import PAIR_PREFIX, PairingInfo, make_pairing_uri, parse_pairing_uri  # noqa: F401
 from linchpin_common.gateway_client import GatewayAPI, GatewayError, InsecureURL, check_gateway_url, make_http_client
 
 from .errors import (ConnectorOffline, DeviceError, GatewayUnreachable, PairingRejected, RequestRefused,
                      RequestTimeout, SessionLost)
+from .handshake import Handshake, Outcome, Phase
 from .state import DeviceState
 
 DEFAULT_TIMEOUT = 60.0
 READ_CHUNK = e2e.MAX_BODY_CHUNK
-ACK_BATCH = e2e.CREDIT_WINDOW // 4
 
 
 def _deferred(fn):
@@ -111,7 +112,9 @@ class Response:
         self._error = None
         self._sink = None
         self._done: defer.Deferred | None = None
-        self._unacked = 0  # consumed but not yet acknowledged
+        # Acks go out per ACK_BATCH consumed, not per part: a quarter of the
+        # window, so the sender always hears from us before its window fills.
+        self._window = ReceiveWindow(batch=ACK_BATCH)
 
     def header(self, name: str) -> str | None:
         for k, v in self.headers:
@@ -135,22 +138,23 @@ class Response:
         await self.deliver(parts.append)
         return b"".join(parts)
 
-    def _part(self, data: bytes) -> None:
+    def _part(self, data: bytes) -> bool:
+        """False when the connector sent more than the window allows."""
         if not data:
-            return
+            return True
+        if not self._window.received(len(data)):
+            return False
         if self._sink is None:
             self._parts.append(data)  # bounded by the 1 MiB window: nothing is acked yet
         else:
             self._consume(data)
+        return True
 
     def _consume(self, data: bytes) -> None:
         self._sink(data)
-        # Acks go out per ACK_BATCH consumed, not per part: a quarter of the
-        # window, so the sender always hears from us before its window fills.
-        self._unacked += len(data)
-        if self._unacked >= ACK_BATCH:
-            self._request.ack(self._unacked)
-            self._unacked = 0
+        ack = self._window.consumed(len(data))
+        if ack:
+            self._request.ack(ack)
 
     def _end(self, error=None) -> None:
         self._ended = True
@@ -171,15 +175,16 @@ class _Request:
         self.id = request_id
         self.started: defer.Deferred = defer.Deferred()  # fires with the Response
         self.response: Response | None = None
-        self.upload_credit = e2e.CREDIT_WINDOW
+        self.upload = SendWindow()
         self._credit_waiter: defer.Deferred | None = None
         self.timeout = None
 
     def ack(self, n: int) -> None:
         self.channel.send({"t": "ack", "id": self.id, "bytes": n})
 
-    def credit(self, n: int) -> None:
-        self.upload_credit += n
+    def credit(self, n) -> None:
+        if not self.upload.acked(n):
+            return  # not an ack for bytes we sent: ignored
         waiter, self._credit_waiter = self._credit_waiter, None
         if waiter is not None:
             waiter.callback(None)
@@ -201,20 +206,23 @@ class _Request:
 
 
 class _Session:
-    """One E2E session with the connector, and its requests in flight."""
+    """One live E2E session with the connector, and its requests in flight."""
 
-    def __init__(self, device: Device, session: e2e.Session):
+    def __init__(self, device: Device, endpoint: ChannelEndpoint):
         self.device = device
-        self.session = session
+        self.endpoint = endpoint
         self.requests: dict[int, _Request] = {}
-        self.alive = True
+
+    @property
+    def alive(self) -> bool:
+        return self.endpoint.live
 
     def send(self, header: dict, body: bytes = b"") -> None:
-        if self.alive:
-            self.device._publish(self.session.seal(e2e.encode_message(header, body)))
+        if self.endpoint.live:
+            self.device._publish(self.endpoint.seal(header, body))
 
     def end(self, error: Exception) -> None:
-        self.alive = False
+        self.endpoint.end()
         requests, self.requests = self.requests, {}
         for request in requests.values():
             request.fail(error)
@@ -235,19 +243,20 @@ class _Session:
                 return
             request.response = Response(request, status, [tuple(h) for h in headers if isinstance(h, list)])
             request.started.callback(request.response)
-            request.response._part(body)
-            if header.get("end"):
-                self._finish(request)
+            self._body(request, header, body)
         elif kind == "body" and request.response is not None:
-            request.response._part(body)
-            if header.get("end"):
-                self._finish(request)
+            self._body(request, header, body)
         elif kind == "ack":
-            n = header.get("bytes")
-            if isinstance(n, int) and n > 0:
-                request.credit(n)
+            request.credit(header.get("bytes"))
         elif kind == "err":
             self._finish(request, RequestRefused(str(header.get("code")), str(header.get("message", ""))))
+
+    def _body(self, request: _Request, header: dict, body: bytes) -> None:
+        if not request.response._part(body):
+            self.send({"t": "cancel", "id": request.id})
+            self._finish(request, RequestRefused("bad_response", "the connector overran the flow-control window"))
+        elif header.get("end"):
+            self._finish(request)
 
     def _finish(self, request: _Request, error: Exception | None = None) -> None:
         self.requests.pop(request.id, None)
@@ -274,13 +283,17 @@ class Device:
         self._connect = connect
         self.client: mqtt_client.MQTTClient | None = None
         self.online: bool | None = None
-        self._status_known = _Outcome()
-        self._session: _Session | None = None
-        self._handshake: e2e.DeviceHandshake | None = None
-        self._welcome: _Outcome | None = None
+        self._status_known = Outcome()
+        self._hs = Handshake()
+        self._session: _Session | None = None  # the requests of the live session (phase LIVE)
         self._next_id = 0
-        self.down_topic = f"devices/{state.device_id}/down"
-        self.up_topic = f"devices/{state.device_id}/up"
+        self.down_topic = topics.down_topic(state.device_id)
+        self.up_topic = topics.up_topic(state.device_id)
+
+    @property
+    def phase(self) -> Phase:
+        """Where the E2E handshake stands (see :mod:`.handshake`)."""
+        return self._hs.phase
 
     # -- connection --------------------------------------------------------------
 
@@ -291,7 +304,7 @@ class Device:
         :meth:`request` calls it again by itself after the connection was
         lost (gateway restart, network change).
         """
-        self._status_known = _Outcome()
+        self._status_known = Outcome()
         try:
             gateway_url = check_gateway_url(self.state.gateway_url, self.state.insecure)
         except InsecureURL as e:
@@ -307,8 +320,8 @@ class Device:
         except (mqtt_client.ConnectionClosed, *console.UNREACHABLE) as e:
             raise GatewayUnreachable(f"gateway unreachable at {gateway_url}: {_reason(e)}")
         self.client.closed.addCallback(self._closed)
-        codes = await self.client.subscribe([(self.down_topic, 0), ("$gateway/status", 0)])
-        if 0x80 in codes:
+        codes = await self.client.subscribe([(topic, 0) for topic in topics.device_subscriptions(self.state.device_id)])
+        if topics.SUBACK_FAILURE in codes:
             raise DeviceError("the gateway refused this device's subscriptions")
         await self._with_timeout(self._status_known.when(), "no presence status from the gateway")
 
@@ -318,98 +331,88 @@ class Device:
 
     def _closed(self, reason) -> None:
         self.online = False
-        self._end_session(GatewayUnreachable(f"connection to the gateway lost ({reason})"))
+        self._fail(GatewayUnreachable(f"connection to the gateway lost ({reason})"))
 
     def _publish(self, payload: bytes) -> None:
         if self.client is not None and self.client.is_open:
             self.client.publish(self.up_topic, payload)
 
     def _on_message(self, topic: str, payload: bytes) -> None:
-        if topic == "$gateway/status":
-            try:
-                online = json.loads(payload)["connector"] == "online"
-            except (ValueError, KeyError, TypeError):
+        if topic == self.down_topic:
+            self._on_envelope(payload)
+        elif topic == topics.STATUS:
+            online = topics.parse_status(payload)
+            if online is None:
                 return
             self.online = online
             if not self._status_known.called:
                 self._status_known.callback(online)
             if not online:
-                self._end_session(ConnectorOffline())
-                if self._welcome is not None and not self._welcome.called:
-                    self._welcome.errback(ConnectorOffline())
-            return
-        if topic != self.down_topic:
-            return
+                self._fail(ConnectorOffline())
+
+    def _on_envelope(self, payload: bytes) -> None:
         env = e2e.parse_envelope(payload)
         if isinstance(env, e2e.Data):
             self._on_data(env)
         elif isinstance(env, e2e.Welcome):
             self._on_welcome(env)
         elif isinstance(env, e2e.Reset):
-            if self._session is not None and self._session.session.session_id == env.session_id:
+            session = self._session
+            if session is not None and session.endpoint.owns(env):
                 self.log.info("connector reset the session; requests in flight fail, the next one re-handshakes")
-                self._end_session(SessionLost("the connector lost the session (restarted?); request not replayed"))
+                self._fail(SessionLost("the connector lost the session (restarted?); request not replayed"))
         elif isinstance(env, e2e.Reject):
             # Unauthenticated: only meaningful as the answer to our HELLO.
-            if self._welcome is not None and not self._welcome.called:
-                self._handshake = None
-                self._welcome.errback(PairingRejected())
+            self._hs.reject(PairingRejected())
 
     def _on_data(self, env: e2e.Data) -> None:
-        channel = self._session
-        if channel is None or channel.session.session_id != env.session_id:
+        session = self._session
+        if session is None:
             return
-        try:
-            plaintext = channel.session.open(env)
-        except e2e.SessionGap:
-            self._end_session(SessionLost("messages were lost between connector and device; request not replayed"))
-            return
-        if plaintext is None:
-            return
-        try:
-            header, body = e2e.decode_message(plaintext)
-        except e2e.MessageError:
-            return
-        channel.received(header, body)
+        received = session.endpoint.receive(env)
+        if received.outcome is ChannelOutcome.MESSAGE:
+            session.received(received.header, received.body)
+        elif received.ends_session:
+            self._fail(SessionLost("messages were lost between connector and device; request not replayed"))
 
-    def _end_session(self, error: Exception) -> None:
-        channel, self._session = self._session, None
-        if channel is not None:
-            channel.end(error)
+    def _fail(self, error: Exception) -> None:
+        """The handshake under way or the live session ends with ``error``."""
+        self._hs.fail(error)
+        session, self._session = self._session, None
+        if session is not None:
+            session.end(error)
 
     # -- handshake -----------------------------------------------------------------
 
     @_deferred
     async def handshake(self) -> None:
         """Make sure an E2E session exists (HELLO, WELCOME, confirm)."""
-        if self._session is not None:
+        await self._hs.settled  # a key being written after a failed handshake
+        if self._hs.phase is Phase.LIVE:
             return
         if not self.online:
             raise ConnectorOffline()
-        if self._welcome is not None:  # a handshake is already under way
-            await self._with_timeout(self._welcome.when(), "the connector did not answer the handshake")
+        if self._hs.phase is Phase.IDLE:
+            key_kind, key = self.state.long_term_key()
+            hello = self._hs.start(self.state.device_id, key_kind, key, e2e.b64u_decode(self.state.connector_key))
+            done = self._hs.done
+            self._publish(hello)
+            try:
+                await self._with_timeout(done.when(), "the connector did not answer the handshake")
+            except RequestTimeout as e:
+                if self._hs.done is done:
+                    self._hs.fail(e)
+                raise
             return
-        key_kind, key = self.state.long_term_key()
-        connector_key = e2e.b64u_decode(self.state.connector_key)
-        self._handshake = e2e.DeviceHandshake.start(self.state.device_id, key, key_kind, connector_key)
-        self._welcome = welcome = _Outcome()
-        self._publish(self._handshake.hello)
-        try:
-            await self._with_timeout(welcome.when(), "the connector did not answer the handshake")
-        finally:
-            if self._welcome is welcome:
-                self._welcome = None
+        # A handshake is already under way: wait for it.
+        await self._with_timeout(self._hs.done.when(), "the connector did not answer the handshake")
 
     def _on_welcome(self, env: e2e.Welcome) -> None:
-        if self._handshake is None or self._welcome is None or self._welcome.called:
-            return
-        result = self._handshake.finish(env)
+        result = self._hs.welcome_envelope(env)
         if result is None:
             return  # not the answer to our HELLO
-        self._handshake = None
-        welcome = self._welcome
         if result.device_secret_key is None:
-            self._start_session(result, welcome)
+            self._start_session()
             return
         # The new key is on disk (written on a thread, atomically) before the
         # setup secret is forgotten, here and in memory.
@@ -418,17 +421,18 @@ class Device:
         def saved(_):
             self.state = paired
             self.log.info("pairing complete: device secret key stored")
-            self._start_session(result, welcome)
+            if self._hs.saved():
+                self._start_session()
 
         def not_saved(failure):
-            welcome.errback(DeviceError(f"cannot write the device state: {failure.getErrorMessage()}"))
+            self._hs.save_failed(DeviceError(f"cannot write the device state: {failure.getErrorMessage()}"))
 
         self._worker.run(paired.save).addCallbacks(saved, not_saved)
 
-    def _start_session(self, result: e2e.HandshakeResult, welcome: _Outcome) -> None:
-        self._session = _Session(self, result.session)
-        self._session.send({"t": "confirm"})
-        welcome.callback(None)
+    def _start_session(self) -> None:
+        self._session = _Session(self, self._hs.endpoint)
+        self._publish(self._hs.confirm())
+        self._hs.done.callback(None)
 
     # -- requests ------------------------------------------------------------------
 
@@ -457,7 +461,7 @@ class Device:
         header = {"t": "req", "id": request_id, "method": method, "path": path,
                   "headers": [[k, v] for k, v in headers], "end": rest is None}
         channel.send(header, first)
-        request.upload_credit -= len(first)
+        request.upload.sent(len(first))
         if rest is not None:
             self._upload(channel, request, rest).addErrback(lambda f: request.fail(f.value))
         return await request.started
@@ -470,15 +474,15 @@ class Device:
     @defer.inlineCallbacks
     def _upload(self, channel: _Session, request: _Request, source):
         while True:
-            while request.upload_credit <= 0:
+            while request.upload.full:
                 yield request.wait_credit()
             if request.id not in channel.requests or not channel.alive:
                 return
-            wanted = min(READ_CHUNK, request.upload_credit)
+            wanted = min(READ_CHUNK, request.upload.available)
             part = source.read(wanted)
             # A buffered binary read returns less than asked only at the end.
             end = len(part) < wanted
-            request.upload_credit -= len(part)
+            request.upload.sent(len(part))
             channel.send({"t": "body", "id": request.id, "end": end}, part)
             if end:
                 return
@@ -492,40 +496,6 @@ class Device:
         finally:
             if timeout.active():
                 timeout.cancel()
-
-
-class _Outcome:
-    """A result many may wait for; each waiter gets its own Deferred, so one
-    waiter giving up (a timeout cancels it) does not disturb the others."""
-
-    def __init__(self):
-        self.called = False
-        self._result = None
-        self._waiters: list[defer.Deferred] = []
-
-    def when(self) -> defer.Deferred:
-        if self.called:
-            return defer.fail(self._result) if isinstance(self._result, Exception) else defer.succeed(self._result)
-        d = defer.Deferred(lambda d: self._waiters.remove(d))
-        self._waiters.append(d)
-        return d
-
-    def callback(self, result=None) -> None:
-        self._fire(result)
-
-    def errback(self, error: Exception) -> None:
-        self._fire(error)
-
-    def _fire(self, result) -> None:
-        if self.called:
-            return
-        self.called, self._result = True, result
-        waiters, self._waiters = self._waiters, []
-        for d in waiters:
-            if isinstance(result, Exception):
-                d.errback(result)
-            else:
-                d.callback(result)
 
 
 def _first_part(body):
