@@ -48,7 +48,8 @@ class MQTTClient:
     log = Logger()
 
     def __init__(self, clock, send, disconnect, username: str, password: str, *,
-                 keep_alive: int = DEFAULT_KEEP_ALIVE, on_message=None, max_packet: int = 1 << 24):
+                 keep_alive: int = DEFAULT_KEEP_ALIVE, on_message=None,
+                 max_packet: int = wire.DEFAULT_MAX_REMAINING_LENGTH):
         self.clock = clock
         self._send = send
         self._disconnect = disconnect
@@ -199,7 +200,7 @@ class MQTTClientProtocol(WebSocketClientProtocol):
     def onOpen(self):
         f = self.factory
         self.mqtt = MQTTClient(f.reactor, self._send_binary, self._drop, f.username, f.password,
-                               keep_alive=f.keep_alive, on_message=f.on_message)
+                               keep_alive=f.keep_alive, on_message=f.on_message, max_packet=f.max_packet)
         self.mqtt.connected.chainDeferred(f.session_ready)
         self.mqtt.start()
 
@@ -229,6 +230,29 @@ def websocket_url(gateway_url: str) -> str:
     return f"{scheme}://{parts.netloc}{parts.path.rstrip('/')}/mqtt"
 
 
+def client_factory(reactor, url: str, username: str, password: str, *, on_message,
+                   keep_alive: int = DEFAULT_KEEP_ALIVE, timeout: float = 30,
+                   max_packet: int = wire.DEFAULT_MAX_REMAINING_LENGTH) -> WebSocketClientFactory:
+    """The Autobahn factory of one session to ``url`` (``ws(s)://.../mqtt``);
+    its ``session_ready`` fires with the :class:`MQTTClient` on CONNACK 0.
+
+    The WebSocket frame and message limits are the gateway's (a malicious
+    gateway cannot make the client buffer more than one packet's worth).
+    """
+    factory = WebSocketClientFactory(url, protocols=["mqtt"], reactor=reactor)
+    factory.protocol = MQTTClientProtocol
+    limit = wire.websocket_limit(max_packet)
+    factory.setProtocolOptions(autoFragmentSize=0, utf8validateIncoming=False, tcpNoDelay=True,
+                               openHandshakeTimeout=timeout, closeHandshakeTimeout=5, autoPingInterval=0,
+                               maxFramePayloadSize=limit, maxMessagePayloadSize=limit)
+    factory.username, factory.password, factory.keep_alive = username, password, keep_alive
+    factory.max_packet = max_packet
+    factory.on_message = on_message
+    factory.session_ready = defer.Deferred()
+    factory.gateway_address = urlsplit(url).netloc
+    return factory
+
+
 def connect(reactor, gateway_url: str, username: str, password: str, *, on_message,
             keep_alive: int = DEFAULT_KEEP_ALIVE, ca_file: str | None = None,
             timeout: float = 30) -> defer.Deferred:
@@ -236,14 +260,8 @@ def connect(reactor, gateway_url: str, username: str, password: str, *, on_messa
     :class:`ConnectionRefused`, :class:`ConnectionClosed` or a connection error."""
     url = websocket_url(gateway_url)
     parts = urlsplit(url)
-    factory = WebSocketClientFactory(url, protocols=["mqtt"], reactor=reactor)
-    factory.protocol = MQTTClientProtocol
-    factory.setProtocolOptions(autoFragmentSize=0, utf8validateIncoming=False, tcpNoDelay=True,
-                               openHandshakeTimeout=timeout, closeHandshakeTimeout=5, autoPingInterval=0)
-    factory.username, factory.password, factory.keep_alive = username, password, keep_alive
-    factory.on_message = on_message
-    factory.session_ready = defer.Deferred()
-    factory.gateway_address = parts.netloc
+    factory = client_factory(reactor, url, username, password, on_message=on_message, keep_alive=keep_alive,
+                             timeout=timeout)
     port = parts.port or (443 if parts.scheme == "wss" else 80)
     endpoint = HostnameEndpoint(reactor, parts.hostname, port, timeout=timeout)
     if parts.scheme == "wss":

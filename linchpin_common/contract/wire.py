@@ -87,6 +87,14 @@ MAX_REMAINING_LENGTH = 268_435_455
 #: The gateway's default packet cap (PROTOCOL.md section 4): 1 MiB.
 DEFAULT_MAX_REMAINING_LENGTH = 1_048_576
 
+
+def websocket_limit(max_packet: int = DEFAULT_MAX_REMAINING_LENGTH) -> int:
+    """The WebSocket frame and message size limit that goes with an MQTT
+    packet cap: one packet plus a few headers' worth of slack for packets
+    sharing its message, so the WebSocket layer never buffers more than the
+    MQTT layer would accept."""
+    return max_packet + 64
+
 # Packet type numbers (high nibble of the first byte).
 CONNECT = 1
 CONNACK = 2
