@@ -4,3 +4,5 @@
 the other modules are the plumbing each daemon and client needs (workers,
 private files, SQLite schemas, TLS trust, the gateway clients, metrics).
 """
+
+__version__ = "0.1.0"

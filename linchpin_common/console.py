@@ -5,6 +5,8 @@ from __future__ import annotations
 from twisted.internet import defer, error, task
 from twisted.web.client import ResponseFailed, ResponseNeverReceived
 
+from .http_proxy import PASSWORD_ENV, ProxyConfig, ProxySettingsError, url_has_password
+
 # What a refused, reset or timed-out connection to the gateway looks like.
 UNREACHABLE = (error.ConnectError, error.DNSLookupError, error.TimeoutError, ResponseFailed,
                ResponseNeverReceived, ConnectionError)
@@ -21,3 +23,21 @@ def run(command) -> None:
         return defer.ensureDeferred(command(reactor)).addCallback(finish)
 
     task.react(main)
+
+
+def add_proxy_options(parser) -> None:
+    """``--proxy URL`` and ``--proxy-password-file FILE`` on an argparse parser."""
+    parser.add_argument("--proxy", metavar="URL",
+                        help="HTTP proxy to the gateway, http://[user@]host:port ('' for none; default: "
+                             "https_proxy, http_proxy, all_proxy and no_proxy as curl reads them)")
+    parser.add_argument("--proxy-password-file", metavar="FILE",
+                        help=f"file whose first line is the proxy password (or set {PASSWORD_ENV})")
+
+
+def proxy_config(args) -> ProxyConfig:
+    """The proxy settings of parsed arguments; :class:`ProxySettingsError` says what is wrong."""
+    if url_has_password(args.proxy):
+        raise ProxySettingsError("--proxy: a password on the command line is visible in ps; give "
+                                 "http://user@host:port and the password with --proxy-password-file "
+                                 f"or {PASSWORD_ENV}")
+    return ProxyConfig.resolve(args.proxy, password_file=args.proxy_password_file)

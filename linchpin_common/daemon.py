@@ -3,8 +3,17 @@
 from __future__ import annotations
 
 import signal
+import sys
 
 from twisted.logger import Logger
+
+from . import __version__
+
+
+def print_version(prog: str) -> None:
+    """``PROG --version``: one line on stdout, exit status 0."""
+    print(f"{prog} {__version__}")
+    sys.exit(0)
 
 
 def exit_zero_on_sigterm(reactor) -> None:

@@ -10,10 +10,14 @@ from urllib.parse import urlsplit
 import treq
 from twisted.application import service
 from twisted.internet import defer
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.logger import Logger
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
+from twisted.web.iweb import IAgentEndpointFactory
+from zope.interface import implementer
 
 from . import mqtt_client
+from .http_proxy import ProxyConfig, TunnelEndpoint
 from .tls import tls_failure, trust_root
 
 
@@ -51,11 +55,37 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def make_http_client(reactor, ca_file: str | None = None, persistent: bool = True) -> treq.client.HTTPClient:
-    """A treq client verifying certificates (system roots, or a private CA PEM)."""
+def make_http_client(reactor, ca_file: str | None = None, persistent: bool = True,
+                     proxy: ProxyConfig | None = None) -> treq.client.HTTPClient:
+    """A treq client verifying certificates (system roots, or a private CA PEM),
+    going through an HTTP CONNECT tunnel where ``proxy`` says so (None: direct)."""
     policy = BrowserLikePolicyForHTTPS(trustRoot=trust_root(ca_file))
     pool = HTTPConnectionPool(reactor, persistent=persistent)
-    return treq.client.HTTPClient(Agent(reactor, contextFactory=policy, pool=pool))
+    if not proxy:
+        return treq.client.HTTPClient(Agent(reactor, contextFactory=policy, pool=pool))
+    return treq.client.HTTPClient(Agent.usingEndpointFactory(reactor, _ProxyEndpoints(reactor, policy, proxy),
+                                                             pool=pool))
+
+
+@implementer(IAgentEndpointFactory)
+class _ProxyEndpoints:
+    """Agent endpoints: a CONNECT tunnel where the proxy settings name one,
+    else a direct connection; TLS to the target either way for https."""
+
+    def __init__(self, reactor, policy, proxy: ProxyConfig, timeout: float = 30):
+        self.reactor, self.policy, self.proxy, self.timeout = reactor, policy, proxy, timeout
+
+    def endpointForURI(self, uri):
+        host = uri.host.decode("ascii")
+        scheme = uri.scheme.decode("ascii")
+        proxy = self.proxy.for_url(f"{scheme}://{host}:{uri.port}")
+        if proxy is not None:
+            endpoint = TunnelEndpoint(self.reactor, proxy, host, uri.port, timeout=self.timeout)
+        else:
+            endpoint = HostnameEndpoint(self.reactor, host, uri.port, timeout=self.timeout)
+        if scheme == "https":
+            endpoint = wrapClientTLS(self.policy.creatorForNetloc(uri.host, uri.port), endpoint)
+        return endpoint
 
 
 class GatewayAPI:
@@ -123,7 +153,8 @@ class GatewayLink(service.Service):
 
     def __init__(self, reactor, gateway_url: str, username: str, password: str, subscriptions,
                  on_message, on_connected=None, on_disconnected=None, ca_file=None,
-                 keep_alive: int = mqtt_client.DEFAULT_KEEP_ALIVE, rng=random.random, connect=mqtt_client.connect):
+                 keep_alive: int = mqtt_client.DEFAULT_KEEP_ALIVE, rng=random.random, connect=mqtt_client.connect,
+                 proxy: ProxyConfig | None = None):
         self.reactor = reactor
         self.gateway_url = gateway_url
         self.username, self.password = username, password
@@ -132,6 +163,7 @@ class GatewayLink(service.Service):
         self.on_connected = on_connected
         self.on_disconnected = on_disconnected
         self.ca_file = ca_file
+        self.proxy = proxy
         self.keep_alive = keep_alive
         self.rng = rng
         self._connect = connect
@@ -163,7 +195,7 @@ class GatewayLink(service.Service):
         self._retry = None
         d = self._attempt = self._connect(self.reactor, self.gateway_url, self.username, self.password,
                                           on_message=self.on_message, keep_alive=self.keep_alive,
-                                          ca_file=self.ca_file)
+                                          ca_file=self.ca_file, proxy=self.proxy)
         d.addCallback(self._up)
         d.addErrback(self._failed)
 

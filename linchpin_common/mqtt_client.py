@@ -18,6 +18,7 @@ from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 
 from .contract import wire
+from .http_proxy import ProxyConfig, TunnelEndpoint
 from .tls import CAFileError, TLSFailure, tls_failure, tls_options  # noqa: F401 (re-exported)
 
 DEFAULT_KEEP_ALIVE = 30
@@ -255,15 +256,21 @@ def client_factory(reactor, url: str, username: str, password: str, *, on_messag
 
 def connect(reactor, gateway_url: str, username: str, password: str, *, on_message,
             keep_alive: int = DEFAULT_KEEP_ALIVE, ca_file: str | None = None,
-            timeout: float = 30) -> defer.Deferred:
+            timeout: float = 30, proxy: ProxyConfig | None = None) -> defer.Deferred:
     """Deferred[MQTTClient] once CONNACK 0 arrived; errbacks with
-    :class:`ConnectionRefused`, :class:`ConnectionClosed` or a connection error."""
+    :class:`ConnectionRefused`, :class:`ConnectionClosed` or a connection error
+    (a :class:`~linchpin_common.http_proxy.ProxyError` when ``proxy`` names
+    an HTTP proxy for this gateway and it gives no tunnel)."""
     url = websocket_url(gateway_url)
     parts = urlsplit(url)
     factory = client_factory(reactor, url, username, password, on_message=on_message, keep_alive=keep_alive,
                              timeout=timeout)
     port = parts.port or (443 if parts.scheme == "wss" else 80)
-    endpoint = HostnameEndpoint(reactor, parts.hostname, port, timeout=timeout)
+    via = proxy.for_url(url) if proxy else None
+    if via is not None:
+        endpoint = TunnelEndpoint(reactor, via, parts.hostname, port, timeout=timeout)
+    else:
+        endpoint = HostnameEndpoint(reactor, parts.hostname, port, timeout=timeout)
     if parts.scheme == "wss":
         try:
             endpoint = wrapClientTLS(tls_options(parts.hostname, ca_file), endpoint)

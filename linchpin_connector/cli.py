@@ -6,18 +6,20 @@ The daemon itself is ``twistd -n lmconnector`` (see :mod:`linchpin_connector.tap
 from __future__ import annotations
 
 import argparse
-import os
+import io
 import secrets
 import sys
 
 import segno
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-from linchpin_common import console
+from linchpin_common import __version__, console
 from linchpin_common.console import UNREACHABLE
+from linchpin_common.files import write_private_file
+from linchpin_common.http_proxy import ProxyError, ProxySettingsError
 from linchpin_common.contract.pairing import make_pairing_uri
 from linchpin_common.gateway_client import GatewayAPI, GatewayError, InsecureURL, check_gateway_url, make_http_client
-from linchpin_common.tls import CAFileError
+from linchpin_common.tls import CAFileError, TLSFailure
 
 from .state import ConnectorState, NotRegistered
 
@@ -38,10 +40,10 @@ def _raw_public(private: bytes) -> bytes:
         serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
 
-def _api(reactor, state: ConnectorState, ca_file) -> GatewayAPI:
+def _api(reactor, args, state: ConnectorState) -> GatewayAPI:
     reg = state.registration()
-    return GatewayAPI(make_http_client(reactor, ca_file, persistent=False), reg["gateway_url"],
-                      reg["instance_id"], reg["instance_password"])
+    return GatewayAPI(make_http_client(reactor, args.ca_file, persistent=False, proxy=args.proxy_config),
+                      reg["gateway_url"], reg["instance_id"], reg["instance_password"])
 
 
 async def register(reactor, args, state: ConnectorState) -> None:
@@ -56,7 +58,7 @@ async def register(reactor, args, state: ConnectorState) -> None:
                                "and forgets every paired device")
     except NotRegistered:
         pass
-    api = GatewayAPI(make_http_client(reactor, args.ca_file, persistent=False), url)
+    api = GatewayAPI(make_http_client(reactor, args.ca_file, persistent=False, proxy=args.proxy_config), url)
     answer = await api.register(args.registration_token)
     # The daemon and the devices use the URL the gateway gives (its public
     # URL), which must pass the same test as the one typed here.
@@ -73,16 +75,16 @@ async def device_add(reactor, args, state: ConnectorState) -> None:
     if not args.user or any(ch < " " or ch == "\x7f" for ch in args.user):
         raise CommandError("a user name must be non-empty and hold no control characters")
     reg = state.registration()
-    answer = await _api(reactor, state, args.ca_file).add_device()
+    answer = await _api(reactor, args, state).add_device()
     secret = secrets.token_bytes(32)
     state.add_device(answer["device_id"], args.user, secret)
     uri = make_pairing_uri(answer["gateway_url"], answer["device_setup_key"], secret,
                            _raw_public(reg["static_private_key"]))
     qr = segno.make(uri, error="m")
     if args.qr_png:
-        _write_private(args.qr_png, lambda f: qr.save(f, kind="png", scale=6))
+        _write_qr(args.qr_png, qr, "png", answer["device_id"])
     if args.qr_svg:
-        _write_private(args.qr_svg, lambda f: qr.save(f, kind="svg", scale=6))
+        _write_qr(args.qr_svg, qr, "svg", answer["device_id"])
     if sys.stderr.isatty():
         qr.terminal(out=sys.stderr, compact=True)
     print(f"device {answer['device_id']} for {args.user}; pairing code valid until {answer['expires_at']}",
@@ -90,11 +92,17 @@ async def device_add(reactor, args, state: ConnectorState) -> None:
     print(uri)
 
 
-def _write_private(path: str, write) -> None:
-    """The QR code holds secrets: the file is created 0600."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        write(f)
+def _write_qr(path: str, qr, kind: str, device_id: str) -> None:
+    """The QR code holds secrets: a new 0600 file under a temporary name,
+    renamed over ``path`` (a planted symlink or world-readable file there is
+    replaced, never written through)."""
+    image = io.BytesIO()
+    qr.save(image, kind=kind, scale=6)
+    try:
+        write_private_file(path, image.getvalue())
+    except OSError as e:
+        raise CommandError(f"cannot write {path}: {e.strerror or e}; device {device_id} was created "
+                           f"without it: 'lmconnector device revoke {device_id}', then add it again")
 
 
 async def device_list(reactor, args, state: ConnectorState) -> None:
@@ -104,7 +112,7 @@ async def device_list(reactor, args, state: ConnectorState) -> None:
 
 async def device_revoke(reactor, args, state: ConnectorState) -> None:
     try:
-        await _api(reactor, state, args.ca_file).revoke(args.device_id)
+        await _api(reactor, args, state).revoke(args.device_id)
     except GatewayError as e:
         if e.code != "not_found":
             raise
@@ -114,9 +122,15 @@ async def device_revoke(reactor, args, state: ConnectorState) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="lmconnector", description="Linchpin connector administration")
+    p = argparse.ArgumentParser(
+        prog="lmconnector", description="Linchpin connector administration: register with a gateway, then "
+        "add, list and revoke devices. The daemon itself is 'twistd -n lmconnector --backend URL'.",
+        epilog="Exit status: 0 done, 1 refused (the message says why), 2 bad usage or local files, "
+        "3 gateway or proxy unreachable.")
+    p.add_argument("--version", action="version", version=f"lmconnector {__version__}")
     p.add_argument("--data-dir", default=DEFAULT_DATA_DIR, help="state folder (default %(default)s)")
-    p.add_argument("--ca-file", help="PEM of a private CA that signed the gateway's certificate")
+    p.add_argument("--ca-file", metavar="PEM", help="PEM of a private CA that signed the gateway's certificate")
+    console.add_proxy_options(p)
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("register", help="register this connector with a gateway")
     r.add_argument("--gateway", required=True, help="gateway base URL, e.g. https://gw.example.com")
@@ -139,7 +153,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> None:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        args.proxy_config = console.proxy_config(args)
+    except ProxySettingsError as e:
+        parser.exit(2, f"lmconnector: {e}\n")
 
     async def run(reactor):
         try:
@@ -156,8 +175,15 @@ def main(argv=None) -> None:
         except CAFileError as e:
             print(f"lmconnector: {e}", file=sys.stderr)
             return 2
-        except UNREACHABLE as e:
+        except ProxyError as e:
+            print(f"lmconnector: {e}", file=sys.stderr)
+            return 3
+        except TLSFailure as e:
             print(f"lmconnector: gateway unreachable: {e}", file=sys.stderr)
+            return 3
+        except UNREACHABLE as e:
+            print(f"lmconnector: gateway unreachable: {e} (check the gateway URL, that it is running, "
+                  "and the proxy settings)", file=sys.stderr)
             return 3
         finally:
             state.close()

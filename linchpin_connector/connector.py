@@ -257,8 +257,11 @@ class ConnectorService(service.MultiService):
 
     def __init__(self, reactor, data_dir: str, backend_url: str, *, user_header: str = "X-Forwarded-User",
                  allow_paths=("/",), ca_file: str | None = None, keep_alive: int = 30,
-                 response_timeout: float = 60.0, metrics_endpoint=None):
+                 response_timeout: float = 60.0, metrics_endpoint=None, proxy=None):
+        """``proxy`` (a :class:`~linchpin_common.http_proxy.ProxyConfig`, None: direct) is
+        for the gateway only; the backend is always reached directly."""
         super().__init__()
+        self.proxy = proxy
         self.reactor = reactor
         self.data_dir = data_dir
         self.backend_url = backend_url.rstrip("/")
@@ -281,17 +284,21 @@ class ConnectorService(service.MultiService):
         self.state = AsyncState(state, self.worker)
         self._sync_state = state
         self.backend_http = make_http_client(self.reactor)
-        self.api = GatewayAPI(make_http_client(self.reactor, self.ca_file), registration["gateway_url"],
+        self.api = GatewayAPI(make_http_client(self.reactor, self.ca_file, proxy=self.proxy),
+                              registration["gateway_url"],
                               registration["instance_id"], registration["instance_password"])
         static = X25519PrivateKey.from_private_bytes(registration["static_private_key"])
         self.channels = DeviceChannels(self.state, static, self._publish, self._make_proxy)
         self.link = GatewayLink(self.reactor, registration["gateway_url"], registration["instance_id"],
                                 registration["instance_password"], topics.CONNECTOR_SUBSCRIPTIONS, self._on_message,
                                 on_connected=self._resync, on_disconnected=self.channels.end_all,
-                                ca_file=self.ca_file, keep_alive=self.keep_alive)
+                                ca_file=self.ca_file, keep_alive=self.keep_alive, proxy=self.proxy)
         self.link.setServiceParent(self)
         self.log.info("lmconnector for instance {instance_id} proxying to {backend}",
                       instance_id=registration["instance_id"], backend=_without_userinfo(self.backend_url))
+        via = self.proxy.for_url(registration["gateway_url"]) if self.proxy else None
+        if via is not None:
+            self.log.info("reaching the gateway through the HTTP proxy {proxy}", proxy=str(via))
         super().startService()
 
     @defer.inlineCallbacks

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import re
+from types import SimpleNamespace
 
 from twisted.internet import reactor as default_reactor
 from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
-from linchpin_common.daemon import exit_zero_on_sigterm
+from linchpin_common.daemon import exit_zero_on_sigterm, print_version
+from linchpin_common.console import proxy_config
+from linchpin_common.http_proxy import ProxySettingsError
+from linchpin_common.tls import CAFileError, trust_root
 
 from .connector import ConnectorService
-from linchpin_common.tls import CAFileError, trust_root
 
 
 class Options(usage.Options):
@@ -25,6 +28,10 @@ class Options(usage.Options):
         ["keep-alive", None, 30, "MQTT keep-alive in seconds (1-300).", int],
         ["response-timeout", None, 60.0, "Seconds to wait for the backend's response headers.", float],
         ["metrics", None, None, "Endpoint serving Prometheus metrics (lmconnector_*) at /metrics."],
+        ["proxy", None, None, "HTTP proxy to the gateway, http://[user@]host:port ('' for none); "
+                              "default: https_proxy/http_proxy/no_proxy as curl reads them."],
+        ["proxy-password-file", None, None, "File whose first line is the proxy password "
+                                            "(or set LINCHPIN_PROXY_PASSWORD)."],
     ]
 
     def __init__(self):
@@ -34,6 +41,10 @@ class Options(usage.Options):
     def opt_allow_path(self, prefix):
         """Path prefix devices may reach, matched on whole segments (repeatable); default /."""
         self["allow-path"].append(prefix)
+
+    def opt_version(self):
+        """Print the version and exit."""
+        print_version("lmconnector")
 
     def postOptions(self):
         if not self["backend"]:
@@ -49,6 +60,11 @@ class Options(usage.Options):
                 trust_root(self["ca-file"])
             except CAFileError as e:
                 raise usage.UsageError(f"--ca-file: {e}")
+        try:
+            self["proxy-config"] = proxy_config(SimpleNamespace(proxy=self["proxy"],
+                                                                proxy_password_file=self["proxy-password-file"]))
+        except ProxySettingsError as e:
+            raise usage.UsageError(str(e))
         self["allow-path"] = self["allow-path"] or ["/"]
         for prefix in self["allow-path"]:
             if not prefix.startswith("/") or "?" in prefix or "\\" in prefix:
@@ -67,4 +83,5 @@ def makeService(config, reactor=default_reactor):
         keep_alive=config["keep-alive"],
         response_timeout=config["response-timeout"],
         metrics_endpoint=serverFromString(reactor, config["metrics"]) if config["metrics"] else None,
+        proxy=config.get("proxy-config"),
     )

@@ -9,7 +9,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
 from .hashing import MIN_ITERATIONS
-from linchpin_common.daemon import exit_zero_on_sigterm
+from linchpin_common.daemon import exit_zero_on_sigterm, print_version
 
 from .service import Gateway
 from .store import SQLiteStore
@@ -46,6 +46,10 @@ class Options(usage.Options):
     def opt_listen(self, endpoint):
         """Server endpoint string (repeatable); default tcp:8080 (with backlog=1024)."""
         self["listen"].append(endpoint)
+
+    def opt_version(self):
+        """Print the version and exit."""
+        print_version("lmgateway")
 
     def postOptions(self):
         if not self["listen"]:

@@ -8,7 +8,8 @@ import sys
 from twisted.internet import defer
 from twisted.web.http import RESPONSES
 
-from linchpin_common import console
+from linchpin_common import __version__, console
+from linchpin_common.http_proxy import ProxySettingsError
 
 from .client import DEFAULT_TIMEOUT, Device, pair
 from . import serve
@@ -18,9 +19,16 @@ from .state import DEFAULT_STATE, DeviceState
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="lmdevice", description="Linchpin mobile device (command-line client)")
+    p = argparse.ArgumentParser(
+        prog="lmdevice", description="Linchpin mobile device (command-line client): pair once with the URI "
+        "of the QR code 'lmconnector device add' printed, then send requests to the intranet app.",
+        epilog="Exit status: 0 a response arrived (whatever its HTTP status), 1 other error, 2 bad usage, "
+        "3 gateway or proxy unreachable, 4 connector offline, 5 pairing rejected, 6 timeout, "
+        "7 session lost mid-request, 8 the connector refused the request.")
+    p.add_argument("--version", action="version", version=f"lmdevice {__version__}")
     p.add_argument("--state", default=DEFAULT_STATE, help="device state file (default %(default)s)")
-    p.add_argument("--ca-file", help="PEM of a private CA that signed the gateway's certificate")
+    p.add_argument("--ca-file", metavar="PEM", help="PEM of a private CA that signed the gateway's certificate")
+    console.add_proxy_options(p)
     p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds to wait (default %(default)s)")
     sub = p.add_subparsers(dest="command", required=True)
     pp = sub.add_parser("pair", help="pair with the URI from the QR code ('-' reads it from stdin)")
@@ -40,9 +48,10 @@ def _parser() -> argparse.ArgumentParser:
 
 async def _pair_command(reactor, args) -> int:
     uri = sys.stdin.readline() if args.uri == "-" else args.uri
-    state = await pair(reactor, uri, args.state, allow_insecure=args.insecure, ca_file=args.ca_file)
+    state = await pair(reactor, uri, args.state, allow_insecure=args.insecure, ca_file=args.ca_file,
+                       proxy=args.proxy_config)
     print(f"paired: device {state.device_id}", file=sys.stderr)
-    device = Device(reactor, state, timeout=args.timeout, ca_file=args.ca_file)
+    device = Device(reactor, state, timeout=args.timeout, ca_file=args.ca_file, proxy=args.proxy_config)
     try:
         await device.open()
         if device.online:
@@ -75,7 +84,8 @@ async def _request_command(reactor, args) -> int:
         else:
             body = args.data.encode()
     method = args.method or ("POST" if args.data is not None else "GET")
-    device = Device(reactor, DeviceState.load(args.state), timeout=args.timeout, ca_file=args.ca_file)
+    device = Device(reactor, DeviceState.load(args.state), timeout=args.timeout, ca_file=args.ca_file,
+                    proxy=args.proxy_config)
     try:
         await device.open()
         if not device.online:
@@ -133,7 +143,12 @@ async def _serve_command(reactor, args) -> int:
 
 
 def main(argv=None) -> None:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        args.proxy_config = console.proxy_config(args)
+    except ProxySettingsError as e:
+        parser.exit(2, f"lmdevice: {e}\n")
 
     async def run(reactor):
         try:

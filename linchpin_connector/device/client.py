@@ -31,6 +31,7 @@ from linchpin_common.contract.channel import ACK_BATCH, ChannelEndpoint, Receive
 from linchpin_common.contract.channel import Outcome as ChannelOutcome
 from linchpin_common.contract.pairing import PAIR_PREFIX, PairingInfo, make_pairing_uri, parse_pairing_uri  # noqa: F401
 from linchpin_common.gateway_client import GatewayAPI, GatewayError, InsecureURL, check_gateway_url, make_http_client
+from linchpin_common.http_proxy import ProxyConfig, ProxyError
 
 from .errors import (ConnectorOffline, DeviceError, GatewayUnreachable, PairingRejected, RequestRefused,
                      RequestTimeout, SessionLost)
@@ -57,14 +58,19 @@ def _deferred(fn):
 
 @_deferred
 async def pair(reactor, uri: str, state_path: str, *, http=None, allow_insecure: bool = False,
-               ca_file: str | None = None) -> DeviceState:
-    """Trade the setup key for this device's own password and save the state."""
+               ca_file: str | None = None, proxy: ProxyConfig | None = None) -> DeviceState:
+    """Trade the setup key for this device's own password and save the state.
+
+    ``proxy``: the HTTP proxy settings for the gateway; None reads them from
+    the environment as curl does, ``ProxyConfig.none()`` goes direct."""
     info = parse_pairing_uri(uri)
     try:
         gateway_url = check_gateway_url(info.gateway_url, allow_insecure)
     except InsecureURL as e:
         raise DeviceError(str(e))
-    http = http or make_http_client(reactor, ca_file, persistent=False)
+    if proxy is None:
+        proxy = ProxyConfig.resolve()
+    http = http or make_http_client(reactor, ca_file, persistent=False, proxy=proxy)
     api = GatewayAPI(http, gateway_url)
     try:
         creds = await api.setup(info.setup_key)
@@ -72,6 +78,8 @@ async def pair(reactor, uri: str, state_path: str, *, http=None, allow_insecure:
         if e.code == "invalid_setup_key":
             raise DeviceError("the pairing code is unknown, already used or expired")
         raise DeviceError(str(e))
+    except ProxyError as e:
+        raise GatewayUnreachable(str(e))
     except console.UNREACHABLE as e:
         raise GatewayUnreachable(f"gateway unreachable at {gateway_url}: {_reason(e)}")
     state = DeviceState(path=state_path, gateway_url=gateway_url, device_id=creds["device_id"],
@@ -272,14 +280,18 @@ class Device:
     log = Logger()
 
     def __init__(self, reactor, state: DeviceState, *, timeout: float = DEFAULT_TIMEOUT,
-                 ca_file: str | None = None, connect=mqtt_client.connect, worker=None):
+                 ca_file: str | None = None, connect=mqtt_client.connect, worker=None,
+                 proxy: ProxyConfig | None = None):
         """``worker.run(fn)`` runs file writes off the reactor thread (the
-        reactor's thread pool by default)."""
+        reactor's thread pool by default).  ``proxy``: the HTTP proxy
+        settings for the gateway; None reads them from the environment as
+        curl does, ``ProxyConfig.none()`` goes direct."""
         self.reactor = reactor
         self.state = state
         self._worker = worker or _ReactorThreads(reactor)
         self.timeout = timeout
         self.ca_file = ca_file or state.ca_file
+        self.proxy = proxy if proxy is not None else ProxyConfig.resolve()
         self._connect = connect
         self.client: mqtt_client.MQTTClient | None = None
         self.online: bool | None = None
@@ -312,10 +324,12 @@ class Device:
         try:
             self.client = await self._connect(self.reactor, gateway_url, self.state.device_id,
                                               self.state.device_password, on_message=self._on_message,
-                                              ca_file=self.ca_file, timeout=self.timeout)
+                                              ca_file=self.ca_file, timeout=self.timeout, proxy=self.proxy)
         except mqtt_client.ConnectionRefused as e:
             if e.code == 4:
                 raise DeviceError("the gateway does not accept this device (revoked or unknown)")
+            raise GatewayUnreachable(str(e))
+        except ProxyError as e:
             raise GatewayUnreachable(str(e))
         except (mqtt_client.ConnectionClosed, *console.UNREACHABLE) as e:
             raise GatewayUnreachable(f"gateway unreachable at {gateway_url}: {_reason(e)}")
