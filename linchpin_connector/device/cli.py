@@ -122,7 +122,7 @@ async def _request_command(reactor, args) -> int:
 
 async def _serve_command(reactor, args) -> int:
     state = DeviceState.load(args.state)
-    device = Device(reactor, state, timeout=args.timeout, ca_file=args.ca_file)
+    device = Device(reactor, state, timeout=args.timeout, ca_file=args.ca_file, proxy=args.proxy_config)
     reactor.addSystemEventTrigger("before", "shutdown", device.close)
     port = await serve.listen(reactor, device, args.listen)
     address = port.getHost()
