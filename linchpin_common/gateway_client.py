@@ -17,6 +17,7 @@ from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer
 
 from . import mqtt_client
+from .contract import topics
 from .http_proxy import ProxyConfig, TunnelEndpoint
 from .tls import tls_failure, trust_root
 
@@ -187,9 +188,10 @@ class GatewayLink(service.Service):
             self._retry.cancel()
         if self._attempt is not None:
             self._attempt.cancel()
-        if self.client is not None:
-            self.client.close()
-            return self.client.closed
+        client = self.client
+        if client is not None:
+            client.close()  # may end the session (and clear self.client) at once
+            return client.closed
 
     def _open(self) -> None:
         self._retry = None
@@ -205,7 +207,7 @@ class GatewayLink(service.Service):
         self.client = client
         client.closed.addCallback(self._down)
         codes = yield client.subscribe([(topic, 0) for topic in self.subscriptions])
-        if 0x80 in codes:
+        if topics.SUBACK_FAILURE in codes:
             self.log.error("gateway refused a subscription: {codes}", codes=codes)
         self.failures = 0
         self.connects += 1

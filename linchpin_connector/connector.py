@@ -257,9 +257,15 @@ class ConnectorService(service.MultiService):
 
     def __init__(self, reactor, data_dir: str, backend_url: str, *, user_header: str = "X-Forwarded-User",
                  allow_paths=("/",), ca_file: str | None = None, keep_alive: int = 30,
-                 response_timeout: float = 60.0, metrics_endpoint=None, proxy=None):
+                 response_timeout: float = 60.0, metrics_endpoint=None, proxy=None, connect=None,
+                 gateway_http=None, worker=None):
         """``proxy`` (a :class:`~linchpin_common.http_proxy.ProxyConfig`, None: direct) is
-        for the gateway only; the backend is always reached directly."""
+        for the gateway only; the backend is always reached directly.
+
+        ``connect`` (the MQTT connect function), ``gateway_http`` (the
+        treq-like client of the gateway's REST API) and ``worker`` (where
+        state file work runs) are for in-memory tests; by default the real
+        ones are built when the service starts."""
         super().__init__()
         self.proxy = proxy
         self.reactor = reactor
@@ -272,6 +278,9 @@ class ConnectorService(service.MultiService):
         self.response_timeout = response_timeout
         self.link: GatewayLink | None = None
         self.channels: DeviceChannels | None = None
+        self._connect = connect
+        self._gateway_http = gateway_http
+        self.worker = worker
         if metrics_endpoint is not None:
             internet.StreamServerEndpointService(metrics_endpoint, metrics_site(ConnectorCollector(self))
                                                  ).setServiceParent(self)
@@ -279,12 +288,13 @@ class ConnectorService(service.MultiService):
     def startService(self):
         state = ConnectorState(self.data_dir)  # fails start-up early if not registered
         registration = state.registration()
-        self.worker = ThreadWorker(self.reactor, "lmconnector-state", 1)
+        if self.worker is None:
+            self.worker = ThreadWorker(self.reactor, "lmconnector-state", 1)
         self.worker.start()
         self.state = AsyncState(state, self.worker)
         self._sync_state = state
         self.backend_http = make_http_client(self.reactor)
-        self.api = GatewayAPI(make_http_client(self.reactor, self.ca_file, proxy=self.proxy),
+        self.api = GatewayAPI(self._gateway_http or make_http_client(self.reactor, self.ca_file, proxy=self.proxy),
                               registration["gateway_url"],
                               registration["instance_id"], registration["instance_password"])
         static = X25519PrivateKey.from_private_bytes(registration["static_private_key"])
@@ -292,7 +302,8 @@ class ConnectorService(service.MultiService):
         self.link = GatewayLink(self.reactor, registration["gateway_url"], registration["instance_id"],
                                 registration["instance_password"], topics.CONNECTOR_SUBSCRIPTIONS, self._on_message,
                                 on_connected=self._resync, on_disconnected=self.channels.end_all,
-                                ca_file=self.ca_file, keep_alive=self.keep_alive, proxy=self.proxy)
+                                ca_file=self.ca_file, keep_alive=self.keep_alive, proxy=self.proxy,
+                                **({"connect": self._connect} if self._connect is not None else {}))
         self.link.setServiceParent(self)
         self.log.info("lmconnector for instance {instance_id} proxying to {backend}",
                       instance_id=registration["instance_id"], backend=_without_userinfo(self.backend_url))
