@@ -23,7 +23,7 @@ from linchpin_common.gateway_client import GatewayAPI, GatewayLink, make_http_cl
 from linchpin_common.metrics import metrics_site
 from linchpin_common.workers import ThreadWorker
 
-from .proxy import RequestProxy
+from .proxy import USER_IN_FLIGHT, InFlightPerUser, RequestProxy
 from .state import AsyncState, ConnectorState
 
 MAX_QUEUED_HELLOS = 4  # per device, behind the one being answered
@@ -258,7 +258,8 @@ class ConnectorService(service.MultiService):
     def __init__(self, reactor, data_dir: str, backend_url: str, *, user_header: str = "X-Forwarded-User",
                  allow_paths=("/",), ca_file: str | None = None, keep_alive: int = 30,
                  response_timeout: float = 60.0, metrics_endpoint=None, proxy=None, connect=None,
-                 gateway_http=None, worker=None):
+                 gateway_http=None, worker=None, public_host: str | None = None,
+                 user_in_flight: int = USER_IN_FLIGHT):
         """``proxy`` (a :class:`~linchpin_common.http_proxy.ProxyConfig`, None: direct) is
         for the gateway only; the backend is always reached directly.
 
@@ -267,6 +268,8 @@ class ConnectorService(service.MultiService):
         state file work runs) are for in-memory tests; by default the real
         ones are built when the service starts."""
         super().__init__()
+        self.public_host = public_host
+        self.user_slots = InFlightPerUser(user_in_flight)  # shared by every device of a user
         self.proxy = proxy
         self.reactor = reactor
         self.data_dir = data_dir
@@ -324,7 +327,8 @@ class ConnectorService(service.MultiService):
     def _make_proxy(self, user: str, send) -> RequestProxy:
         return RequestProxy(http_client=self.backend_http, backend_url=self.backend_url, user=user, send=send,
                             clock=self.reactor, allow_paths=self.allow_paths, user_header=self.user_header,
-                            response_timeout=self.response_timeout)
+                            response_timeout=self.response_timeout, user_slots=self.user_slots,
+                            public_host=self.public_host)
 
     def _publish(self, device_id: str, payload: bytes) -> None:
         client = self.link.client if self.link is not None else None

@@ -41,9 +41,18 @@ Decisions where PROTOCOL.md leaves room:
   bytes than were sent, is ``err bad_request`` and aborts the request.
 * Every request-body byte is acked once written to the backend, also bytes
   of a ``req`` with ``end:true``.
-* ``response_timeout`` is counted from the ``req`` and restarted by each
-  ``body`` from the device, so a long upload is not cut off, while a stalled
-  upload or a silent backend ends in ``err timeout``.
+* ``response_timeout`` is an idle time per direction, restarted only by
+  progress: the upload's by request-body bytes received or handed to the
+  backend (an empty ``body`` message is no progress), the response's by the
+  response starting, backend bytes and device acks of more than 0 bytes
+  (before the response, upload progress counts too). A stalled upload, a
+  silent backend or a device that stops acking ends in ``err timeout``.
+* One user's devices together have at most ``user_slots.limit`` requests in
+  flight (default 32); beyond, ``err busy``.
+* Forwarding headers (every ``X-Forwarded-*``, ``Forwarded``, ``X-Real-IP``
+  and the like, see ``FORWARDING``) are never taken from a device: the
+  connector sets ``X-Forwarded-Proto: https`` (the device's channel is
+  encrypted end to end) and, when configured, ``X-Forwarded-Host``.
 * The backend is reached through the HTTP client's ``IAgent`` directly, not
   ``HTTPClient.request``: treq would keep one cookie jar for every user of
   the connector, follow redirects and un-gzip bodies, none of which a proxy
@@ -67,10 +76,18 @@ from zope.interface import implementer
 from linchpin_common.contract.channel import ReceiveWindow, SendWindow
 from linchpin_common.contract.e2e import MAX_BODY_CHUNK, MAX_IN_FLIGHT, MessageError, encode_message
 
-__all__ = ["RequestProxy", "path_allowed", "MAX_ID"]
+__all__ = ["RequestProxy", "InFlightPerUser", "path_allowed", "MAX_ID"]
 
 MAX_ID = 2**53 - 1
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "te", "trailer", "transfer-encoding", "upgrade"})
+# Besides every X-Forwarded-*: what proxies and CDNs use to tell a backend
+# who the client is or which host and URL it asked for.
+FORWARDING = frozenset({
+    "forwarded", "x-real-ip", "x-client-ip", "client-ip", "true-client-ip", "x-cluster-client-ip",
+    "cf-connecting-ip", "fastly-client-ip", "x-original-forwarded-for", "x-original-host", "x-original-url",
+    "x-rewrite-url", "x-host", "x-proxyuser-ip", "via",
+})
+USER_IN_FLIGHT = 32  # requests in flight per user across that user's devices
 
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # controls except HTAB
@@ -149,6 +166,13 @@ def _drop_set(pairs, extra=()) -> set[str]:
     return drop
 
 
+def _forwarding(name: str) -> bool:
+    """Headers a backend behind a proxy trusts for the client's address,
+    scheme or host: never taken from a device."""
+    n = _norm(name)
+    return n in FORWARDING or n.startswith("x-forwarded-")
+
+
 def _kept(name: str, drop: set[str]) -> bool:
     n = _norm(name)
     return n not in drop and not n.startswith("proxy-")
@@ -177,7 +201,11 @@ class RequestProxy:
 
     def __init__(self, *, http_client, backend_url: str, user: str, send, clock,
                  allow_paths=("/",), user_header: str = "X-Forwarded-User",
-                 response_timeout: float = 60.0):
+                 response_timeout: float = 60.0, user_slots: "InFlightPerUser | None" = None,
+                 public_host: str | None = None):
+        """``user_slots`` is shared by every session of the connector, so one
+        user's devices together have at most its limit of requests in flight;
+        ``public_host`` goes to the backend as ``X-Forwarded-Host``."""
         if not _TOKEN.fullmatch(user_header):
             raise ValueError("user_header must be an HTTP token")
         if not isinstance(user, str) or _BAD_VALUE.search(user):
@@ -197,6 +225,13 @@ class RequestProxy:
         self.clock = clock
         self._prefixes = tuple(prefixes)
         self.response_timeout = response_timeout
+        self._user_slots = user_slots if user_slots is not None else InFlightPerUser(MAX_IN_FLIGHT)
+        if public_host is not None and (not public_host or _BAD_VALUE.search(public_host)
+                                        or any(c in public_host for c in " /\\")):
+            raise ValueError("public_host must be a host name, optionally with :port")
+        self._set_headers = [(b"X-Forwarded-Proto", b"https")]
+        if public_host:
+            self._set_headers.append((b"X-Forwarded-Host", public_host.encode("ascii")))
         self._requests: dict[int, _Request] = {}
         self._closed = False
 
@@ -265,18 +300,53 @@ class RequestProxy:
         if not path_allowed(path, self._prefixes):
             self._send_err(rid, "forbidden", "this path is not allowed")
             return
+        if not self._user_slots.acquire(self._user):
+            self._send_err(rid, "busy", f"at most {self._user_slots.limit} requests of this user may be in flight")
+            return
         request = _Request(self, rid, header["method"])
         self._requests[rid] = request
         request.start(self._base + path, self._backend_headers(header["headers"]), body, header["end"])
+
+    def _released(self, request: "_Request") -> None:
+        self._user_slots.release(self._user)
 
     def _backend_headers(self, pairs) -> Headers:
         drop = _drop_set(pairs, ("host", "content-length", _norm(self._user_header)))
         headers = Headers()
         for name, value in pairs:
-            if _kept(name, drop):
+            if _kept(name, drop) and not _forwarding(name):
                 headers.addRawHeader(name.encode("ascii"), _wire(value))
+        for name, value in self._set_headers:
+            headers.addRawHeader(name, value)
         headers.addRawHeader(self._user_header.encode("ascii"), self._user.encode("utf-8"))
         return headers
+
+
+class InFlightPerUser:
+    """Requests in flight per intranet user, across all of that user's devices."""
+
+    def __init__(self, limit: int = USER_IN_FLIGHT):
+        if limit < 1:
+            raise ValueError("the per-user limit must be at least 1")
+        self.limit = limit
+        self._held: dict[str, int] = {}
+
+    def acquire(self, user: str) -> bool:
+        n = self._held.get(user, 0)
+        if n >= self.limit:
+            return False
+        self._held[user] = n + 1
+        return True
+
+    def release(self, user: str) -> None:
+        n = self._held.get(user, 0) - 1
+        if n > 0:
+            self._held[user] = n
+        else:
+            self._held.pop(user, None)
+
+    def held(self, user: str) -> int:
+        return self._held.get(user, 0)
 
 
 @implementer(IBodyProducer)
@@ -318,31 +388,73 @@ class _ResponseBody(Protocol):
         self.request.on_backend_end(reason)
 
 
+# A proxied request's life cycle: (phase, input) -> next phase.  A pair not
+# listed is a bug and raises RequestStateError.  Backend callbacks that come
+# after the request ended (a cancelled connection reporting its loss, data
+# already in flight) are expected and dropped where they arrive.
+WAITING = "waiting"  # sent to the backend, no response yet (the upload may go on)
+HEADERS = "headers"  # the backend's status and headers are in, the res not sent yet
+STREAMING = "streaming"  # res sent; body messages follow within the device's window
+DONE = "done"  # ended: completed, failed (err sent) or aborted (nothing sent)
+
+_REQUEST_NEXT = {
+    (WAITING, "response"): HEADERS,
+    (HEADERS, "res_sent"): STREAMING,
+    (WAITING, "end"): DONE,
+    (HEADERS, "end"): DONE,
+    (STREAMING, "end"): DONE,
+    (DONE, "end"): DONE,  # e.g. a cancel racing the last body
+}
+
+
+class RequestStateError(Exception):
+    """An input arrived in a phase where it cannot happen."""
+
+
 class _Request:
-    """One request in flight: upload, response and both flow-control windows."""
+    """One request in flight: upload, response and both flow-control windows.
+
+    Two idle timers, one per direction, restarted only by progress: the
+    upload's (device body bytes received or handed to the backend) runs
+    while the request body is open; the response's (the response starting,
+    backend bytes, device acks; before the response, upload progress too)
+    runs until the last body message.  Either firing ends the request with
+    ``err timeout`` and closes the backend connection.
+    """
 
     def __init__(self, proxy: RequestProxy, rid: int, method: str):
         self.proxy = proxy
         self.id = rid
         self.method = method
-        self.done = False
-        self.timer = None
-        self.backend = None          # the agent's Deferred
+        self.phase = WAITING
+        self.up_idle = None           # DelayedCall, while the upload is open
+        self.down_idle = None         # DelayedCall, until the response ends
+        self.backend = None           # the agent's Deferred
         # device -> backend
         self.producer: _RequestBody | None = None
         self.up_queue: deque[bytes] = deque()
         self.up_window = ReceiveWindow()  # received from the device, not yet acked
-        self.up_end = False
+        self.up_end = False          # the device sent its last body message
         # backend -> device
         self.res: dict | None = None
-        self.res_sent = False
         self.reader: _ResponseBody | None = None
         self.down_buf = bytearray()  # read from the backend, not yet sent
         self.down_window = SendWindow()  # sent to the device, not yet acked
-        self.down_end = False
-        self.paused = False
-        self.delivering = False
-        self.pumping = False
+        self.down_end = False        # the backend finished its body
+        self.paused = False          # the backend transport is paused (window full)
+        self.pumping = False         # pump_down is on the stack
+
+    def _go(self, event: str) -> str:
+        before = self.phase
+        try:
+            self.phase = _REQUEST_NEXT[before, event]
+        except KeyError:
+            raise RequestStateError(f"{event!r} cannot happen to request {self.id} while {before}") from None
+        return before
+
+    @property
+    def done(self) -> bool:
+        return self.phase is DONE
 
     # -- life cycle ----------------------------------------------------------
 
@@ -354,27 +466,46 @@ class _Request:
         if not (end and not body):
             self.producer = _RequestBody(self, len(body) if end else UNKNOWN_LENGTH)
         log.debug("request {id} {method} to the backend", id=self.id, method=self.method)
-        self.arm_timer()
+        self.down_idle = self._arm(self.down_idle, self.on_down_timeout)
+        if not end:
+            self.up_idle = self._arm(self.up_idle, self.on_up_timeout)
         self.backend = maybeDeferred(self.proxy._agent.request, self.method.encode("ascii"),
                                      url.encode("ascii"), headers, self.producer)
         self.backend.addCallbacks(self.on_response, self.on_request_failed)
         self.backend.addErrback(self.on_bug)
 
-    def arm_timer(self) -> None:
-        if self.done or self.res is not None:
-            return
-        if self.timer is not None and self.timer.active():
-            self.timer.reset(self.proxy.response_timeout)
-        else:
-            self.timer = self.proxy.clock.callLater(self.proxy.response_timeout, self.on_timeout)
+    def _arm(self, timer, fire):
+        """(Re)start an idle timer: progress was made."""
+        if self.phase is DONE:
+            return None
+        if timer is not None and timer.active():
+            timer.reset(self.proxy.response_timeout)
+            return timer
+        return self.proxy.clock.callLater(self.proxy.response_timeout, fire)
+
+    def _upload_progress(self) -> None:
+        if self.up_idle is not None:
+            self.up_idle = self._arm(self.up_idle, self.on_up_timeout)
+        if self.phase is WAITING:  # a backend still reading the body is not silent
+            self.down_idle = self._arm(self.down_idle, self.on_down_timeout)
+
+    def _download_progress(self) -> None:
+        self.down_idle = self._arm(self.down_idle, self.on_down_timeout)
+
+    @staticmethod
+    def _stop(timer) -> None:
+        if timer is not None and timer.active():
+            timer.cancel()
 
     def finish(self) -> None:
         """Forget this request (no message is sent here)."""
-        self.done = True
+        self._go("end")
         if self.proxy._requests.get(self.id) is self:
             del self.proxy._requests[self.id]
-        if self.timer is not None and self.timer.active():
-            self.timer.cancel()
+            self.proxy._released(self)
+        self._stop(self.up_idle)
+        self._stop(self.down_idle)
+        self.up_idle = self.down_idle = None
         self.down_buf = bytearray()
         self.up_queue.clear()
 
@@ -387,22 +518,29 @@ class _Request:
 
     def abort(self) -> None:
         """Cancel from the device or the end of the session: nothing is sent."""
-        if not self.done:
+        if self.phase is not DONE:
             self.finish()
             self.stop_backend()
 
     def fail(self, code: str, message: str) -> None:
-        if not self.done:
+        if self.phase is not DONE:
             self.finish()
             self.proxy._send_err(self.id, code, message)
             self.stop_backend()
 
-    def on_timeout(self) -> None:
-        self.timer = None
-        self.fail("timeout", f"no response from the backend within {self.proxy.response_timeout:g} s")
+    def on_up_timeout(self) -> None:
+        self.up_idle = None
+        self.fail("timeout", f"the request body made no progress for {self.proxy.response_timeout:g} s")
+
+    def on_down_timeout(self) -> None:
+        self.down_idle = None
+        if self.phase is WAITING:
+            self.fail("timeout", f"no response from the backend within {self.proxy.response_timeout:g} s")
+        else:
+            self.fail("timeout", f"the response made no progress for {self.proxy.response_timeout:g} s")
 
     def on_request_failed(self, failure) -> None:
-        if self.done:
+        if self.phase is DONE:
             return  # we cancelled it
         log.info("request {id}: backend failed before the response ({error})",
                  id=self.id, error=failure.type.__name__)
@@ -424,58 +562,64 @@ class _Request:
             return
         if body:
             self.up_queue.append(body)
+            self._upload_progress()  # an empty body message is no progress
         self.up_end = end
-        self.arm_timer()
         self.pump_up()
 
     def pump_up(self) -> None:
         """Hand queued request bytes to the backend connection while it takes
         them, and ack what was handed over."""
         p = self.producer
-        if self.done or p is None or p.consumer is None:
+        if self.phase is DONE or p is None or p.consumer is None:
             return
         written = 0
         while self.up_queue and not p.paused and p.consumer is not None:
             chunk = self.up_queue.popleft()
             p.consumer.write(chunk)
             written += len(chunk)
-        if self.done:
+        if self.phase is DONE:
             return
+        if written:
+            self._upload_progress()
         ack = self.up_window.consumed(written)
         if ack:
             self.proxy._send({"t": "ack", "id": self.id, "bytes": ack})
         if self.up_end and not self.up_queue and p.finished is not None and not p.finished.called:
+            self._stop(self.up_idle)
+            self.up_idle = None
             p.finished.callback(None)
 
     # -- backend -> device ---------------------------------------------------
 
     def on_response(self, response) -> None:
-        if self.done:
-            return
-        if self.timer is not None and self.timer.active():
-            self.timer.cancel()
+        if self.phase is DONE:
+            return  # answered after we gave up
         log.info("request {id} {method}: {status}", id=self.id, method=self.method, status=response.code)
-        self.res = {"t": "res", "id": self.id, "status": response.code,
-                    "headers": _response_headers(response, self.method), "end": False}
         self.reader = _ResponseBody(self)
-        self.delivering = True  # body bytes that are already here ride in the res
-        try:
-            response.deliverBody(self.reader)
-        finally:
-            self.delivering = False
-        if not _fits(self.res):
+        # Body bytes that are already here ride in the res: they are only
+        # buffered while ``res`` is unset.
+        response.deliverBody(self.reader)
+        if self.phase is DONE:
+            return
+        res = {"t": "res", "id": self.id, "status": response.code,
+               "headers": _response_headers(response, self.method), "end": False}
+        if not _fits(res):
             self.fail("backend_unreachable", "the backend's response headers are too large")
             return
+        self.res = res
+        self._go("response")
+        self._download_progress()
         self.pump_down()
 
     def on_backend_data(self, data: bytes) -> None:
-        if not self.done:
+        if self.phase is not DONE:
             self.down_buf += data
+            self._download_progress()
             self.pump_down()
 
     def on_backend_end(self, reason) -> None:
-        if self.done:
-            return
+        if self.phase is DONE:
+            return  # our own stopProducing, or the end of a request already over
         if reason.check(ResponseDone, PotentialDataLoss):
             self.down_end = True
             self.pump_down()
@@ -485,37 +629,40 @@ class _Request:
             self.fail("backend_unreachable", "the backend connection failed during the response")
 
     def on_ack(self, header: dict) -> None:
-        if not self.down_window.acked(header.get("bytes")):
+        n = header.get("bytes")
+        if not self.down_window.acked(n):
             self.fail("bad_request", "ack for more response bytes than were sent")
             return
+        if n:
+            self._download_progress()
         self.pump_down()
 
     def pump_down(self) -> None:
         """Send buffered response bytes within the device's window; pause the
         backend transport while the window is full."""
-        if self.done or self.delivering or self.pumping or self.res is None:
+        if self.pumping or self.phase not in (HEADERS, STREAMING):
             return
         self.pumping = True
         try:
-            while not self.done:
+            while self.phase is not DONE:
                 n = min(len(self.down_buf), MAX_BODY_CHUNK, self.down_window.available)
                 end = self.down_end and n == len(self.down_buf)
-                if self.res_sent and not n and not end:
+                if self.phase is STREAMING and not n and not end:
                     break
                 chunk = bytes(self.down_buf[:n])
                 del self.down_buf[:n]
                 self.down_window.sent(n)
-                if self.res_sent:
+                if self.phase is STREAMING:
                     header = {"t": "body", "id": self.id, "end": end}
                 else:
                     header = dict(self.res, end=end)
-                    self.res_sent = True
+                    self._go("res_sent")
                 if end:
                     self.finish()
                 self.proxy._send(header, chunk)
         finally:
             self.pumping = False
-        if not self.done:
+        if self.phase is not DONE:
             self.set_paused(self.down_window.full)
 
     def set_paused(self, paused: bool) -> None:

@@ -15,6 +15,7 @@ from linchpin_common.http_proxy import ProxySettingsError
 from linchpin_common.tls import CAFileError, trust_root
 
 from .connector import ConnectorService
+from .proxy import USER_IN_FLIGHT
 
 
 class Options(usage.Options):
@@ -26,7 +27,12 @@ class Options(usage.Options):
         ["user-header", None, "X-Forwarded-User", "Header that carries the paired user to the backend."],
         ["ca-file", None, None, "PEM file of a private CA that signed the gateway's certificate."],
         ["keep-alive", None, 30, "MQTT keep-alive in seconds (1-300).", int],
-        ["response-timeout", None, 60.0, "Seconds to wait for the backend's response headers.", float],
+        ["response-timeout", None, 60.0, "Seconds a proxied request may make no progress (response headers, "
+                                         "request or response body).", float],
+        ["public-host", None, None, "Host (and :port) the backend should build links for: sent as "
+                                    "X-Forwarded-Host. Device-sent forwarding headers are always dropped."],
+        ["user-in-flight", None, USER_IN_FLIGHT, "Requests in flight per user across all of that user's "
+                                                 "devices.", int],
         ["metrics", None, None, "Endpoint serving Prometheus metrics (lmconnector_*) at /metrics."],
         ["proxy", None, None, "HTTP proxy to the gateway, http://[user@]host:port ('' for none); "
                               "default: https_proxy/http_proxy/no_proxy as curl reads them."],
@@ -65,6 +71,10 @@ class Options(usage.Options):
                                                                 proxy_password_file=self["proxy-password-file"]))
         except ProxySettingsError as e:
             raise usage.UsageError(str(e))
+        if self["public-host"] is not None and not re.fullmatch(r"[A-Za-z0-9.\-\[\]:]+", self["public-host"]):
+            raise usage.UsageError("--public-host must be a host name, optionally with :port")
+        if self["user-in-flight"] < 1:
+            raise usage.UsageError("--user-in-flight must be positive")
         self["allow-path"] = self["allow-path"] or ["/"]
         for prefix in self["allow-path"]:
             if not prefix.startswith("/") or "?" in prefix or "\\" in prefix:
@@ -82,6 +92,8 @@ def makeService(config, reactor=default_reactor):
         ca_file=config["ca-file"],
         keep_alive=config["keep-alive"],
         response_timeout=config["response-timeout"],
+        public_host=config["public-host"],
+        user_in_flight=config["user-in-flight"],
         metrics_endpoint=serverFromString(reactor, config["metrics"]) if config["metrics"] else None,
         proxy=config.get("proxy-config"),
     )
