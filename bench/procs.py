@@ -1,109 +1,37 @@
 """Child processes and /proc readings for the benchmarks.
 
-Every process the benchmarks start goes through :class:`Proc`: it runs in a
-process group of its own (``start_new_session``), its output goes to a log
-file under ``var/bench/`` (never a pipe nobody drains), and it is registered
-so that :func:`stop_all` -- called from ``finally`` blocks and at exit --
-terminates every group that is still alive: SIGTERM, a grace period, then
-SIGKILL.
+Every process the benchmarks start goes through :class:`Proc`, the shared
+runner (:class:`linchpin_common.procs.Child`): it runs in a process group of
+its own, its output goes straight to a log file under ``var/bench/`` (never a
+pipe nobody drains, nothing in between while it is measured), and it is
+registered so that :func:`stop_all` -- called from ``finally`` blocks and at
+exit -- terminates every group that is still alive: SIGTERM, a grace period,
+then SIGKILL.
 """
 
 from __future__ import annotations
 
 import atexit
 import os
-import re
 import resource
 import signal
 import socket
-import subprocess
 import sys
-import time
 from pathlib import Path
+
+from linchpin_common.procs import Child, stop_all
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 ROOT = Path(__file__).resolve().parent.parent
 VAR = ROOT / "var" / "bench"
 PYTHON = sys.executable
 
-_live: list["Proc"] = []
 
-
-class Proc:
+class Proc(Child):
     def __init__(self, name: str, argv: list[str], log: Path | None = None, stdin=None, env=None,
                  cwd: Path | None = None):
-        self.name = name
-        self.argv = argv
-        self.log = log or VAR / f"{name}.log"
-        self.log.parent.mkdir(parents=True, exist_ok=True)
-        self._out = open(self.log, "wb")
-        self.proc = subprocess.Popen(
-            argv, stdout=self._out, stderr=subprocess.STDOUT, stdin=stdin if stdin is not None else subprocess.DEVNULL,
-            start_new_session=True, env=env, cwd=str(cwd or ROOT))
-        self.pid = self.proc.pid
-        _live.append(self)
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def text(self) -> str:
-        try:
-            return self.log.read_text(errors="replace")
-        except OSError:
-            return ""
-
-    def wait_for(self, pattern: str, timeout: float = 30.0) -> re.Match:
-        """Poll the log until a line matches; fail if the process ends first."""
-        regex = re.compile(pattern)
-        deadline = time.monotonic() + timeout
-        while True:
-            m = regex.search(self.text())
-            if m:
-                return m
-            if not self.alive():
-                raise RuntimeError(f"{self.name} exited ({self.proc.returncode}) before {pattern!r}:\n"
-                                   f"{self.tail()}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{self.name}: no {pattern!r} within {timeout} s:\n{self.tail()}")
-            time.sleep(0.05)
-
-    def tail(self, n: int = 20) -> str:
-        return "\n".join(self.text().splitlines()[-n:])
-
-    def wait(self, timeout: float) -> int | None:
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            return None
-
-    def stop(self, grace: float = 5.0) -> None:
-        """SIGTERM the group, then SIGKILL it after `grace` seconds."""
-        if self.alive():
-            _killpg(self.pid, signal.SIGTERM)
-            if self.wait(grace) is None:
-                _killpg(self.pid, signal.SIGKILL)
-                self.wait(5)
-        # Children that outlived the leader (none expected) go too.
-        _killpg(self.pid, signal.SIGKILL)
-        if not self._out.closed:
-            self._out.close()
-        if self in _live:
-            _live.remove(self)
-
-
-def _killpg(pgid: int, sig: int) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def stop_all() -> None:
-    for proc in list(reversed(_live)):
-        try:
-            proc.stop(grace=3.0)
-        except Exception as e:  # keep cleaning up the others
-            print(f"warning: stopping {proc.name}: {e}", file=sys.stderr)
+        super().__init__(argv, name=name, env=env, cwd=cwd or ROOT, stdin=stdin,
+                         log=log or VAR / f"{name}.log", pipe=False)
 
 
 atexit.register(stop_all)

@@ -28,6 +28,7 @@ import socket
 import struct
 
 from linchpin_common.contract import wire
+from linchpin_common.rawws import client_frame, mask, new_key  # noqa: F401 (the load generators use ws.*)
 
 TIMEOUT = 30.0
 
@@ -65,33 +66,6 @@ def handshake_request(host: str, port: int, path: str, protocol: str | None) -> 
     if protocol:
         lines.append(f"Sec-WebSocket-Protocol: {protocol}")
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
-
-
-def mask(payload: bytes, key: bytes) -> bytes:
-    n = len(payload)
-    if not n:
-        return b""
-    k = int.from_bytes((key * (n // 4 + 1))[:n], "big")
-    return (int.from_bytes(payload, "big") ^ k).to_bytes(n, "big")
-
-
-def client_frame(payload: bytes, key: bytes, opcode: int = 0x2) -> bytes:
-    """One masked, final frame carrying `payload`."""
-    n = len(payload)
-    if n < 126:
-        header = struct.pack("!BB", 0x80 | opcode, 0x80 | n)
-    elif n < 65536:
-        header = struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, n)
-    else:
-        header = struct.pack("!BBQ", 0x80 | opcode, 0x80 | 127, n)
-    return header + key + mask(payload, key)
-
-
-def new_key() -> bytes:
-    key = os.urandom(4)
-    while key == b"\0\0\0\0":  # an all-zero key would make masking free
-        key = os.urandom(4)
-    return key
 
 
 # -- setup phase: whole messages through the real codec ------------------------

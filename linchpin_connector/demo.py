@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
+
+from linchpin_common.procs import Child, ChildError
 
 BIN = os.path.dirname(sys.executable)
 ROOT = os.path.join("var", "demo")
@@ -30,43 +29,19 @@ def step(text: str) -> None:
     print(f"\n==> {text}", flush=True)
 
 
-class Service:
+class Service(Child):
     """A long-running child whose output is read on a thread and kept in a log file."""
 
     def __init__(self, name: str, argv: list[str], ready: str):
-        self.name = name
-        self.log_path = os.path.join(ROOT, f"{name}.log")
-        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                     start_new_session=True)
-        self.pattern = re.compile(ready)
-        self.match = None
-        self.ready = threading.Event()
-        self.thread = threading.Thread(target=self._read, daemon=True)
-        self.thread.start()
-        if not self.ready.wait(TIMEOUT) or self.match is None:
+        super().__init__(argv, name=name, log=os.path.join(ROOT, f"{name}.log"))
+        try:
+            self.match = self.wait_for(ready, TIMEOUT)
+        except ChildError:
             self.stop()
-            raise SystemExit(f"{name} did not start; see {self.log_path}")
-
-    def _read(self) -> None:
-        with open(self.log_path, "w") as log:
-            for line in self.proc.stdout:
-                log.write(line)
-                log.flush()
-                if self.match is None:
-                    m = self.pattern.search(line)
-                    if m:
-                        self.match = m
-                        self.ready.set()
-        self.ready.set()
+            raise SystemExit(f"{name} did not start; see {self.log}")
 
     def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            return self.proc.wait()
+        return super().stop(grace=15)
 
 
 def run(argv: list[str], stdin: str | None = None) -> str:

@@ -10,8 +10,6 @@ import base64
 import json
 import os
 import queue
-import re
-import signal
 import socket
 import struct
 import subprocess
@@ -22,67 +20,21 @@ import urllib.request
 
 import paho.mqtt.client as mqtt
 
-from bench.ws import client_frame
+from linchpin_common.procs import Child
+from linchpin_common.rawws import client_frame
 
 TIMEOUT = 30
 BIN = os.path.dirname(sys.executable)
 
 
-class Process:
+class Process(Child):
     """A child process whose output lines are read on a thread, so a test can
-    wait for a line without polling.  Every one still running when its test
-    ends is killed (see conftest.py), also when the test failed."""
-
-    running: set[Process] = set()
+    wait for a line without polling (:class:`linchpin_common.procs.Child`).
+    Every one still running when its test ends is killed (see conftest.py),
+    also when the test failed."""
 
     def __init__(self, argv, env=None, cwd=None):
-        self.argv = argv
-        self.lines: queue.Queue[str] = queue.Queue()
-        self.output: list[str] = []
-        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                     env=env, cwd=cwd, start_new_session=True)
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-        Process.running.add(self)
-
-    def _read(self):
-        for line in self.proc.stdout:
-            self.output.append(line)
-            self.lines.put(line)
-        self.lines.put(None)
-
-    def wait_for(self, pattern: str, timeout: float = TIMEOUT) -> re.Match:
-        regex = re.compile(pattern)
-        while True:
-            try:
-                line = self.lines.get(timeout=timeout)
-            except queue.Empty:
-                raise AssertionError(f"no line matching {pattern!r}; output:\n{''.join(self.output)}")
-            if line is None:
-                raise AssertionError(f"process ended before {pattern!r}; output:\n{''.join(self.output)}")
-            m = regex.search(line)
-            if m:
-                return m
-
-    def terminate(self, timeout: float = TIMEOUT) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            raise AssertionError("process did not stop on SIGTERM")
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(TIMEOUT)
-
-    def text(self) -> str:
-        """Everything printed so far; all of it once the process has ended."""
-        if self.proc.poll() is not None:
-            self._reader.join(TIMEOUT)  # the last lines may still be in the pipe
-        return "".join(self.output)
+        super().__init__(argv, env=env, cwd=cwd)
 
 
 class Gateway(Process):
