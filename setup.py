@@ -6,11 +6,12 @@ setup(
     description="Reach an intranet web app from a phone through a blind MQTT-over-WebSocket relay",
     python_requires=">=3.11",
     packages=["linchpin_common", "linchpin_common.contract", "linchpin_gateway", "linchpin_connector",
-              "linchpin_connector.device", "twisted.plugins"],
+              "linchpin_connector.device", "linchpin_connector.web", "twisted.plugins"],
     package_data={
         "linchpin_common": ["py.typed"],
         "linchpin_gateway": ["db-schemas/*.sql", "py.typed"],
         "linchpin_connector": ["db-schemas/*.sql", "py.typed"],
+        "linchpin_connector.web": ["static/*.css", "static/*.js"],
         "twisted": ["plugins/lmgateway_plugin.py", "plugins/lmconnector_plugin.py"],
     },
     install_requires=[

@@ -284,6 +284,8 @@ class ConnectorService(service.MultiService):
         self._connect = connect
         self._gateway_http = gateway_http
         self.worker = worker
+        # Told of device changes: gateway_event(name, device_id), gateway_devices(listed).
+        self.observers: list = []
         if metrics_endpoint is not None:
             internet.StreamServerEndpointService(metrics_endpoint, metrics_site(ConnectorCollector(self))
                                                  ).setServiceParent(self)
@@ -348,6 +350,8 @@ class ConnectorService(service.MultiService):
             self.log.warn("unreadable gateway event ignored")
             return
         name, device_id = event
+        for observer in self.observers:
+            observer.gateway_event(name, device_id)
         if name == topics.EVENT_REVOKED:
             self.channels.forget(device_id)
             self.state.remove_device(device_id).addCallback(
@@ -368,10 +372,13 @@ class ConnectorService(service.MultiService):
         """
         before = {device.device_id for device in await self.state.devices()}
         try:
-            known = {d["device_id"] for d in await self.api.list_devices()}
+            listed = await self.api.list_devices()
         except Exception as e:
             self.log.warn("could not list devices at the gateway: {error}", error=str(e))
             return
+        for observer in self.observers:
+            observer.gateway_devices(listed)
+        known = {d["device_id"] for d in listed}
         for device_id in sorted(before - known):
             if await self.state.remove_device(device_id):
                 self.log.info("device {device_id} is gone at the gateway; keys removed", device_id=device_id)

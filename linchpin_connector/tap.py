@@ -16,6 +16,7 @@ from linchpin_common.tls import CAFileError, trust_root
 
 from .connector import ConnectorService
 from .proxy import USER_IN_FLIGHT
+from .web import PairingWebService
 
 
 class Options(usage.Options):
@@ -38,6 +39,9 @@ class Options(usage.Options):
                               "default: https_proxy/http_proxy/no_proxy as curl reads them."],
         ["proxy-password-file", None, None, "File whose first line is the proxy password "
                                             "(or set LINCHPIN_PROXY_PASSWORD)."],
+        ["web", None, None, "Endpoint of the self-service pairing page, e.g. tcp:8091:interface=127.0.0.1 "
+                            "(put it behind the SSO reverse proxy)."],
+        ["web-user-header", None, "X-Forwarded-User", "Header in which the SSO proxy names the pairing page's user."],
     ]
 
     def __init__(self):
@@ -57,8 +61,9 @@ class Options(usage.Options):
             raise usage.UsageError("--backend URL is required")
         if not self["backend"].startswith(("http://", "https://")):
             raise usage.UsageError("--backend must be an http:// or https:// URL")
-        if not re.fullmatch(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+", self["user-header"]):
-            raise usage.UsageError("--user-header must be an HTTP header name")
+        for option in ("user-header", "web-user-header"):
+            if not re.fullmatch(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+", self[option]):
+                raise usage.UsageError(f"--{option} must be an HTTP header name")
         if not 1 <= self["keep-alive"] <= 300:
             raise usage.UsageError("--keep-alive must be 1-300 seconds")
         if self["ca-file"]:
@@ -83,7 +88,7 @@ class Options(usage.Options):
 
 def makeService(config, reactor=default_reactor):
     reactor.callWhenRunning(exit_zero_on_sigterm, reactor)
-    return ConnectorService(
+    connector = ConnectorService(
         reactor,
         config["data-dir"],
         config["backend"],
@@ -97,3 +102,7 @@ def makeService(config, reactor=default_reactor):
         metrics_endpoint=serverFromString(reactor, config["metrics"]) if config["metrics"] else None,
         proxy=config.get("proxy-config"),
     )
+    if config["web"]:
+        PairingWebService(connector, serverFromString(reactor, config["web"]),
+                          config["web-user-header"]).setServiceParent(connector)
+    return connector

@@ -15,8 +15,8 @@ import pytest
 from treq.testing import StubTreq
 from twisted.internet import defer
 
-from linchpin_connector.device.errors import (ConnectorOffline, DeviceError, GatewayUnreachable, RequestRefused,
-                                              SessionLost)
+from linchpin_connector.device.errors import (ConnectorOffline, DeviceError, DeviceNotAccepted, GatewayUnreachable,
+                                              RequestRefused, SessionLost)
 from linchpin_connector.device.progress import Progress
 from linchpin_connector.device.serve import HostCheck, LocalProxy, cross_site, rewrite_location
 from tests.support import BIN, Process, System, cli
@@ -177,7 +177,8 @@ def test_foreign_host_and_cross_site_post_never_reach_the_device(local):
     (ConnectorOffline(), 503, b"The intranet connector is offline"),
     (RequestRefused("forbidden", "path not allowed"), 403, b"refused this address"),
     (SessionLost("the connector lost the session; request not replayed"), 502, b"not replayed"),
-    (DeviceError("the gateway does not accept this device (revoked or unknown)"), 502, b"revoked or unknown"),
+    (DeviceNotAccepted(), 403, b"no longer paired"),
+    (DeviceError("cannot write the device state"), 502, b"cannot write the device state"),
 ])
 def test_errors_become_a_page_that_says_which_part_is_away(local, error, status, text):
     link, stub = local

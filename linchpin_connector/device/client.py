@@ -33,8 +33,8 @@ from linchpin_common.contract.pairing import PAIR_PREFIX, PairingInfo, make_pair
 from linchpin_common.gateway_client import GatewayAPI, GatewayError, InsecureURL, check_gateway_url, make_http_client
 from linchpin_common.http_proxy import ProxyConfig, ProxyError
 
-from .errors import (ConnectorOffline, DeviceError, GatewayUnreachable, PairingRejected, RequestRefused,
-                     RequestTimeout, SessionLost)
+from .errors import (ConnectorOffline, DeviceError, DeviceNotAccepted, GatewayUnreachable, PairingRejected,
+                     RequestRefused, RequestTimeout, SessionLost)
 from .handshake import Handshake, Outcome, Phase
 from .state import DeviceState
 
@@ -327,7 +327,7 @@ class Device:
                                               ca_file=self.ca_file, timeout=self.timeout, proxy=self.proxy)
         except mqtt_client.ConnectionRefused as e:
             if e.code == 4:
-                raise DeviceError("the gateway does not accept this device (revoked or unknown)")
+                raise DeviceNotAccepted()
             raise GatewayUnreachable(str(e))
         except ProxyError as e:
             raise GatewayUnreachable(str(e))

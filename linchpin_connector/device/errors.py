@@ -28,6 +28,13 @@ class PairingRejected(DeviceError):
         super().__init__(message)
 
 
+class DeviceNotAccepted(DeviceError):
+    """The gateway refuses this device's credentials: it was revoked (or never existed)."""
+
+    def __init__(self, message="the gateway does not accept this device (revoked or unknown)"):
+        super().__init__(message)
+
+
 class RequestTimeout(DeviceError):
     exit_code = 6
 

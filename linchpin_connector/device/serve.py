@@ -35,7 +35,7 @@ from twisted.web.http import RESPONSES
 
 from linchpin_common.contract import e2e
 
-from .errors import (ConnectorOffline, DeviceError, GatewayUnreachable, PairingRejected, RequestRefused,
+from .errors import (ConnectorOffline, DeviceError, DeviceNotAccepted, GatewayUnreachable, PairingRejected, RequestRefused,
                      RequestTimeout, SessionLost)
 
 DEFAULT_LISTEN = "tcp:8088:interface=127.0.0.1"
@@ -65,7 +65,7 @@ def error_page(failure_or_error) -> tuple[int, str, str]:
         return 502, "The gateway cannot be reached", str(error)
     if isinstance(error, ConnectorOffline):
         return 503, "The intranet connector is offline", str(error)
-    if isinstance(error, PairingRejected):
+    if isinstance(error, (PairingRejected, DeviceNotAccepted)):
         return 403, "This device is no longer paired", str(error)
     if isinstance(error, RequestTimeout):
         return 504, "No answer in time", str(error)

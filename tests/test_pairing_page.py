@@ -1,0 +1,265 @@
+"""The pairing page in memory: the real twisted.web site and desk, the real
+connector state (SQLite, run inline), a fake gateway API and a fake clock."""
+
+from __future__ import annotations
+
+import re
+import secrets
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+from treq.testing import StubTreq
+from twisted.internet.error import ConnectionDone
+from twisted.internet.testing import MemoryReactorClock
+from twisted.python.failure import Failure
+from twisted.web.test.requesthelper import DummyRequest
+
+from linchpin_common.contract.pairing import parse_pairing_uri
+from linchpin_common.gateway_client import GatewayError
+from linchpin_common.workers import InlineWorker
+from linchpin_connector.state import AsyncState, ConnectorState
+from linchpin_connector.web.desk import MAX_PENDING_PER_USER, PairingDesk
+from linchpin_connector.web.site import HEARTBEAT, PairingPage
+
+URL = "http://pairing.intranet/"
+PUBLIC_KEY = bytes(range(32))
+
+
+class FakeAPI:
+    def __init__(self):
+        self.devices = {}
+        self.revoked = []
+
+    async def add_device(self):
+        device_id = secrets.token_hex(16)
+        self.devices[device_id] = "pending"
+        return {"device_id": device_id, "device_setup_key": secrets.token_urlsafe(16),
+                "expires_at": "2030-01-02T03:04:05Z", "gateway_url": "https://gw.example"}
+
+    async def revoke(self, device_id):
+        if device_id not in self.devices:
+            raise GatewayError(404, "not_found", "no such device")
+        del self.devices[device_id]
+        self.revoked.append(device_id)
+
+
+class World:
+    def __init__(self, tmp_path):
+        self.reactor = MemoryReactorClock()
+        self.reactor.advance(1_800_000_000)
+        self.sync_state = ConnectorState(str(tmp_path / "connector"))
+        self.state = AsyncState(self.sync_state, InlineWorker())
+        self.api = FakeAPI()
+        self.desk = PairingDesk(self.state, self.api, PUBLIC_KEY, self.reactor)
+        self.page = PairingPage(self.desk, "X-Forwarded-User", self.reactor)
+        self.stub = StubTreq(self.page)
+
+    def call(self, method, path="", user="alice", headers=None, **kwargs):
+        hdrs = dict(headers or {})
+        if user is not None:
+            hdrs["X-Forwarded-User"] = user
+        d = self.stub.request(method, URL + path, headers=hdrs, allow_redirects=False, **kwargs)
+        self.stub.flush()
+        response = d.result
+        body = self.stub.content(response)
+        self.stub.flush()
+        return response, body.result.decode()
+
+    def token(self, user="alice"):
+        _, page = self.call("GET", user=user)
+        return re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
+
+    def post(self, path, user="alice", **form):
+        return self.call("POST", path, user=user, data=form)
+
+    def pair(self, user="alice"):
+        response, _ = self.post("pair", user=user, csrf_token=self.token(user))
+        assert response.code == 303
+        _, page = self.call("GET", user=user)
+        return page
+
+
+def rows(page):
+    return dict(re.findall(r'data-device-id="([0-9a-f]{32})" data-state="(\w+)"', page))
+
+
+def pairing_uri(page):
+    m = re.search(r'data-pairing-uri="([^"]+)"', page)
+    return m and m.group(1).replace("&amp;", "&")
+
+
+@pytest.fixture
+def world(tmp_path):
+    w = World(tmp_path)
+    yield w
+    w.sync_state.close()
+
+
+def test_without_the_identity_header_401_and_a_page_saying_so(world):
+    for method, path in (("GET", ""), ("GET", "devices"), ("GET", "events"), ("POST", "pair")):
+        response, page = world.call(method, path, user=None)
+        assert response.code == 401 and "single sign-on" in page
+    for bad in ("", " ", "a\x01b"):
+        assert world.call("GET", user=bad)[0].code == 401
+
+
+def test_the_page_headers_and_no_inline_script(world):
+    response, page = world.call("GET")
+    assert response.code == 200
+    assert response.headers.getRawHeaders("content-security-policy")[0].startswith("default-src 'self'")
+    assert response.headers.getRawHeaders("cache-control") == ["no-store"]
+    assert response.headers.getRawHeaders("x-frame-options") == ["DENY"]
+    assert not re.search(r"<script(?![^>]*\bsrc=)", page)  # no inline script
+    assert not re.search(r"<[^>]+\son[a-z]+=", page) and "style=" not in page  # no inline handler or style
+    assert 'src="static/pairing.js"' in page and "Pair a new device" in page and "You have no devices yet" in page
+    for name, kind in (("pairing.js", "text/javascript"), ("pairing.css", "text/css")):
+        response, body = world.call("GET", "static/" + name)
+        assert response.code == 200 and response.headers.getRawHeaders("content-type")[0].startswith(kind) and body
+    assert world.call("GET", "static/../desk.py")[0].code == 404
+    assert world.call("GET", "nope")[0].code == 404
+    assert world.call("GET", "pair")[0].code == 405
+
+
+def test_pair_shows_a_qr_code_until_the_device_has_paired(world):
+    page = world.pair()
+    [(device_id, state)] = rows(page).items()
+    assert state == "pending"
+    uri = pairing_uri(page)
+    info = parse_pairing_uri(uri)
+    assert info.gateway_url == "https://gw.example" and info.connector_key == PUBLIC_KEY
+    assert world.sync_state.device(device_id).setup_secret == info.secret  # stored like `device add`
+    assert world.sync_state.device(device_id).user == "alice"
+    assert re.search(r"<svg[^>]*class=\"qr\"", page) and page.count("data-pairing-uri=") == 1
+    # the live part alone (what the script fetches) says the same
+    response, live = world.call("GET", "devices")
+    assert response.headers.getRawHeaders("cache-control") == ["no-store"] and pairing_uri(live) == uri
+
+    world.desk.gateway_event("device_paired", device_id)
+    _, page = world.call("GET")
+    assert rows(page) == {device_id: "paired"} and pairing_uri(page) is None
+    world.desk.gateway_event("device_connected", device_id)
+    assert rows(world.call("GET")[1]) == {device_id: "connected"}
+    world.desk.gateway_event("device_disconnected", device_id)
+    assert rows(world.call("GET")[1]) == {device_id: "paired"}
+
+
+def test_the_qr_code_goes_when_the_setup_key_expires(world):
+    page = world.pair()
+    assert pairing_uri(page)
+    world.reactor.advance(1_900_000_000 - world.reactor.seconds())  # past 2030-01-02
+    page = world.call("GET")[1]
+    assert pairing_uri(page) is None and list(rows(page).values()) == ["pending"]
+
+
+def test_a_user_sees_and_removes_only_their_own_devices(world):
+    alice_page = world.pair("alice")
+    [alice_device] = rows(alice_page)
+    bob_page = world.pair("bob")
+    [bob_device] = rows(bob_page)
+    assert alice_device not in bob_page and bob_device not in world.call("GET", user="alice")[1]
+    assert pairing_uri(bob_page) != pairing_uri(alice_page)
+
+    response, page = world.post("remove", user="bob", csrf_token=world.token("bob"), device_id=alice_device)
+    assert response.code == 404 and "no device" in page
+    assert world.api.revoked == [] and world.sync_state.device(alice_device) is not None
+
+    response, _ = world.post("remove", user="alice", csrf_token=world.token("alice"), device_id=alice_device)
+    assert response.code == 303 and response.headers.getRawHeaders("location") == ["./"]
+    assert world.api.revoked == [alice_device] and world.sync_state.device(alice_device) is None
+    assert rows(world.call("GET", user="alice")[1]) == {}
+
+
+def test_state_changing_requests_need_the_users_csrf_token(world):
+    assert world.post("pair")[0].code == 403
+    assert world.post("pair", csrf_token="forged")[0].code == 403
+    assert world.post("pair", csrf_token=world.token("bob"))[0].code == 403  # another user's token
+    response, page = world.call("POST", "pair", data={"csrf_token": world.token()},
+                                headers={"Sec-Fetch-Site": "cross-site"})
+    assert response.code == 403 and "reload the page" in page
+    assert world.api.devices == {}
+    [device_id] = rows(world.pair())
+    assert world.post("remove", device_id=device_id)[0].code == 403
+    assert world.sync_state.device(device_id) is not None
+
+
+def test_pending_devices_per_user_are_bounded(world):
+    for _ in range(MAX_PENDING_PER_USER):
+        world.pair()
+    response, page = world.post("pair", csrf_token=world.token())
+    assert response.code == 409 and "remove one first" in page
+    assert len(world.api.devices) == MAX_PENDING_PER_USER
+    assert world.post("pair", user="bob", csrf_token=world.token("bob"))[0].code == 303
+
+
+def test_gateway_trouble_is_a_page_not_a_hang(world):
+    async def down():
+        raise ConnectionRefusedError("gateway down")
+
+    world.api.add_device = down
+    response, page = world.post("pair", csrf_token=world.token())
+    assert response.code == 502 and "Try again later" in page
+
+
+def test_events_stream_tells_only_the_owner_and_keeps_the_stream_alive(world):
+    chunks = {"alice": [], "bob": []}
+    for user in chunks:
+        d = world.stub.get(URL + "events", headers={"X-Forwarded-User": user})
+        world.stub.flush()
+        response = d.result
+        assert response.headers.getRawHeaders("content-type") == ["text/event-stream"]
+        assert response.headers.getRawHeaders("cache-control") == ["no-store"]
+        response.collect(chunks[user].append)
+    world.stub.flush()
+    assert b"".join(chunks["alice"]) == b"retry: 3000\n\n"
+
+    page = world.pair("alice")
+    [device_id] = rows(page)
+    world.stub.flush()
+    assert b"event: devices\ndata: changed\n\n" in b"".join(chunks["alice"])
+    before = len(chunks["alice"])
+    world.desk.gateway_event("device_paired", device_id)
+    world.stub.flush()
+    assert len(chunks["alice"]) == before + 1
+    assert b"event: devices" not in b"".join(chunks["bob"])
+
+    world.reactor.advance(HEARTBEAT)
+    world.stub.flush()
+    assert chunks["bob"][-1] == b": still here\n\n"
+    assert set(world.desk.watchers) == {"alice", "bob"}
+
+
+def test_a_closed_event_stream_stops_watching(world):
+    request = DummyRequest([b"events"])
+    request.requestHeaders.setRawHeaders(b"X-Forwarded-User", [b"carol"])
+    request.prepath, request.postpath = [b"events"], []
+    world.page.render(request)
+    assert set(world.desk.watchers) == {"carol"} and world.page.streams == {"carol": 1}
+    request.processingFailed(Failure(ConnectionDone("the browser left")))
+    assert world.desk.watchers == {} and world.page.streams == {}
+    world.reactor.advance(HEARTBEAT * 2)
+    assert request.written == [b"retry: 3000\n\n"]  # no heartbeat after the end
+
+
+def test_device_list_at_connect_replaces_the_states(world):
+    [a] = rows(world.pair())
+    [b] = set(rows(world.pair())) - {a}
+    world.desk.gateway_devices([{"device_id": a, "state": "active", "connected": True},
+                                {"device_id": b, "state": "pending", "connected": False}])
+    page = world.call("GET")[1]
+    assert rows(page) == {a: "connected", b: "pending"}
+    assert parse_qs(urlsplit(pairing_uri(page)).query)  # b's code is still shown
+    world.desk.gateway_event("device_revoked", b)
+    assert pairing_uri(world.call("GET")[1]) is None
+
+
+def test_a_device_added_by_the_cli_shows_up_and_follows_events(world):
+    device_id = secrets.token_hex(16)
+    world.sync_state.add_device(device_id, "alice", secrets.token_bytes(32))
+    chunks = []
+    d = world.stub.get(URL + "events", headers={"X-Forwarded-User": "alice"})
+    world.stub.flush()
+    d.result.collect(chunks.append)
+    world.desk.gateway_event("device_paired", device_id)  # the desk never saw it: looked up in the state
+    world.stub.flush()
+    assert b"event: devices" in b"".join(chunks)
+    assert rows(world.call("GET")[1]) == {device_id: "paired"}
