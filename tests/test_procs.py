@@ -88,5 +88,5 @@ def test_log_file_modes(tmp_path):
         assert direct.tail() == "straight to the file"
     finally:
         direct.proc.stdin.close()
-        assert direct.stop() == 0
+    assert direct.wait() == 0 and direct.stop() == 0
     assert not os.path.exists(tmp_path / "missing.log")
