@@ -292,7 +292,9 @@ class ApiV1(_AsyncResource):
             return {}
         try:
             body = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError):
+        except (UnicodeDecodeError, ValueError, RecursionError):
+            # RecursionError: nesting deeper than the parser's stack (a few
+            # thousand "[" fit in the 64 KiB body limit) is malformed too.
             raise ApiError(400, "bad_request", "body is not valid JSON")
         if not isinstance(body, dict):
             raise ApiError(400, "bad_request", "body must be a JSON object")

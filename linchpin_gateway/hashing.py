@@ -17,11 +17,9 @@ import base64
 import hashlib
 import hmac
 import os
-import threading
 
 from twisted.internet import defer
 
-from linchpin_common.contract.ids import new_secret
 from linchpin_common.workers import ThreadWorker
 
 MIN_ITERATIONS = 100_000
@@ -38,14 +36,12 @@ def hash_password(password: str, iterations: int = MIN_ITERATIONS, salt: bytes |
         raise ValueError(f"PBKDF2 iterations must be at least {MIN_ITERATIONS}")
     salt = os.urandom(SALT_BYTES) if salt is None else salt
     digest = hashlib.pbkdf2_hmac("sha256", password.encode("utf-8"), salt, iterations)
-    return "$".join(
-        [
-            _ALGORITHM,
-            str(iterations),
-            base64.b64encode(salt).decode("ascii"),
-            base64.b64encode(digest).decode("ascii"),
-        ]
-    )
+    return _encode(iterations, salt, digest)
+
+
+def _encode(iterations: int, salt: bytes, digest: bytes) -> str:
+    return "$".join([_ALGORITHM, str(iterations), base64.b64encode(salt).decode("ascii"),
+                     base64.b64encode(digest).decode("ascii")])
 
 
 def verify_password(password: str, encoded: str) -> bool:
@@ -84,8 +80,11 @@ class Hasher:
         self.worker = worker or ThreadWorker(reactor, "lmgateway-pbkdf2", max(1, os.cpu_count() or 1))
         self.max_pending = max_pending
         self.pending = 0
-        self._dummy: str | None = None
-        self._dummy_lock = threading.Lock()
+        # What an unknown, pending or revoked id is checked against: the
+        # configured iteration count (so it costs what a real check costs)
+        # and a random "hash" no password can match (2**-256), made without
+        # running PBKDF2 at all.
+        self._dummy = _encode(iterations, os.urandom(SALT_BYTES), os.urandom(32))
 
     def start(self) -> None:
         self.worker.start()
@@ -113,12 +112,4 @@ class Hasher:
         return self._run(self._verify, password, encoded)
 
     def _verify(self, password: str, encoded: str | None) -> bool:
-        return verify_password(password, encoded or self._dummy_hash())
-
-    def _dummy_hash(self) -> str:
-        """A hash of a random secret, made once on a worker thread (never at
-        import time, never on the reactor thread)."""
-        with self._dummy_lock:
-            if self._dummy is None:
-                self._dummy = hash_password(new_secret(), self.iterations)
-            return self._dummy
+        return verify_password(password, encoded or self._dummy)
