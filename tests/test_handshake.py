@@ -376,3 +376,46 @@ def test_hello_flood_is_bounded(pair):
     slow.callback(pair.cstate.device(DEVICE_ID))
     pair.wire.pump()
     assert pair.wire.kinds("down").count(e2e.WELCOME) == 5  # the first and the four queued
+
+
+def test_hello_under_a_pending_key_that_vanished_is_not_answered(pair):
+    """Issue 10 item 14: the result of promoting a pending key is not ignored."""
+    device = pair.new_device()
+    pair.wire.filter_up = lambda p: None if p[1] == e2e.DATA else p  # the confirm is lost
+    handshake(pair, device)
+    assert len(pair.connector_device().pending) == 1
+    pair.wire.filter_up = None
+    real = pair.channels.state.promote_pending_key
+
+    def vanished(device_id, key_id):  # another key proven (or the device removed) meanwhile
+        pair.cstate.conn.execute("DELETE FROM pending_keys")
+        return real(device_id, key_id)
+
+    pair.channels.state.promote_pending_key = vanished
+    pair.wire.log.clear()
+    again = pair.new_device()  # HELLO under the pending key (kind 1)
+    d = pair.run(again.handshake())
+    assert pair.wire.kinds("down") == []  # no WELCOME for a key that is gone
+    assert not d.called
+
+
+def test_confirm_of_a_session_whose_pending_key_vanished_ends_it(pair):
+    device = pair.new_device()
+    held = []
+    pair.wire.filter_up = lambda p: (held.append(p), None)[1] if p[1] == e2e.DATA and not held else p
+    handshake(pair, device)
+    pair.cstate.conn.execute("DELETE FROM pending_keys")  # the device was re-added meanwhile, say
+    pair.wire.filter_up = None
+    pair.wire.up.append(held[0])
+    pair.wire.pump()
+    assert pair.wire.kinds("down")[-1] == e2e.RESET
+    assert DEVICE_ID not in pair.channels.channels
+
+
+def test_hello_locks_are_pruned(pair):
+    for _ in range(3):
+        pair.new_device()
+        pair.wire.up.append(e2e.DeviceHandshake.start(DEVICE_ID, pair.setup_secret, e2e.KEY_SETUP,
+                                                      e2e.b64u_decode(pair.dstate.connector_key)).hello)
+        pair.wire.pump()
+    assert pair.channels._locks == {}
