@@ -19,11 +19,9 @@ from twisted.logger import Logger
 from twisted.web import http, server
 from twisted.web.resource import Resource
 
-from .audit import audit
-from linchpin_common.contract.ids import is_hex_id, new_id, new_secret
-
+from .accounts import Accounts, InvalidSetupKey, Unauthorized, UnknownDevice
 from .auth import LoginRefused
-from .hashing import Overloaded, sha256_hex
+from .hashing import Overloaded
 from .ratelimit import address_key
 from .router import CONNECTOR
 from .session import MQTTResource
@@ -159,49 +157,37 @@ class NotFound(_AsyncResource):
 
 
 class Health(_AsyncResource):
-    def __init__(self, gateway):
+    """``/healthz`` (liveness) or ``/readyz`` (readiness): 200 once every probe
+    answers, else 503 naming the first that did not.  A probe is a
+    ``(name, callable returning a Deferred)``."""
+
+    def __init__(self, probes, status: str):
         super().__init__()
-        self.gateway = gateway
+        self.probes = probes
+        self.status = status
 
     async def handle(self, request):
         if request.postpath:
             raise ApiError(404, *NOT_FOUND)
         if request.method not in (b"GET", b"HEAD"):
             raise ApiError(405, "method_not_allowed", "only GET is allowed here", {"Allow": "GET, HEAD"})
-        try:
-            await self.gateway.store.ping()
-        except Exception:
-            raise ApiError(503, "unavailable", "store not answering")
-        return 200, {"status": "ok"}
-
-
-class Ready(_AsyncResource):
-    """``/readyz``: can this node serve?  Store and (when configured) bus up."""
-
-    def __init__(self, gateway):
-        super().__init__()
-        self.gateway = gateway
-
-    async def handle(self, request):
-        if request.postpath:
-            raise ApiError(404, *NOT_FOUND)
-        if request.method not in (b"GET", b"HEAD"):
-            raise ApiError(405, "method_not_allowed", "only GET is allowed here", {"Allow": "GET, HEAD"})
-        reason = await self.gateway.not_ready()
-        if reason is not None:
-            raise ApiError(503, "unavailable", reason)
-        return 200, {"status": "ready"}
+        for name, probe in self.probes:
+            try:
+                await probe()
+            except Exception:
+                raise ApiError(503, "unavailable", f"{name} unreachable", {"Retry-After": "5"})
+        return 200, {"status": self.status}
 
 
 class Root(Resource):
     """``/api/v1/...``, ``/healthz``, ``/readyz`` and ``/mqtt`` on one Site; JSON 404 elsewhere."""
 
-    def __init__(self, gateway, ws_factory):
+    def __init__(self, api, ws_factory, live, ready):
         super().__init__()
-        self._api = ApiV1(gateway)
+        self._api = api
         self._not_found = NotFound()
-        self.putChild(b"healthz", Health(gateway))
-        self.putChild(b"readyz", Ready(gateway))
+        self.putChild(b"healthz", Health(live, "ok"))
+        self.putChild(b"readyz", Health(ready, "ready"))
         self.putChild(b"mqtt", MQTTResource(ws_factory))
 
     def getChild(self, path, request):
@@ -219,10 +205,15 @@ class Root(Resource):
 class ApiV1(_AsyncResource):
     """Routes ``/api/v1/<...>``; unknown paths are 404 before any method check."""
 
-    def __init__(self, gateway):
+    log = Logger(namespace="lmgateway")
+
+    def __init__(self, accounts: Accounts, logins, *, rest_limiter, stats, public_url: str | None = None):
         super().__init__()
-        self.gw = gateway
-        self.log = gateway.log
+        self.accounts = accounts
+        self.logins = logins
+        self.rest_limiter = rest_limiter
+        self.stats = stats
+        self.public_url = public_url
 
     def _route(self, parts):
         """(allowed methods, handler taking (request, *args), args) or None."""
@@ -278,11 +269,11 @@ class ApiV1(_AsyncResource):
 
     def _charge(self, host: str) -> None:
         key = address_key(host)
-        if not self.gw.rest_limiter.charge(key):
-            self._limited(self.gw.rest_limiter.retry_after(key))
+        if not self.rest_limiter.charge(key):
+            self._limited(self.rest_limiter.retry_after(key))
 
     def _limited(self, retry: int):
-        self.gw.stats.rate_limited += 1
+        self.stats.rate_limited += 1
         raise ApiError(429, "rate_limited", f"too many requests; retry in {retry} s", {"Retry-After": str(retry)})
 
     @staticmethod
@@ -313,18 +304,18 @@ class ApiV1(_AsyncResource):
         if scheme.lower() != "basic" or not sep:
             instance_id, password = "", ""  # a failed login like any other
         try:
-            principal = await self.gw.logins.login(host, instance_id, password)
+            principal = await self.logins.login(host, instance_id, password)
         except LoginRefused as refused:
             self._limited(refused.retry_after)
         if principal is None or principal.role != CONNECTOR:
-            self.gw.stats.auth_failures += 1
+            self.stats.auth_failures += 1
             self.log.debug("REST auth failure from {peer}", peer=host)
             raise _unauthorized()
         return instance_id
 
     def _gateway_url(self, request) -> str:
-        if self.gw.public_url:
-            return self.gw.public_url
+        if self.public_url:
+            return self.public_url
         scheme = "https" if request.isSecure() else "http"
         host = request.getHeader("host")
         if not host:
@@ -332,82 +323,64 @@ class ApiV1(_AsyncResource):
             host = f"{addr.host}:{addr.port}"
         return f"{scheme}://{host}"
 
-    # -- handlers -----------------------------------------------------------
+    # -- handlers: HTTP in, domain call, HTTP out ---------------------------
 
     async def register(self, request):
-        token = self.gw.registration_token
-        if token is not None:
-            scheme, _, value = (request.getHeader("authorization") or "").partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(
-                value.strip().encode("utf-8"), token.encode("utf-8")
-            ):
-                self.log.debug("registration refused from {peer}: bad token", peer=_peer(request))
-                raise _unauthorized("Bearer")
+        scheme, _, value = (request.getHeader("authorization") or "").partition(" ")
+        token = value.strip() if scheme.lower() == "bearer" else None
+        try:
+            self.accounts.authorize_registration(token)
+        except Unauthorized:
+            self.log.debug("registration refused from {peer}: bad token", peer=_peer(request))
+            raise _unauthorized("Bearer")
         self._json_body(request)
-        instance_id, password = new_id(), new_secret()
-        encoded = await self.gw.hasher.hash(password)
-        await self.gw.store.create_instance(instance_id, encoded, self.gw.clock.seconds())
-        audit("instance_registered", instance_id=instance_id, host=_peer(request))
+        created = await self.accounts.register(token, host=_peer(request))
         return 201, {
-            "instance_id": instance_id,
-            "instance_password": password,
+            "instance_id": created.instance_id,
+            "instance_password": created.instance_password,
             "gateway_url": self._gateway_url(request),
         }
 
     async def rotate_password(self, request):
         instance_id = await self._instance(request)
         self._json_body(request)
-        password = new_secret()
-        encoded = await self.gw.hasher.hash(password)
-        if not await self.gw.store.set_instance_password(instance_id, encoded):
+        try:
+            password = await self.accounts.rotate_password(instance_id)
+        except Unauthorized:
             raise _unauthorized()  # deleted meanwhile
-        self.gw.authenticator.forget(instance_id)
-        audit("instance_password_changed", instance_id=instance_id)
         return 200, {"instance_password": password}
 
     async def delete_instance(self, request):
         instance_id = await self._instance(request)
-        device_ids = await self.gw.store.delete_instance(instance_id)
-        if device_ids is None:
+        try:
+            await self.accounts.delete_instance(instance_id)
+        except Unauthorized:
             raise _unauthorized()
-        self.gw.authenticator.forget(instance_id, *device_ids)
-        self.gw.router.drop_instance(instance_id)
-        audit("instance_deleted", instance_id=instance_id, devices=len(device_ids))
         return 204, None
 
     async def add_device(self, request):
         instance_id = await self._instance(request)
         self._json_body(request)
-        device_id, setup_key = new_id(), new_secret()
-        now = self.gw.clock.seconds()
-        expires_at = int(now) + self.gw.setup_key_ttl
-        await self.gw.store.create_device(device_id, instance_id, sha256_hex(setup_key), expires_at, now)
-        audit("device_created", device_id=device_id, instance_id=instance_id)
+        device = await self.accounts.add_device(instance_id)
         return 201, {
-            "device_id": device_id,
-            "device_setup_key": setup_key,
-            "expires_at": rfc3339(expires_at),
+            "device_id": device.device_id,
+            "device_setup_key": device.device_setup_key,
+            "expires_at": rfc3339(device.expires_at),
             "gateway_url": self._gateway_url(request),
         }
 
     async def list_devices(self, request):
         instance_id = await self._instance(request)
-        rows = await self.gw.store.list_devices(instance_id)
-        router = self.gw.router
-        return 200, {
-            "devices": [
-                {"device_id": device_id, "state": state, "connected": router.is_connected(device_id)}
-                for device_id, state in rows
-            ]
-        }
+        rows = await self.accounts.list_devices(instance_id)
+        return 200, {"devices": [{"device_id": r.device_id, "state": r.state, "connected": r.connected}
+                                 for r in rows]}
 
     async def revoke_device(self, request, device_id):
         instance_id = await self._instance(request)
-        if not is_hex_id(device_id) or not await self.gw.store.delete_device(instance_id, device_id):
+        try:
+            await self.accounts.revoke_device(instance_id, device_id)
+        except UnknownDevice:
             raise ApiError(404, *NOT_FOUND)
-        self.gw.authenticator.forget(device_id)
-        self.gw.router.revoke_device(instance_id, device_id)
-        audit("device_revoked", device_id=device_id, instance_id=instance_id)
         return 204, None
 
     async def setup_device(self, request):
@@ -415,21 +388,11 @@ class ApiV1(_AsyncResource):
         setup_key = body.get("device_setup_key")
         if not isinstance(setup_key, str):
             raise ApiError(400, "bad_request", "device_setup_key (string) is required")
-        invalid = ApiError(404, "invalid_setup_key", "unknown, used or expired setup key")
-        key_hash = sha256_hex(setup_key)
-        now = self.gw.clock.seconds()
-        found = await self.gw.store.find_setup_key(key_hash, now)
-        if found is None:
+        try:
+            device_id, password = await self.accounts.pair_device(setup_key, host=_peer(request))
+        except InvalidSetupKey:
             self.log.debug("invalid setup key from {peer}", peer=_peer(request))
-            raise invalid
-        device_id, _instance_id = found
-        password = new_secret()
-        encoded = await self.gw.hasher.hash(password)
-        instance_id = await self.gw.store.activate_device(device_id, key_hash, encoded, now)
-        if instance_id is None:  # another request spent the key meanwhile
-            raise invalid
-        self.gw.router.device_paired(instance_id, device_id)
-        audit("device_paired", device_id=device_id, instance_id=instance_id, host=_peer(request))
+            raise ApiError(404, "invalid_setup_key", "unknown, used or expired setup key")
         return 200, {"device_id": device_id, "device_password": password}
 
 

@@ -22,7 +22,8 @@ from twisted.internet import defer
 
 from linchpin_common.workers import ThreadWorker
 
-MIN_ITERATIONS = 100_000
+from .config import MIN_ITERATIONS
+
 SALT_BYTES = 16
 _ALGORITHM = "pbkdf2_sha256"
 

@@ -22,36 +22,27 @@ takeover never flips its devices to offline.
 
 from __future__ import annotations
 
-import json
-import re
 from dataclasses import dataclass
 
 from twisted.logger import Logger
+
+from linchpin_common.contract.ids import is_hex_id
+from linchpin_common.contract.topics import (EVENT_CONNECTED, EVENT_DISCONNECTED, EVENT_PAIRED, EVENT_REVOKED, EVENTS,
+                                             STATUS, SUBACK_FAILURE, UP_FILTER, connector_may_subscribe,
+                                             device_may_subscribe, down_topic, down_topic_id, event_payload,
+                                             status_payload, up_topic)
 
 from .metrics import Stats
 
 DEVICE = "device"
 CONNECTOR = "connector"
 
-UP_FILTER = "devices/+/up"
-EVENTS = "$gateway/events"
-STATUS = "$gateway/status"
-SUBACK_FAILURE = 0x80
-
-_DOWN_PREFIX = "devices/"
-_DOWN_SUFFIX = "/down"
-_DOWN_LEN = len(_DOWN_PREFIX) + 32 + len(_DOWN_SUFFIX)
-_HEX_ID = re.compile(r"[0-9a-f]{32}")
 _STATUS_TOPIC = STATUS.encode()
 _EVENTS_TOPIC = EVENTS.encode()
-_ONLINE = json.dumps({"connector": "online"}).encode()
-_OFFLINE = json.dumps({"connector": "offline"}).encode()
+_ONLINE = status_payload(True)
+_OFFLINE = status_payload(False)
 
 TAKEOVER_GRACE = 10.0
-
-
-def is_hex_id(text: str) -> bool:
-    return _HEX_ID.fullmatch(text) is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,8 +63,8 @@ class Client:
         self.subs: dict[str, int] = {}  # granted filter -> QoS
         self.attached = True
         if principal.role == DEVICE:
-            self.up_topic = f"devices/{principal.id}/up"
-            self.down_topic = f"devices/{principal.id}/down"
+            self.up_topic = up_topic(principal.id)
+            self.down_topic = down_topic(principal.id)
         else:
             self.up_topic = self.down_topic = None
         # The same topics as bytes, made once, so forwarding never re-encodes.
@@ -130,7 +121,7 @@ class Router:
             inst.devices[principal.id] = client
             if inst.blocked:
                 session.hold()
-            self._event(inst, "device_connected", principal.id)
+            self._event(inst, EVENT_CONNECTED, principal.id)
         return client
 
     def detach(self, client: Client) -> None:
@@ -163,7 +154,7 @@ class Router:
                     self._cancel_grace(inst)
         elif inst.devices.get(principal.id) is client:
             del inst.devices[principal.id]
-            self._event(inst, "device_disconnected", principal.id)
+            self._event(inst, EVENT_DISCONNECTED, principal.id)
         self._update_presence(principal.instance_id, inst)
 
     # -- subscriptions -------------------------------------------------------
@@ -203,8 +194,8 @@ class Router:
     @staticmethod
     def _may_subscribe(client: Client, topic_filter: str) -> bool:
         if client.principal.role == DEVICE:
-            return topic_filter == client.down_topic or topic_filter == STATUS
-        return topic_filter == UP_FILTER or topic_filter == EVENTS
+            return device_may_subscribe(client.principal.id, topic_filter)
+        return connector_may_subscribe(topic_filter)
 
     # -- publishing ----------------------------------------------------------
 
@@ -225,7 +216,7 @@ class Router:
                     self._count(payload)
                     target.session.deliver(client.up_wire, payload, min(qos, sub_qos), raw)
             return True
-        device_id = _down_device(topic)
+        device_id = down_topic_id(topic)
         target = inst.devices.get(device_id) if device_id is not None else None
         if target is not None:  # one of ours, connected: the id is well-formed
             sub_qos = target.subs.get(topic)
@@ -271,7 +262,7 @@ class Router:
     def device_paired(self, instance_id: str, device_id: str) -> None:
         inst = self._instances.get(instance_id)
         if inst is not None:
-            self._event(inst, "device_paired", device_id)
+            self._event(inst, EVENT_PAIRED, device_id)
 
     def revoke_device(self, instance_id: str, device_id: str) -> None:
         """Credentials are gone: cut the live session at once and tell the connector."""
@@ -281,7 +272,7 @@ class Router:
             client.session.close("device revoked")
         inst = self._instances.get(instance_id)
         if inst is not None:
-            self._event(inst, "device_revoked", device_id)
+            self._event(inst, EVENT_REVOKED, device_id)
 
     def drop_instance(self, instance_id: str) -> None:
         """The instance is deleted: close its connector and every device session."""
@@ -345,13 +336,5 @@ class Router:
     def _event(self, inst: _Instance, event: str, device_id: str) -> None:
         connector = inst.connector
         if connector is not None and EVENTS in connector.subs:
-            payload = json.dumps({"event": event, "device_id": device_id}).encode()
+            payload = event_payload(event, device_id)
             connector.session.deliver(_EVENTS_TOPIC, payload, 0)
-
-
-def _down_device(topic: str) -> str | None:
-    """The X of a ``devices/X/down`` topic with a 32-character X, else None
-    (whether X is hex is only checked when it names no connected device)."""
-    if len(topic) != _DOWN_LEN or not topic.startswith(_DOWN_PREFIX) or not topic.endswith(_DOWN_SUFFIX):
-        return None
-    return topic[len(_DOWN_PREFIX) : -len(_DOWN_SUFFIX)]

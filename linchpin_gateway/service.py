@@ -9,60 +9,57 @@ from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from .api import GatewaySite, Root
-from .auth import Authenticator, LoginGuard
-from .audit import audit
-from .hashing import MIN_ITERATIONS, Hasher
 from linchpin_common.metrics import metrics_site
 
+from .accounts import Accounts
+from .api import ApiV1, GatewaySite, Root
+from .audit import audit
+from .auth import Authenticator, LoginGuard
+from .config import DEFAULTS, GatewayConfig
+from .hashing import Hasher
 from .metrics import GatewayCollector, Stats
 from .ratelimit import RateLimiter, Unlimited
 from .router import Router
-from .session import MAX_OUTBOUND, Limits, MQTTWebSocketFactory
-
-PURGE_INTERVAL = 3600.0
-HTTP_IDLE_TIMEOUT = 60  # seconds an HTTP connection may sit idle before the upgrade
-# (burst, per minute) for one address.  REST: every call that is not
-# authenticated.  Logins: failed CONNECTs only.  Both admit a well-behaved
-# client's 20 a minute and trip within 100 (REST) and 50 (logins).
-REST_LIMIT = (30, 30.0)
-LOGIN_LIMIT = (20, 20.0)
-
+from .session import Limits, MQTTWebSocketFactory
 
 class Gateway(service.MultiService):
-    """Everything one gateway node needs; listeners are added as children."""
+    """Everything one gateway node needs; listeners are added as children.
+
+    ``config`` is the node's :class:`~linchpin_gateway.config.GatewayConfig`
+    (its defaults when omitted); each part gets only what it needs from it.
+    """
 
     log = Logger(namespace="lmgateway")
 
-    def __init__(self, reactor, store, *, public_url: str | None = None,
-                 registration_token: str | None = None, max_packet: int = 1048576,
-                 setup_key_ttl: int = 86400, iterations: int = MIN_ITERATIONS, hash_worker=None,
-                 max_outbound: int = MAX_OUTBOUND, max_sessions: int = 50_000, max_unauthenticated: int = 1024,
-                 hash_queue: int = 256, rest_limit: tuple[int, float] | None = REST_LIMIT,
-                 login_limit: tuple[int, float] | None = LOGIN_LIMIT, drain_timeout: float = 5.0):
+    def __init__(self, reactor, store, config: GatewayConfig = DEFAULTS, *, hash_worker=None):
         super().__init__()
         self.reactor = reactor
         self.clock = reactor
+        self.config = config
         self.store = store
         self.stats = Stats()
-        self.hasher = Hasher(reactor, iterations, worker=hash_worker, max_pending=hash_queue)
+        self.hasher = Hasher(reactor, config.pbkdf2_iterations, worker=hash_worker, max_pending=config.hash_queue)
         self.authenticator = Authenticator(store, self.hasher, reactor)
         self.router = Router(reactor, stats=self.stats)
-        self.public_url = public_url.rstrip("/") if public_url else None
-        self.registration_token = registration_token
-        self.setup_key_ttl = setup_key_ttl
-        self.drain_timeout = drain_timeout
-        self.rest_limiter = (RateLimiter(reactor, *rest_limit, on_trip=lambda host: audit(
-            "rate_limit_tripped", host=host, limit="unauthenticated REST calls")) if rest_limit else Unlimited())
-        self.login_limiter = (RateLimiter(reactor, *login_limit, on_trip=lambda host: audit(
-            "auth_failure_burst", host=host, limit="failed logins (MQTT and REST)")) if login_limit else Unlimited())
+        self.accounts = Accounts(store, self.hasher, self.authenticator, self.router, reactor,
+                                 setup_key_ttl=config.setup_key_ttl, registration_token=config.registration_token)
+        self.rest_limiter = _limiter(reactor, config.rest_limit, "rate_limit_tripped", "unauthenticated REST calls")
+        self.login_limiter = _limiter(reactor, config.login_limit, "auth_failure_burst",
+                                      "failed logins (MQTT and REST)")
+        per_principal = GatewayConfig.per_minute(config.login_limit)
         self.logins = LoginGuard(self.authenticator, reactor, self.login_limiter,
-                                 RateLimiter(reactor, *login_limit) if login_limit else Unlimited())
-        self.limits = Limits(max_packet=max_packet, max_outbound=max_outbound)
-        self.ws_factory = MQTTWebSocketFactory(self, reactor, max_sessions=max_sessions,
-                                               max_unauthenticated=max_unauthenticated)
-        self.site = GatewaySite(Root(self, self.ws_factory), reactor=reactor, timeout=HTTP_IDLE_TIMEOUT)
-        purge = internet.TimerService(PURGE_INTERVAL, self.purge_expired)
+                                 RateLimiter(reactor, *per_principal) if per_principal else Unlimited())
+        self.limits = Limits(max_packet=config.max_message_size, max_outbound=config.max_outbound,
+                             connect_timeout=config.connect_timeout)
+        self.ws_factory = MQTTWebSocketFactory(reactor, self.router, self.logins, self.limits, self.stats,
+                                               max_sessions=config.max_sessions,
+                                               max_unauthenticated=config.max_pending_logins)
+        api = ApiV1(self.accounts, self.logins, rest_limiter=self.rest_limiter, stats=self.stats,
+                    public_url=config.public_base)
+        probes = [("store", lambda: store.ping())]
+        self.site = GatewaySite(Root(api, self.ws_factory, live=probes, ready=probes), reactor=reactor,
+                                timeout=config.http_idle_timeout)
+        purge = internet.TimerService(config.purge_interval, self.purge_expired)
         purge.clock = reactor
         purge.setServiceParent(self)
 
@@ -85,31 +82,30 @@ class Gateway(service.MultiService):
         # a clean close, then pools finish their queued work and stop.
         yield super().stopService()
         sessions = len(self.ws_factory.live)
-        yield self.ws_factory.close_all(self.drain_timeout)
+        yield self.ws_factory.close_all(self.config.drain_timeout)
         self.log.info("closed {n} sessions", n=sessions)
         self.hasher.stop()
         self.store.stop()
         self.log.info("lmgateway stopped")
 
     @defer.inlineCallbacks
-    def not_ready(self):
-        """Deferred[str | None]: why this node cannot serve now, or None."""
-        try:
-            yield self.store.ping()
-        except Exception:
-            return "store unreachable"
-        return None
-
-    @defer.inlineCallbacks
     def purge_expired(self):
         try:
-            purged = yield self.store.purge_expired(self.clock.seconds())
+            purged = yield defer.ensureDeferred(self.accounts.purge_expired())
         except Exception:
             self.log.failure("purging expired setup keys failed")
             return
         for instance_id, device_id in purged:
             self.log.info("expired pending device {device_id} of {instance_id} purged",
                           device_id=device_id, instance_id=instance_id)
+
+
+def _limiter(reactor, per_minute: int, event: str, what: str):
+    """A per-address limiter of ``per_minute`` (burst the same), or none for 0."""
+    limit = GatewayConfig.per_minute(per_minute)
+    if limit is None:
+        return Unlimited()
+    return RateLimiter(reactor, *limit, on_trip=lambda host: audit(event, host=host, limit=what))
 
 
 @implementer(IStreamServerEndpoint)

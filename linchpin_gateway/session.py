@@ -23,6 +23,7 @@ from zope.interface import implementer
 from linchpin_common.contract import wire
 
 from .auth import TooManyFailures, TooManyInFlight
+from .config import DEFAULTS
 from .hashing import Overloaded
 from .metrics import Stats
 from .ratelimit import Slots, address_key
@@ -47,11 +48,9 @@ _NEXT = {
     (CONNECTED, "close"): CLOSED,
 }
 
-CONNECT_TIMEOUT = 10.0  # seconds from accepting the socket to CONNECT
 DEAD_AFTER = 450.0  # silence allowed for keep-alive 0 or > 300
 MAX_KEEP_ALIVE = 300
 MAX_PRE_AUTH = 4096  # bytes a client may send after its CONNECT before CONNACK
-MAX_OUTBOUND = 4 * 1024 * 1024  # bytes queued for a client that stopped reading
 PENDING_PER_ADDRESS = 32  # WebSocket sessions awaiting CONNACK from one address
 
 
@@ -63,9 +62,9 @@ class SessionStateError(Exception):
 class Limits:
     """Per-session bounds; one instance is shared by every session of a gateway."""
 
-    max_packet: int = 1048576
-    max_outbound: int = MAX_OUTBOUND
-    connect_timeout: float = CONNECT_TIMEOUT
+    max_packet: int = DEFAULTS.max_message_size
+    max_outbound: int = DEFAULTS.max_outbound
+    connect_timeout: float = DEFAULTS.connect_timeout
     max_pre_auth: int = MAX_PRE_AUTH
 
 
@@ -486,13 +485,13 @@ class MQTTServerProtocol(WebSocketServerProtocol):
         return getattr(self.transport.getPeer(), "host", self.peer)
 
     def onOpen(self):
-        gw = self.factory.gateway
-        limits = gw.limits
+        f = self.factory
+        limits = f.limits
         deadline = limits.connect_timeout
         if self._accepted_at is not None:  # the HTTP request's time counts too
             deadline -= self.factory.reactor.seconds() - self._accepted_at
-        self.mqtt = MQTTSession(gw.router, gw.logins, self.factory.reactor, self, peer=self.peer,
-                                host=self._host(), limits=limits, stats=gw.stats, on_accepted=self._accepted,
+        self.mqtt = MQTTSession(f.router, f.logins, self.factory.reactor, self, peer=self.peer,
+                                host=self._host(), limits=limits, stats=f.stats, on_accepted=self._accepted,
                                 connect_deadline=deadline)
 
     def _accepted(self):
@@ -595,10 +594,14 @@ class MQTTWebSocketFactory(WebSocketServerFactory):
     protocol = MQTTServerProtocol
     log = Logger()
 
-    def __init__(self, gateway, reactor, url: str = "ws://localhost/mqtt", max_sessions: int = 50_000,
-                 max_unauthenticated: int = 1024, pending_per_address: int = PENDING_PER_ADDRESS):
+    def __init__(self, reactor, router, logins, limits: Limits, stats, *, url: str = "ws://localhost/mqtt",
+                 max_sessions: int = DEFAULTS.max_sessions, max_unauthenticated: int = DEFAULTS.max_pending_logins,
+                 pending_per_address: int = PENDING_PER_ADDRESS):
         super().__init__(url, protocols=["mqtt"], reactor=reactor)
-        self.gateway = gateway
+        self.router = router
+        self.logins = logins
+        self.limits = limits
+        self.stats = stats
         self.max_sessions = max_sessions
         self.max_unauthenticated = max_unauthenticated
         self.pending_per_address = Slots(pending_per_address)
@@ -606,7 +609,7 @@ class MQTTWebSocketFactory(WebSocketServerFactory):
         self.live: set[MQTTServerProtocol] = set()
         self.unauthenticated = 0
         self._drained: list[defer.Deferred] = []
-        self.setProtocolOptions(**websocket_options(gateway.limits.max_packet))
+        self.setProtocolOptions(**websocket_options(limits.max_packet))
 
     def buildProtocol(self, addr):
         protocol = super().buildProtocol(addr)

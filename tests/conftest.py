@@ -4,6 +4,7 @@ import json
 import pytest
 from twisted.internet.testing import MemoryReactorClock
 
+from linchpin_gateway.config import GatewayConfig
 from linchpin_gateway.service import Gateway
 from linchpin_gateway.store import SQLiteStore
 from linchpin_common.workers import InlineWorker
@@ -24,16 +25,20 @@ def no_process_left():
         Process.running.discard(proc)
 
 
+from tests.logcheck import logged_failures_fail_the_test, pytest_configure  # noqa: E402,F401 (fixtures)
+
+
 @pytest.fixture
 def make_gateway(tmp_path):
     """An in-memory gateway: real store and hashing, run inline; fake reactor."""
     made = []
 
     def make(**options):
+        """``options`` are GatewayConfig fields, e.g. ``rest_limit=0``."""
         reactor = MemoryReactorClock()
         reactor.advance(1_800_000_000)
         store = SQLiteStore(reactor, str(tmp_path / f"gw{len(made)}"), worker=InlineWorker())
-        gateway = Gateway(reactor, store, hash_worker=InlineWorker(), **options)
+        gateway = Gateway(reactor, store, GatewayConfig(**options), hash_worker=InlineWorker())
         gateway.startService()
         made.append(gateway)
         return gateway

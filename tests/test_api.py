@@ -274,10 +274,13 @@ def test_healthz_503_when_store_fails(api, gw):
 def test_readyz_follows_the_store(api, gw):
     resp, body = api.call("GET", "/readyz")
     assert resp.code == 200 and body == {"status": "ready"}
-    gw.store.ping = lambda: defer.fail(RuntimeError("gone"))
+    gw.store.ping = lambda: defer.fail(RuntimeError("disk gone"))
     resp, body = api.call("GET", "/readyz")
     assert_error(resp, body, 503, "unavailable")
     assert body["message"] == "store unreachable"
+    assert resp.headers.getRawHeaders("Retry-After") == ["5"]
+    resp, body = api.call("POST", "/readyz")
+    assert_error(resp, body, 405, "method_not_allowed")
 
 
 def test_store_unavailable_is_503_with_retry_after(api, gw):
@@ -379,7 +382,7 @@ def test_verified_credentials_cached_and_forgotten_on_rotation(api, gw):
 @pytest.fixture
 def unlimited_gateway(make_gateway):
     """One gateway for every example of a hypothesis test (no rate limit)."""
-    return make_gateway(rest_limit=None, login_limit=None)
+    return make_gateway(rest_limit=0, login_limit=0)
 
 
 json_values = st.recursive(
