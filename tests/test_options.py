@@ -36,7 +36,8 @@ def test_gateway_store_url_from_environment(monkeypatch):
     monkeypatch.setenv("LMGATEWAY_STORE", "postgresql://u:pw@127.0.0.1:5432/lm")
     options = gateway_tap.Options()
     options.parseOptions([])
-    assert options["store"] == "postgresql://u:pw@127.0.0.1:5432/lm"
+    assert options.config.store == "postgresql://u:pw@127.0.0.1:5432/lm"
+    assert "pw" not in repr(options.config)
 
 
 def test_gateway_defaults():
