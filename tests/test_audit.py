@@ -19,17 +19,17 @@ def test_audit_events_and_no_secret_in_any_log_event(make_gateway):
         dev = api.add_device(inst)
         _, creds = api.setup(dev["device_setup_key"])
         payload = b"PAYLOAD-" + b"7" * 24
-        conn = Peer(gw.router, gw.authenticator, gw.reactor, limits=gw.limits)
+        conn = Peer(gw.router, gw.logins, gw.reactor, limits=gw.limits)
         conn.feed(wire.Connect(client_id="c", username=inst["instance_id"],
                                password=inst["instance_password"].encode(), keep_alive=60, clean_session=True),
                   wire.Subscribe(1, (("devices/+/up", 0),)))
-        device = Peer(gw.router, gw.authenticator, gw.reactor, limits=gw.limits)
+        device = Peer(gw.router, gw.logins, gw.reactor, limits=gw.limits)
         device.feed(wire.Connect(client_id="d", username=dev["device_id"], password=creds["device_password"].encode(),
                                  keep_alive=60, clean_session=True),
                     wire.Publish(f"devices/{dev['device_id']}/up", payload))
         assert conn.take()[-1].payload == payload
         for _ in range(25):  # a burst of failed logins from one address
-            bad = Peer(gw.router, gw.authenticator, gw.reactor, limits=gw.limits, host="203.0.113.9")
+            bad = Peer(gw.router, gw.logins, gw.reactor, limits=gw.limits, host="203.0.113.9")
             bad.feed(wire.Connect(client_id="x", username=dev["device_id"], password=b"guess", keep_alive=60,
                                   clean_session=True))
         api.call("DELETE", f"/api/v1/devices/{dev['device_id']}", headers=auth)
@@ -57,7 +57,7 @@ def test_default_login_limit_trips_within_50_a_minute_but_not_at_20(make_gateway
     inst = Client(gw).register()
 
     def attempt(host):
-        p = Peer(gw.router, gw.authenticator, gw.reactor, limits=gw.limits, host=host)
+        p = Peer(gw.router, gw.logins, gw.reactor, limits=gw.limits, host=host)
         p.feed(wire.Connect(client_id="x", username=inst["instance_id"], password=b"wrong", keep_alive=60,
                             clean_session=True))
         return p.take()[0].return_code
