@@ -1,12 +1,51 @@
-from setuptools import setup
+import re
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+HERE = Path(__file__).parent
+VERSION = re.search(r'^__version__ = "([^"]+)"', (HERE / "linchpin_common" / "__init__.py").read_text(),
+                    re.MULTILINE).group(1)
+SOURCE = "https://github.com/linchpin-mobile/linchpin-mobile-gateway"
 
 setup(
     name="linchpin-mobile-gateway",
-    version="0.1.0",
+    version=VERSION,
     description="Reach an intranet web app from a phone through a blind MQTT-over-WebSocket relay",
+    long_description=(HERE / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="MIT",
+    license_files=["LICENSE"],
+    url=SOURCE,
+    project_urls={
+        "Documentation": f"{SOURCE}/blob/main/docs/getting-started.md",
+        "Operations": f"{SOURCE}/blob/main/docs/operations.md",
+        "Source": SOURCE,
+        "Issues": f"{SOURCE}/issues",
+    },
+    keywords=["mqtt", "websocket", "twisted", "relay", "intranet", "mobile", "end-to-end encryption"],
+    classifiers=[
+        "Development Status :: 4 - Beta",
+        "Environment :: No Input/Output (Daemon)",
+        "Framework :: Twisted",
+        "Intended Audience :: System Administrators",
+        "Intended Audience :: Developers",
+        "License :: OSI Approved :: MIT License",
+        "Operating System :: POSIX :: Linux",
+        "Programming Language :: Python :: 3",
+        "Programming Language :: Python :: 3 :: Only",
+        "Programming Language :: Python :: 3.11",
+        "Programming Language :: Python :: 3.12",
+        "Topic :: Internet :: Proxy Servers",
+        "Topic :: Internet :: WWW/HTTP",
+        "Topic :: Security :: Cryptography",
+        "Topic :: System :: Networking",
+        "Typing :: Typed",
+    ],
     python_requires=">=3.11",
-    packages=["linchpin_common", "linchpin_common.contract", "linchpin_gateway", "linchpin_connector",
-              "linchpin_connector.device", "linchpin_connector.web", "twisted.plugins"],
+    packages=find_packages(include=["linchpin_common", "linchpin_common.*", "linchpin_gateway",
+                                    "linchpin_gateway.*", "linchpin_connector", "linchpin_connector.*"])
+    + ["twisted.plugins"],
     package_data={
         "linchpin_common": ["py.typed"],
         "linchpin_gateway": ["db-schemas/*.sql", "py.typed"],
@@ -37,6 +76,7 @@ setup(
             "paho-mqtt>=2.0",
             "playwright>=1.40",
             "build>=1.0",
+            "wheel>=0.41",  # python -m build --no-isolation (the packaging test) builds the wheel offline
         ],
     },
     entry_points={
