@@ -14,6 +14,11 @@ import os
 import pytest
 from treq.testing import StubTreq
 from twisted.internet import defer
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+from twisted.web.server import Site
 
 from linchpin_connector.device.errors import (ConnectorOffline, DeviceError, DeviceNotAccepted, GatewayUnreachable,
                                               RequestRefused, SessionLost)
@@ -105,6 +110,16 @@ def test_progress_bar_only_for_large_bodies():
 class FakeResponse:
     def __init__(self, status, headers, parts, error=None):
         self.status, self.headers, self.parts, self.error = status, headers, parts, error
+        self.calls = []
+
+    def pause(self):
+        self.calls.append("pause")
+
+    def resume(self):
+        self.calls.append("resume")
+
+    def cancel(self):
+        self.calls.append("cancel")
 
     def deliver(self, write):
         for part in self.parts:
@@ -198,6 +213,76 @@ def test_a_response_cut_midway_is_not_shown_as_complete(local):
     stub.flush()
     assert body.called and isinstance(body.result.value, Exception)  # the client saw a broken response
     body.addErrback(lambda f: None)
+
+
+def test_the_browser_sets_the_pace_and_leaving_cancels(local):
+    link, _ = local
+    body = defer.Deferred()
+    link.answer = FakeResponse(200, [], [b"first part"])
+    link.answer.deliver = lambda write: (write(b"first part"), body)[1]
+    site = Site(LocalProxy(link, HostCheck("127.0.0.1", 8088)))
+    channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 50000))
+    transport = StringTransport()
+    channel.makeConnection(transport)
+    channel.dataReceived(b"GET /big HTTP/1.1\r\nHost: 127.0.0.1:8088\r\n\r\n")
+    assert b"first part" in transport.value()
+    transport.producer.pauseProducing()  # the browser's socket buffer is full
+    transport.producer.resumeProducing()
+    assert link.answer.calls == ["pause", "resume"]
+    channel.connectionLost(Failure(ConnectionDone("the browser left")))
+    assert link.answer.calls[-1] == "cancel"  # the connector stops sending it
+    body.errback(DeviceError("the response was abandoned"))  # what cancel() makes of it
+    assert not transport.disconnecting  # nothing more done with the gone request
+
+
+class _Channel:
+    def __init__(self):
+        self.sent = []
+        self.requests = {}
+
+    def send(self, header, body=b""):
+        self.sent.append(header)
+
+
+class _PendingRequest:
+    def __init__(self, channel):
+        self.channel, self.id, self.acks = channel, 7, []
+        channel.requests[7] = self
+
+    def ack(self, n):
+        self.acks.append(n)
+
+
+def test_a_paused_response_holds_parts_unacked_until_resumed():
+    from linchpin_connector.device.client import Response
+
+    request = _PendingRequest(_Channel())
+    response = Response(request, 200, [])
+    got = []
+    done = response.deliver(got.append)
+    response.pause()
+    part = b"x" * (256 * 1024)
+    for _ in range(2):
+        assert response._part(part)
+    response._end()
+    assert got == [] and request.acks == [] and not done.called  # held back, so the window fills
+    response.resume()
+    assert got == [part, part] and sum(request.acks) == 2 * len(part) and done.called
+
+
+def test_cancelling_a_response_tells_the_connector():
+    from linchpin_connector.device.client import Response
+
+    channel = _Channel()
+    request = _PendingRequest(channel)
+    response = Response(request, 200, [])
+    done = response.deliver(lambda part: None)
+    response.cancel()
+    assert channel.sent == [{"t": "cancel", "id": 7}] and channel.requests == {}
+    assert isinstance(done.result.value, DeviceError)
+    done.addErrback(lambda f: None)
+    response.cancel()
+    assert len(channel.sent) == 1
 
 
 # -- loopback, with the real commands ------------------------------------------------

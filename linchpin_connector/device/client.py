@@ -120,6 +120,7 @@ class Response:
         self._error = None
         self._sink = None
         self._done: defer.Deferred | None = None
+        self._paused = False
         # Acks go out per ACK_BATCH consumed, not per part: a quarter of the
         # window, so the sender always hears from us before its window fills.
         self._window = ReceiveWindow(batch=ACK_BATCH)
@@ -134,11 +135,32 @@ class Response:
         """Call ``write(part)`` for each body part; fires when the body ended."""
         self._sink = write
         self._done = defer.Deferred()
-        parts, self._parts = self._parts, []
-        for part in parts:
-            self._consume(part)
-        self._finish_if_ended()
+        self._flush()
         return self._done
+
+    def pause(self) -> None:
+        """Stop handing parts to ``write`` (and acking them): once its 1 MiB
+        window is full, the connector stops reading from the backend."""
+        self._paused = True
+
+    def resume(self) -> None:
+        self._paused = False
+        self._flush()
+
+    def cancel(self) -> None:
+        """Abandon the rest of the body: the connector is told to stop sending it."""
+        if self._ended:
+            return
+        request = self._request
+        request.channel.send({"t": "cancel", "id": request.id})
+        request.channel.requests.pop(request.id, None)
+        self._parts = []
+        self._end(DeviceError("the response was abandoned"))
+
+    def _flush(self) -> None:
+        while self._parts and self._sink is not None and not self._paused:
+            self._consume(self._parts.pop(0))
+        self._finish_if_ended()
 
     @_deferred
     async def content(self) -> bytes:
@@ -152,8 +174,9 @@ class Response:
             return True
         if not self._window.received(len(data)):
             return False
-        if self._sink is None:
+        if self._sink is None or self._paused or self._parts:
             self._parts.append(data)  # bounded by the 1 MiB window: nothing is acked yet
+            self._flush()
         else:
             self._consume(data)
         return True
@@ -170,6 +193,8 @@ class Response:
         self._finish_if_ended()
 
     def _finish_if_ended(self) -> None:
+        if self._parts and self._error is None:
+            return  # parts still held back by pause()
         if self._ended and self._done is not None and not self._done.called:
             if self._error is not None:
                 self._done.errback(self._error)

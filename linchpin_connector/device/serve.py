@@ -29,9 +29,11 @@ import re
 from urllib.parse import urlsplit, urlunsplit
 
 from twisted.internet import defer, endpoints
+from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from twisted.web import resource, server
 from twisted.web.http import RESPONSES
+from zope.interface import implementer
 
 from linchpin_common.contract import e2e
 
@@ -207,7 +209,9 @@ class LocalProxy(resource.Resource):
                 request.finish()
             return
         if gone:
+            response.cancel()
             return
+        request.notifyFinish().addErrback(lambda _: response.cancel())  # the browser left mid-body
         request.setResponseCode(response.status, RESPONSES.get(response.status, b"Unknown"))
         for name, value in response.headers:
             lower = name.lower()
@@ -223,16 +227,39 @@ class LocalProxy(resource.Resource):
             if not gone:
                 request.write(part)
 
+        # The browser sets the pace: while its connection's buffer is full the
+        # parts wait unacked, and the connector stops reading the backend.
+        request.registerProducer(_Pace(response), True)
         try:
             await response.deliver(write)
         except Exception as e:
-            # The response had started: the browser must see it broken, not complete.
-            self.log.info("a response was cut: {error}", error=str(e))
             if not gone:
+                # The response had started: the browser must see it broken, not complete.
+                self.log.info("a response was cut: {error}", error=str(e))
+                request.unregisterProducer()
                 request.channel.transport.abortConnection()
             return
         if not gone:
+            request.unregisterProducer()
             request.finish()
+
+
+@implementer(IPushProducer)
+class _Pace:
+    """The browser's connection drives the device's response: full buffer,
+    pause; drained, resume."""
+
+    def __init__(self, response):
+        self.response = response
+
+    def pauseProducing(self):
+        self.response.pause()
+
+    def resumeProducing(self):
+        self.response.resume()
+
+    def stopProducing(self):
+        self.response.cancel()
 
 
 def _body(request):
