@@ -191,6 +191,7 @@ def test_pending_devices_per_user_are_bounded(world):
     assert world.post("pair", user="bob", csrf_token=world.token("bob"))[0].code == 303
 
 
+@pytest.mark.logged_failures.with_args(ConnectionRefusedError)
 def test_gateway_trouble_is_a_page_not_a_hang(world):
     async def down():
         raise ConnectionRefusedError("gateway down")
