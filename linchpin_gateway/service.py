@@ -12,10 +12,11 @@ from zope.interface import implementer
 from linchpin_common.metrics import metrics_site
 
 from .accounts import Accounts
-from .api import ApiV1, GatewaySite, Root
+from .api import ApiV1, Root
 from .audit import audit
 from .auth import Authenticator, LoginGuard
 from .config import DEFAULTS, GatewayConfig
+from .edge import GuardedSite
 from .hashing import Hasher
 from .metrics import GatewayCollector, Stats
 from .ratelimit import RateLimiter, Unlimited
@@ -57,7 +58,7 @@ class Gateway(service.MultiService):
         api = ApiV1(self.accounts, self.logins, rest_limiter=self.rest_limiter, stats=self.stats,
                     public_url=config.public_base)
         probes = [("store", lambda: store.ping())]
-        self.site = GatewaySite(Root(api, self.ws_factory, live=probes, ready=probes), reactor=reactor,
+        self.site = GuardedSite(Root(api, self.ws_factory, live=probes, ready=probes), reactor=reactor,
                                 timeout=config.http_idle_timeout)
         purge = internet.TimerService(config.purge_interval, self.purge_expired)
         purge.clock = reactor

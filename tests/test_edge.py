@@ -1,0 +1,179 @@
+"""Issue 10 item 2 at the HTTP edge: request deadline, connections per
+address, and a WebSocket's CONNECT deadline counted from the accept.
+
+Everything runs in memory: the gateway's real Site on a MemoryReactorClock,
+sockets played by StringTransport.
+"""
+
+import base64
+import os
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
+from twisted.python.failure import Failure
+from twisted.internet.testing import StringTransport
+
+from linchpin_common.contract import wire
+from linchpin_gateway.edge import GuardedSite
+from tests.support import connect_packet
+
+HEAD = b"GET /healthz HTTP/1.1\r\nHost: gw\r\n\r\n"
+
+
+class Socket(StringTransport):
+    aborted = False
+    protocol = None  # a real socket's protocol changes when it becomes a WebSocket
+
+    def pauseProducing(self):
+        pass
+
+    def resumeProducing(self):
+        pass
+
+    def abortConnection(self):
+        self.aborted = True
+        super().abortConnection()
+
+
+def connect(gw, host="192.0.2.10"):
+    channel = gw.site.buildProtocol(IPv4Address("TCP", host, 40000))
+    sock = Socket(peerAddress=IPv4Address("TCP", host, 40000))
+    sock.protocol = channel
+    channel.makeConnection(sock)
+    return channel, sock
+
+
+def test_the_site_is_guarded(make_gateway):
+    assert isinstance(make_gateway().site, GuardedSite)
+
+
+def test_slow_loris_headers_are_cut_at_the_deadline(make_gateway):
+    """Before: the idle timeout restarted on every byte, so a header byte
+    every few seconds held the connection for ever."""
+    gw = make_gateway()
+    reactor = gw.reactor
+    channel, sock = connect(gw)
+    for byte in HEAD[:-4]:
+        channel.dataReceived(bytes([byte]))
+        reactor.advance(1)
+        if sock.aborted:
+            break
+    assert sock.aborted
+    assert reactor.seconds() - channel.accepted_at <= gw.site.request_deadline + 1
+
+
+def test_a_trickled_body_is_cut_too(make_gateway):
+    gw = make_gateway()
+    channel, sock = connect(gw)
+    channel.dataReceived(b"POST /api/v1/devices/setup HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: 1000\r\n\r\n")
+    for _ in range(40):
+        channel.dataReceived(b" ")
+        gw.reactor.advance(1)
+    assert sock.aborted
+
+
+def test_a_prompt_request_is_served_and_the_next_one_gets_its_own_deadline(make_gateway):
+    gw = make_gateway()
+    channel, sock = connect(gw)
+    gw.reactor.advance(gw.site.request_deadline - 1)
+    channel.dataReceived(HEAD)
+    assert sock.value().startswith(b"HTTP/1.1 200")
+    gw.reactor.advance(gw.site.request_deadline - 1)  # idle between requests, within the deadline
+    assert not sock.aborted
+    channel.dataReceived(HEAD)
+    assert sock.value().count(b"HTTP/1.1 200") == 2
+    gw.reactor.advance(gw.site.request_deadline)
+    assert sock.aborted  # an idle keep-alive connection is closed at the deadline too
+
+
+def test_connections_per_address_are_capped(make_gateway):
+    gw = make_gateway()
+    gw.site.connections.per_key = 3
+    mine = [connect(gw) for _ in range(4)]
+    for channel, sock in mine:
+        channel.dataReceived(HEAD)
+    assert [sock.aborted for _, sock in mine] == [False, False, False, True]
+    assert mine[3][1].value() == b""  # refused before anything was read
+    other, sock = connect(gw, "198.51.100.3")
+    other.dataReceived(HEAD)
+    assert sock.value().startswith(b"HTTP/1.1 200")
+    mine[0][0].connectionLost(None)
+    again, sock = connect(gw)
+    again.dataReceived(HEAD)
+    assert not sock.aborted
+    for channel, _ in mine[1:3] + [(again, None), (other, None)]:
+        channel.connectionLost(None)
+    assert len(gw.site.connections) == 0
+
+
+def test_an_ipv6_network_counts_as_one_address(make_gateway):
+    gw = make_gateway()
+    gw.site.connections.per_key = 2
+    socks = []
+    for i in range(3):
+        channel = gw.site.buildProtocol(None)
+        sock = Socket(peerAddress=IPv4Address("TCP", f"2001:db8:5:6::{i + 1}", 40000))
+        channel.makeConnection(sock)
+        channel.dataReceived(HEAD)
+        socks.append(sock)
+    assert [s.aborted for s in socks] == [False, False, True]
+
+
+def upgrade(channel):
+    key = base64.b64encode(os.urandom(16))
+    channel.dataReceived(b"GET /mqtt HTTP/1.1\r\nHost: gw\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                         b"Sec-WebSocket-Key: " + key + b"\r\nSec-WebSocket-Version: 13\r\n"
+                         b"Sec-WebSocket-Protocol: mqtt\r\n\r\n")
+
+
+def test_a_websocket_keeps_its_slot_and_its_accept_time(make_gateway):
+    gw = make_gateway()
+    gw.site.connections.per_key = 1
+    channel, sock = connect(gw)
+    gw.reactor.advance(8)  # a slow upgrade request...
+    upgrade(channel)
+    assert b"101 Switching Protocols" in sock.value()
+    (ws,) = gw.ws_factory.live
+    assert ws.mqtt is not None
+    second, sock2 = connect(gw)
+    second.dataReceived(HEAD)
+    assert sock2.aborted  # the WebSocket still holds the address's one slot
+    gw.reactor.advance(2.5)  # ...leaves 2 s of the 10 s for the CONNECT
+    assert ws.mqtt.state == 3  # CLOSED: no CONNECT within 10 s of the accept
+    ws.connectionLost(Failure(ConnectionDone()))
+    third, sock3 = connect(gw)
+    third.dataReceived(HEAD)
+    assert not sock3.aborted
+
+
+def test_pending_logins_per_address_are_capped(make_gateway):
+    gw = make_gateway()
+    gw.ws_factory.pending_per_address.per_key = 2
+    answers = []
+    for _ in range(3):
+        channel, sock = connect(gw)
+        upgrade(channel)
+        answers.append(sock.value().split(b"\r\n", 1)[0])
+    assert answers[:2] == [b"HTTP/1.1 101 Switching Protocols"] * 2
+    assert b"503" in answers[2]
+    channel, sock = connect(gw, "198.51.100.4")  # another address is not affected
+    upgrade(channel)
+    assert b"101" in sock.value().split(b"\r\n", 1)[0]
+
+
+def test_an_accepted_login_frees_its_pending_slot(make_gateway):
+    gw = make_gateway()
+    gw.ws_factory.pending_per_address.per_key = 1
+    from tests.test_api import Client
+
+    inst = Client(gw).register()
+    channel, sock = connect(gw)
+    upgrade(channel)
+    (ws,) = gw.ws_factory.live
+    ws.mqtt.data_received(connect_packet(inst["instance_id"], inst["instance_password"]))
+    assert ws.mqtt.state == 2  # CONNECTED
+    assert wire.CONNACK_ACCEPTED == 0 and gw.ws_factory.pending_per_address.held("192.0.2.10") == 0
+    channel2, sock2 = connect(gw)
+    upgrade(channel2)
+    assert b"101" in sock2.value().split(b"\r\n", 1)[0]
