@@ -50,7 +50,7 @@ def failures():
 
 @pytest.fixture
 def api(make_gateway):
-    return Client(make_gateway(rest_limit=None, login_limit=None))
+    return Client(make_gateway(rest_limit=0, login_limit=0))
 
 
 def nested(depth: int, kind: str) -> bytes:
