@@ -10,6 +10,8 @@ from __future__ import annotations
 import http.client
 import io
 import os
+import pty
+import subprocess
 
 import pytest
 from treq.testing import StubTreq
@@ -307,6 +309,27 @@ def test_serve_relays_and_says_which_part_is_away(tmp_path):
         status, page = get(url)
         assert status == 200 and b"Hello, ivan" in page
         assert get(url, headers={"Host": "rebound.example"})[0] == 403
+
+        # `lmdevice request` on a terminal draws a progress bar for a large body
+        size = 6 * 1024 * 1024
+        controller, terminal = pty.openpty()
+        try:
+            done = subprocess.run([os.path.join(BIN, "lmdevice"), "--state", state, "request",
+                                   f"/download?size={size}"], stdout=subprocess.PIPE, stderr=terminal, timeout=60)
+            os.close(terminal)
+            drawn = b""
+            while True:
+                try:
+                    chunk = os.read(controller, 65536)
+                except OSError:  # the terminal's other end is closed: all read
+                    break
+                if not chunk:
+                    break
+                drawn += chunk
+        finally:
+            os.close(controller)
+        assert done.returncode == 0 and len(done.stdout) == size
+        assert b"100% 6.0 MiB of 6.0 MiB" in drawn and b"[####" in drawn
 
         system.connector.terminate()
         status, page = get(url)
