@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import os
 import secrets
 import sys
 
@@ -59,7 +60,7 @@ async def register(reactor, args, state: ConnectorState) -> None:
     except NotRegistered:
         pass
     api = GatewayAPI(make_http_client(reactor, args.ca_file, persistent=False, proxy=args.proxy_config), url)
-    answer = await api.register(args.registration_token)
+    answer = await api.register(_registration_token(args))
     # The daemon and the devices use the URL the gateway gives (its public
     # URL), which must pass the same test as the one typed here.
     try:
@@ -69,6 +70,24 @@ async def register(reactor, args, state: ConnectorState) -> None:
     static = X25519PrivateKey.generate()
     state.save_registration(public_url, answer["instance_id"], answer["instance_password"], _raw_private(static))
     print(f"registered instance {answer['instance_id']} at {public_url}", file=sys.stderr)
+
+
+TOKEN_ENV = "LINCHPIN_REGISTRATION_TOKEN"
+
+
+def _registration_token(args) -> str | None:
+    """From --registration-token-file (first line), else the option, else the environment."""
+    if args.registration_token_file:
+        try:
+            with open(args.registration_token_file, encoding="utf-8") as f:
+                token = f.readline().strip()
+        except OSError as e:
+            raise CommandError(f"cannot read the registration token file {args.registration_token_file}: "
+                               f"{e.strerror or e}")
+        if not token:
+            raise CommandError(f"the registration token file {args.registration_token_file} is empty")
+        return token
+    return args.registration_token or os.environ.get(TOKEN_ENV) or None
 
 
 async def device_add(reactor, args, state: ConnectorState) -> None:
@@ -134,7 +153,10 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("register", help="register this connector with a gateway")
     r.add_argument("--gateway", required=True, help="gateway base URL, e.g. https://gw.example.com")
-    r.add_argument("--registration-token", help="the gateway's registration token, if it has one")
+    r.add_argument("--registration-token", metavar="TOKEN",
+                   help=f"the gateway's registration token, if it has one (visible in ps: prefer "
+                        f"--registration-token-file or {TOKEN_ENV})")
+    r.add_argument("--registration-token-file", metavar="FILE", help="file whose first line is the token")
     r.add_argument("--insecure", action="store_true", help="allow plain http to a non-loopback gateway")
     r.add_argument("--force", action="store_true", help="register anew even if already registered")
     r.set_defaults(run=register)

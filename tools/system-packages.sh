@@ -16,6 +16,7 @@ declare -A NEEDED=(
   [tinyproxy]=tinyproxy        # the connector behind an HTTP proxy
   [chromium]=chromium          # pairing page and `lmdevice serve` in a real browser
   [systemd-analyze]=systemd    # `systemd-analyze verify` on deploy/*.service
+  [sqlite3]=sqlite3            # the online backup command of docs/operations.md
   [node]=nodejs                # MQTT.js for the browser MQTT test
   [npm]=npm
 )

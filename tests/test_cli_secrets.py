@@ -1,5 +1,6 @@
-"""``lmconnector device add --qr-png/--qr-svg``: the QR code holds the pairing
-secret, so its file is always a new 0600 file, never one planted in advance."""
+"""Secrets of ``lmconnector``: the QR code of ``device add --qr-png/--qr-svg``
+holds the pairing secret, so its file is always a new 0600 file, never one
+planted in advance; the registration token can stay out of ``ps``."""
 
 from __future__ import annotations
 
@@ -40,3 +41,20 @@ def test_an_existing_world_readable_file_does_not_keep_its_mode(tmp_path, kind):
 def test_an_unwritable_place_says_what_to_do(tmp_path):
     with pytest.raises(CommandError, match=r"cannot write .*lmconnector device revoke d{32}"):
         _write_qr(str(tmp_path / "missing-folder" / "qr.png"), segno.make(SECRET_URI), "png", "d" * 32)
+
+
+def test_registration_token_from_a_file_or_the_environment(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from linchpin_connector.cli import TOKEN_ENV, _registration_token
+
+    token_file = tmp_path / "token"
+    token_file.write_text("from-file\n")
+    monkeypatch.setenv(TOKEN_ENV, "from-env")
+    args = SimpleNamespace(registration_token=None, registration_token_file=str(token_file))
+    assert _registration_token(args) == "from-file"
+    assert _registration_token(SimpleNamespace(registration_token=None, registration_token_file=None)) == "from-env"
+    assert _registration_token(SimpleNamespace(registration_token="opt", registration_token_file=None)) == "opt"
+    token_file.write_text("\n")
+    with pytest.raises(CommandError, match="is empty"):
+        _registration_token(args)
