@@ -147,12 +147,12 @@ def _parser() -> argparse.ArgumentParser:
         epilog="Exit status: 0 done, 1 refused (the message says why), 2 bad usage or local files, "
         "3 gateway or proxy unreachable.")
     p.add_argument("--version", action="version", version=f"lmconnector {__version__}")
-    p.add_argument("--data-dir", default=DEFAULT_DATA_DIR, help="state folder (default %(default)s)")
+    p.add_argument("--data-dir", metavar="DIR", default=DEFAULT_DATA_DIR, help="state folder (default %(default)s)")
     p.add_argument("--ca-file", metavar="PEM", help="PEM of a private CA that signed the gateway's certificate")
     console.add_proxy_options(p)
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("register", help="register this connector with a gateway")
-    r.add_argument("--gateway", required=True, help="gateway base URL, e.g. https://gw.example.com")
+    r.add_argument("--gateway", metavar="URL", required=True, help="gateway base URL, e.g. https://gw.example.com")
     r.add_argument("--registration-token", metavar="TOKEN",
                    help=f"the gateway's registration token, if it has one (visible in ps: prefer "
                         f"--registration-token-file or {TOKEN_ENV})")

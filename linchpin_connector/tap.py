@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import sys
 from types import SimpleNamespace
 
 from twisted.internet import reactor as default_reactor
@@ -15,6 +17,7 @@ from linchpin_common.http_proxy import ProxySettingsError
 from linchpin_common.tls import CAFileError, trust_root
 
 from .connector import ConnectorService
+from .state import DB_NAME
 from .proxy import USER_IN_FLIGHT
 from .web import PairingWebService
 
@@ -87,6 +90,10 @@ class Options(usage.Options):
 
 
 def makeService(config, reactor=default_reactor):
+    if not os.path.exists(os.path.join(config["data-dir"], DB_NAME)):
+        # One line saying what to do, rather than a traceback from startService.
+        sys.exit(f"lmconnector: no connector registered in {config['data-dir']}: run "
+                 f"'lmconnector --data-dir {config['data-dir']} register --gateway URL' first")
     reactor.callWhenRunning(exit_zero_on_sigterm, reactor)
     connector = ConnectorService(
         reactor,

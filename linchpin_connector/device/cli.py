@@ -26,10 +26,10 @@ def _parser() -> argparse.ArgumentParser:
         "3 gateway or proxy unreachable, 4 connector offline, 5 pairing rejected, 6 timeout, "
         "7 session lost mid-request, 8 the connector refused the request.")
     p.add_argument("--version", action="version", version=f"lmdevice {__version__}")
-    p.add_argument("--state", default=DEFAULT_STATE, help="device state file (default %(default)s)")
+    p.add_argument("--state", metavar="FILE", default=DEFAULT_STATE, help="device state file (default %(default)s)")
     p.add_argument("--ca-file", metavar="PEM", help="PEM of a private CA that signed the gateway's certificate")
     console.add_proxy_options(p)
-    p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds to wait (default %(default)s)")
+    p.add_argument("--timeout", metavar="SECONDS", type=float, default=DEFAULT_TIMEOUT, help="seconds to wait (default %(default)s)")
     sub = p.add_subparsers(dest="command", required=True)
     pp = sub.add_parser("pair", help="pair with the URI from the QR code ('-' reads it from stdin)")
     pp.add_argument("uri")
