@@ -17,6 +17,8 @@ declare -A NEEDED=(
   [chromium]=chromium          # pairing page and `lmdevice serve` in a real browser
   [systemd-analyze]=systemd    # `systemd-analyze verify` on deploy/*.service
   [sqlite3]=sqlite3            # the online backup command of docs/operations.md
+  [nginx]=nginx                # deploy/nginx/ snippets run in front of a real gateway
+  [ngx_stream]=libnginx-mod-stream
   [node]=nodejs                # MQTT.js for the browser MQTT test
   [npm]=npm
 )
@@ -24,7 +26,9 @@ declare -A NEEDED=(
 have() {
   command -v "$1" >/dev/null 2>&1 && return 0
   # PostgreSQL's server binaries live in a versioned folder, off PATH.
-  [ "$1" = initdb ] && compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null
+  [ "$1" = initdb ] && compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null && return 0
+  # nginx's stream module (TLS in front of the gateway) is a package of its own.
+  [ "$1" = ngx_stream ] && [ -e /usr/lib/nginx/modules/ngx_stream_module.so ]
 }
 
 missing=()
@@ -45,7 +49,7 @@ apt-get update -q
 apt-get install -y -q --no-install-recommends "${missing[@]}"
 # Packaged daemons must not run as system services here: the tests start
 # private instances on loopback.
-for svc in redis-server haproxy tinyproxy; do
+for svc in redis-server haproxy tinyproxy nginx; do
   if command -v systemctl >/dev/null 2>&1; then systemctl disable --now "$svc" >/dev/null 2>&1 || true; fi
   service "$svc" stop >/dev/null 2>&1 || true
 done
