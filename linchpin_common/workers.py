@@ -26,6 +26,35 @@ class ThreadWorker:
         return threads.deferToThreadPool(self.reactor, self.pool, fn, *args)
 
 
+class BoundedWorker:
+    """A worker whose queue holds at most ``max_pending`` jobs (queued or
+    running); past it :meth:`run` fails at once with ``overflow()``, so a
+    flood becomes quick refusals instead of an ever-growing queue."""
+
+    def __init__(self, worker, max_pending: int, overflow):
+        self.worker = worker
+        self.max_pending = max_pending
+        self.overflow = overflow
+        self.pending = 0
+
+    def start(self) -> None:
+        self.worker.start()
+
+    def stop(self) -> None:
+        self.worker.stop()
+
+    def run(self, fn, *args) -> defer.Deferred:
+        if self.pending >= self.max_pending:
+            return defer.fail(self.overflow())
+        self.pending += 1
+
+        def done(result):
+            self.pending -= 1
+            return result
+
+        return self.worker.run(fn, *args).addBoth(done)
+
+
 class InlineWorker:
     def start(self) -> None:
         pass

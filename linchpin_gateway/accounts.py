@@ -31,6 +31,10 @@ class UnknownDevice(AccountError):
     """No such device in this instance (also another instance's device)."""
 
 
+class LimitReached(AccountError):
+    """The instance already has as many devices (or pending devices) as allowed."""
+
+
 class InvalidSetupKey(AccountError):
     """Unknown, already used or expired setup key (all look the same)."""
 
@@ -65,13 +69,16 @@ class Accounts:
     """
 
     def __init__(self, store, hasher, credentials, sessions, clock, *, setup_key_ttl: int,
-                 registration_token: str | None = None):
+                 registration_token: str | None = None, max_devices: int | None = None,
+                 max_pending_devices: int | None = None):
         self.store = store
         self.hasher = hasher
         self.credentials = credentials
         self.sessions = sessions
         self.clock = clock
         self.setup_key_ttl = setup_key_ttl
+        self.max_devices = max_devices
+        self.max_pending_devices = max_pending_devices
         self._token = registration_token.encode("utf-8") if registration_token else None
 
     @property
@@ -110,6 +117,15 @@ class Accounts:
         audit("instance_deleted", instance_id=instance_id, devices=len(device_ids))
 
     async def add_device(self, instance_id: str) -> NewDevice:
+        """Raises :class:`LimitReached` when the instance has its most devices
+        (or pending devices): one tenant cannot fill the store."""
+        if self.max_devices is not None or self.max_pending_devices is not None:
+            rows = await self.store.list_devices(instance_id)
+            if self.max_devices is not None and len(rows) >= self.max_devices:
+                raise LimitReached(f"an instance may have {self.max_devices} devices")
+            pending = sum(1 for _, state in rows if state == "pending")
+            if self.max_pending_devices is not None and pending >= self.max_pending_devices:
+                raise LimitReached(f"an instance may have {self.max_pending_devices} devices waiting to be paired")
         device_id, setup_key = new_id(), new_secret()
         now = self.clock.seconds()
         expires_at = int(now) + self.setup_key_ttl

@@ -18,7 +18,7 @@ from twisted.logger import Logger
 from twisted.web import http, server
 from twisted.web.resource import Resource
 
-from .accounts import Accounts, InvalidSetupKey, Unauthorized, UnknownDevice
+from .accounts import Accounts, InvalidSetupKey, LimitReached, Unauthorized, UnknownDevice
 from .auth import LoginRefused
 from .hashing import Overloaded
 from .ratelimit import address_key
@@ -206,11 +206,15 @@ class ApiV1(_AsyncResource):
 
     log = Logger(namespace="lmgateway")
 
-    def __init__(self, accounts: Accounts, logins, *, rest_limiter, stats, public_url: str | None = None):
+    def __init__(self, accounts: Accounts, logins, *, rest_limiter, stats, public_url: str | None = None,
+                 instance_limiter=None):
+        """``instance_limiter`` counts every authenticated call per instance,
+        so one tenant cannot keep the store busy for the others."""
         super().__init__()
         self.accounts = accounts
         self.logins = logins
         self.rest_limiter = rest_limiter
+        self.instance_limiter = instance_limiter
         self.stats = stats
         self.public_url = public_url
 
@@ -310,6 +314,9 @@ class ApiV1(_AsyncResource):
             self.stats.auth_failures += 1
             self.log.debug("REST auth failure from {peer}", peer=host)
             raise _unauthorized()
+        limiter = self.instance_limiter
+        if limiter is not None and not limiter.charge(instance_id):
+            self._limited(limiter.retry_after(instance_id))
         return instance_id
 
     def _gateway_url(self, request) -> str:
@@ -360,7 +367,10 @@ class ApiV1(_AsyncResource):
     async def add_device(self, request):
         instance_id = await self._instance(request)
         self._json_body(request)
-        device = await self.accounts.add_device(instance_id)
+        try:
+            device = await self.accounts.add_device(instance_id)
+        except LimitReached as e:
+            raise ApiError(403, "limit_reached", str(e))
         return 201, {
             "device_id": device.device_id,
             "device_setup_key": device.device_setup_key,

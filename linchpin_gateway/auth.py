@@ -20,6 +20,7 @@ from twisted.internet import defer
 
 from linchpin_common.contract.ids import is_hex_id
 
+from .config import DEFAULTS
 from .ratelimit import Slots, address_key
 from .router import CONNECTOR, DEVICE, Principal
 
@@ -135,7 +136,6 @@ class Authenticator:
 
 MAX_USERNAME = 64  # ids are 32 characters
 MAX_PASSWORD = 256  # passwords are 22; longer ones cannot be right
-LOGIN_IN_FLIGHT = 4  # password checks one address may have queued or running
 REMEMBER_SUCCESS = 86400.0  # a principal's login from an address exempts it from others' failures there
 REMEMBER_MAX = 100_000
 
@@ -175,7 +175,7 @@ class LoginGuard:
     """
 
     def __init__(self, authenticator: Authenticator, clock, limiter, user_limiter, *,
-                 in_flight: int = LOGIN_IN_FLIGHT, remember: float = REMEMBER_SUCCESS,
+                 in_flight: int = DEFAULTS.login_checks_per_address, remember: float = REMEMBER_SUCCESS,
                  remember_max: int = REMEMBER_MAX):
         self.authenticator = authenticator
         self.clock = clock

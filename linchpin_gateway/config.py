@@ -40,6 +40,17 @@ class GatewayConfig:
     # Flood limits, per address and minute (0: off).
     rest_limit: int = 30  # unauthenticated REST calls; admits 20 a minute, trips within 100
     login_limit: int = 20  # failed logins, MQTT and REST together; admits 20, trips within 50
+    # What one address may hold at once (an IPv6 /64 is one address).
+    connections_per_address: int = 1024  # open sockets, HTTP and WebSocket
+    pending_logins_per_address: int = 32  # WebSocket sessions awaiting CONNACK
+    login_checks_per_address: int = 4  # password checks queued or running
+    request_deadline: int = 20  # seconds for a whole HTTP request (line, headers, body) to arrive
+    # What one tenant (instance) may use.
+    max_devices: int = 5000  # devices per instance, pending and paired
+    max_pending_devices: int = 100  # devices per instance not paired yet
+    instance_rest_limit: int = 120  # authenticated REST calls per instance and minute (0: off)
+    max_instance_sessions: int = 5000  # live device sessions per instance (its connector is never refused)
+    store_queue: int = 1024  # store operations queued at most; beyond, HTTP 503 / CONNACK 3
     # Housekeeping.
     purge_interval: float = 3600.0  # seconds between purges of expired pending devices
     http_idle_timeout: int = 60  # seconds an HTTP connection may sit idle before the upgrade
@@ -52,10 +63,12 @@ class GatewayConfig:
             raise ValueError("--setup-key-ttl must be positive")
         if self.pbkdf2_iterations < MIN_ITERATIONS:
             raise ValueError(f"--pbkdf2-iterations must be at least {MIN_ITERATIONS}")
-        for name in ("max_outbound", "max_sessions", "max_pending_logins", "hash_queue"):
+        for name in ("max_outbound", "max_sessions", "max_pending_logins", "hash_queue", "connections_per_address",
+                     "pending_logins_per_address", "login_checks_per_address", "request_deadline", "max_devices",
+                     "max_pending_devices", "max_instance_sessions", "store_queue"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be positive")
-        for name in ("rest_limit", "login_limit"):
+        for name in ("rest_limit", "login_limit", "instance_rest_limit"):
             if getattr(self, name) < 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be 0 (off) or positive")
         if self.store and not self.store.startswith(("postgresql://", "postgres://")):
@@ -97,6 +110,15 @@ SETTINGS: list[tuple[str, str]] = [
     ("rest-limit", "Unauthenticated REST calls a minute per address (burst the same); 0: no limit."),
     ("login-limit", "Failed logins a minute per address (burst the same); 0: no limit."),
     ("hash-queue", "PBKDF2 jobs queued at most; beyond, CONNACK 3 / HTTP 503 at once."),
+    ("connections-per-address", "Open connections from one address (an IPv6 /64) at most; more are closed."),
+    ("pending-logins-per-address", "WebSocket sessions awaiting CONNACK from one address at most; beyond, 503."),
+    ("login-checks-per-address", "Password checks one address may have queued or running; beyond, CONNACK 3 / 429."),
+    ("request-deadline", "Seconds for a whole HTTP request to arrive (slow-loris guard)."),
+    ("max-devices", "Devices per instance, pending and paired; beyond, 403 limit_reached."),
+    ("max-pending-devices", "Devices per instance not paired yet; beyond, 403 limit_reached."),
+    ("instance-rest-limit", "Authenticated REST calls per instance and minute (burst the same); 0: no limit."),
+    ("max-instance-sessions", "Live device sessions per instance; beyond, CONNACK 3."),
+    ("store-queue", "Store operations queued at most; beyond, HTTP 503 / CONNACK 3 at once."),
 ]
 
 _TYPES = {f.name: f.type for f in fields(GatewayConfig)}

@@ -20,10 +20,8 @@ from __future__ import annotations
 from twisted.logger import Logger
 
 from .api import GatewaySite, KeepAliveChannel
+from .config import DEFAULTS
 from .ratelimit import Slots, address_key
-
-REQUEST_DEADLINE = 20.0  # seconds for a whole request (line, headers, body) to arrive
-CONNECTIONS_PER_ADDRESS = 1024  # open sockets, HTTP and WebSocket, from one address
 
 
 class GuardedChannel(KeepAliveChannel):
@@ -102,8 +100,8 @@ class GuardedChannel(KeepAliveChannel):
 class GuardedSite(GatewaySite):
     protocol = GuardedChannel
 
-    def __init__(self, resource, *, reactor, timeout, request_deadline: float = REQUEST_DEADLINE,
-                 connections_per_address: int = CONNECTIONS_PER_ADDRESS):
+    def __init__(self, resource, *, reactor, timeout, request_deadline: float = DEFAULTS.request_deadline,
+                 connections_per_address: int = DEFAULTS.connections_per_address):
         super().__init__(resource, reactor=reactor, timeout=timeout)
         self.request_deadline = request_deadline
         self.connections = Slots(connections_per_address)

@@ -30,9 +30,9 @@ import psycopg
 import psycopg_pool
 from zope.interface import implementer
 
-from linchpin_common.workers import ThreadWorker
+from linchpin_common.workers import BoundedWorker, ThreadWorker
 
-from .store import SCHEMA_VERSION, IStore, StoreError, StoreUnavailable, _schema
+from .store import SCHEMA_VERSION, STORE_QUEUE, IStore, StoreError, StoreUnavailable, _schema, queue_full
 
 # Advisory lock keys (any 64-bit numbers unique to this application).
 LOCK_SCHEMA = 0x6C6D_6777_0001
@@ -54,10 +54,12 @@ def redact(url: str) -> str:
 
 @implementer(IStore)
 class PostgreSQLStore:
-    def __init__(self, reactor, url: str, worker=None, pool_size: int = POOL_SIZE, timeout: float = 5.0):
+    def __init__(self, reactor, url: str, worker=None, pool_size: int = POOL_SIZE, timeout: float = 5.0,
+                 max_queue: int = STORE_QUEUE):
         self.url = url
         self.timeout = timeout
-        self._worker = worker or ThreadWorker(reactor, "lmgateway-postgresql", pool_size)
+        self._worker = BoundedWorker(worker or ThreadWorker(reactor, "lmgateway-postgresql", pool_size), max_queue,
+                                     queue_full)
         self._pool = psycopg_pool.ConnectionPool(
             url, min_size=1, max_size=pool_size, open=False, timeout=timeout, name="lmgateway",
             check=psycopg_pool.ConnectionPool.check_connection, reconnect_timeout=365 * 86400,

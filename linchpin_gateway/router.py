@@ -102,6 +102,14 @@ class Router:
         inst = self._instances.get(instance_id)
         return bool(inst and inst.online)
 
+    def may_attach(self, principal: Principal, max_devices: int) -> bool:
+        """Whether a device session of ``principal`` fits in its instance's
+        ``max_devices`` live device sessions (a takeover always does)."""
+        if principal.id in self._clients:
+            return True
+        inst = self._instances.get(principal.instance_id)
+        return inst is None or len(inst.devices) < max_devices
+
     def count(self, role: str) -> int:
         return sum(1 for c in self._clients.values() if c.principal.role == role)
 

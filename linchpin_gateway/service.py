@@ -43,23 +43,30 @@ class Gateway(service.MultiService):
         self.authenticator = Authenticator(store, self.hasher, reactor)
         self.router = Router(reactor, stats=self.stats)
         self.accounts = Accounts(store, self.hasher, self.authenticator, self.router, reactor,
-                                 setup_key_ttl=config.setup_key_ttl, registration_token=config.registration_token)
+                                 setup_key_ttl=config.setup_key_ttl, registration_token=config.registration_token,
+                                 max_devices=config.max_devices, max_pending_devices=config.max_pending_devices)
         self.rest_limiter = _limiter(reactor, config.rest_limit, "rate_limit_tripped", "unauthenticated REST calls")
         self.login_limiter = _limiter(reactor, config.login_limit, "auth_failure_burst",
                                       "failed logins (MQTT and REST)")
         per_principal = GatewayConfig.per_minute(config.login_limit)
         self.logins = LoginGuard(self.authenticator, reactor, self.login_limiter,
-                                 RateLimiter(reactor, *per_principal) if per_principal else Unlimited())
+                                 RateLimiter(reactor, *per_principal) if per_principal else Unlimited(),
+                                 in_flight=config.login_checks_per_address)
         self.limits = Limits(max_packet=config.max_message_size, max_outbound=config.max_outbound,
-                             connect_timeout=config.connect_timeout)
+                             connect_timeout=config.connect_timeout,
+                             max_instance_sessions=config.max_instance_sessions)
         self.ws_factory = MQTTWebSocketFactory(reactor, self.router, self.logins, self.limits, self.stats,
                                                max_sessions=config.max_sessions,
-                                               max_unauthenticated=config.max_pending_logins)
+                                               max_unauthenticated=config.max_pending_logins,
+                                               pending_per_address=config.pending_logins_per_address)
+        per_instance = GatewayConfig.per_minute(config.instance_rest_limit)
         api = ApiV1(self.accounts, self.logins, rest_limiter=self.rest_limiter, stats=self.stats,
-                    public_url=config.public_base)
+                    public_url=config.public_base,
+                    instance_limiter=RateLimiter(reactor, *per_instance) if per_instance else None)
         probes = [("store", lambda: store.ping())]
         self.site = GuardedSite(Root(api, self.ws_factory, live=probes, ready=probes), reactor=reactor,
-                                timeout=config.http_idle_timeout)
+                                timeout=config.http_idle_timeout, request_deadline=config.request_deadline,
+                                connections_per_address=config.connections_per_address)
         purge = internet.TimerService(config.purge_interval, self.purge_expired)
         purge.clock = reactor
         purge.setServiceParent(self)

@@ -27,6 +27,7 @@ from .config import DEFAULTS
 from .hashing import Overloaded
 from .metrics import Stats
 from .ratelimit import Slots, address_key
+from .router import DEVICE
 from .store import StoreUnavailable
 
 AWAIT_CONNECT, AUTHENTICATING, CONNECTED, CLOSED = range(4)
@@ -51,7 +52,6 @@ _NEXT = {
 DEAD_AFTER = 450.0  # silence allowed for keep-alive 0 or > 300
 MAX_KEEP_ALIVE = 300
 MAX_PRE_AUTH = 4096  # bytes a client may send after its CONNECT before CONNACK
-PENDING_PER_ADDRESS = 32  # WebSocket sessions awaiting CONNACK from one address
 
 
 class SessionStateError(Exception):
@@ -66,6 +66,7 @@ class Limits:
     max_outbound: int = DEFAULTS.max_outbound
     connect_timeout: float = DEFAULTS.connect_timeout
     max_pre_auth: int = MAX_PRE_AUTH
+    max_instance_sessions: int | None = None  # live device sessions per instance
 
 
 class MQTTSession:
@@ -253,6 +254,14 @@ class MQTTSession:
                 self.stats.auth_failures += 1
                 self.log.debug("auth failure from {peer}", peer=self.peer)
             self._refuse(wire.CONNACK_BAD_CREDENTIALS, "bad credentials")
+            return
+        cap = self.limits.max_instance_sessions
+        if (cap is not None and principal.role == DEVICE and self.state != CLOSED
+                and not self.router.may_attach(principal, cap)):
+            self.stats.rate_limited += 1
+            self.log.info("instance {instance} has {n} live device sessions; refusing {peer}",
+                          instance=principal.instance_id, n=cap, peer=self.peer)
+            self._refuse(wire.CONNACK_SERVER_UNAVAILABLE, "too many sessions for this instance")
             return
         if self._go("accept") == CLOSED:
             return
@@ -596,7 +605,7 @@ class MQTTWebSocketFactory(WebSocketServerFactory):
 
     def __init__(self, reactor, router, logins, limits: Limits, stats, *, url: str = "ws://localhost/mqtt",
                  max_sessions: int = DEFAULTS.max_sessions, max_unauthenticated: int = DEFAULTS.max_pending_logins,
-                 pending_per_address: int = PENDING_PER_ADDRESS):
+                 pending_per_address: int = DEFAULTS.pending_logins_per_address):
         super().__init__(url, protocols=["mqtt"], reactor=reactor)
         self.router = router
         self.logins = logins

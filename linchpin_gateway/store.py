@@ -17,7 +17,9 @@ from importlib import resources
 from zope.interface import Interface, implementer
 
 from linchpin_common.files import ensure_private_dir
-from linchpin_common.workers import ThreadWorker
+from linchpin_common.workers import BoundedWorker, ThreadWorker
+
+from .config import DEFAULTS
 
 SCHEMA_VERSION = 1
 DB_NAME = "lmgateway.sqlite"
@@ -30,6 +32,13 @@ class StoreError(Exception):
 class StoreUnavailable(StoreError):
     """The store cannot be reached right now (a network store that is down);
     callers answer "try again later" instead of failing hard."""
+
+
+STORE_QUEUE = DEFAULTS.store_queue  # operations queued or running at most
+
+
+def queue_full() -> StoreUnavailable:
+    return StoreUnavailable("the store's work queue is full")
 
 
 class IStore(Interface):
@@ -119,11 +128,12 @@ def open_database(data_dir: str) -> sqlite3.Connection:
 class SQLiteStore:
     """Embedded store: one SQLite file, one worker thread."""
 
-    def __init__(self, reactor, data_dir: str, worker=None):
+    def __init__(self, reactor, data_dir: str, worker=None, max_queue: int = STORE_QUEUE):
         self.data_dir = data_dir
         # One thread: SQLite connections are not shared between threads and
-        # one writer at a time is all SQLite allows anyway.
-        self._worker = worker or ThreadWorker(reactor, "lmgateway-sqlite", 1)
+        # one writer at a time is all SQLite allows anyway.  Its queue is
+        # bounded: a flood of fsync'd writes gets "unavailable" at once.
+        self._worker = BoundedWorker(worker or ThreadWorker(reactor, "lmgateway-sqlite", 1), max_queue, queue_full)
         self._conn: sqlite3.Connection | None = None
 
     # -- lifecycle ---------------------------------------------------------

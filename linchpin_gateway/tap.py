@@ -45,8 +45,8 @@ def _store(config, reactor):
     if config.store:
         from .pgstore import PostgreSQLStore  # psycopg only when asked for
 
-        return PostgreSQLStore(reactor, config.store)
-    return SQLiteStore(reactor, config.data_dir)
+        return PostgreSQLStore(reactor, config.store, max_queue=config.store_queue)
+    return SQLiteStore(reactor, config.data_dir, max_queue=config.store_queue)
 
 
 def makeService(options, reactor=default_reactor):

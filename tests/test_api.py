@@ -342,7 +342,8 @@ def test_failed_logins_charge_and_then_block_before_hashing(api, gw):
     assert gw.hasher.pending == pending_before
 
 
-def test_authenticated_calls_are_not_limited(api, gw):
+def test_authenticated_calls_spend_no_address_budget(make_gateway):
+    api = Client(make_gateway(instance_rest_limit=0))
     inst = api.register()
     auth = basic(inst["instance_id"], inst["instance_password"])
     for _ in range(300):
