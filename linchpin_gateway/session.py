@@ -576,8 +576,9 @@ def websocket_options(max_packet: int) -> dict:
     the same, so it measures the same WebSocket layer)."""
     # One MQTT packet (plus a few headers' worth of slack for packets sharing
     # its message) is the most a WebSocket message may carry, so neither
-    # layer ever buffers more than the packet cap.
-    limit = max_packet + 64
+    # layer ever buffers more than the packet cap. The MQTT client uses the
+    # same limit.
+    limit = wire.websocket_limit(max_packet)
     return dict(
         maxFramePayloadSize=limit,
         maxMessagePayloadSize=limit,
