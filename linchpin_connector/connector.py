@@ -129,6 +129,11 @@ class DeviceChannels:
             self.log.info("HELLO from unknown device {device_id}: REJECT", device_id=device_id)
             self.publish(device_id, e2e.make_reject())
             return
+        if AnsweredHellos.digest(hello) in device.answered:
+            # Answered before this process started (the state remembers the
+            # HELLO of each pending key): a replay, never a new key.
+            self.log.info("HELLO from {device_id} already answered: dropped", device_id=device_id)
+            return
         if hello.key_kind == e2e.KEY_SETUP:
             if device.setup_secret is None:
                 # Pairing already proven: never answer, and never REJECT (an
@@ -153,7 +158,8 @@ class DeviceChannels:
             # unconfirmed session is never the one evicted to make room.
             live = self.channels.get(device_id)
             keep = live.pending_key_id if live is not None and not live.endpoint.confirmed else None
-            pending_key_id = yield self.state.add_pending_key(device_id, accepted.device_secret_key, keep)
+            pending_key_id = yield self.state.add_pending_key(device_id, accepted.device_secret_key, keep,
+                                                              AnsweredHellos.digest(hello))
             if pending_key_id is None:
                 return  # proven (or removed) meanwhile
         elif accepted.label.startswith("pending:"):

@@ -17,7 +17,7 @@ from importlib import resources
 
 from linchpin_common.files import ensure_private_dir
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # v1.sql, then each upgrade-vN.sql in turn
 DB_NAME = "lmconnector.sqlite"
 MAX_PENDING = 4
 
@@ -34,6 +34,7 @@ class Device:
     setup_secret: bytes | None
     device_secret: bytes | None
     pending: tuple[tuple[int, bytes], ...] = ()
+    answered: frozenset[bytes] = frozenset()  # SHA-256 of the HELLOs that made the pending keys
 
     @property
     def state(self) -> str:
@@ -56,18 +57,29 @@ class ConnectorState:
         self._migrate()
 
     def _migrate(self) -> None:
+        """Create the schema (v1) if the file is new, then apply each upgrade
+        step the file has not had yet, each in its own transaction."""
         has_version = self.conn.execute(
             "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'version'").fetchone()
         if has_version is None:
-            schema = resources.files("linchpin_connector").joinpath(f"db-schemas/v{SCHEMA_VERSION}.sql")
             with self._txn() as c:
-                for statement in schema.read_text("utf-8").split(";"):
-                    if statement.strip():
-                        c.execute(statement)
-                c.execute("INSERT INTO version (version) VALUES (?)", (SCHEMA_VERSION,))
+                self._run_script(c, "v1.sql")
+                c.execute("INSERT INTO version (version) VALUES (1)")
         (version,) = self.conn.execute("SELECT version FROM version").fetchone()
-        if version != SCHEMA_VERSION:
+        if version > SCHEMA_VERSION:
             raise RuntimeError(f"{DB_NAME} has schema version {version}; this connector knows {SCHEMA_VERSION}")
+        while version < SCHEMA_VERSION:
+            version += 1
+            with self._txn() as c:
+                self._run_script(c, f"upgrade-v{version}.sql")
+                c.execute("UPDATE version SET version = ?", (version,))
+
+    @staticmethod
+    def _run_script(c, name: str) -> None:
+        script = resources.files("linchpin_connector").joinpath(f"db-schemas/{name}").read_text("utf-8")
+        for statement in script.split(";"):
+            if statement.strip():
+                c.execute(statement)
 
     def _txn(self):
         return _Transaction(self.conn)
@@ -112,9 +124,11 @@ class ConnectorState:
             (device_id,)).fetchone()
         if row is None:
             return None
-        pending = tuple((r[0], bytes(r[1])) for r in self.conn.execute(
-            "SELECT id, key FROM pending_keys WHERE device_id = ? ORDER BY id", (device_id,)))
-        return Device(row[0], row[1], _b(row[2]), _b(row[3]), pending)
+        rows = self.conn.execute("SELECT id, key, hello_digest FROM pending_keys WHERE device_id = ? ORDER BY id",
+                                 (device_id,)).fetchall()
+        pending = tuple((r[0], bytes(r[1])) for r in rows)
+        answered = frozenset(bytes(r[2]) for r in rows if r[2] is not None)
+        return Device(row[0], row[1], _b(row[2]), _b(row[3]), pending, answered)
 
     def devices(self) -> list[Device]:
         ids = [r[0] for r in self.conn.execute("SELECT device_id FROM devices ORDER BY created_at, device_id")]
@@ -124,19 +138,27 @@ class ConnectorState:
         with self._txn() as c:
             return c.execute("DELETE FROM devices WHERE device_id = ?", (device_id,)).rowcount == 1
 
-    def add_pending_key(self, device_id: str, key: bytes, keep: int | None = None) -> int | None:
+    def add_pending_key(self, device_id: str, key: bytes, keep: int | None = None,
+                        hello_digest: bytes | None = None) -> int | None:
         """Store a key derived under the setup secret; keep the newest MAX_PENDING.
 
         ``keep`` names a pending key that must survive the eviction (the key
         of a live, unconfirmed session): the oldest of the others goes instead.
-        Returns the new key's id, or None if the device is gone or already proven.
+        ``hello_digest`` is the SHA-256 of the HELLO it answers: a second key
+        for the same HELLO (a replay) is refused.
+        Returns the new key's id, or None if the device is gone or already
+        proven, or that HELLO already has its key.
         """
         with self._txn() as c:
             row = c.execute("SELECT setup_secret FROM devices WHERE device_id = ?", (device_id,)).fetchone()
             if row is None or row[0] is None:
                 return None
-            key_id = c.execute("INSERT INTO pending_keys (device_id, key) VALUES (?, ?)",
-                               (device_id, key)).lastrowid
+            if hello_digest is not None and c.execute(
+                    "SELECT 1 FROM pending_keys WHERE device_id = ? AND hello_digest = ?",
+                    (device_id, hello_digest)).fetchone() is not None:
+                return None
+            key_id = c.execute("INSERT INTO pending_keys (device_id, key, hello_digest) VALUES (?, ?, ?)",
+                               (device_id, key, hello_digest)).lastrowid
             kept = MAX_PENDING
             if keep is not None and c.execute("SELECT 1 FROM pending_keys WHERE id = ? AND device_id = ?",
                                                (keep, device_id)).fetchone() is not None:

@@ -419,3 +419,20 @@ def test_hello_locks_are_pruned(pair):
                                                       e2e.b64u_decode(pair.dstate.connector_key)).hello)
         pair.wire.pump()
     assert pair.channels._locks == {}
+
+
+def test_replayed_setup_hello_after_a_connector_restart_makes_no_pending_key(pair):
+    """The HELLO of each pending key is remembered in the state file, so a
+    relay replaying it after the connector restarted still gains nothing."""
+    device = pair.new_device()
+    pair.wire.filter_down = lambda p: None  # the WELCOME is lost; the device keeps its setup secret
+    pair.run(device.handshake())
+    hello = pair.wire.log[0][1]
+    before = pair.connector_device().pending
+    pair.restart_connector()
+    pair.wire.log.clear()
+    for _ in range(5):
+        pair.wire.up.append(hello)
+    pair.wire.pump()
+    assert pair.connector_device().pending == before
+    assert pair.wire.kinds("down") == []
