@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import io
 import os
-import secrets
 import sys
 
 import segno
@@ -18,10 +17,10 @@ from linchpin_common import __version__, console
 from linchpin_common.console import UNREACHABLE
 from linchpin_common.files import write_private_file
 from linchpin_common.http_proxy import ProxyError, ProxySettingsError
-from linchpin_common.contract.pairing import make_pairing_uri
 from linchpin_common.gateway_client import GatewayAPI, GatewayError, InsecureURL, check_gateway_url, make_http_client
 from linchpin_common.tls import CAFileError, TLSFailure
 
+from .enrolment import create_device, revoke_device, valid_user
 from .state import ConnectorState, NotRegistered
 
 DEFAULT_DATA_DIR = "./var/lmconnector"
@@ -91,24 +90,21 @@ def _registration_token(args) -> str | None:
 
 
 async def device_add(reactor, args, state: ConnectorState) -> None:
-    if not args.user or any(ch < " " or ch == "\x7f" for ch in args.user):
+    if not valid_user(args.user):
         raise CommandError("a user name must be non-empty and hold no control characters")
     reg = state.registration()
-    answer = await _api(reactor, args, state).add_device()
-    secret = secrets.token_bytes(32)
-    state.add_device(answer["device_id"], args.user, secret)
-    uri = make_pairing_uri(answer["gateway_url"], answer["device_setup_key"], secret,
-                           _raw_public(reg["static_private_key"]))
-    qr = segno.make(uri, error="m")
+    device = await create_device(_api(reactor, args, state), state, args.user,
+                                 _raw_public(reg["static_private_key"]))
+    qr = segno.make(device.uri, error="m")
     if args.qr_png:
-        _write_qr(args.qr_png, qr, "png", answer["device_id"])
+        _write_qr(args.qr_png, qr, "png", device.device_id)
     if args.qr_svg:
-        _write_qr(args.qr_svg, qr, "svg", answer["device_id"])
+        _write_qr(args.qr_svg, qr, "svg", device.device_id)
     if sys.stderr.isatty():
         qr.terminal(out=sys.stderr, compact=True)
-    print(f"device {answer['device_id']} for {args.user}; pairing code valid until {answer['expires_at']}",
+    print(f"device {device.device_id} for {args.user}; pairing code valid until {device.expires_at}",
           file=sys.stderr)
-    print(uri)
+    print(device.uri)
 
 
 def _write_qr(path: str, qr, kind: str, device_id: str) -> None:
@@ -130,13 +126,8 @@ async def device_list(reactor, args, state: ConnectorState) -> None:
 
 
 async def device_revoke(reactor, args, state: ConnectorState) -> None:
-    try:
-        await _api(reactor, args, state).revoke(args.device_id)
-    except GatewayError as e:
-        if e.code != "not_found":
-            raise
-        print("the gateway did not know this device; removing it here", file=sys.stderr)
-    state.remove_device(args.device_id)
+    if not await revoke_device(_api(reactor, args, state), state, args.device_id):
+        print("the gateway did not know this device; removed it here", file=sys.stderr)
     print(f"device {args.device_id} revoked", file=sys.stderr)
 
 

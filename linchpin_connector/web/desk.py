@@ -1,8 +1,8 @@
 """The pairing desk: what the self-service pairing page may do, per user.
 
 It knows no HTTP.  A user lists, pairs and removes only their own devices;
-creating and revoking go through the gateway's REST API and the connector's
-state exactly as ``lmconnector device add`` / ``revoke`` do.  Device states
+creating and revoking go through :mod:`linchpin_connector.enrolment`, as
+``lmconnector device add`` / ``revoke`` do.  Device states
 come from the gateway (the device list at every connect, then
 ``$gateway/events``), and every change is told to the watchers of the
 device's user, which is how the page updates itself.
@@ -14,14 +14,12 @@ setup key, which the gateway hands out once.
 
 from __future__ import annotations
 
-import secrets
 from dataclasses import dataclass
 from datetime import datetime
 
 from twisted.logger import Logger
 
-from linchpin_common.contract.pairing import make_pairing_uri
-from linchpin_common.gateway_client import GatewayError
+from ..enrolment import create_device, revoke_device
 
 MAX_PENDING_PER_USER = 5
 STATES = ("pending", "paired", "connected")
@@ -94,12 +92,9 @@ class PairingDesk:
         pending = [d for d in await self.devices(user) if d.state == "pending"]
         if len(pending) >= MAX_PENDING_PER_USER:
             raise TooManyPending(f"{len(pending)} devices are waiting to be paired: remove one first")
-        answer = await self.api.add_device()
-        device_id = answer["device_id"]
-        secret = secrets.token_bytes(32)
-        await self.state.add_device(device_id, user, secret)
-        uri = make_pairing_uri(answer["gateway_url"], answer["device_setup_key"], secret, self.connector_public_key)
-        pairing = Pairing(device_id, uri, _epoch(answer["expires_at"]))
+        device = await create_device(self.api, self.state, user, self.connector_public_key)
+        device_id = device.device_id
+        pairing = Pairing(device_id, device.uri, _epoch(device.expires_at))
         self.pairings[device_id] = pairing
         self.gateway_state[device_id] = "pending"
         self.owners[device_id] = user
@@ -112,12 +107,7 @@ class PairingDesk:
         device = await self.state.device(device_id)
         if device is None or device.user != user:
             raise NotYourDevice(device_id)
-        try:
-            await self.api.revoke(device_id)
-        except GatewayError as e:
-            if e.code != "not_found":
-                raise
-        await self.state.remove_device(device_id)
+        await revoke_device(self.api, self.state, device_id)
         self.log.info("device {device_id} of {user} removed on the pairing page", device_id=device_id, user=user)
         self._forget(device_id)
 

@@ -29,6 +29,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.web import resource, server
 
+from ..enrolment import valid_user
 from .desk import NotYourDevice, Pairing, PairingDesk, TooManyPending
 
 CSP = b"default-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
@@ -144,7 +145,7 @@ class PairingPage(resource.Resource):
             user = raw[0].decode("utf-8").strip()
         except UnicodeDecodeError:
             return None
-        if not user or len(user) > 256 or any(ch < " " or ch == "\x7f" for ch in user):
+        if len(user) > 256 or not valid_user(user):
             return None
         return user
 
