@@ -322,3 +322,28 @@ def test_the_daemon_keeps_retrying_with_its_backoff_after_a_proxy_error():
 def test_proxy_errors_are_connection_errors():
     # Whatever treats the gateway as unreachable (exit status 3, reconnect) treats these the same.
     assert issubclass(ProxyError, ConnectionError) and issubclass(ProxyError, console.UNREACHABLE)
+
+
+def test_device_library_takes_a_proxy_and_defaults_to_the_environment(tmp_path, monkeypatch):
+    from linchpin_connector.device import Device, DeviceState
+
+    state = DeviceState(path=str(tmp_path / "phone.json"), gateway_url="https://gw.example.com",
+                        device_id="d" * 32, device_password="pw", connector_key="k")
+    seen = []
+
+    def connect(reactor, url, username, password, **kw):
+        seen.append(kw["proxy"])
+        return defer.fail(ProxyUnreachable("proxy p:1 unreachable: refused"))
+
+    monkeypatch.setenv("https_proxy", "http://env-proxy:3128")
+    monkeypatch.delenv("HTTPS_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    default = Device(MemoryReactorClock(), state, connect=connect)
+    failure_of(default.open())
+    assert seen[-1].for_url("https://gw.example.com") == Proxy("env-proxy", 3128)
+
+    direct = Device(MemoryReactorClock(), state, connect=connect, proxy=ProxyConfig.none())
+    reason = failure_of(direct.open())
+    assert seen[-1].for_url("https://gw.example.com") is None
+    assert str(reason) == "proxy p:1 unreachable: refused"  # the device says it as the proxy said it
