@@ -265,14 +265,15 @@ class ConnectorService(service.MultiService):
                  allow_paths=("/",), ca_file: str | None = None, keep_alive: int = 30,
                  response_timeout: float = 60.0, metrics_endpoint=None, proxy=None, connect=None,
                  gateway_http=None, worker=None, public_host: str | None = None,
-                 user_in_flight: int = USER_IN_FLIGHT):
+                 user_in_flight: int = USER_IN_FLIGHT, backend_http=None):
         """``proxy`` (a :class:`~linchpin_common.http_proxy.ProxyConfig`, None: direct) is
         for the gateway only; the backend is always reached directly.
 
-        ``connect`` (the MQTT connect function), ``gateway_http`` (the
-        treq-like client of the gateway's REST API) and ``worker`` (where
-        state file work runs) are for in-memory tests; by default the real
-        ones are built when the service starts."""
+        ``connect`` (the MQTT connect function), ``gateway_http`` and
+        ``backend_http`` (treq-like clients of the gateway's REST API and of
+        the backend) and ``worker`` (where state file work runs) are for
+        in-memory tests; by default the real ones are built when the service
+        starts."""
         super().__init__()
         self.public_host = public_host
         self.user_slots = InFlightPerUser(user_in_flight)  # shared by every device of a user
@@ -289,6 +290,7 @@ class ConnectorService(service.MultiService):
         self.channels: DeviceChannels | None = None
         self._connect = connect
         self._gateway_http = gateway_http
+        self._backend_http = backend_http
         self.worker = worker
         # Told of device changes: gateway_event(name, device_id), gateway_devices(listed).
         self.observers: list = []
@@ -304,7 +306,7 @@ class ConnectorService(service.MultiService):
         self.worker.start()
         self.state = AsyncState(state, self.worker)
         self._sync_state = state
-        self.backend_http = make_http_client(self.reactor)
+        self.backend_http = self._backend_http or make_http_client(self.reactor)
         self.api = GatewayAPI(self._gateway_http or make_http_client(self.reactor, self.ca_file, proxy=self.proxy),
                               registration["gateway_url"],
                               registration["instance_id"], registration["instance_password"])

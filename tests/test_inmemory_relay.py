@@ -35,18 +35,23 @@ class Net:
         self.reactor = gateway.reactor
         self.pumps: list[iosim.IOPump] = []
 
-    def connect(self, username: str, password: str):
-        messages = []
+    def open(self, username: str, password: str, on_message) -> defer.Deferred:
+        """A new session (the MQTT connect function's work): Deferred[MQTTClient]
+        once the pumps have carried the CONNACK."""
         factory = mqtt_client.client_factory(self.reactor, "ws://gw.test/mqtt", username, password,
-                                             on_message=lambda t, p: messages.append((t, p)), keep_alive=60)
-        ready = []
-        factory.session_ready.addBoth(ready.append)
+                                             on_message=on_message, keep_alive=60)
         server_address = IPv4Address("TCP", "127.0.0.1", 443)
         client_address = IPv4Address("TCP", "127.0.0.1", 40000 + len(self.pumps))
         _, _, pump = iosim.connectedServerAndClient(
             lambda: self.gateway.site.buildProtocol(client_address),
             lambda: factory.buildProtocol(server_address), greet=False, clock=self.reactor)
         self.pumps.append(pump)
+        return factory.session_ready
+
+    def connect(self, username: str, password: str):
+        messages = []
+        ready = []
+        self.open(username, password, lambda t, p: messages.append((t, p))).addBoth(ready.append)
         self.flush()
         assert ready, "no CONNACK"
         client = ready[0]
