@@ -66,15 +66,19 @@ class Accounts:
     ``is_connected(id)``, ``device_paired(instance_id, device_id)``,
     ``revoke_device(instance_id, device_id)`` and ``drop_instance(instance_id)``.
     ``credentials`` is the authenticator whose cache is dropped on change.
+    ``peers``, with several nodes, is the cluster: every other node is told
+    of revocations, deletions and password changes (to cut its sessions and
+    drop its cached credentials) and asked which devices it holds.
     """
 
     def __init__(self, store, hasher, credentials, sessions, clock, *, setup_key_ttl: int,
                  registration_token: str | None = None, max_devices: int | None = None,
-                 max_pending_devices: int | None = None):
+                 max_pending_devices: int | None = None, peers=None):
         self.store = store
         self.hasher = hasher
         self.credentials = credentials
         self.sessions = sessions
+        self.peers = peers
         self.clock = clock
         self.setup_key_ttl = setup_key_ttl
         self.max_devices = max_devices
@@ -105,6 +109,8 @@ class Accounts:
         if not await self.store.set_instance_password(instance_id, encoded):
             raise Unauthorized("instance deleted")
         self.credentials.forget(instance_id)
+        if self.peers is not None:
+            self.peers.password_changed(instance_id)
         audit("instance_password_changed", instance_id=instance_id)
         return password
 
@@ -114,6 +120,8 @@ class Accounts:
             raise Unauthorized("instance deleted")
         self.credentials.forget(instance_id, *device_ids)
         self.sessions.drop_instance(instance_id)
+        if self.peers is not None:
+            self.peers.instance_deleted(instance_id, device_ids)
         audit("instance_deleted", instance_id=instance_id, devices=len(device_ids))
 
     async def add_device(self, instance_id: str) -> NewDevice:
@@ -135,7 +143,14 @@ class Accounts:
 
     async def list_devices(self, instance_id: str) -> list[DeviceRow]:
         rows = await self.store.list_devices(instance_id)
-        return [DeviceRow(device_id, state, self.sessions.is_connected(device_id)) for device_id, state in rows]
+        connected = {device_id for device_id, _ in rows if self.sessions.is_connected(device_id)}
+        if self.peers is not None:
+            elsewhere = [device_id for device_id, state in rows if state == "active" and device_id not in connected]
+            try:
+                connected |= await self.peers.connected(elsewhere)
+            except Exception:
+                pass  # the bus is down: what this node knows
+        return [DeviceRow(device_id, state, device_id in connected) for device_id, state in rows]
 
     async def revoke_device(self, instance_id: str, device_id: str) -> None:
         """Credentials gone, live session cut at once, connector told."""
@@ -143,6 +158,8 @@ class Accounts:
             raise UnknownDevice(device_id)
         self.credentials.forget(device_id)
         self.sessions.revoke_device(instance_id, device_id)
+        if self.peers is not None:
+            self.peers.revoked(instance_id, device_id)
         audit("device_revoked", device_id=device_id, instance_id=instance_id)
 
     async def pair_device(self, setup_key: str, host: str | None = None) -> tuple[str, str]:

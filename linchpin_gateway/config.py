@@ -14,6 +14,7 @@ MIN_ITERATIONS = 100_000  # PBKDF2 floor (PROTOCOL.md section 1)
 MIN_MESSAGE_SIZE = 512 * 1024  # the smallest packet cap PROTOCOL.md allows
 REGISTRATION_TOKEN_ENV = "LMGATEWAY_REGISTRATION_TOKEN"
 STORE_ENV = "LMGATEWAY_STORE"  # keeps a database password out of ps
+BUS_ENV = "LMGATEWAY_BUS"  # the same for Redis
 
 
 @dataclass(frozen=True)
@@ -25,7 +26,7 @@ class GatewayConfig:
     # Where it keeps credentials and how it reaches other nodes.
     data_dir: str = "./var/lmgateway"
     store: str | None = field(default=None, repr=False)  # may hold a password
-    bus: str | None = None
+    bus: str | None = field(default=None, repr=False)  # may hold a password
     # Credentials.
     registration_token: str | None = field(default=None, repr=False)
     setup_key_ttl: int = 86400
@@ -73,6 +74,8 @@ class GatewayConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be 0 (off) or positive")
         if self.store and not self.store.startswith(("postgresql://", "postgres://")):
             raise ValueError("--store: a postgresql:// URL (without it: SQLite in --data-dir)")
+        if self.bus and not self.bus.startswith(("redis://", "rediss://")):
+            raise ValueError("--bus: a redis:// or rediss:// URL (without it: this node alone)")
         if self.public_url and not self.public_url.startswith(("http://", "https://")):
             raise ValueError("--public-url must be an http:// or https:// URL")
 
@@ -95,7 +98,8 @@ SETTINGS: list[tuple[str, str]] = [
     ("data-dir", "Folder of the embedded SQLite store (created 0700)."),
     ("store", f"Store URL postgresql://user[:password]@host:port/db (also from ${STORE_ENV}, which keeps a "
               "password out of ps); default: SQLite in --data-dir."),
-    ("bus", "Message bus URL for several gateway nodes: redis://[user:password@]host:port/db; default: in-process."),
+    ("bus", "Bus joining several gateway nodes: redis[s]://[user:password@]host:port/db (also from "
+            f"${BUS_ENV}, which keeps a password out of ps); default: this node alone."),
     ("public-url", "Base URL the gateway tells clients; default: from each request."),
     ("registration-token", "Bearer token required to register an instance (visible in ps: prefer "
                            f"--registration-token-file or {REGISTRATION_TOKEN_ENV})."),
@@ -157,5 +161,6 @@ def from_options(options, environ=os.environ) -> GatewayConfig:
     values["registration_token"] = read_registration_token(options["registration-token"],
                                                            options["registration-token-file"], environ)
     values["store"] = options["store"] or environ.get(STORE_ENV) or None
+    values["bus"] = options["bus"] or environ.get(BUS_ENV) or None
     values["listen"] = tuple(options["listen"]) or DEFAULTS.listen
     return GatewayConfig(**values)

@@ -46,3 +46,22 @@ class GatewayCollector:
                                   value=stats.slow_consumers)
         yield GaugeMetricFamily("lmgateway_pbkdf2_queue_depth", "PBKDF2 jobs queued or running",
                                 value=gw.hasher.pending)
+        yield GaugeMetricFamily("lmgateway_store_up", "1 when the store answered its last check",
+                                value=1 if gw.store_up else 0)
+        cluster = gw.cluster
+        if cluster is None:
+            return
+        cs = cluster.stats
+        yield GaugeMetricFamily("lmgateway_bus_up", "1 while the bus joining the nodes is connected",
+                                value=1 if cluster.up else 0)
+        yield GaugeMetricFamily("lmgateway_bus_rtt_seconds", "Last bus round trip (PING)", value=cs.rtt)
+        yield CounterMetricFamily("lmgateway_bus_messages_out", "Messages sent to sessions on other nodes",
+                                  value=cs.messages_out)
+        yield CounterMetricFamily("lmgateway_bus_messages_in", "Messages from other nodes for sessions here",
+                                  value=cs.messages_in)
+        yield CounterMetricFamily("lmgateway_bus_messages_dropped", "Cross-node messages dropped (bus down or "
+                                  "backed up)", value=cs.dropped)
+        yield CounterMetricFamily("lmgateway_bus_takeovers", "Sessions here closed for a newer one elsewhere",
+                                  value=cs.takeovers)
+        yield CounterMetricFamily("lmgateway_bus_dead_nodes", "Other nodes declared dead (heartbeats stopped)",
+                                  value=cs.dead_nodes)

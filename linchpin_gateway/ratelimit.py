@@ -76,6 +76,10 @@ class RateLimiter:
         self.rate = per_minute / 60.0
         self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, at)
         self._charges = 0
+        # Told of every local charge: with several nodes, the other nodes
+        # charge the same key, so spreading over nodes earns no budget.
+        self.on_charge = None
+        self.on_refund = None
 
     def _tokens(self, key: str, now: float) -> float:
         entry = self._buckets.get(key)
@@ -88,22 +92,27 @@ class RateLimiter:
         """True while ``key`` has at least one token left."""
         return self._tokens(key, self.clock.seconds()) >= 1.0
 
-    def charge(self, key: str) -> bool:
-        """Spend a token; False (and nothing spent) when none was left."""
+    def charge(self, key: str, remote: bool = False) -> bool:
+        """Spend a token; False (and nothing spent) when none was left.
+        ``remote``: the charge happened on another node."""
         now = self.clock.seconds()
         tokens = self._tokens(key, now)
         if tokens < 1.0:
             return False
+        if not remote and self.on_charge is not None:
+            self.on_charge(key)
         self._buckets[key] = (tokens - 1.0, now)
-        if tokens < 2.0 and self.on_trip is not None:
+        if tokens < 2.0 and self.on_trip is not None and not remote:
             self.on_trip(key)
         self._charges += 1
         if self._charges % self.SWEEP_EVERY == 0:
             self._sweep(now)
         return True
 
-    def refund(self, key: str) -> None:
+    def refund(self, key: str, remote: bool = False) -> None:
         """Give back a token charged for something that turned out fine."""
+        if not remote and self.on_refund is not None:
+            self.on_refund(key)
         entry = self._buckets.get(key)
         if entry is not None:
             now = self.clock.seconds()
@@ -127,10 +136,12 @@ class Unlimited:
     def allowed(self, key: str) -> bool:
         return True
 
-    def charge(self, key: str) -> bool:
+    on_charge = on_refund = None
+
+    def charge(self, key: str, remote: bool = False) -> bool:
         return True
 
-    def refund(self, key: str) -> None:
+    def refund(self, key: str, remote: bool = False) -> None:
         pass
 
     def retry_after(self, key: str) -> int:

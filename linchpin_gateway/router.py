@@ -55,11 +55,12 @@ class Principal:
 class Client:
     """One attached session of a principal, as the router sees it."""
 
-    __slots__ = ("principal", "session", "subs", "attached", "up_topic", "down_topic", "up_wire", "down_wire")
+    __slots__ = ("principal", "session", "subs", "attached", "up_topic", "down_topic", "up_wire", "down_wire", "held")
 
     def __init__(self, principal: Principal, session):
         self.principal = principal
         self.session = session
+        self.held = None  # the cluster's record of it, with several nodes
         self.subs: dict[str, int] = {}  # granted filter -> QoS
         self.attached = True
         if principal.role == DEVICE:
@@ -73,12 +74,14 @@ class Client:
 
 
 class _Instance:
-    __slots__ = ("connector", "devices", "online", "grace", "blocked")
+    __slots__ = ("connector", "devices", "online", "grace", "blocked", "shown", "pending_status")
 
     def __init__(self):
         self.connector: Client | None = None
         self.devices: dict[str, Client] = {}
-        self.online = False
+        self.online = False  # our own connector session is online (or in its takeover grace)
+        self.shown = False  # what the devices here were last told
+        self.pending_status: set[Client] = set()  # asked while the other nodes' answer is pending
         self.grace = None  # DelayedCall while a takeover is settling
         self.blocked = False  # the connector's socket is backed up: devices are not read
 
@@ -92,6 +95,9 @@ class Router:
         self.stats = stats if stats is not None else Stats()
         self._clients: dict[str, Client] = {}  # principal id -> live client
         self._instances: dict[str, _Instance] = {}
+        # With several nodes: the cross-node side (cluster.Cluster), told of
+        # what concerns principals held elsewhere.  None: this node is alone.
+        self.cluster = None
 
     # -- queries -----------------------------------------------------------
 
@@ -110,6 +116,10 @@ class Router:
         inst = self._instances.get(principal.instance_id)
         return inst is None or len(inst.devices) < max_devices
 
+    def has_connector(self, instance_id: str) -> bool:
+        inst = self._instances.get(instance_id)
+        return inst is not None and inst.connector is not None
+
     def count(self, role: str) -> int:
         return sum(1 for c in self._clients.values() if c.principal.role == role)
 
@@ -123,13 +133,15 @@ class Router:
         inst = self._instances.setdefault(principal.instance_id, _Instance())
         client = Client(principal, session)
         self._clients[principal.id] = client
+        if self.cluster is not None:
+            self.cluster.attached(client)
         if principal.role == CONNECTOR:
             inst.connector = client
         else:
             inst.devices[principal.id] = client
             if inst.blocked:
                 session.hold()
-            self._event(inst, EVENT_CONNECTED, principal.id)
+            self._event(principal.instance_id, inst, EVENT_CONNECTED, principal.id, client)
         return client
 
     def detach(self, client: Client) -> None:
@@ -153,6 +165,8 @@ class Router:
             del self._clients[principal.id]
         inst = self._instances.get(principal.instance_id)
         if inst is None:
+            if self.cluster is not None:
+                self.cluster.detached(client)
             return
         if principal.role == CONNECTOR:
             if inst.connector is client:
@@ -162,8 +176,11 @@ class Router:
                     self._cancel_grace(inst)
         elif inst.devices.get(principal.id) is client:
             del inst.devices[principal.id]
-            self._event(inst, EVENT_DISCONNECTED, principal.id)
+            inst.pending_status.discard(client)
+            self._event(principal.instance_id, inst, EVENT_DISCONNECTED, principal.id, client)
         self._update_presence(principal.instance_id, inst)
+        if self.cluster is not None:
+            self.cluster.detached(client)
 
     # -- subscriptions -------------------------------------------------------
 
@@ -191,7 +208,13 @@ class Router:
         if client.principal.role == CONNECTOR and UP_FILTER in filters and UP_FILTER in client.subs:
             self._update_presence(client.principal.instance_id, inst)
         if client.principal.role == DEVICE and STATUS in filters and STATUS in client.subs:
-            client.session.deliver(_STATUS_TOPIC, _ONLINE if inst.online else _OFFLINE, 0)
+            online = inst.online or (self.cluster.remote_online(client.principal.instance_id)
+                                     if self.cluster is not None else False)
+            if online is None:  # the other nodes have not answered yet
+                inst.pending_status.add(client)
+                return
+            inst.shown = online
+            client.session.deliver(_STATUS_TOPIC, _ONLINE if online else _OFFLINE, 0)
 
     def unsubscribe(self, client: Client, filters) -> None:
         for topic_filter in filters:
@@ -223,6 +246,8 @@ class Router:
                 if sub_qos is not None:
                     self._count(payload)
                     target.session.deliver(client.up_wire, payload, min(qos, sub_qos), raw)
+            elif self.cluster is not None:
+                self.cluster.send_up(client, payload, qos)
             return True
         device_id = down_topic_id(topic)
         target = inst.devices.get(device_id) if device_id is not None else None
@@ -235,6 +260,8 @@ class Router:
         if device_id is None or not is_hex_id(device_id):
             self.log.info("connector {id} published to a forbidden topic; closing", id=principal.id)
             return False
+        if self.cluster is not None:  # perhaps on another node (which checks it is this instance's)
+            self.cluster.send_down(client, device_id, payload, qos)
         return True  # not (or no longer) its device, or absent: dropped
 
     def _count(self, payload: bytes) -> None:
@@ -268,19 +295,17 @@ class Router:
     # -- lifecycle events from the API ---------------------------------------
 
     def device_paired(self, instance_id: str, device_id: str) -> None:
-        inst = self._instances.get(instance_id)
-        if inst is not None:
-            self._event(inst, EVENT_PAIRED, device_id)
+        self._event(instance_id, self._instances.get(instance_id), EVENT_PAIRED, device_id)
 
-    def revoke_device(self, instance_id: str, device_id: str) -> None:
-        """Credentials are gone: cut the live session at once and tell the connector."""
+    def revoke_device(self, instance_id: str, device_id: str, announce: bool = True) -> None:
+        """Credentials are gone: cut the live session at once and tell the
+        connector (``announce``: the node where the revocation happened)."""
         client = self._clients.get(device_id)
         if client is not None and client.principal.instance_id == instance_id:
             self._remove(client)
             client.session.close("device revoked")
-        inst = self._instances.get(instance_id)
-        if inst is not None:
-            self._event(inst, EVENT_REVOKED, device_id)
+        if announce:
+            self._event(instance_id, self._instances.get(instance_id), EVENT_REVOKED, device_id)
 
     def drop_instance(self, instance_id: str) -> None:
         """The instance is deleted: close its connector and every device session."""
@@ -296,6 +321,8 @@ class Router:
         for client in victims:
             client.attached = False
             self._clients.pop(client.principal.id, None)
+            if self.cluster is not None:
+                self.cluster.detached(client)
             client.session.close("instance deleted")
 
     def close_all(self, reason: str) -> None:
@@ -334,15 +361,72 @@ class Router:
                 instance_id=instance_id,
                 state="online" if online else "offline",
             )
-            payload = _ONLINE if online else _OFFLINE
-            for device in list(inst.devices.values()):
-                if STATUS in device.subs:
-                    device.session.deliver(_STATUS_TOPIC, payload, 0)
+            if self.cluster is not None:
+                self.cluster.connector_presence(instance_id, online, connector)
+        self._show(instance_id, inst)
         if connector is None and not inst.devices and inst.grace is None:
             self._instances.pop(instance_id, None)
 
-    def _event(self, inst: _Instance, event: str, device_id: str) -> None:
-        connector = inst.connector
-        if connector is not None and EVENTS in connector.subs:
-            payload = event_payload(event, device_id)
-            connector.session.deliver(_EVENTS_TOPIC, payload, 0)
+    def _show(self, instance_id: str, inst: _Instance) -> None:
+        """Tell this node's devices when their connector's presence, here or
+        on another node, changed (and those still waiting for it)."""
+        online = inst.online
+        if not online and self.cluster is not None:
+            online = self.cluster.remote_online(instance_id)
+            if online is None:
+                return  # not known yet
+        pending, inst.pending_status = inst.pending_status, set()
+        if online != inst.shown:
+            inst.shown = online
+            pending = [d for d in inst.devices.values() if STATUS in d.subs]
+        payload = _ONLINE if online else _OFFLINE
+        for device in list(pending):
+            if device.attached:
+                device.session.deliver(_STATUS_TOPIC, payload, 0)
+
+    def _event(self, instance_id: str, inst: _Instance | None, event: str, device_id: str, client=None) -> None:
+        connector = inst.connector if inst is not None else None
+        if connector is not None:
+            if EVENTS in connector.subs:
+                payload = event_payload(event, device_id)
+                connector.session.deliver(_EVENTS_TOPIC, payload, 0)
+        elif self.cluster is not None:
+            self.cluster.event(instance_id, event, device_id, client)
+
+    # -- what the cluster brings from other nodes ----------------------------------
+
+    def emit_event(self, instance_id: str, event: str, device_id: str) -> None:
+        """An event about a device on another node, for our connector."""
+        inst = self._instances.get(instance_id)
+        if inst is not None and inst.connector is not None:
+            self._event(instance_id, inst, event, device_id)
+
+    def presence_changed(self, instance_id: str) -> None:
+        inst = self._instances.get(instance_id)
+        if inst is not None:
+            self._show(instance_id, inst)
+
+    def remote_up(self, instance_id: str, device_id: str, payload: bytes, qos: int) -> None:
+        """A device's up message from another node, for our connector."""
+        inst = self._instances.get(instance_id)
+        target = inst.connector if inst is not None else None
+        if target is not None:
+            sub_qos = target.subs.get(UP_FILTER)
+            if sub_qos is not None:
+                self._count(payload)
+                target.session.deliver(up_topic(device_id).encode(), payload, min(qos, sub_qos))
+
+    def remote_down(self, device_id: str, instance_id: str, payload: bytes, qos: int) -> None:
+        """A connector's down message from another node, for our device."""
+        target = self._clients.get(device_id)
+        if target is not None and target.principal.role == DEVICE and target.principal.instance_id == instance_id:
+            sub_qos = target.subs.get(target.down_topic)
+            if sub_qos is not None:
+                self._count(payload)
+                target.session.deliver(target.down_wire, payload, min(qos, sub_qos))
+
+    def taken_over(self, client: Client) -> None:
+        """A newer session of this principal was accepted by another node."""
+        if client.attached:
+            self._take_over(client)
+

@@ -23,6 +23,8 @@ from .ratelimit import RateLimiter, Unlimited
 from .router import Router
 from .session import Limits, MQTTWebSocketFactory
 
+STORE_CHECK = 10.0  # seconds between store checks (the lmgateway_store_up metric)
+
 class Gateway(service.MultiService):
     """Everything one gateway node needs; listeners are added as children.
 
@@ -32,7 +34,8 @@ class Gateway(service.MultiService):
 
     log = Logger(namespace="lmgateway")
 
-    def __init__(self, reactor, store, config: GatewayConfig = DEFAULTS, *, hash_worker=None):
+    def __init__(self, reactor, store, config: GatewayConfig = DEFAULTS, *, hash_worker=None, bus=None):
+        """``bus``: the :class:`~.bus.IBus` joining this node to others, or None (alone)."""
         super().__init__()
         self.reactor = reactor
         self.clock = reactor
@@ -42,16 +45,26 @@ class Gateway(service.MultiService):
         self.hasher = Hasher(reactor, config.pbkdf2_iterations, worker=hash_worker, max_pending=config.hash_queue)
         self.authenticator = Authenticator(store, self.hasher, reactor)
         self.router = Router(reactor, stats=self.stats)
-        self.accounts = Accounts(store, self.hasher, self.authenticator, self.router, reactor,
-                                 setup_key_ttl=config.setup_key_ttl, registration_token=config.registration_token,
-                                 max_devices=config.max_devices, max_pending_devices=config.max_pending_devices)
         self.rest_limiter = _limiter(reactor, config.rest_limit, "rate_limit_tripped", "unauthenticated REST calls")
         self.login_limiter = _limiter(reactor, config.login_limit, "auth_failure_burst",
                                       "failed logins (MQTT and REST)")
         per_principal = GatewayConfig.per_minute(config.login_limit)
-        self.logins = LoginGuard(self.authenticator, reactor, self.login_limiter,
-                                 RateLimiter(reactor, *per_principal) if per_principal else Unlimited(),
+        user_limiter = RateLimiter(reactor, *per_principal) if per_principal else Unlimited()
+        self.logins = LoginGuard(self.authenticator, reactor, self.login_limiter, user_limiter,
                                  in_flight=config.login_checks_per_address)
+        self.cluster = None
+        if bus is not None:
+            from .cluster import Cluster  # only with several nodes
+
+            self.cluster = Cluster(self.router, bus, reactor, authenticator=self.authenticator,
+                                   limiters={"rest": self.rest_limiter, "login": self.login_limiter,
+                                             "login-user": user_limiter})
+            self.router.cluster = self.cluster
+        self.accounts = Accounts(store, self.hasher, self.authenticator, self.router, reactor,
+                                 setup_key_ttl=config.setup_key_ttl, registration_token=config.registration_token,
+                                 max_devices=config.max_devices, max_pending_devices=config.max_pending_devices,
+                                 peers=self.cluster)
+        self.store_up = True
         self.limits = Limits(max_packet=config.max_message_size, max_outbound=config.max_outbound,
                              connect_timeout=config.connect_timeout,
                              max_instance_sessions=config.max_instance_sessions)
@@ -63,13 +76,17 @@ class Gateway(service.MultiService):
         api = ApiV1(self.accounts, self.logins, rest_limiter=self.rest_limiter, stats=self.stats,
                     public_url=config.public_base,
                     instance_limiter=RateLimiter(reactor, *per_instance) if per_instance else None)
-        probes = [("store", lambda: store.ping())]
-        self.site = GuardedSite(Root(api, self.ws_factory, live=probes, ready=probes), reactor=reactor,
+        probes = [("store", self._ping_store)]
+        ready = probes + ([("bus", self.cluster.check)] if self.cluster is not None else [])
+        self.site = GuardedSite(Root(api, self.ws_factory, live=probes, ready=ready), reactor=reactor,
                                 timeout=config.http_idle_timeout, request_deadline=config.request_deadline,
                                 connections_per_address=config.connections_per_address)
         purge = internet.TimerService(config.purge_interval, self.purge_expired)
         purge.clock = reactor
         purge.setServiceParent(self)
+        check = internet.TimerService(STORE_CHECK, lambda: self._ping_store().addErrback(lambda f: None))
+        check.clock = reactor
+        check.setServiceParent(self)
 
     def listen(self, endpoint, description: str, site=None) -> None:
         svc = internet.StreamServerEndpointService(_Announced(endpoint, description), site or self.site)
@@ -79,9 +96,25 @@ class Gateway(service.MultiService):
     def serve_metrics(self, endpoint, description: str) -> None:
         self.listen(endpoint, f"metrics {description}", metrics_site(GatewayCollector(self)))
 
+    def _ping_store(self):
+        """Deferred: the store answered (and ``store_up`` says so for metrics)."""
+        d = defer.maybeDeferred(self.store.ping)
+
+        def up(result):
+            self.store_up = True
+            return result
+
+        def down(failure):
+            self.store_up = False
+            return failure
+
+        return d.addCallbacks(up, down)
+
     def startService(self):
         self.store.start()
         self.hasher.start()
+        if self.cluster is not None:
+            self.cluster.start()
         super().startService()
 
     @defer.inlineCallbacks
@@ -92,6 +125,8 @@ class Gateway(service.MultiService):
         sessions = len(self.ws_factory.live)
         yield self.ws_factory.close_all(self.config.drain_timeout)
         self.log.info("closed {n} sessions", n=sessions)
+        if self.cluster is not None:
+            yield self.cluster.stop()
         self.hasher.stop()
         self.store.stop()
         self.log.info("lmgateway stopped")

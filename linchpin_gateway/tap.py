@@ -33,10 +33,12 @@ class Options(usage.Options):
         print_version("lmgateway")
 
     def postOptions(self):
-        if self["bus"]:
-            raise usage.UsageError("--bus: only the in-process bus is available in this release")
         try:
             self.config = from_options(self)
+            if self.config.bus:
+                from .bus import parse_url
+
+                parse_url(self.config.bus)
         except ValueError as e:
             raise usage.UsageError(str(e))
 
@@ -49,9 +51,17 @@ def _store(config, reactor):
     return SQLiteStore(reactor, config.data_dir, max_queue=config.store_queue)
 
 
+def _bus(config, reactor):
+    if not config.bus:
+        return None
+    from .bus import RedisBus  # no Redis code on a single node
+
+    return RedisBus(reactor, config.bus)
+
+
 def makeService(options, reactor=default_reactor):
     config = options.config
-    gateway = Gateway(reactor, _store(config, reactor), config)
+    gateway = Gateway(reactor, _store(config, reactor), config, bus=_bus(config, reactor))
     for description in config.listen:
         gateway.listen(serverFromString(reactor, description), description)
     if config.metrics:

@@ -1,0 +1,389 @@
+"""The message bus between gateway nodes: a small interface of ours, on
+Redis (:class:`RedisBus`) or in memory for tests (:class:`MemoryBus`).
+
+The bus offers what :mod:`.cluster` needs and nothing else: fire-and-forget
+pub/sub on byte channels, and a few atomic operations on *ownership keys*
+whose value is ``b"<node> <epoch>"``:
+
+- ``claim``: bump the principal's epoch counter and take the key, returning
+  the new epoch and the previous holder (one Redis script, so epochs order
+  claims exactly);
+- ``hold``: refresh the TTL of keys still ours, re-take keys that expired
+  (or vanished with a Redis restart) and report those someone with a newer
+  epoch holds;
+- ``release``: delete a key only while it is still ours.
+
+While the bus is down every publish is dropped at once (``publish`` returns
+False) and every other call fails with :class:`~.resp.NotConnected`; nothing
+is queued.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from urllib.parse import unquote, urlsplit
+
+from twisted.internet import defer
+from twisted.internet.endpoints import TCP4ClientEndpoint, wrapClientTLS
+from twisted.logger import Logger
+from zope.interface import Attribute, Interface, implementer
+
+from .resp import Connection, NotConnected, RedisError, RESPProtocol, SubscriberProtocol
+
+_CLAIM = b"""
+local e = redis.call('INCR', KEYS[2])
+local old = redis.call('GET', KEYS[1])
+redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. e, 'PX', ARGV[2])
+return {e, old or ''}
+"""
+
+_HOLD = b"""
+local lost = {}
+for i = 1, #KEYS, 2 do
+  local j = (i + 1) / 2
+  local want = ARGV[j + 1]
+  local mine = tonumber(string.match(want, ' (%d+)$'))
+  local v = redis.call('GET', KEYS[i])
+  local theirs = 0
+  if v then theirs = tonumber(string.match(v, ' (%d+)$')) or 0 end
+  if v == want or theirs < mine then
+    redis.call('SET', KEYS[i], want, 'PX', ARGV[1])
+    local cur = tonumber(redis.call('GET', KEYS[i + 1]) or '0')
+    if cur < mine then redis.call('SET', KEYS[i + 1], mine) end
+  else
+    table.insert(lost, j)
+  end
+end
+return lost
+"""
+
+_RELEASE = b"""
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+HOLD_BATCH = 500  # keys per hold script call
+
+
+def epoch_of(value: bytes) -> int:
+    return int(value.rsplit(b" ", 1)[1])
+
+
+class IBus(Interface):
+    connected = Attribute("True while messages can be sent and received")
+
+    def start(on_message, on_state):
+        """Connect; ``on_message(channel, data)`` for each message on a
+        subscribed channel, ``on_state(up)`` whenever the bus comes or goes."""
+
+    def stop():
+        """Deferred: disconnected."""
+
+    def publish(channel, data):
+        """Send at once or drop: True when handed to the bus."""
+
+    def subscribe(channel):
+        """Receive ``channel`` (again after every reconnect)."""
+
+    def unsubscribe(channel):
+        """Stop receiving ``channel``."""
+
+    def claim(own_key, epoch_key, node, ttl_ms):
+        """Deferred[(epoch, previous value or None)]."""
+
+    def hold(entries, ttl_ms):
+        """``entries``: [(own_key, epoch_key, value)]; Deferred[list of indices
+        of entries held by a newer epoch elsewhere]."""
+
+    def release(own_key, value):
+        """Deferred: the key is deleted if it still has ``value``."""
+
+    def get(key):
+        """Deferred[bytes | None]."""
+
+    def exists(keys):
+        """Deferred[list[bool]]."""
+
+    def set(key, value, ttl_ms):
+        """Deferred."""
+
+    def ping():
+        """Deferred: one round trip."""
+
+
+def parse_url(url: str) -> dict:
+    """``redis://[user:password@]host:port/db`` (or ``rediss://``) as options."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss") or not parts.hostname:
+        raise ValueError("a redis:// or rediss:// URL with a host is required")
+    db = parts.path.lstrip("/")
+    if db and not db.isdigit():
+        raise ValueError("the database in a redis URL is a number")
+    return {
+        "tls": parts.scheme == "rediss",
+        "host": parts.hostname,
+        "port": parts.port or 6379,
+        "db": int(db or 0),
+        "username": unquote(parts.username).encode() if parts.username else None,
+        "password": unquote(parts.password).encode() if parts.password is not None else None,
+    }
+
+
+def redact(url: str) -> str:
+    parts = urlsplit(url)
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{parts.hostname}{port}{parts.path}"
+
+
+@implementer(IBus)
+class RedisBus:
+    log = Logger()
+
+    def __init__(self, reactor, url: str):
+        self.reactor = reactor
+        self.options = parse_url(url)
+        self.where = redact(url)
+        self.connected = False
+        self._channels: set[bytes] = set()
+        self._on_message = None
+        self._on_state = None
+        o = self.options
+        endpoint = TCP4ClientEndpoint(reactor, o["host"], o["port"], timeout=5)
+        if o["tls"]:
+            from twisted.internet.ssl import optionsForClientTLS
+
+            endpoint = wrapClientTLS(optionsForClientTLS(o["host"]), endpoint)
+        self._cmd = Connection(reactor, endpoint, lambda: RESPProtocol(o["password"], o["username"], o["db"]),
+                               self._changed, self._changed, "command")
+        self._sub = Connection(reactor, endpoint, self._make_subscriber, self._subscriber_up, self._changed,
+                               "subscriber")
+
+    def _make_subscriber(self):
+        o = self.options
+        return SubscriberProtocol(o["password"], o["username"], o["db"], self._deliver)
+
+    def _deliver(self, channel, data):
+        self._on_message(channel, data)
+
+    def _subscriber_up(self, proto):
+        proto.subscribing = True
+        channels = list(self._channels)
+        for i in range(0, len(channels), 1000):
+            proto.send_and_forget(b"SUBSCRIBE", *channels[i:i + 1000])
+        self._changed()
+
+    def _changed(self, *_):
+        up = self._cmd.current is not None and self._sub.current is not None
+        if up != self.connected:
+            self.connected = up
+            self.log.info("bus {state} ({where})", state="up" if up else "down", where=self.where)
+            self._on_state(up)
+
+    # -- IBus ------------------------------------------------------------------
+
+    def start(self, on_message, on_state):
+        self._on_message = on_message
+        self._on_state = on_state
+        self._cmd.start()
+        self._sub.start()
+
+    def stop(self):
+        return defer.gatherResults([self._cmd.stop(), self._sub.stop()], consumeErrors=True)
+
+    def publish(self, channel, data):
+        proto = self._cmd.current
+        if proto is None:
+            return False
+        return proto.send_and_forget(b"PUBLISH", channel, data)
+
+    def subscribe(self, channel):
+        if channel in self._channels:
+            return
+        self._channels.add(channel)
+        proto = self._sub.current
+        if proto is not None:
+            proto.send_and_forget(b"SUBSCRIBE", channel)
+
+    def unsubscribe(self, channel):
+        if channel not in self._channels:
+            return
+        self._channels.discard(channel)
+        proto = self._sub.current
+        if proto is not None:
+            proto.send_and_forget(b"UNSUBSCRIBE", channel)
+
+    def _call(self, *args):
+        proto = self._cmd.current
+        if proto is None:
+            return defer.fail(NotConnected("Redis is not connected"))
+        return proto.execute(*args)
+
+    def claim(self, own_key, epoch_key, node, ttl_ms):
+        d = self._call(b"EVAL", _CLAIM, 2, own_key, epoch_key, node, int(ttl_ms))
+        return d.addCallback(lambda r: (int(r[0]), r[1] or None))
+
+    def hold(self, entries, ttl_ms):
+        calls = []
+        for start in range(0, len(entries), HOLD_BATCH):
+            batch = entries[start:start + HOLD_BATCH]
+            keys = [k for own, ep, _ in batch for k in (own, ep)]
+            d = self._call(b"EVAL", _HOLD, len(keys), *keys, int(ttl_ms), *[v for _, _, v in batch])
+            calls.append(d.addCallback(lambda lost, start=start: [start + j - 1 for j in lost]))
+        d = defer.gatherResults(calls, consumeErrors=True)
+        d.addErrback(lambda f: f.value.subFailure)
+        return d.addCallback(lambda parts: [i for part in parts for i in part])
+
+    def release(self, own_key, value):
+        return self._call(b"EVAL", _RELEASE, 1, own_key, value)
+
+    def get(self, key):
+        return self._call(b"GET", key)
+
+    def exists(self, keys):
+        if not keys:
+            return defer.succeed([])
+        return self._call(b"MGET", *keys).addCallback(lambda values: [v is not None for v in values])
+
+    def set(self, key, value, ttl_ms):
+        return self._call(b"SET", key, value, b"PX", int(ttl_ms))
+
+    def ping(self):
+        return self._call(b"PING")
+
+
+# -- in memory ---------------------------------------------------------------------
+
+
+class MemoryHub:
+    """What Redis would be, for several :class:`MemoryBus` nodes in one test.
+
+    Messages wait in a queue until :meth:`flush`, so a test decides when
+    they arrive (as ``iosim``'s ``pump`` does for connections)."""
+
+    def __init__(self, clock):
+        self.clock = clock
+        self.keys: dict[bytes, tuple[bytes, float | None]] = {}
+        self.buses: list[MemoryBus] = []
+        self.queue: deque = deque()
+
+    def flush(self) -> int:
+        n = 0
+        while self.queue:
+            channel, data = self.queue.popleft()
+            for bus in list(self.buses):
+                if bus.connected and channel in bus.channels:
+                    bus.on_message(channel, data)
+            n += 1
+        return n
+
+    def get(self, key):
+        entry = self.keys.get(key)
+        if entry is None:
+            return None
+        value, expires = entry
+        if expires is not None and self.clock.seconds() >= expires:
+            del self.keys[key]
+            return None
+        return value
+
+    def set(self, key, value, ttl_ms=None):
+        self.keys[key] = (value, None if ttl_ms is None else self.clock.seconds() + ttl_ms / 1000)
+
+    def restart(self):
+        """Redis restarted without persistence: every key is gone."""
+        self.keys.clear()
+
+
+@implementer(IBus)
+class MemoryBus:
+    def __init__(self, hub: MemoryHub):
+        self.hub = hub
+        self.connected = False
+        self.channels: set[bytes] = set()
+        self.on_message = None
+        self._on_state = None
+        hub.buses.append(self)
+
+    def set_connected(self, up: bool) -> None:
+        if up != self.connected:
+            self.connected = up
+            self._on_state(up)
+
+    def _check(self):
+        if not self.connected:
+            raise NotConnected("bus down")
+
+    def start(self, on_message, on_state):
+        self.on_message = on_message
+        self._on_state = on_state
+        self.set_connected(True)
+
+    def stop(self):
+        self.connected = False
+        return defer.succeed(None)
+
+    def publish(self, channel, data):
+        if not self.connected:
+            return False
+        self.hub.queue.append((channel, data))
+        return True
+
+    def subscribe(self, channel):
+        self.channels.add(channel)
+
+    def unsubscribe(self, channel):
+        self.channels.discard(channel)
+
+    def claim(self, own_key, epoch_key, node, ttl_ms):
+        return defer.maybeDeferred(self._claim, own_key, epoch_key, node, ttl_ms)
+
+    def _claim(self, own_key, epoch_key, node, ttl_ms):
+        self._check()
+        hub = self.hub
+        epoch = int(hub.get(epoch_key) or 0) + 1
+        hub.set(epoch_key, b"%d" % epoch)
+        old = hub.get(own_key)
+        hub.set(own_key, node + b" %d" % epoch, ttl_ms)
+        return epoch, old
+
+    def hold(self, entries, ttl_ms):
+        return defer.maybeDeferred(self._hold, entries, ttl_ms)
+
+    def _hold(self, entries, ttl_ms):
+        self._check()
+        hub = self.hub
+        lost = []
+        for i, (own, ep, want) in enumerate(entries):
+            mine = epoch_of(want)
+            value = hub.get(own)
+            theirs = epoch_of(value) if value else 0
+            if value == want or theirs < mine:
+                hub.set(own, want, ttl_ms)
+                if int(hub.get(ep) or 0) < mine:
+                    hub.set(ep, b"%d" % mine)
+            else:
+                lost.append(i)
+        return lost
+
+    def release(self, own_key, value):
+        def release():
+            self._check()
+            if self.hub.get(own_key) == value:
+                del self.hub.keys[own_key]
+
+        return defer.maybeDeferred(release)
+
+    def get(self, key):
+        return defer.maybeDeferred(lambda: self._check() or self.hub.get(key))
+
+    def exists(self, keys):
+        return defer.maybeDeferred(lambda: self._check() or [self.hub.get(k) is not None for k in keys])
+
+    def set(self, key, value, ttl_ms):
+        return defer.maybeDeferred(lambda: self._check() or self.hub.set(key, value, ttl_ms))
+
+    def ping(self):
+        return defer.maybeDeferred(self._check)
+
+
+__all__ = ["IBus", "RedisBus", "MemoryBus", "MemoryHub", "NotConnected", "RedisError", "parse_url", "redact"]

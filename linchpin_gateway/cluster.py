@@ -1,0 +1,582 @@
+"""Several gateway nodes behind one load balancer, joined by a bus (Redis).
+
+The :class:`~.router.Router` of each node still knows only its own
+sessions; when a message, an event or a presence change concerns a
+principal that is not here, it hands it to this node's :class:`Cluster`,
+which carries it over the bus to whichever node holds that principal.
+
+Channels (each node subscribes to those of what it holds):
+
+``lm:p:<principal>``
+    messages for one principal: ``U`` (a device's up message, to its
+    instance's connector), ``D`` (a connector's down message, to a device),
+    ``E`` (a ``$gateway/events`` event, to a connector), ``P`` (a device is
+    present, answering ``W``), ``T`` (a newer session took the principal).
+``lm:i:<instance>``
+    the instance's connector presence, ``O``, to the nodes holding its
+    devices; ``W`` asks them which devices are where.
+``lm:ctl``
+    every node: heartbeats, revocation, deletion, credential changes and
+    rate-limit charges.
+
+**Newest session wins.**  Attaching a principal ``claim``s its ownership
+key: an epoch from a per-principal counter (Redis INCR) plus this node's
+id, with a TTL this node refreshes.  The claimant then publishes ``T`` with
+its epoch; the node holding an older epoch closes its session as a
+takeover.  Every message that tells about a session (events, presence)
+carries its epoch, so a late message from an older session never
+overrides what a newer one said.  A refresh that finds a newer epoch in
+the key also closes the older session (if ``T`` was lost).
+
+**Liveness.**  Each node publishes a heartbeat every ``HEARTBEAT`` seconds
+and keeps ``lm:node:<id>`` alive with a TTL.  A node not heard for
+``DEAD_AFTER`` seconds is dead: its connectors are offline for the devices
+here, its devices are ``device_disconnected`` for the connectors here.
+
+**Bus down.**  Local traffic goes on; a cross-node publish is dropped at
+once; what other nodes hold is unknown, so it is treated as gone.  When
+the bus is back, this node takes its ownership keys again, re-announces
+its connectors' presence and its devices, and asks for the state of
+instances it serves.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from twisted.internet import defer, task
+from twisted.logger import Logger
+
+from .router import CONNECTOR, DEVICE
+
+HEARTBEAT = 2.0
+DEAD_AFTER = 7.0
+OWN_TTL = 10.0
+PING_TIMEOUT = 5.0
+
+CTL = b"lm:ctl"
+
+
+def _chan(principal_id: str) -> bytes:
+    return b"lm:p:" + principal_id.encode()
+
+
+def _ichan(instance_id: str) -> bytes:
+    return b"lm:i:" + instance_id.encode()
+
+
+def _own(principal_id: str) -> bytes:
+    return b"lm:own:" + principal_id.encode()
+
+
+def _epoch_key(principal_id: str) -> bytes:
+    return b"lm:epoch:" + principal_id.encode()
+
+
+def _online_key(instance_id: str) -> bytes:
+    return b"lm:online:" + instance_id.encode()
+
+
+class ClusterStats:
+    __slots__ = ("messages_out", "messages_in", "dropped", "rtt", "takeovers", "dead_nodes")
+
+    def __init__(self):
+        self.messages_out = 0
+        self.messages_in = 0
+        self.dropped = 0
+        self.rtt = 0.0
+        self.takeovers = 0
+        self.dead_nodes = 0
+
+
+class _Held:
+    """A local session whose ownership this node holds (or is claiming)."""
+
+    __slots__ = ("client", "epoch", "waiters", "newest_seen", "channel")
+
+    def __init__(self, client):
+        self.client = client
+        self.epoch = None  # known once the claim is answered
+        self.waiters = []
+        self.newest_seen = 0  # highest epoch of a takeover heard before that
+        self.channel = _chan(client.principal.instance_id)  # where its instance's connector listens
+
+
+class _Remote:
+    """What this node knows of an instance's connector on another node."""
+
+    __slots__ = ("node", "epoch", "online", "known")
+
+    def __init__(self):
+        self.node = None
+        self.epoch = 0
+        self.online = False
+        self.known = False
+
+
+class Cluster:
+    log = Logger(namespace="lmgateway")
+
+    def __init__(self, router, bus, clock, authenticator=None, limiters=None, node: bytes | None = None):
+        self.router = router
+        self.bus = bus
+        self.clock = clock
+        self.authenticator = authenticator
+        self.limiters = limiters or {}
+        self.node = node or os.urandom(8).hex().encode()
+        self.stats = ClusterStats()
+        self.held: dict[str, _Held] = {}
+        self.remote: dict[str, _Remote] = {}  # instance -> its connector elsewhere (instances of our devices)
+        self.interest: dict[str, set[str]] = {}  # instance -> ids of its devices held here
+        self.remote_devices: dict[str, dict[str, tuple[bytes, int]]] = {}  # for our connectors
+        self.lost: dict[str, set[str]] = {}  # devices reported gone with their node, per instance
+        self.online_here: dict[str, bytes] = {}  # instance -> value of its online key
+        self.last_seen: dict[bytes, float] = {}
+        self._pinging = None
+        self._beat = task.LoopingCall(self.heartbeat)
+        self._beat.clock = clock
+        for name, limiter in self.limiters.items():
+            limiter.on_charge = lambda key, name=name: self._broadcast({"op": "charge", "l": name, "h": key})
+            limiter.on_refund = lambda key, name=name: self._broadcast({"op": "refund", "l": name, "h": key})
+
+    # -- lifecycle -----------------------------------------------------------
+
+    def start(self):
+        self.bus.start(self._received, self._bus_state)
+        self.bus.subscribe(CTL)
+        self._beat.start(HEARTBEAT, now=False)
+
+    def stop(self):
+        if self._beat.running:
+            self._beat.stop()
+        return self.bus.stop()
+
+    @property
+    def up(self) -> bool:
+        return self.bus.connected
+
+    def check(self) -> defer.Deferred:
+        """For ``/readyz``: fires while the bus is connected, fails otherwise
+        (no round trip: a hung Redis is cut by the heartbeat's ping timeout)."""
+        if self.bus.connected:
+            return defer.succeed(None)
+        return defer.fail(ConnectionError("bus unreachable"))
+
+    # -- hooks the router calls ------------------------------------------------
+
+    def attached(self, client) -> None:
+        principal = client.principal
+        h = _Held(client)
+        client.held = h
+        self.held[principal.id] = h
+        self.bus.subscribe(_chan(principal.id))
+        if principal.role == DEVICE:
+            self._interest_add(principal.instance_id, principal.id)
+            known = self.remote_devices.get(principal.instance_id, {}).pop(principal.id, None)
+            if known is not None:
+                # It was on another node: that session ended before this one.
+                self.router.emit_event(principal.instance_id, "device_disconnected", principal.id)
+        self._claim(h)
+
+    def _claim(self, h: _Held) -> None:
+        pid = h.client.principal.id
+        d = self.bus.claim(_own(pid), _epoch_key(pid), self.node, int(OWN_TTL * 1000))
+        d.addCallbacks(self._claimed, self._claim_failed, callbackArgs=(h,), errbackArgs=(h,))
+
+    def _claimed(self, answer, h: _Held) -> None:
+        epoch, old = answer
+        h.epoch = epoch
+        pid = h.client.principal.id
+        if old is not None and old.split(b" ", 1)[0] != self.node:
+            self.bus.publish(_chan(pid), b"T%d" % epoch)
+        waiters, h.waiters = h.waiters, []
+        if self.held.get(pid) is not h:  # gone meanwhile: tell what it said, then let go
+            for fn in waiters:
+                fn(epoch)
+            self.bus.release(_own(pid), self._value(epoch)).addErrback(lambda f: None)
+            return
+        if h.newest_seen > epoch:
+            self._taken_over(h)
+            return
+        for fn in waiters:
+            fn(epoch)
+
+    def _claim_failed(self, failure, h: _Held) -> None:
+        h.waiters = []  # the bus is down: all of it is announced again when it is back
+        self.log.debug("claim failed for {id}: {e}", id=h.client.principal.id, e=failure.getErrorMessage())
+
+    def _value(self, epoch: int) -> bytes:
+        return b"%s %d" % (self.node, epoch)
+
+    def _after_claim(self, client, fn) -> None:
+        h = getattr(client, "held", None)
+        if h is None:
+            return
+        if h.epoch is not None:
+            fn(h.epoch)
+        else:
+            h.waiters.append(fn)
+
+    def detached(self, client) -> None:
+        principal = client.principal
+        h = self.held.get(principal.id)
+        if h is None or h.client is not client:
+            return
+        del self.held[principal.id]
+        self.bus.unsubscribe(_chan(principal.id))
+        if h.epoch is not None:
+            self.bus.release(_own(principal.id), self._value(h.epoch)).addErrback(lambda f: None)
+        if principal.role == DEVICE:
+            self._interest_remove(principal.instance_id, principal.id)
+        else:
+            self.remote_devices.pop(principal.instance_id, None)
+            self.lost.pop(principal.instance_id, None)
+
+    def send_up(self, client, payload: bytes, qos: int) -> None:
+        """A device's message for its connector, which is not here."""
+        h = client.held
+        if self.bus.publish(h.channel, b"U%d%s%s" % (qos, client.principal.id.encode(), payload)):
+            self.stats.messages_out += 1
+        else:
+            self.stats.dropped += 1
+
+    def send_down(self, client, device_id: str, payload: bytes, qos: int) -> None:
+        """A connector's message for a device that is not here."""
+        if self.bus.publish(_chan(device_id), b"D%d%s%s" % (qos, client.principal.id.encode(), payload)):
+            self.stats.messages_out += 1
+        else:
+            self.stats.dropped += 1
+
+    def event(self, instance_id: str, event: str, device_id: str, client=None) -> None:
+        """A ``$gateway/events`` event for a connector that is not here."""
+        def send(epoch):
+            self.bus.publish(_chan(instance_id), b"E" + json.dumps(
+                {"e": event, "d": device_id, "n": self.node.decode(), "x": epoch}).encode())
+
+        if client is not None:
+            self._after_claim(client, send)
+        else:
+            send(0)
+
+    def connector_presence(self, instance_id: str, online: bool, client) -> None:
+        """Our connector of ``instance_id`` went online or offline."""
+        if online:
+            def announce(epoch):
+                value = self._value(epoch)
+                self.online_here[instance_id] = value
+                self.bus.set(_online_key(instance_id), value, int(OWN_TTL * 1000)).addErrback(lambda f: None)
+                self._announce(instance_id, True, epoch)
+                self.bus.publish(_ichan(instance_id), b"W")
+
+            if client is not None:
+                self._after_claim(client, announce)
+        else:
+            value = self.online_here.pop(instance_id, None)
+            if value is not None:
+                self.bus.release(_online_key(instance_id), value).addErrback(lambda f: None)
+                self._announce(instance_id, False, int(value.rsplit(b" ", 1)[1]))
+
+    def _announce(self, instance_id, online, epoch):
+        self.bus.publish(_ichan(instance_id), b"O" + json.dumps(
+            {"n": self.node.decode(), "x": epoch, "on": online}).encode())
+
+    def remote_online(self, instance_id: str):
+        """True/False: whether the instance's connector is online on another
+        node; None while not known yet."""
+        r = self.remote.get(instance_id)
+        if r is None or not r.known:
+            return None
+        return r.online
+
+    # -- what devices here need to know of their connector elsewhere ----------------
+
+    def _interest_add(self, instance_id: str, device_id: str) -> None:
+        devices = self.interest.get(instance_id)
+        if devices is None:
+            devices = self.interest[instance_id] = set()
+            self.remote[instance_id] = _Remote()
+            self.bus.subscribe(_ichan(instance_id))
+            self._learn(instance_id)
+        devices.add(device_id)
+
+    def _interest_remove(self, instance_id: str, device_id: str) -> None:
+        devices = self.interest.get(instance_id)
+        if devices is None:
+            return
+        devices.discard(device_id)
+        if not devices:
+            del self.interest[instance_id]
+            self.remote.pop(instance_id, None)
+            self.bus.unsubscribe(_ichan(instance_id))
+
+    def _learn(self, instance_id: str) -> None:
+        r = self.remote[instance_id]
+        if not self.bus.connected:
+            self._set_remote(instance_id, r, None, 0, False, force=True)
+            return
+
+        def got(value):
+            if self.remote.get(instance_id) is not r:
+                return
+            if value is None or value.split(b" ", 1)[0] == self.node:
+                if not r.known:
+                    self._set_remote(instance_id, r, None, 0, False, force=True)
+                return
+            node, epoch = value.split(b" ", 1)
+            self._set_remote(instance_id, r, node, int(epoch), True)
+
+        def failed(f):
+            if self.remote.get(instance_id) is r and not r.known:
+                self._set_remote(instance_id, r, None, 0, False, force=True)
+
+        self.bus.get(_online_key(instance_id)).addCallbacks(got, failed)
+
+    def _set_remote(self, instance_id, r: _Remote, node, epoch, online, force=False) -> None:
+        if not force and r.known and epoch < r.epoch:
+            return  # older news
+        if node is not None:
+            self.last_seen.setdefault(node, self.clock.seconds())
+        changed = (not r.known) or r.online != online
+        r.node, r.epoch, r.online, r.known = node, epoch, online, True
+        if changed:
+            self.router.presence_changed(instance_id)
+
+    # -- the bus -----------------------------------------------------------------
+
+    def _received(self, channel: bytes, data: bytes) -> None:
+        try:
+            if channel.startswith(b"lm:p:"):
+                self._for_principal(channel[5:].decode(), data)
+            elif channel.startswith(b"lm:i:"):
+                self._for_instance(channel[5:].decode(), data)
+            elif channel == CTL:
+                self._control(json.loads(data))
+        except Exception:
+            self.log.failure("bad bus message on {channel}", channel=channel[:5])
+
+    def _for_principal(self, pid: str, data: bytes) -> None:
+        kind = data[:1]
+        if kind == b"U":
+            self.stats.messages_in += 1
+            self.router.remote_up(pid, data[2:34].decode(), data[34:], data[1] - 48)
+        elif kind == b"D":
+            self.stats.messages_in += 1
+            self.router.remote_down(pid, data[2:34].decode(), data[34:], data[1] - 48)
+        elif kind == b"T":
+            self._takeover_heard(pid, int(data[1:]))
+        elif kind == b"E":
+            self._remote_event(pid, json.loads(data[1:]))
+        elif kind == b"P":
+            m = json.loads(data[1:])
+            self._remote_present(pid, m["d"], m["n"].encode(), m["x"])
+
+    def _takeover_heard(self, pid: str, epoch: int) -> None:
+        h = self.held.get(pid)
+        if h is None:
+            return
+        if h.epoch is None:
+            h.newest_seen = max(h.newest_seen, epoch)
+        elif h.epoch < epoch:
+            self._taken_over(h)
+
+    def _taken_over(self, h: _Held) -> None:
+        self.stats.takeovers += 1
+        self.log.info("{role} {id} taken over by a newer session on another node",
+                      role=h.client.principal.role, id=h.client.principal.id)
+        self.router.taken_over(h.client)
+
+    def _remote_event(self, instance_id: str, m: dict) -> None:
+        event, device_id, node, epoch = m["e"], m["d"], m["n"].encode(), m["x"]
+        devices = self.remote_devices.setdefault(instance_id, {})
+        if event == "device_connected":
+            known = devices.get(device_id)
+            if known is not None and known[1] >= epoch:
+                return
+            if known is not None:
+                self.router.emit_event(instance_id, "device_disconnected", device_id)
+            self.last_seen.setdefault(node, self.clock.seconds())
+            devices[device_id] = (node, epoch)
+            self.lost.get(instance_id, set()).discard(device_id)
+        elif event == "device_disconnected":
+            known = devices.get(device_id)
+            if known is not None and known[1] > epoch:
+                return  # a newer session of it is connected
+            if known is None and self.router.is_connected(device_id):
+                return  # it is here now
+            devices.pop(device_id, None)
+        self.router.emit_event(instance_id, event, device_id)
+
+    def _remote_present(self, instance_id: str, device_id: str, node: bytes, epoch: int) -> None:
+        if not self.router.has_connector(instance_id):
+            return
+        value = self.online_here.get(instance_id)
+        if value is not None:  # that node may have missed it (it was cut off from the bus)
+            self._announce(instance_id, True, int(value.rsplit(b" ", 1)[1]))
+        devices = self.remote_devices.setdefault(instance_id, {})
+        known = devices.get(device_id)
+        if known is not None and known[1] >= epoch:
+            return
+        devices[device_id] = (node, epoch)
+        self.last_seen.setdefault(node, self.clock.seconds())
+        lost = self.lost.get(instance_id)
+        if lost is not None and device_id in lost:
+            lost.discard(device_id)
+            self.router.emit_event(instance_id, "device_connected", device_id)
+
+    def _for_instance(self, instance_id: str, data: bytes) -> None:
+        kind = data[:1]
+        if kind == b"O":
+            m = json.loads(data[1:])
+            node = m["n"].encode()
+            r = self.remote.get(instance_id)
+            if r is None or node == self.node:
+                return
+            self._set_remote(instance_id, r, node, m["x"], m["on"])
+        elif kind == b"W":
+            self._present(instance_id)
+
+    def _present(self, instance_id: str) -> None:
+        for device_id in self.interest.get(instance_id, ()):
+            h = self.held.get(device_id)
+            if h is not None and h.epoch is not None:
+                self.bus.publish(_chan(instance_id), b"P" + json.dumps(
+                    {"d": device_id, "n": self.node.decode(), "x": h.epoch}).encode())
+
+    # -- control: what every node must do ------------------------------------------
+
+    def _broadcast(self, message: dict) -> None:
+        message["n"] = self.node.decode()
+        self.bus.publish(CTL, json.dumps(message).encode())
+
+    def revoked(self, instance_id: str, device_id: str) -> None:
+        self._broadcast({"op": "revoke", "i": instance_id, "d": device_id})
+
+    def instance_deleted(self, instance_id: str, device_ids) -> None:
+        self._broadcast({"op": "drop", "i": instance_id, "d": list(device_ids)})
+
+    def password_changed(self, instance_id: str) -> None:
+        self._broadcast({"op": "forget", "i": instance_id})
+
+    def _control(self, m: dict) -> None:
+        node = m["n"].encode()
+        if node == self.node:
+            return
+        op = m["op"]
+        if op == "hb":
+            self.last_seen[node] = self.clock.seconds()
+        elif op in ("charge", "refund"):
+            limiter = self.limiters.get(m["l"])
+            if limiter is not None:
+                getattr(limiter, op)(m["h"], remote=True)
+        elif op == "revoke":
+            if self.authenticator is not None:
+                self.authenticator.forget(m["d"])
+            self.router.revoke_device(m["i"], m["d"], announce=False)
+        elif op == "drop":
+            if self.authenticator is not None:
+                self.authenticator.forget(m["i"], *m["d"])
+            self.router.drop_instance(m["i"])
+        elif op == "forget":
+            if self.authenticator is not None:
+                self.authenticator.forget(m["i"])
+
+    # -- heartbeat, liveness, ownership refresh --------------------------------------
+
+    def heartbeat(self) -> None:
+        now = self.clock.seconds()
+        for node, seen in list(self.last_seen.items()):
+            if now - seen > DEAD_AFTER:
+                self._node_dead(node)
+        if not self.bus.connected:
+            return
+        self._broadcast({"op": "hb"})
+        self.bus.set(b"lm:node:" + self.node, b"1", int(3 * HEARTBEAT * 1000)).addErrback(lambda f: None)
+        self._ping(now)
+        self._hold()
+
+    def _ping(self, now) -> None:
+        if self._pinging is not None:
+            return
+        self._pinging = now
+
+        def done(_):
+            self.stats.rtt = self.clock.seconds() - now
+            self._pinging = None
+
+        def failed(_):
+            self._pinging = None
+
+        self.bus.ping().addCallbacks(done, failed)
+
+    def _hold(self) -> defer.Deferred:
+        entries, owners = [], []
+        for pid, h in self.held.items():
+            if h.epoch is not None:
+                entries.append((_own(pid), _epoch_key(pid), self._value(h.epoch)))
+                owners.append(("session", pid, h))
+        for instance_id, value in self.online_here.items():
+            entries.append((_online_key(instance_id), _epoch_key(instance_id), value))
+            owners.append(("online", instance_id, value))
+        if not entries:
+            return defer.succeed(None)
+
+        def lost(indices):
+            for i in indices:
+                what, key, h = owners[i]
+                if what == "session":
+                    if self.held.get(key) is h:
+                        self._taken_over(h)
+                elif self.online_here.get(key) == h:
+                    del self.online_here[key]
+
+        return self.bus.hold(entries, int(OWN_TTL * 1000)).addCallbacks(lost, lambda f: None)
+
+    def _node_dead(self, node: bytes) -> None:
+        del self.last_seen[node]
+        self.stats.dead_nodes += 1
+        self.log.warn("gateway node {node} not heard for {n} s: its sessions are gone", node=node.decode(),
+                      n=DEAD_AFTER)
+        self._forget_remote(lambda n: n == node)
+
+    def _forget_remote(self, matches) -> None:
+        for instance_id, r in list(self.remote.items()):
+            if r.node is not None and matches(r.node) and r.online:
+                r.online = False
+                self.router.presence_changed(instance_id)
+        for instance_id, devices in list(self.remote_devices.items()):
+            for device_id, (node, _) in list(devices.items()):
+                if matches(node):
+                    del devices[device_id]
+                    self.lost.setdefault(instance_id, set()).add(device_id)
+                    self.router.emit_event(instance_id, "device_disconnected", device_id)
+
+    def _bus_state(self, up: bool) -> None:
+        if not up:
+            self.last_seen.clear()
+            self._forget_remote(lambda n: True)
+            return
+        # Back: take what we hold again, say what we have, ask what others have.
+        for h in list(self.held.values()):
+            if h.epoch is None:
+                self._claim(h)
+        self._hold()
+        self._broadcast({"op": "hb"})
+        for instance_id, value in self.online_here.items():
+            self._announce(instance_id, True, int(value.rsplit(b" ", 1)[1]))
+            self.bus.publish(_ichan(instance_id), b"W")
+        for instance_id in list(self.interest):
+            self._present(instance_id)
+            if instance_id in self.remote:
+                self._learn(instance_id)
+
+    # -- queries ----------------------------------------------------------------
+
+    def connected(self, principal_ids) -> defer.Deferred:
+        """Deferred[set]: which of these principals have a session on some node."""
+        ids = list(principal_ids)
+        d = self.bus.exists([_own(pid) for pid in ids])
+        return d.addCallback(lambda flags: {pid for pid, yes in zip(ids, flags) if yes})
+
+
+__all__ = ["Cluster", "CONNECTOR", "DEVICE"]
