@@ -136,3 +136,22 @@ def redis_server():
     server = Redis()
     yield server
     server.destroy()
+
+
+class GatewayNode(Process):
+    """``twistd lmgateway`` on a shared store and bus; URLs (with their
+    passwords) go through the environment, never argv."""
+
+    def __init__(self, data_dir, store_url: str, bus_url: str | None, *extra,
+                 listen: str = "tcp:0:interface=127.0.0.1"):
+        from tests.support import BIN
+
+        env = dict(os.environ, LMGATEWAY_STORE=store_url)
+        if bus_url:
+            env["LMGATEWAY_BUS"] = bus_url
+        super().__init__([os.path.join(BIN, "twistd"), "-n", "--pidfile=", "lmgateway", "--listen", listen,
+                          "--data-dir", str(data_dir), *extra], env=env)
+        self.port = int(self.wait_for(r"lmgateway listening on .* at 127\.0\.0\.1:(\d+)").group(1))
+        self.url = f"http://127.0.0.1:{self.port}"
+        if bus_url:
+            self.wait_for(r"bus up")

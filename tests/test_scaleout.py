@@ -1,0 +1,199 @@
+"""Two and three real ``twistd lmgateway`` nodes on a private PostgreSQL and
+Redis: what a client sees whichever node it lands on, and when a node, Redis
+or PostgreSQL goes away.
+
+Waits are on events (a message, a log line, a closed session) with generous
+timeouts; the 15 s bound for offline detection is the requirement itself.
+"""
+
+import threading
+
+import pytest
+
+from tests.services import GatewayNode, PostgreSQL, Redis, postgresql, redis_server  # noqa: F401
+from tests.support import Paho, World, rest
+
+ALL_BYTES = bytes(range(256)) * 4
+
+
+@pytest.fixture
+def cluster(tmp_path, postgresql, redis_server):
+    """``make(n)``: n nodes on one fresh database and the Redis server."""
+    db = postgresql.create_database()
+
+    def make(n=2, *extra):
+        return [GatewayNode(tmp_path / f"n{len(made) + i}", postgresql.url(db), redis_server.url(), *extra)
+                for i in range(n)]
+
+    made = []
+    yield make
+
+
+def online(device):
+    return device.next_matching("$gateway/status")[1] == b'{"connector": "online"}'
+
+
+def events(connector, n):
+    return [connector.next_matching("$gateway/events")[1] for _ in range(n)]
+
+
+def connect_pair(a, b, inst, dev):
+    """Connector on node a, device on node b, both subscribed."""
+    c = Paho(a.port, *inst)
+    assert c.result == "Success"
+    assert c.subscribe("devices/+/up", "$gateway/events") == [1, 1]
+    d = Paho(b.port, *dev)
+    assert d.result == "Success"
+    assert d.subscribe(f"devices/{dev[0]}/down", "$gateway/status") == [1, 1]
+    return c, d
+
+
+def test_register_on_one_node_pair_on_another_relay_presence_takeover_revocation(cluster):
+    a, b, c3 = cluster(3)
+    inst = World(a.url).register()
+    dev = World(b.url).pair(inst)  # key made on a, redeemed on b
+    conn, device = connect_pair(a, b, inst, dev)
+    assert online(device)
+    assert b'"device_connected"' in events(conn, 1)[0]
+    # relay, byte-exact both ways
+    device.publish(f"devices/{dev[0]}/up", ALL_BYTES)
+    assert conn.next_matching(f"devices/{dev[0]}/up")[1] == ALL_BYTES
+    conn.publish(f"devices/{dev[0]}/down", ALL_BYTES[::-1])
+    assert device.next_matching(f"devices/{dev[0]}/down")[1] == ALL_BYTES[::-1]
+    # any node tells the device is connected
+    status, body, _ = rest("GET", c3.url + "/api/v1/devices", auth=inst)
+    assert body["devices"] == [{"device_id": dev[0], "state": "active", "connected": True}]
+    # takeover across nodes: the newest session wins, the connector hears it in order
+    newer = Paho(c3.port, *dev)
+    assert newer.subscribe(f"devices/{dev[0]}/down", "$gateway/status") == [1, 1]
+    device.wait_closed()
+    assert [e.split(b'"')[3] for e in events(conn, 2)] == [b"device_disconnected", b"device_connected"]
+    conn.publish(f"devices/{dev[0]}/down", b"to the newer one")
+    assert newer.next_matching(f"devices/{dev[0]}/down")[1] == b"to the newer one"
+    # revocation through a cuts the session on c3 (and the cached credentials everywhere)
+    World(a.url).revoke(inst, dev[0])
+    newer.wait_closed()
+    for node in (a, b, c3):
+        assert Paho(node.port, *dev).result != "Success"
+    for client in (conn, device, newer):
+        client.close()
+
+
+def test_same_setup_key_on_two_nodes_at_once(cluster):
+    a, b = cluster(2)
+    inst = World(a.url).register()
+    keys = [World(a.url).add_device(inst)["device_setup_key"] for _ in range(4)]
+    outcomes = []
+    go = threading.Barrier(2 * len(keys))
+
+    def redeem(node, key):
+        go.wait()
+        outcomes.append((key, rest("POST", node.url + "/api/v1/devices/setup", {"device_setup_key": key})[0]))
+
+    threads = [threading.Thread(target=redeem, args=(node, key)) for key in keys for node in (a, b)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    for key in keys:
+        assert sorted(s for k, s in outcomes if k == key) == [200, 404]
+
+
+def test_node_killed_connector_offline_within_15s_and_back_through_another(cluster):
+    a, b = cluster(2)
+    inst = World(a.url).register()
+    dev = World(a.url).pair(inst)
+    dev_on_a = World(a.url).pair(inst)
+    conn, device = connect_pair(a, b, inst, dev)
+    assert online(device)
+    conn_b = Paho(b.port, *inst)  # the connector's events come to b once it moves there
+    a_device = Paho(a.port, *dev_on_a)
+    assert a_device.result == "Success"
+    a.kill()  # kill -9
+    assert device.next_matching("$gateway/status", timeout=15)[1] == b'{"connector": "offline"}'
+    # the connector reconnects through b and traffic flows again
+    conn2 = Paho(b.port, *inst)
+    assert conn2.subscribe("devices/+/up", "$gateway/events") == [1, 1]
+    assert online(device)
+    device.publish(f"devices/{dev[0]}/up", b"after failover")
+    assert conn2.next_matching(f"devices/{dev[0]}/up")[1] == b"after failover"
+    for client in (conn, device, conn_b, a_device, conn2):
+        client.close()
+
+
+def test_devices_of_a_killed_node_are_disconnected_for_the_connector(cluster):
+    a, b = cluster(2)
+    inst = World(a.url).register()
+    dev = World(a.url).pair(inst)
+    conn, device = connect_pair(b, a, inst, dev)
+    assert online(device)
+    assert b'"device_connected"' in events(conn, 1)[0]
+    a.kill()
+    assert conn.next_matching("$gateway/events", timeout=15)[1] == (
+        b'{"event": "device_disconnected", "device_id": "%s"}' % dev[0].encode())
+    conn.close()
+
+
+def test_redis_stopped_and_restarted(tmp_path, postgresql):
+    redis = Redis()
+    db = postgresql.create_database()
+    a, b = (GatewayNode(tmp_path / n, postgresql.url(db), redis.url()) for n in "ab")
+    inst = World(a.url).register()
+    local_dev, remote_dev = World(a.url).pair(inst), World(a.url).pair(inst)
+    conn, local = connect_pair(a, a, inst, local_dev)
+    remote = Paho(b.port, *remote_dev)
+    assert remote.subscribe(f"devices/{remote_dev[0]}/down", "$gateway/status") == [1, 1]
+    assert online(local) and online(remote)
+    redis.destroy()
+    a.wait_for("bus down")
+    b.wait_for("bus down")
+    status, body, _ = rest("GET", a.url + "/readyz")
+    assert status == 503 and body == {"error": "unavailable", "message": "bus unreachable"}
+    assert rest("GET", a.url + "/healthz")[0] == 200  # liveness only
+    # same-node traffic is unaffected; a cross-node publish is PUBACKed and dropped
+    local.publish(f"devices/{local_dev[0]}/up", b"same node")
+    assert conn.next_matching(f"devices/{local_dev[0]}/up")[1] == b"same node"
+    remote.publish(f"devices/{remote_dev[0]}/up", b"dropped")
+    assert remote.next_matching("$gateway/status")[1] == b'{"connector": "offline"}'
+    restarted = Redis(port=redis.port, password=redis.password)
+    try:
+        a.wait_for("bus up")
+        b.wait_for("bus up")
+        assert online(remote)
+        assert rest("GET", a.url + "/readyz")[0] == 200
+        remote.publish(f"devices/{remote_dev[0]}/up", b"cross-node again")
+        assert conn.next_matching(f"devices/{remote_dev[0]}/up")[1] == b"cross-node again"
+    finally:
+        restarted.destroy()
+        for client in (conn, local, remote):
+            client.close()
+
+
+def test_postgresql_stopped_and_restarted(tmp_path, redis_server):
+    pg = PostgreSQL()
+    try:
+        db = pg.create_database()
+        node = GatewayNode(tmp_path / "n", pg.url(db), redis_server.url())
+        world = World(node.url)
+        inst = world.register()
+        dev = world.pair(inst)
+        never_connected = world.pair(inst)
+        conn, device = connect_pair(node, node, inst, dev)
+        pg.stop()
+        # live sessions keep relaying
+        device.publish(f"devices/{dev[0]}/up", b"store down")
+        assert conn.next_matching(f"devices/{dev[0]}/up")[1] == b"store down"
+        # new logins: CONNACK 3; REST: 503 with Retry-After; not ready
+        assert Paho(node.port, *never_connected).result == "Server unavailable"
+        status, body, headers = rest("GET", node.url + "/api/v1/devices", auth=inst)
+        assert status == 503 and headers["Retry-After"] and body["error"] == "unavailable"
+        status, body, _ = rest("GET", node.url + "/readyz")
+        assert status == 503 and body["message"] == "store unreachable"
+        pg.start()
+        assert rest("GET", node.url + "/readyz")[0] == 200
+        assert Paho(node.port, *never_connected).result == "Success"
+        assert rest("GET", node.url + "/api/v1/devices", auth=inst)[0] == 200
+        conn.close()
+        device.close()
+    finally:
+        pg.destroy()
