@@ -54,7 +54,7 @@ def redact(url: str) -> str:
 
 @implementer(IStore)
 class PostgreSQLStore:
-    def __init__(self, reactor, url: str, worker=None, pool_size: int = POOL_SIZE, timeout: float = 5.0,
+    def __init__(self, reactor, url: str, worker=None, pool_size: int = POOL_SIZE, timeout: float = 3.0,
                  max_queue: int = STORE_QUEUE):
         self.url = url
         self.timeout = timeout

@@ -155,3 +155,33 @@ class GatewayNode(Process):
         self.url = f"http://127.0.0.1:{self.port}"
         if bus_url:
             self.wait_for(r"bus up")
+
+
+class HAProxy(Process):
+    """``haproxy`` with deploy/haproxy.cfg, its bind and servers pointed at
+    loopback; ready once every server passed a health check."""
+
+    def __init__(self, servers: list[int]):
+        import re
+
+        self.port = free_port()
+        self.dir = tempfile.mkdtemp(prefix="lm-haproxy-")
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        with open(os.path.join(root, "deploy", "haproxy.cfg")) as f:
+            text = f.read()
+        text = re.sub(r"(?m)^(\s*)bind .*$", rf"\1bind 127.0.0.1:{self.port}", text)
+        text = re.sub(r"(?m)^(\s*)maxconn .*$", r"\1maxconn 1000", text)  # within a test's file limit
+        lines = "\n".join(f"    server node{i} 127.0.0.1:{port}" for i, port in enumerate(servers, 1))
+        text = re.sub(r"(?m)^\s*server .*\n", "", text).rstrip() + "\n" + lines + "\n"
+        cfg = os.path.join(self.dir, "haproxy.cfg")
+        with open(cfg, "w") as f:
+            f.write(text)
+        haproxy = shutil.which("haproxy") or "/usr/sbin/haproxy"
+        super().__init__([haproxy, "-f", cfg, "-db"])
+        for _ in servers:
+            self.wait_for(r"Health check for server lmgateway_nodes/node\d+ succeeded")
+
+    def destroy(self):
+        self.kill()
+        Process.running.discard(self)
+        shutil.rmtree(self.dir, ignore_errors=True)

@@ -197,3 +197,47 @@ def test_postgresql_stopped_and_restarted(tmp_path, redis_server):
         device.close()
     finally:
         pg.destroy()
+
+
+def _register_from(source: str, port: int) -> int:
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30, source_address=(source, 0))
+    conn.request("POST", "/api/v1/instances", body=b"{}", headers={"Content-Type": "application/json"})
+    status = conn.getresponse().status
+    conn.close()
+    return status
+
+
+def _register_via(world):
+    status, body, _ = rest("POST", world.url + "/api/v1/instances", {})  # from 127.0.0.1: its own budget
+    assert status == 201, body
+    return body["instance_id"], body["instance_password"]
+
+
+def test_through_haproxy_the_rate_limiter_sees_the_clients_address(tmp_path, postgresql, redis_server):
+    from tests.services import HAProxy
+
+    db = postgresql.create_database()
+    nodes = [GatewayNode(tmp_path / n, postgresql.url(db), redis_server.url(), "--rest-limit", "3",
+                         listen="haproxy:tcp:0:interface=127.0.0.1") for n in "ab"]
+    lb = HAProxy([n.port for n in nodes])
+    try:
+        # 127.0.0.2 spends its budget, shared by both nodes: then 429 whichever node answers
+        assert [_register_from("127.0.0.2", lb.port) for _ in range(3)] == [201, 201, 201]
+        assert {_register_from("127.0.0.2", lb.port) for _ in range(4)} == {429}
+        # another client behind the same load balancer is not affected
+        assert _register_from("127.0.0.3", lb.port) == 201
+        tripped = [n for n in nodes if "rate_limit_tripped host=127.0.0.2" in n.text()]
+        assert tripped, "no node saw the client's own address"
+        # MQTT sessions through HAProxy, landing on either node
+        world = World(f"http://127.0.0.1:{lb.port}")
+        inst = _register_via(world)
+        dev = world.pair(inst)
+        conn, device = connect_pair(lb, lb, inst, dev)
+        device.publish(f"devices/{dev[0]}/up", ALL_BYTES)
+        assert conn.next_matching(f"devices/{dev[0]}/up")[1] == ALL_BYTES
+        conn.close()
+        device.close()
+    finally:
+        lb.destroy()
