@@ -38,6 +38,11 @@ from .store import SCHEMA_VERSION, STORE_QUEUE, IStore, StoreError, StoreUnavail
 LOCK_SCHEMA = 0x6C6D_6777_0001
 LOCK_PURGE = 0x6C6D_6777_0002
 POOL_SIZE = 4
+# psycopg_pool retries a failed connection after 1 s, doubling, until this
+# many seconds have passed; then the next call starts over at once.  Kept
+# below the call timeout, so the first call after the server is back waits
+# for a retry at most this long instead of a backoff grown over an outage.
+RECONNECT_WITHIN = 2.0
 
 
 def redact(url: str) -> str:
@@ -62,7 +67,7 @@ class PostgreSQLStore:
                                      queue_full)
         self._pool = psycopg_pool.ConnectionPool(
             url, min_size=1, max_size=pool_size, open=False, timeout=timeout, name="lmgateway",
-            check=psycopg_pool.ConnectionPool.check_connection, reconnect_timeout=365 * 86400,
+            check=psycopg_pool.ConnectionPool.check_connection, reconnect_timeout=RECONNECT_WITHIN,
             kwargs={"autocommit": True, "connect_timeout": max(1, int(timeout)), "application_name": "lmgateway",
                     "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3},
         )
