@@ -1,0 +1,288 @@
+"""The figures of docs/security.md "Measured": what the login attacks of
+issue 10 cost a real ``twistd lmgateway`` on loopback.
+
+    python -m bench.abuse [--twistd PATH] [--only burst|latency|memory]
+
+1. burst: four bursts of 300 wrong CONNECTs from one address within 12 s;
+   PBKDF2 runs spent on them (lmgateway_auth_failures_total: one run per
+   wrong password that was checked) and the CONNACK codes they got.
+2. latency: during those bursts, fresh devices log in from another address;
+   how long each waits for its CONNACK, and which codes they get.
+3. memory: connections whose password checks are held up (a slow PBKDF2
+   count) send a CONNECT and then pipeline 1 MiB packets; gateway RSS
+   growth per pending login.
+
+``--twistd`` lets the same run measure an older checkout (its own venv's
+twistd).  Client addresses are spread over 127/8, so per-address limits see
+many addresses where the attack needs them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+
+from linchpin_common.contract import wire
+from linchpin_common.rawws import client_frame, new_key
+
+TIMEOUT = 60
+
+
+class Gateway:
+    def __init__(self, twistd: str, data_dir: str, *extra: str):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.metrics_port = probe.getsockname()[1]
+        self.proc = subprocess.Popen(
+            [twistd, "-n", "--pidfile=", "lmgateway", "--listen", "tcp:0:interface=127.0.0.1:backlog=4096",
+             "--data-dir", data_dir, "--metrics", f"tcp:{self.metrics_port}:interface=127.0.0.1", *extra],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        self.lines: list[str] = []
+        self.port = None
+        ready = threading.Event()
+
+        def read():
+            for line in self.proc.stdout:
+                self.lines.append(line)
+                m = re.search(r"lmgateway listening on tcp:0\S* at 127\.0\.0\.1:(\d+)", line)
+                if m:
+                    self.port = int(m.group(1))
+                if self.port and "metrics" in line:
+                    ready.set()
+            ready.set()
+
+        threading.Thread(target=read, daemon=True).start()
+        if not ready.wait(TIMEOUT) or self.port is None:
+            raise SystemExit("gateway did not start:\n" + "".join(self.lines))
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def rest(self, method, path, body=None, auth=None):
+        headers = {"Content-Type": "application/json"}
+        if auth:
+            headers["Authorization"] = "Basic " + base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
+        req = urllib.request.Request(self.url + path, data=json.dumps(body or {}).encode(), method=method,
+                                     headers=headers)
+        with urllib.request.urlopen(req, timeout=TIMEOUT) as resp:
+            return json.loads(resp.read())
+
+    def metric(self, name: str) -> float:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=TIMEOUT).read()
+        for line in text.decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+        return 0.0
+
+    def rss_kib(self) -> int:
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+        return 0
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def open_ws(port: int, source: str) -> tuple[socket.socket, bytes] | None:
+    """A WebSocket on /mqtt from ``source``; None when the upgrade is refused."""
+    try:
+        sock = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT, source_address=(source, 0))
+    except OSError:
+        return None
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall((f"GET /mqtt HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                  f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: mqtt\r\n\r\n"
+                  ).encode())
+    buf = b""
+    try:
+        while b"\r\n\r\n" not in buf:
+            chunk = sock.recv(4096)
+            if not chunk:
+                sock.close()
+                return None
+            buf += chunk
+    except OSError:
+        sock.close()
+        return None
+    head, _, rest = buf.partition(b"\r\n\r\n")
+    if b" 101 " not in head.split(b"\r\n", 1)[0]:
+        sock.close()
+        return None
+    return sock, rest
+
+
+def send(sock, payload: bytes) -> None:
+    sock.sendall(client_frame(payload, new_key()))
+
+
+def connect_packet(username: str, password: str) -> bytes:
+    return wire.encode(wire.Connect(client_id="abuse", username=username, password=password.encode(),
+                                    keep_alive=60, clean_session=True))
+
+
+def connack(sock, rest: bytes) -> int | None:
+    """The CONNACK return code, or None when the connection closed first."""
+    buf = rest
+    try:
+        while len(buf) < 2 or len(buf) < 2 + (buf[1] & 0x7F):
+            chunk = sock.recv(4096)
+            if not chunk:
+                return None
+            buf += chunk
+    except OSError:
+        return None
+    n = buf[1] & 0x7F
+    if buf[0] & 0x0F == 0x8:  # a WebSocket close frame
+        return None
+    packets = wire.Parser().feed(buf[2:2 + n])
+    return packets[0].return_code if packets and isinstance(packets[0], wire.Connack) else None
+
+
+def attempt(port: int, source: str, username: str, password: str) -> int | None:
+    opened = open_ws(port, source)
+    if opened is None:
+        return -503  # upgrade refused
+    sock, rest = opened
+    try:
+        send(sock, connect_packet(username, password))
+        return connack(sock, rest)
+    finally:
+        sock.close()
+
+
+def burst_and_latency(twistd: str, workdir: str) -> dict:
+    gw = Gateway(twistd, os.path.join(workdir, "burst"))
+    try:
+        inst = gw.rest("POST", "/api/v1/instances")
+        creds = (inst["instance_id"], inst["instance_password"])
+        fresh = []
+        for _ in range(12):
+            dev = gw.rest("POST", "/api/v1/devices", auth=creds)
+            paired = gw.rest("POST", "/api/v1/devices/setup", {"device_setup_key": dev["device_setup_key"]})
+            fresh.append((paired["device_id"], paired["device_password"]))
+        before = gw.metric("lmgateway_auth_failures_total")
+        codes: list = []
+        lock = threading.Lock()
+
+        def one(i):
+            code = attempt(gw.port, "127.0.0.2", f"{i:032x}", "wrong-password-xx")
+            with lock:
+                codes.append(code)
+
+        latencies, legit_codes = [], []
+
+        def legit():
+            for username, password in fresh:
+                started = time.monotonic()
+                legit_codes.append(attempt(gw.port, "127.0.0.3", username, password))
+                latencies.append(time.monotonic() - started)
+
+        started = time.monotonic()
+        legit_thread = None
+        for burst in range(4):
+            threads = [threading.Thread(target=one, args=(burst * 300 + i,)) for i in range(300)]
+            for t in threads:
+                t.start()
+            if legit_thread is None:
+                legit_thread = threading.Thread(target=legit)
+                legit_thread.start()
+            for t in threads:
+                t.join(TIMEOUT)
+            wait = started + 3 * (burst + 1) - time.monotonic()
+            if wait > 0 and burst < 3:
+                time.sleep(wait)  # a benchmark paces its attack; tests never sleep
+        legit_thread.join(TIMEOUT * 4)
+        elapsed = time.monotonic() - started
+        runs = gw.metric("lmgateway_auth_failures_total") - before
+        return {
+            "bursts": "4 x 300 wrong CONNECTs from 127.0.0.2",
+            "seconds": round(elapsed, 1),
+            "pbkdf2_runs_for_failures": int(runs),
+            "connack_codes": {str(c): codes.count(c) for c in sorted(set(codes), key=str)},
+            "legit_logins": len(legit_codes),
+            "legit_connack_codes": {str(c): legit_codes.count(c) for c in sorted(set(legit_codes), key=str)},
+            "legit_latency_median_ms": round(statistics.median(latencies) * 1000),
+            "legit_latency_max_ms": round(max(latencies) * 1000),
+        }
+    finally:
+        gw.stop()
+
+
+def memory(twistd: str, workdir: str, connections: int, packets: int) -> dict:
+    # 3,000,000 iterations: each check takes about a second, so with the hash
+    # queue's workers busy the logins stay pending while we measure.
+    gw = Gateway(twistd, os.path.join(workdir, "memory"), "--pbkdf2-iterations", "3000000")
+    socks = []
+    try:
+        inst = gw.rest("POST", "/api/v1/instances")
+        blocker = [open_ws(gw.port, f"127.0.3.{i + 1}") for i in range(8)]
+        for sock, _ in filter(None, blocker):  # occupy the hashing threads
+            send(sock, connect_packet(inst["instance_id"], "wrong-password-xx"))
+        time.sleep(0.5)
+        before = gw.rss_kib()
+        junk = wire.encode_publish(b"devices/" + b"0" * 32 + b"/up", b"\xee" * (1024 * 1024 - 64))
+        frame = client_frame(junk, new_key())
+        kept = 0
+        for i in range(connections):
+            opened = open_ws(gw.port, f"127.0.{4 + i // 200}.{i % 200 + 1}")
+            if opened is None:
+                continue
+            sock, _ = opened
+            socks.append(sock)
+            send(sock, connect_packet(f"{i:032x}", "wrong-password-xx"))
+            sock.settimeout(0.2)
+            try:
+                for _ in range(packets):
+                    sock.sendall(frame)
+                kept += 1
+            except OSError:
+                pass  # the gateway stopped reading, or closed: the point
+        time.sleep(2.0)  # let the gateway read what it will
+        peak = gw.rss_kib()
+        growth = (peak - before) / 1024
+        return {
+            "pending_logins": connections,
+            "pipelined_per_connection_mib": packets,
+            "connections_that_took_it_all": kept,
+            "rss_growth_mib": round(growth, 1),
+            "rss_growth_per_pending_login_kib": round((peak - before) / connections),
+        }
+    finally:
+        for sock in socks:
+            sock.close()
+        gw.stop()
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--twistd", default=os.path.join(os.path.dirname(sys.executable), "twistd"))
+    parser.add_argument("--only", choices=["burst", "memory"])
+    parser.add_argument("--connections", type=int, default=200)
+    parser.add_argument("--packets", type=int, default=32, help="1 MiB packets pipelined behind each CONNECT")
+    args = parser.parse_args(argv)
+    results = {}
+    with tempfile.TemporaryDirectory() as workdir:
+        if args.only in (None, "burst"):
+            results["burst"] = burst_and_latency(args.twistd, workdir)
+        if args.only in (None, "memory"):
+            results["memory"] = memory(args.twistd, workdir, args.connections, args.packets)
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
