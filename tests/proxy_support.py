@@ -43,9 +43,9 @@ class TinyProxy(Process):
     ``basic_auth=(user, password)`` makes it answer 407 without them.
     """
 
-    def __init__(self, folder, connect_ports=(), basic_auth=None):
+    def __init__(self, folder, connect_ports=(), basic_auth=None, port=None):
         folder.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
+        self.port = port or free_port()
         lines = [f"Port {self.port}", "Listen 127.0.0.1", "Timeout 60", "LogLevel Info", "MaxClients 64",
                  "Allow 127.0.0.1", "DisableViaHeader Yes"]
         lines += [f"ConnectPort {p}" for p in connect_ports]

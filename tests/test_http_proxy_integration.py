@@ -148,3 +148,22 @@ def test_refused_unreachable_and_no_proxy(world, tmp_path):
     one_line_error(request, 3, "lmdevice: proxy", "unreachable")
     assert proxy.requests(1) == [f"CONNECT localhost:{gateway.port} HTTP/1.1"]  # only the refused one
     proxy.kill()
+
+
+def test_daemon_waits_out_a_proxy_that_is_down(world, tmp_path):
+    tls, gateway, app = world
+    port = free_port()
+    data = tmp_path / "connector"
+    command("lmconnector", "--data-dir", data, "--ca-file", tls.ca, "register", "--gateway", gateway.url)
+    connector = Connector(data, app.url, "--ca-file", str(tls.ca), "--proxy", f"http://127.0.0.1:{port}")
+    proxy = None
+    try:
+        connector.wait_for(rf"cannot reach the gateway: proxy 127\.0\.0\.1:{port} unreachable")
+        proxy = TinyProxy(tmp_path / "proxy", connect_ports=[gateway.port], port=port)
+        connector.wait_online()  # at its next attempt, without a restart
+        assert proxy.requests(1)[0] == f"CONNECT localhost:{gateway.port} HTTP/1.1"
+        assert connector.terminate() == 0
+    finally:
+        connector.kill()
+        if proxy is not None:
+            proxy.kill()
