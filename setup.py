@@ -75,6 +75,7 @@ setup(
             "hypothesis>=6.90",
             "paho-mqtt>=2.0",
             "playwright>=1.40",
+            "zxing-cpp>=2.2",  # reads the pairing page's QR code from a browser screenshot
             "build>=1.0",
             "wheel>=0.41",  # python -m build --no-isolation (the packaging test) builds the wheel offline
         ],

@@ -14,8 +14,10 @@ import functools
 import http.server
 import os
 import shutil
+import struct
 import subprocess
 import threading
+import zlib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -90,3 +92,45 @@ def handshake_origins(context, page) -> list:
     cdp.on("Network.webSocketWillSendHandshakeRequest",
            lambda event: origins.append({k.lower(): v for k, v in event["request"]["headers"].items()}.get("origin")))
     return origins
+
+
+def png_gray(png: bytes) -> memoryview:
+    """A screenshot (8-bit RGB or RGBA PNG, not interlaced) as a 2-D grayscale
+    buffer, the shape a barcode reader takes."""
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    pos, idat, header = 8, [], None
+    while pos < len(png):
+        (length,) = struct.unpack("!I", png[pos:pos + 4])
+        kind, data = png[pos + 4:pos + 8], png[pos + 8:pos + 8 + length]
+        pos += 12 + length
+        if kind == b"IHDR":
+            header = struct.unpack("!IIBBBBB", data)
+        elif kind == b"IDAT":
+            idat.append(data)
+    width, height, depth, colour, _, _, interlace = header
+    assert depth == 8 and colour in (2, 6) and interlace == 0, header
+    bpp = 3 if colour == 2 else 4
+    raw = zlib.decompress(b"".join(idat))
+    stride = width * bpp
+    previous = bytearray(stride)
+    gray = bytearray()
+    for y in range(height):
+        kind = raw[y * (stride + 1)]
+        line = bytearray(raw[y * (stride + 1) + 1:(y + 1) * (stride + 1)])
+        for i in range(stride):
+            left = line[i - bpp] if i >= bpp else 0
+            up = previous[i]
+            if kind == 1:
+                line[i] = (line[i] + left) & 0xFF
+            elif kind == 2:
+                line[i] = (line[i] + up) & 0xFF
+            elif kind == 3:
+                line[i] = (line[i] + ((left + up) >> 1)) & 0xFF
+            elif kind == 4:
+                corner = previous[i - bpp] if i >= bpp else 0
+                p = left + up - corner
+                pa, pb, pc = abs(p - left), abs(p - up), abs(p - corner)
+                line[i] = (line[i] + (left if pa <= pb and pa <= pc else up if pb <= pc else corner)) & 0xFF
+        gray += bytes((line[i] + line[i + 1] + line[i + 2]) // 3 for i in range(0, stride, bpp))
+        previous = line
+    return memoryview(bytes(gray)).cast("B", (height, width))

@@ -20,8 +20,9 @@ import re
 import urllib.request
 
 import pytest
+import zxingcpp
 
-from tests.browser_support import StaticServer, chromium
+from tests.browser_support import StaticServer, chromium, png_gray
 from tests.support import BIN, TIMEOUT, Connector, Process, System, cli
 
 WAIT_MS = TIMEOUT * 1000
@@ -86,8 +87,10 @@ def test_pair_browse_and_remove(browser, system, tmp_path, shots):
         holder = page.wait_for_selector("[data-pairing-uri]", timeout=WAIT_MS)
         uri = holder.get_attribute("data-pairing-uri")
         assert uri.startswith("linchpin-mobile://pair?v=1&")
-        assert page.locator("[data-pairing-uri] svg").count() == 1
         assert page.get_by_label("Or copy this pairing link into the app").input_value() == uri
+        # the QR code on the screen, as a phone's camera would read it
+        [code] = zxingcpp.read_barcodes(png_gray(page.locator("[data-pairing-uri] svg").screenshot()))
+        assert code.format == zxingcpp.BarcodeFormat.QRCode and code.text == uri
         [(device_id, state)] = rows(page).items()
         assert state == "pending"
         page.screenshot(path=shots / "02-qr-code.png", full_page=True)

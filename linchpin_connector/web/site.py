@@ -86,8 +86,10 @@ class Csrf:
 
 
 def qr_svg(uri: str) -> str:
-    return segno.make(uri, error="m").svg_inline(scale=5, border=4, title="Pairing QR code", dark="#000",
-                                                  light="#fff", svgclass="qr")
+    """The QR code as inline SVG that scales with the page (a viewBox, no fixed size)."""
+    svg = segno.make(uri, error="m").svg_inline(scale=5, border=4, title="Pairing QR code", dark="#000",
+                                                 light="#fff", svgclass="qr", omitsize=True)
+    return svg.replace("<svg ", '<svg role="img" aria-label="Pairing QR code" ', 1)
 
 
 class PairingPage(resource.Resource):
