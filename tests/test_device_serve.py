@@ -7,8 +7,10 @@ error pages a browser sees when the connector or the gateway is away.
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import io
+import json
 import os
 import pty
 import subprocess
@@ -309,6 +311,14 @@ def test_serve_relays_and_says_which_part_is_away(tmp_path):
         status, page = get(url)
         assert status == 200 and b"Hello, ivan" in page
         assert get(url, headers={"Host": "rebound.example"})[0] == 403
+
+        # an upload larger than one message streams through as the connector acks it
+        blob = os.urandom(3 * 1024 * 1024 + 5)
+        conn = http.client.HTTPConnection(url.split("//", 1)[1], timeout=30)
+        conn.request("POST", "/upload", body=blob, headers={"Content-Type": "application/octet-stream"})
+        answer = conn.getresponse()
+        assert answer.status == 200
+        assert json.loads(answer.read()) == {"bytes": len(blob), "sha256": hashlib.sha256(blob).hexdigest()}
 
         # `lmdevice request` on a terminal draws a progress bar for a large body
         size = 6 * 1024 * 1024

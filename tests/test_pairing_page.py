@@ -264,3 +264,24 @@ def test_a_device_added_by_the_cli_shows_up_and_follows_events(world):
     world.stub.flush()
     assert b"event: devices" in b"".join(chunks)
     assert rows(world.call("GET")[1]) == {device_id: "paired"}
+
+
+def test_connector_options_for_the_pairing_page(world, tmp_path):
+    from twisted.python import usage
+
+    from linchpin_connector import tap
+    from linchpin_connector.web import PairingWebService
+
+    options = tap.Options()
+    data_dir = ["--data-dir", str(tmp_path / "connector")]  # the world's state
+    options.parseOptions(["--backend", "http://intranet.local:8090", *data_dir])
+    assert options["web"] is None and options["web-user-header"] == "X-Forwarded-User"
+    assert not [s for s in tap.makeService(options, MemoryReactorClock()) if isinstance(s, PairingWebService)]
+
+    options = tap.Options()
+    options.parseOptions(["--backend", "http://intranet.local:8090", *data_dir, "--web", "tcp:0:interface=127.0.0.1",
+                          "--web-user-header", "X-Remote-User"])
+    [web] = [s for s in tap.makeService(options, MemoryReactorClock()) if isinstance(s, PairingWebService)]
+    assert web.user_header == "X-Remote-User"
+    with pytest.raises(usage.UsageError, match="web-user-header"):
+        tap.Options().parseOptions(["--backend", "http://x", "--web-user-header", "X User"])
