@@ -239,6 +239,17 @@ def test_the_browser_sets_the_pace_and_leaving_cancels(local):
     assert not transport.disconnecting  # nothing more done with the gone request
 
 
+def test_a_raw_non_ascii_path_gets_an_answer_not_a_hang(local):
+    link, _ = local
+    link.answer = RequestRefused("forbidden", "path not allowed")
+    channel = Site(LocalProxy(link, HostCheck("127.0.0.1", 8088))).buildProtocol(
+        IPv4Address("TCP", "127.0.0.1", 50000))
+    transport = StringTransport()
+    channel.makeConnection(transport)
+    channel.dataReceived(b"GET /caf\xc3\xa9 HTTP/1.1\r\nHost: 127.0.0.1:8088\r\n\r\n")
+    assert transport.value().startswith(b"HTTP/1.1 400 ") and link.seen == []  # the HTTP layer refuses it
+
+
 class _Channel:
     def __init__(self):
         self.sent = []

@@ -198,7 +198,8 @@ class LocalProxy(resource.Resource):
                    for k, values in request.requestHeaders.getAllRawHeaders() for v in values
                    if k.decode("latin-1").lower() not in REQUEST_DROPPED]
         try:
-            response = await self.link.request(request.method.decode("ascii"), request.uri.decode("ascii"),
+            # Bytes as they came: the connector refuses a path that is not printable ASCII.
+            response = await self.link.request(request.method.decode("latin-1"), request.uri.decode("latin-1"),
                                                headers, _body(request))
         except Exception as e:
             if not gone:
