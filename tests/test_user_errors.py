@@ -56,3 +56,15 @@ def test_proxy_mistakes(tmp_path):
                "http://bob:pw@proxy:3128")
     assert done.returncode != 0 and "visible in ps" in done.stdout + done.stderr
     assert "Traceback" not in done.stdout + done.stderr
+
+
+def test_device_with_the_gateway_away_says_what_to_check(tmp_path):
+    import json
+
+    from tests.proxy_support import free_port
+
+    state = tmp_path / "phone.json"
+    state.write_text(json.dumps({"gateway_url": f"http://127.0.0.1:{free_port()}", "device_id": "d" * 32,
+                                 "device_password": "pw", "connector_key": "A" * 43, "device_secret": "A" * 43}))
+    one_line(run("lmdevice", "--state", state, "request", "/"), 3, "lmdevice: gateway unreachable at",
+             "check the network and any proxy settings")

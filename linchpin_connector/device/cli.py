@@ -13,7 +13,7 @@ from linchpin_common.http_proxy import ProxySettingsError
 
 from .client import DEFAULT_TIMEOUT, Device, pair
 from . import serve
-from .errors import ConnectorOffline, DeviceError, PairingRejected
+from .errors import ConnectorOffline, DeviceError, GatewayUnreachable, PairingRejected
 from .progress import Progress
 from .state import DEFAULT_STATE, DeviceState
 
@@ -142,6 +142,18 @@ async def _serve_command(reactor, args) -> int:
     return 0
 
 
+def _next_step(error: Exception) -> str:
+    """What to do about an error whose message does not already say it."""
+    message = str(error)
+    if isinstance(error, GatewayUnreachable) and not message.startswith("proxy ") and "TLS" not in message:
+        return " (check the network and any proxy settings: https_proxy, --proxy; then try again)"
+    if isinstance(error, ConnectorOffline):
+        return "; try again later, or ask whoever runs the connector"
+    if isinstance(error, PairingRejected):
+        return "; pair again with a new QR code"
+    return ""
+
+
 def main(argv=None) -> None:
     parser = _parser()
     args = parser.parse_args(argv)
@@ -158,7 +170,7 @@ def main(argv=None) -> None:
                 return await _serve_command(reactor, args)
             return await _request_command(reactor, args)
         except (DeviceError, ValueError) as e:
-            print(f"lmdevice: {e}", file=sys.stderr)
+            print(f"lmdevice: {e}{_next_step(e)}", file=sys.stderr)
             return getattr(e, "exit_code", 2)
 
     console.run(run)
