@@ -69,3 +69,17 @@ def test_backup_and_restore_as_documented(tmp_path):
         assert gateway.terminate() == 0
     finally:
         gateway.kill()
+
+
+def test_links_between_the_operator_docs_resolve():
+    for name in ("getting-started.md", "operations.md"):
+        text = (ROOT / "docs" / name).read_text()
+        targets = re.findall(r"\]\(([^)#]+\.md)(?:#[^)]*)?\)", text)
+        assert "security.md" in targets
+        for target in targets:
+            assert (ROOT / "docs" / target).is_file(), (name, target)
+        anchors = re.findall(r"\]\(#([^)]+)\)", text)
+        headings = {re.sub(r"[^a-z0-9 -]", "", h.lower()).replace(" ", "-")
+                    for h in re.findall(r"^#+ (.*)$", text, re.MULTILINE)}
+        for anchor in anchors:
+            assert anchor in headings, (name, anchor)
