@@ -20,7 +20,7 @@ from treq.testing import StubTreq
 from twisted.internet import defer
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
-from twisted.internet.testing import StringTransport
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from twisted.web.server import Site
 
@@ -219,15 +219,22 @@ def test_a_response_cut_midway_is_not_shown_as_complete(local):
     body.addErrback(lambda f: None)
 
 
+def local_channel(link):
+    """One HTTP connection to the local server over a StringTransport; its
+    timers run on a fake clock, never the global reactor."""
+    site = Site(LocalProxy(link, HostCheck("127.0.0.1", 8088)), reactor=MemoryReactorClock())
+    channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 50000))
+    transport = StringTransport()
+    channel.makeConnection(transport)
+    return channel, transport
+
+
 def test_the_browser_sets_the_pace_and_leaving_cancels(local):
     link, _ = local
     body = defer.Deferred()
     link.answer = FakeResponse(200, [], [b"first part"])
     link.answer.deliver = lambda write: (write(b"first part"), body)[1]
-    site = Site(LocalProxy(link, HostCheck("127.0.0.1", 8088)))
-    channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 50000))
-    transport = StringTransport()
-    channel.makeConnection(transport)
+    channel, transport = local_channel(link)
     channel.dataReceived(b"GET /big HTTP/1.1\r\nHost: 127.0.0.1:8088\r\n\r\n")
     assert b"first part" in transport.value()
     transport.producer.pauseProducing()  # the browser's socket buffer is full
@@ -242,10 +249,7 @@ def test_the_browser_sets_the_pace_and_leaving_cancels(local):
 def test_a_raw_non_ascii_path_gets_an_answer_not_a_hang(local):
     link, _ = local
     link.answer = RequestRefused("forbidden", "path not allowed")
-    channel = Site(LocalProxy(link, HostCheck("127.0.0.1", 8088))).buildProtocol(
-        IPv4Address("TCP", "127.0.0.1", 50000))
-    transport = StringTransport()
-    channel.makeConnection(transport)
+    channel, transport = local_channel(link)
     channel.dataReceived(b"GET /caf\xc3\xa9 HTTP/1.1\r\nHost: 127.0.0.1:8088\r\n\r\n")
     assert transport.value().startswith(b"HTTP/1.1 400 ") and link.seen == []  # the HTTP layer refuses it
 
