@@ -110,6 +110,9 @@ class IBus(Interface):
     def ping():
         """Deferred: one round trip."""
 
+    def reset():
+        """Drop the connections (they are made again, with backoff)."""
+
 
 def parse_url(url: str) -> dict:
     """``redis://[user:password@]host:port/db`` (or ``rediss://``) as options."""
@@ -250,6 +253,11 @@ class RedisBus:
     def ping(self):
         return self._call(b"PING")
 
+    def reset(self):
+        for conn in (self._cmd, self._sub):
+            if conn.current is not None:
+                conn.current.transport.abortConnection()
+
 
 # -- in memory ---------------------------------------------------------------------
 
@@ -302,6 +310,8 @@ class MemoryBus:
         self.channels: set[bytes] = set()
         self.on_message = None
         self._on_state = None
+        self.hung = False  # tests: connected, but PING is never answered
+        self.resets = 0
         hub.buses.append(self)
 
     def set_connected(self, up: bool) -> None:
@@ -383,7 +393,15 @@ class MemoryBus:
         return defer.maybeDeferred(lambda: self._check() or self.hub.set(key, value, ttl_ms))
 
     def ping(self):
+        if self.hung:
+            return defer.Deferred()  # never answers
         return defer.maybeDeferred(self._check)
+
+    def reset(self):
+        self.resets += 1
+        self.hung = False
+        self.set_connected(False)
+        self.set_connected(True)
 
 
 __all__ = ["IBus", "RedisBus", "MemoryBus", "MemoryHub", "NotConnected", "RedisError", "parse_url", "redact"]

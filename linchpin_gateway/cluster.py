@@ -150,6 +150,7 @@ class Cluster:
     def stop(self):
         if self._beat.running:
             self._beat.stop()
+        self._broadcast({"op": "bye"})  # a clean stop: no one waits for this node's heartbeats
         return self.bus.stop()
 
     @property
@@ -465,6 +466,8 @@ class Cluster:
         op = m["op"]
         if op == "hb":
             self.last_seen[node] = self.clock.seconds()
+        elif op == "bye":
+            self.last_seen.pop(node, None)
         elif op in ("charge", "refund"):
             limiter = self.limiters.get(m["l"])
             if limiter is not None:
@@ -497,6 +500,11 @@ class Cluster:
 
     def _ping(self, now) -> None:
         if self._pinging is not None:
+            if now - self._pinging > PING_TIMEOUT:
+                # Connected but not answering: cut it, the reconnect logic takes over.
+                self.log.warn("bus did not answer a PING for {n} s: reconnecting", n=PING_TIMEOUT)
+                self._pinging = None
+                self.bus.reset()
             return
         self._pinging = now
 

@@ -143,16 +143,21 @@ class GatewayNode(Process):
     passwords) go through the environment, never argv."""
 
     def __init__(self, data_dir, store_url: str, bus_url: str | None, *extra,
-                 listen: str = "tcp:0:interface=127.0.0.1"):
+                 listen: str = "tcp:0:interface=127.0.0.1", metrics: bool = False):
         from tests.support import BIN
 
         env = dict(os.environ, LMGATEWAY_STORE=store_url)
         if bus_url:
             env["LMGATEWAY_BUS"] = bus_url
+        if metrics:
+            extra = (*extra, "--metrics", "tcp:0:interface=127.0.0.1")
         super().__init__([os.path.join(BIN, "twistd"), "-n", "--pidfile=", "lmgateway", "--listen", listen,
                           "--data-dir", str(data_dir), *extra], env=env)
         self.port = int(self.wait_for(r"lmgateway listening on .* at 127\.0\.0\.1:(\d+)").group(1))
         self.url = f"http://127.0.0.1:{self.port}"
+        if metrics:
+            port = self.wait_for(r"lmgateway listening on metrics .* at 127\.0\.0\.1:(\d+)").group(1)
+            self.metrics_url = f"http://127.0.0.1:{port}/metrics"
         if bus_url:
             self.wait_for(r"bus up")
 

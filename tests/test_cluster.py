@@ -267,3 +267,21 @@ def test_list_connected_across_nodes(nodes, hub):
     from tests.test_api import result
 
     assert result(a.cluster.connected([D1, D2])) == {D1}
+
+
+def test_a_bus_that_stops_answering_is_reset(nodes, hub, clock):
+    a, _, _ = nodes
+    a.bus.hung = True
+    advance(clock, hub, HEARTBEAT * 5)
+    assert a.bus.resets == 1
+
+
+def test_a_clean_stop_is_not_taken_for_a_death(nodes, hub, clock):
+    a, b, _ = nodes
+    advance(clock, hub, HEARTBEAT * 2)
+    assert b"A" in b.cluster.last_seen
+    a.cluster.stop()
+    pump(hub)
+    assert b"A" not in b.cluster.last_seen
+    advance(clock, hub, DEAD_AFTER + HEARTBEAT)
+    assert b.cluster.stats.dead_nodes == 0

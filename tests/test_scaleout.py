@@ -11,7 +11,7 @@ import threading
 import pytest
 
 from tests.services import GatewayNode, PostgreSQL, Redis, postgresql, redis_server  # noqa: F401
-from tests.support import Paho, World, rest
+from tests.support import Paho, World, rest, scrape
 
 ALL_BYTES = bytes(range(256)) * 4
 
@@ -21,9 +21,9 @@ def cluster(tmp_path, postgresql, redis_server):
     """``make(n)``: n nodes on one fresh database and the Redis server."""
     db = postgresql.create_database()
 
-    def make(n=2, *extra):
-        return [GatewayNode(tmp_path / f"n{len(made) + i}", postgresql.url(db), redis_server.url(), *extra)
-                for i in range(n)]
+    def make(n=2, *extra, metrics=False):
+        return [GatewayNode(tmp_path / f"n{len(made) + i}", postgresql.url(db), redis_server.url(), *extra,
+                            metrics=metrics) for i in range(n)]
 
     made = []
     yield make
@@ -49,7 +49,7 @@ def connect_pair(a, b, inst, dev):
 
 
 def test_register_on_one_node_pair_on_another_relay_presence_takeover_revocation(cluster):
-    a, b, c3 = cluster(3)
+    a, b, c3 = cluster(3, metrics=True)
     inst = World(a.url).register()
     dev = World(b.url).pair(inst)  # key made on a, redeemed on b
     conn, device = connect_pair(a, b, inst, dev)
@@ -60,6 +60,13 @@ def test_register_on_one_node_pair_on_another_relay_presence_takeover_revocation
     assert conn.next_matching(f"devices/{dev[0]}/up")[1] == ALL_BYTES
     conn.publish(f"devices/{dev[0]}/down", ALL_BYTES[::-1])
     assert device.next_matching(f"devices/{dev[0]}/down")[1] == ALL_BYTES[::-1]
+    # per node: sessions held, cross-node messages, bus and store up
+    ma, mb = scrape(a.metrics_url, "lmgateway_"), scrape(b.metrics_url, "lmgateway_")
+    assert ma['lmgateway_sessions{role="connector"}'] == 1 and mb['lmgateway_sessions{role="device"}'] == 1
+    assert ma["lmgateway_bus_messages_out_total"] >= 1 and ma["lmgateway_bus_messages_in_total"] >= 1
+    assert mb["lmgateway_bus_messages_out_total"] >= 1 and mb["lmgateway_bus_messages_in_total"] >= 1
+    assert ma["lmgateway_bus_up"] == mb["lmgateway_bus_up"] == ma["lmgateway_store_up"] == 1
+    assert "lmgateway_bus_rtt_seconds" in ma
     # any node tells the device is connected
     status, body, _ = rest("GET", c3.url + "/api/v1/devices", auth=inst)
     assert body["devices"] == [{"device_id": dev[0], "state": "active", "connected": True}]
