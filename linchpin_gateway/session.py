@@ -124,6 +124,24 @@ class MQTTSession:
     # -- input ---------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
+        if self.state != CONNECTED:
+            self._data_before_connack(data)
+            return
+        # The relay path: nothing here but what every message needs.
+        # Packets complete before any bad bytes are handled first, so the
+        # outcome does not depend on how the stream was split.
+        packets, error = self.parser.feed_to_error(data)
+        if packets:
+            self._last_seen = self.clock.seconds()
+        self._handle_all(packets)
+        if error is not None and self.state != CLOSED:
+            self._malformed(error)
+
+    def _malformed(self, error) -> None:
+        self.log.info("closing {peer}: malformed MQTT: {reason}", peer=self.peer, reason=str(error))
+        self.close("malformed packet")
+
+    def _data_before_connack(self, data: bytes) -> None:
         state = self.state
         if state == CLOSED:
             return
@@ -132,8 +150,6 @@ class MQTTSession:
             if self._pre_auth > self.limits.max_pre_auth:
                 self._too_much_before_connack()
                 return
-        # Packets complete before any bad bytes are handled first, so the
-        # outcome does not depend on how the stream was split.
         packets, error = self.parser.feed_to_error(data)
         if packets:
             self._last_seen = self.clock.seconds()
@@ -148,8 +164,7 @@ class MQTTSession:
             self._pre_auth = after
         self._handle_all(packets)
         if error is not None and self.state != CLOSED:
-            self.log.info("closing {peer}: malformed MQTT: {reason}", peer=self.peer, reason=str(error))
-            self.close("malformed packet")
+            self._malformed(error)
         elif self.state == AUTHENTICATING and self._pre_auth > self.limits.max_pre_auth:
             self._too_much_before_connack()
 
