@@ -46,6 +46,13 @@ class GatewayCollector:
                                   value=stats.slow_consumers)
         yield GaugeMetricFamily("lmgateway_pbkdf2_queue_depth", "PBKDF2 jobs queued or running",
                                 value=gw.hasher.pending)
+        yield CounterMetricFamily("lmgateway_password_checks", "Logins that reached a PBKDF2 check",
+                                  value=gw.logins.checks)
+        yield CounterMetricFamily("lmgateway_connections_refused", "Connections closed for their address's cap",
+                                  value=getattr(gw.site, "refused_connections", 0))
+        store_worker = getattr(gw.store, "_worker", None)
+        yield GaugeMetricFamily("lmgateway_store_queue_depth", "Store operations queued or running",
+                                value=getattr(store_worker, "pending", 0))
         yield GaugeMetricFamily("lmgateway_store_up", "1 when the store answered its last check",
                                 value=1 if gw.store_up else 0)
         cluster = gw.cluster

@@ -225,3 +225,24 @@ def test_phases_of_a_normal_request():
     assert request.phase == "streaming"
     response.end()
     assert request.phase is DONE and proxy.in_flight == 0
+
+
+@pytest.mark.parametrize("argv,ok", [
+    (["--public-host", "wiki.example.com:8443"], True),
+    (["--public-host", "wiki example"], False),
+    (["--public-host", "evil/x"], False),
+    (["--user-in-flight", "8"], True),
+    (["--user-in-flight", "0"], False),
+])
+def test_connector_options(argv, ok):
+    from twisted.python import usage
+
+    from linchpin_connector.tap import Options
+
+    options = Options()
+    args = ["--backend", "http://intranet.example:8090", *argv]
+    if ok:
+        options.parseOptions(args)
+    else:
+        with pytest.raises(usage.UsageError):
+            options.parseOptions(args)

@@ -126,3 +126,11 @@ def test_a_full_store_queue_is_a_503(make_gateway):
     worker.max_pending = 1024
     assert api.call("GET", "/api/v1/devices", headers=auth(inst))[0].code == 200
     assert isinstance(worker.worker, InlineWorker)
+
+
+def test_the_new_limits_are_in_the_metrics(make_gateway):
+    from linchpin_gateway.metrics import GatewayCollector
+
+    gw = make_gateway()
+    names = {family.name for family in GatewayCollector(gw).collect()}
+    assert {"lmgateway_password_checks", "lmgateway_connections_refused", "lmgateway_store_queue_depth"} <= names
