@@ -210,9 +210,9 @@ class LoginGuard:
             return defer.succeed(None)
         if not self.in_flight.acquire(key):
             raise TooManyInFlight(1, "too many logins in progress from this address")
-        self.user_limiter.charge(user_key)
+        self.user_limiter.charge(user_key, quiet=True)
         if not known:
-            self.limiter.charge(key)
+            self.limiter.charge(key, quiet=True)
         self.checks += 1
 
         def done(principal):
@@ -220,6 +220,10 @@ class LoginGuard:
             if principal is not None:
                 self._refund(key, user_key, known)
                 self._remember(user_key)
+            else:
+                self.user_limiter.confirm(user_key)
+                if not known:
+                    self.limiter.confirm(key)
             return principal
 
         def failed(failure):

@@ -92,9 +92,11 @@ class RateLimiter:
         """True while ``key`` has at least one token left."""
         return self._tokens(key, self.clock.seconds()) >= 1.0
 
-    def charge(self, key: str, remote: bool = False) -> bool:
+    def charge(self, key: str, remote: bool = False, quiet: bool = False) -> bool:
         """Spend a token; False (and nothing spent) when none was left.
-        ``remote``: the charge happened on another node."""
+        ``remote``: the charge happened on another node.  ``quiet``: a
+        reservation that may be refunded; the caller calls :meth:`confirm`
+        once it stands, so a refunded one never trips the audit event."""
         now = self.clock.seconds()
         tokens = self._tokens(key, now)
         if tokens < 1.0:
@@ -102,12 +104,17 @@ class RateLimiter:
         if not remote and self.on_charge is not None:
             self.on_charge(key)
         self._buckets[key] = (tokens - 1.0, now)
-        if tokens < 2.0 and self.on_trip is not None and not remote:
+        if tokens < 2.0 and self.on_trip is not None and not remote and not quiet:
             self.on_trip(key)
         self._charges += 1
         if self._charges % self.SWEEP_EVERY == 0:
             self._sweep(now)
         return True
+
+    def confirm(self, key: str) -> None:
+        """A quiet charge stands: trip now if it emptied the bucket."""
+        if self.on_trip is not None and self._tokens(key, self.clock.seconds()) < 1.0:
+            self.on_trip(key)
 
     def refund(self, key: str, remote: bool = False) -> None:
         """Give back a token charged for something that turned out fine."""
@@ -138,8 +145,11 @@ class Unlimited:
 
     on_charge = on_refund = None
 
-    def charge(self, key: str, remote: bool = False) -> bool:
+    def charge(self, key: str, remote: bool = False, quiet: bool = False) -> bool:
         return True
+
+    def confirm(self, key: str) -> None:
+        pass
 
     def refund(self, key: str, remote: bool = False) -> None:
         pass

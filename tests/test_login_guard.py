@@ -288,3 +288,68 @@ def test_an_input_that_cannot_happen_is_a_loud_error(clock):
     with pytest.raises(SessionStateError):
         s._go("connect")
     clock.advance(60)
+
+
+def test_the_audit_event_fires_for_failures_not_for_a_refunded_reservation(auth, clock):
+    tripped = []
+    logins = LoginGuard(auth, clock, RateLimiter(clock, 2, 2.0, on_trip=tripped.append), RateLimiter(clock, 20, 20.0))
+    logins.login(ATTACKER, "e" * 32, "guess")
+    auth.release()
+    logins.login(ATTACKER, DEV, "dpw")  # takes the last token while it is checked...
+    auth.release()  # ...and gives it back: right credentials
+    assert tripped == []
+    logins.login(ATTACKER, "e" * 32, "guess")
+    auth.release()
+    assert tripped == [ATTACKER]
+
+
+def test_parallel_wrong_basic_logins_are_checked_at_most_4_at_a_time(tmp_path):
+    """Item 1 on the REST side: before, every parallel wrong Basic login was
+    hashed, and they filled the shared queue."""
+    from treq.testing import StubTreq
+    from twisted.internet.testing import MemoryReactorClock
+
+    from linchpin_common.workers import InlineWorker
+    from linchpin_gateway.config import GatewayConfig
+    from linchpin_gateway.service import Gateway
+    from linchpin_gateway.store import SQLiteStore
+    from tests.conftest import basic
+
+    class HeldWorker:
+        def __init__(self):
+            self.jobs = []
+
+        def start(self):
+            pass
+
+        def stop(self):
+            pass
+
+        def run(self, fn, *args):
+            d = defer.Deferred()
+            self.jobs.append((d, fn, args))
+            return d
+
+        def release(self):
+            jobs, self.jobs = self.jobs, []
+            for d, fn, args in jobs:
+                d.callback(fn(*args))
+
+    reactor = MemoryReactorClock()
+    hashing = HeldWorker()
+    store = SQLiteStore(reactor, str(tmp_path / "gw"), worker=InlineWorker())
+    gw = Gateway(reactor, store, GatewayConfig(pbkdf2_iterations=100_000), hash_worker=hashing)
+    gw.startService()
+    try:
+        client = StubTreq(gw.site.resource)
+        answers = []
+        for i in range(50):
+            d = client.get("http://gw/api/v1/devices", headers=basic(f"{i:032x}", "guess"))
+            d.addCallback(lambda resp: answers.append(resp.code))
+        assert len(hashing.jobs) == 4  # the address's share of the hashing queue
+        assert answers == [429] * 46
+        hashing.release()
+        client.flush()
+        assert answers.count(401) == 4
+    finally:
+        store.stop()
