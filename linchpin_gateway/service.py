@@ -52,13 +52,16 @@ class Gateway(service.MultiService):
         user_limiter = RateLimiter(reactor, *per_principal) if per_principal else Unlimited()
         self.logins = LoginGuard(self.authenticator, reactor, self.login_limiter, user_limiter,
                                  in_flight=config.login_checks_per_address)
+        per_instance = GatewayConfig.per_minute(config.instance_rest_limit)
+        instance_limiter = RateLimiter(reactor, *per_instance) if per_instance else None
         self.cluster = None
         if bus is not None:
             from .cluster import Cluster  # only with several nodes
 
             self.cluster = Cluster(self.router, bus, reactor, authenticator=self.authenticator,
                                    limiters={"rest": self.rest_limiter, "login": self.login_limiter,
-                                             "login-user": user_limiter})
+                                             "login-user": user_limiter,
+                                             **({"instance": instance_limiter} if instance_limiter else {})})
             self.router.cluster = self.cluster
         self.accounts = Accounts(store, self.hasher, self.authenticator, self.router, reactor,
                                  setup_key_ttl=config.setup_key_ttl, registration_token=config.registration_token,
@@ -72,10 +75,8 @@ class Gateway(service.MultiService):
                                                max_sessions=config.max_sessions,
                                                max_unauthenticated=config.max_pending_logins,
                                                pending_per_address=config.pending_logins_per_address)
-        per_instance = GatewayConfig.per_minute(config.instance_rest_limit)
         api = ApiV1(self.accounts, self.logins, rest_limiter=self.rest_limiter, stats=self.stats,
-                    public_url=config.public_base,
-                    instance_limiter=RateLimiter(reactor, *per_instance) if per_instance else None)
+                    public_url=config.public_base, instance_limiter=instance_limiter)
         probes = [("store", self._ping_store)]
         ready = probes + ([("bus", self.cluster.check)] if self.cluster is not None else [])
         self.site = GuardedSite(Root(api, self.ws_factory, live=probes, ready=ready), reactor=reactor,
