@@ -1,8 +1,8 @@
 """Real-browser test helpers: Debian's Chromium driven by Playwright, MQTT.js from npm.
 
 Playwright never downloads a browser here: it launches the system Chromium.
-MQTT.js is installed by npm once into ``.cache/npm`` at the top of the
-checkout (ignored by git) and reused by later runs.  A small threaded HTTP
+MQTT.js and axe-core are installed by npm once into ``.cache/npm`` at the
+top of the checkout (ignored by git) and reused by later runs.  A small threaded HTTP
 server serves test pages from a folder, so pages get a real ``http`` origin.
 """
 
@@ -34,6 +34,7 @@ CHROMIUM_ARGS = [
     "--no-default-browser-check",
 ]
 MQTTJS_VERSION = "5.16.0"
+AXE_VERSION = "4.10.2"
 NPM_CACHE = os.path.join(ROOT, ".cache", "npm")
 
 
@@ -51,17 +52,40 @@ def chromium():
             browser.close()
 
 
-def mqttjs_bundle() -> str:
-    """Path of MQTT.js's browser bundle (``dist/mqtt.min.js``), installed by npm when missing."""
-    bundle = os.path.join(NPM_CACHE, "node_modules", "mqtt", "dist", "mqtt.min.js")
+def _npm_file(package: str, version: str, path: str) -> str:
+    """``path`` inside npm package ``package@version``, installed into the cache when missing."""
+    prefix = os.path.join(NPM_CACHE, f"{package}@{version}")  # one folder each: no install prunes another
+    wanted = os.path.join(prefix, "node_modules", package, path)
     os.makedirs(NPM_CACHE, exist_ok=True)
     with open(os.path.join(NPM_CACHE, ".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # tests in parallel install once
-        if not os.path.exists(bundle):
-            subprocess.run(["npm", "install", "--prefix", NPM_CACHE, "--no-audit", "--no-fund", "--no-save",
-                            "--loglevel=error", f"mqtt@{MQTTJS_VERSION}"], check=True, timeout=300,
+        if not os.path.exists(wanted):
+            subprocess.run(["npm", "install", "--prefix", prefix, "--no-audit", "--no-fund", "--no-save",
+                            "--loglevel=error", f"{package}@{version}"], check=True, timeout=300,
                            stdin=subprocess.DEVNULL)
-    return bundle
+    return wanted
+
+
+def mqttjs_bundle() -> str:
+    """Path of MQTT.js's browser bundle (``dist/mqtt.min.js``)."""
+    return _npm_file("mqtt", MQTTJS_VERSION, "dist/mqtt.min.js")
+
+
+def axe_script() -> str:
+    """axe-core, the accessibility rules engine, as one browser script."""
+    return _npm_file("axe-core", AXE_VERSION, "axe.min.js")
+
+
+def accessibility_violations(page) -> list:
+    """axe-core's WCAG 2.1 A/AA violations on ``page`` (its context must have
+    ``bypass_csp=True``: the engine is injected as a script)."""
+    page.add_script_tag(path=axe_script())
+    result = page.evaluate("""async () => {
+        const r = await axe.run(document, {runOnly: {type: "tag", values: ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa"]}});
+        return r.violations.map((v) => ({id: v.id, impact: v.impact, help: v.help,
+                                         nodes: v.nodes.map((n) => n.html.slice(0, 120))}));
+    }""")
+    return result
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):

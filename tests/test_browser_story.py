@@ -22,7 +22,7 @@ import urllib.request
 import pytest
 import zxingcpp
 
-from tests.browser_support import StaticServer, chromium, png_gray
+from tests.browser_support import StaticServer, accessibility_violations, chromium, png_gray
 from tests.support import BIN, TIMEOUT, Connector, Process, System, cli
 
 WAIT_MS = TIMEOUT * 1000
@@ -244,5 +244,24 @@ def test_pair_and_remove_with_javascript_off_and_the_keyboard(browser, system, s
         assert rows(page) == {} and page.locator("[data-pairing-uri]").count() == 0
         assert cli("lmconnector", "--data-dir", system.connector_dir, "device", "list").stdout.decode().count(
             device_id) == 0
+    finally:
+        context.close()
+
+
+def test_the_pairing_page_passes_an_accessibility_audit(browser, system):
+    """axe-core's WCAG 2.1 AA rules (labels, contrast, names, landmarks...) on
+    the page with a QR code and devices in each state, on a phone's screen."""
+    context = as_user(browser, "grace", bypass_csp=True, viewport={"width": 390, "height": 844})
+    try:
+        page = context.new_page()
+        page.goto(system.web_url)
+        assert accessibility_violations(page) == []
+        for _ in range(2):
+            page.get_by_role("button", name="Pair a new device").click()
+            page.wait_for_selector("[data-pairing-uri]", timeout=WAIT_MS)
+        assert len(rows(page)) == 2
+        assert accessibility_violations(page) == []
+        page.goto(system.web_url + "nope")
+        assert accessibility_violations(page) == []
     finally:
         context.close()
