@@ -52,6 +52,7 @@ _NEXT = {
 DEAD_AFTER = 450.0  # silence allowed for keep-alive 0 or > 300
 MAX_KEEP_ALIVE = 300
 MAX_PRE_AUTH = 4096  # bytes a client may send after its CONNECT before CONNACK
+MAX_QUEUED = 64  # packets pipelined behind a CONNECT that is being checked
 
 
 class SessionStateError(Exception):
@@ -178,6 +179,9 @@ class MQTTSession:
             if self.state == CLOSED:
                 return
             if self.state == AUTHENTICATING:
+                if len(self._queued) >= MAX_QUEUED:  # 4 KiB of tiny packets is still many objects
+                    self._too_much_before_connack()
+                    return
                 self._queued.append(packet)
             else:
                 self._handle(packet)

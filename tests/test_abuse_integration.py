@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 
 from linchpin_common.contract import wire
 from tests.support import (TIMEOUT, Connector, Gateway, Paho, RawWebSocket, SampleApp, cli, connect_packet,
@@ -108,6 +109,7 @@ def test_attacks_leave_a_real_connector_and_device_relaying(tmp_path):
 
         # 1. a burst of 200 parallel wrong logins from one address
         before = relay.value("lmgateway_auth_failures_total")
+        started = time.monotonic()
         codes: list = []
         threads = [threading.Thread(target=wrong_login, args=(port, "127.0.0.2", i, codes)) for i in range(200)]
         for t in threads:
@@ -115,8 +117,9 @@ def test_attacks_leave_a_real_connector_and_device_relaying(tmp_path):
         for t in threads:
             t.join(TIMEOUT)
         runs = relay.value("lmgateway_auth_failures_total") - before
+        refilled = (time.monotonic() - started) / 3  # the budget refills 20 a minute
         assert len(codes) == 200 and set(codes) <= {None, 3, 4, 5, -503, "reset"}
-        assert runs <= 20 + 4, f"{runs} PBKDF2 runs for one address's failures"
+        assert runs <= 20 + refilled + 1, f"{runs} PBKDF2 runs for one address's failures"  # before: about 200
         assert b"alice" in relay.fetch()
 
         # 2. slow-loris: headers that never end, from one address

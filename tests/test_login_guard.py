@@ -353,3 +353,10 @@ def test_parallel_wrong_basic_logins_are_checked_at_most_4_at_a_time(tmp_path):
         assert answers.count(401) == 4
     finally:
         store.stop()
+
+
+def test_many_tiny_packets_before_connack_are_cut_too(auth, logins, clock):
+    router = Router(clock)
+    p = Peer(router, None, clock, host=ATTACKER, guard=logins)
+    p.session.data_received(wire.encode(connect(DEV, "dpw")) + wire.encode(wire.Pingreq()) * 65)
+    assert p.closed == "too much data before CONNACK" and p.session._queued == []
