@@ -48,6 +48,8 @@ import os
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
+from linchpin_common.contract.topics import EVENT_CONNECTED, EVENT_DISCONNECTED
+
 from .router import CONNECTOR, DEVICE
 
 HEARTBEAT = 2.0
@@ -177,7 +179,7 @@ class Cluster:
             known = self.remote_devices.get(principal.instance_id, {}).pop(principal.id, None)
             if known is not None:
                 # It was on another node: that session ended before this one.
-                self.router.emit_event(principal.instance_id, "device_disconnected", principal.id)
+                self.router.emit_event(principal.instance_id, EVENT_DISCONNECTED, principal.id)
         self._claim(h)
 
     def _claim(self, h: _Held) -> None:
@@ -204,7 +206,8 @@ class Cluster:
             fn(epoch)
 
     def _claim_failed(self, failure, h: _Held) -> None:
-        h.waiters = []  # the bus is down: all of it is announced again when it is back
+        # The bus is down: claimed again when it is back, and what waits for
+        # the epoch (its device_connected, its connector's presence) goes then.
         self.log.debug("claim failed for {id}: {e}", id=h.client.principal.id, e=failure.getErrorMessage())
 
     def _value(self, epoch: int) -> bytes:
@@ -389,17 +392,19 @@ class Cluster:
 
     def _remote_event(self, instance_id: str, m: dict) -> None:
         event, device_id, node, epoch = m["e"], m["d"], m["n"].encode(), m["x"]
+        if not self.router.has_connector(instance_id):
+            return  # our connector has just gone
         devices = self.remote_devices.setdefault(instance_id, {})
-        if event == "device_connected":
+        if event == EVENT_CONNECTED:
             known = devices.get(device_id)
             if known is not None and known[1] >= epoch:
                 return
             if known is not None:
-                self.router.emit_event(instance_id, "device_disconnected", device_id)
+                self.router.emit_event(instance_id, EVENT_DISCONNECTED, device_id)
             self.last_seen.setdefault(node, self.clock.seconds())
             devices[device_id] = (node, epoch)
             self.lost.get(instance_id, set()).discard(device_id)
-        elif event == "device_disconnected":
+        elif event == EVENT_DISCONNECTED:
             known = devices.get(device_id)
             if known is not None and known[1] > epoch:
                 return  # a newer session of it is connected
@@ -423,7 +428,7 @@ class Cluster:
         lost = self.lost.get(instance_id)
         if lost is not None and device_id in lost:
             lost.discard(device_id)
-            self.router.emit_event(instance_id, "device_connected", device_id)
+            self.router.emit_event(instance_id, EVENT_CONNECTED, device_id)
 
     def _for_instance(self, instance_id: str, data: bytes) -> None:
         kind = data[:1]
@@ -557,7 +562,7 @@ class Cluster:
                 if matches(node):
                     del devices[device_id]
                     self.lost.setdefault(instance_id, set()).add(device_id)
-                    self.router.emit_event(instance_id, "device_disconnected", device_id)
+                    self.router.emit_event(instance_id, EVENT_DISCONNECTED, device_id)
 
     def _bus_state(self, up: bool) -> None:
         if not up:

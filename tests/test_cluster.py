@@ -285,3 +285,35 @@ def test_a_clean_stop_is_not_taken_for_a_death(nodes, hub, clock):
     assert b"A" not in b.cluster.last_seen
     advance(clock, hub, DEAD_AFTER + HEARTBEAT)
     assert b.cluster.stats.dead_nodes == 0
+
+
+def test_a_device_connecting_while_the_bus_is_down_is_announced_when_it_is_back(nodes, hub):
+    a, b, _ = nodes
+    conn, cs = a.connector()
+    pump(hub)
+    b.bus.set_connected(False)
+    dev, ds = b.device()
+    assert ds.statuses() == ["offline"]
+    b.bus.set_connected(True)
+    pump(hub)
+    assert ("device_connected", D1) in cs.events()
+    assert ds.statuses() == ["offline", "online"]
+
+
+def test_a_node_alone_loads_no_bus_code(tmp_path):
+    """Without --bus (and --store), neither the Redis client nor psycopg is imported."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "from twisted.internet.testing import MemoryReactorClock\n"
+            "from linchpin_gateway import tap\n"
+            "options = tap.Options()\n"
+            f"options.parseOptions(['--data-dir', {str(tmp_path / 'gw')!r}, '--listen', 'tcp:0'])\n"
+            "gateway = tap.makeService(options, MemoryReactorClock())\n"
+            "assert gateway.cluster is None and gateway.router.cluster is None\n"
+            "loaded = [m for m in ('linchpin_gateway.bus', 'linchpin_gateway.cluster', 'linchpin_gateway.resp',\n"
+            "                      'txredisapi', 'psycopg', 'psycopg_pool') if m in sys.modules]\n"
+            "assert not loaded, loaded\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
