@@ -292,7 +292,7 @@ class ConnectorService(service.MultiService):
         self._gateway_http = gateway_http
         self._backend_http = backend_http
         self.worker = worker
-        # Told of device changes: gateway_event(name, device_id), gateway_devices(listed).
+        # Told of device changes: gateway_event(name, device_id), gateway_devices(listed), gateway_lost().
         self.observers: list = []
         if metrics_endpoint is not None:
             internet.StreamServerEndpointService(metrics_endpoint, metrics_site(ConnectorCollector(self))
@@ -314,7 +314,7 @@ class ConnectorService(service.MultiService):
         self.channels = DeviceChannels(self.state, static, self._publish, self._make_proxy)
         self.link = GatewayLink(self.reactor, registration["gateway_url"], registration["instance_id"],
                                 registration["instance_password"], topics.CONNECTOR_SUBSCRIPTIONS, self._on_message,
-                                on_connected=self._resync, on_disconnected=self.channels.end_all,
+                                on_connected=self._resync, on_disconnected=self._gateway_lost,
                                 ca_file=self.ca_file, keep_alive=self.keep_alive, proxy=self.proxy,
                                 **({"connect": self._connect} if self._connect is not None else {}))
         self.link.setServiceParent(self)
@@ -339,6 +339,11 @@ class ConnectorService(service.MultiService):
                             clock=self.reactor, allow_paths=self.allow_paths, user_header=self.user_header,
                             response_timeout=self.response_timeout, user_slots=self.user_slots,
                             public_host=self.public_host)
+
+    def _gateway_lost(self) -> None:
+        self.channels.end_all()
+        for observer in self.observers:
+            observer.gateway_lost()
 
     def _publish(self, device_id: str, payload: bytes) -> None:
         client = self.link.client if self.link is not None else None

@@ -239,3 +239,24 @@ def test_envelopes_are_routed_by_up_topic_and_answers_go_down(world):
         world.service._on_message(topic, bytes([1, 1, 1]) + bytes(60))
     assert len(client.published) == 1
     assert world.service.channels._locks == {}  # pruned once the HELLO was handled
+
+
+def test_observers_hear_the_device_list_events_and_a_lost_gateway(world):
+    """What the pairing page keeps its device states from."""
+    heard = []
+
+    class Observer:
+        def gateway_devices(self, listed):
+            heard.append(("devices", sorted(d["device_id"] for d in listed)))
+
+        def gateway_event(self, name, device_id):
+            heard.append((name, device_id))
+
+        def gateway_lost(self):
+            heard.append(("lost",))
+
+    world.service.observers.append(Observer())
+    world.start()
+    world.service._on_message(topics.EVENTS, json.dumps({"event": "device_connected", "device_id": A}).encode())
+    world.clients[0].close()
+    assert heard == [("devices", [A, B]), ("device_connected", A), ("lost",)]

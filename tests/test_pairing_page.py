@@ -253,6 +253,17 @@ def test_device_list_at_connect_replaces_the_states(world):
     assert pairing_uri(world.call("GET")[1]) is None
 
 
+def test_no_device_shown_connected_while_the_gateway_is_away(world):
+    [a] = rows(world.pair())
+    world.desk.gateway_event("device_paired", a)
+    world.desk.gateway_event("device_connected", a)
+    assert rows(world.call("GET")[1]) == {a: "connected"}
+    world.desk.gateway_lost()
+    assert rows(world.call("GET")[1]) == {a: "paired"}
+    world.desk.gateway_devices([{"device_id": a, "state": "active", "connected": True}])
+    assert rows(world.call("GET")[1]) == {a: "connected"}
+
+
 def test_a_device_added_by_the_cli_shows_up_and_follows_events(world):
     device_id = secrets.token_hex(16)
     world.sync_state.add_device(device_id, "alice", secrets.token_bytes(32))

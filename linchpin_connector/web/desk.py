@@ -162,6 +162,15 @@ class PairingDesk:
             d.addCallback(lambda device: device is not None and self._tell(device.user))
             d.addErrback(lambda f: self.log.failure("looking up a device failed", f))
 
+    def gateway_lost(self) -> None:
+        """The connector lost the gateway: whether a device is connected is
+        unknown until the next device list, so none is shown as connected."""
+        for device_id, state in self.gateway_state.items():
+            if state == "connected":
+                self.gateway_state[device_id] = "paired"
+        for user in list(self.watchers):
+            self._tell(user)
+
     def gateway_devices(self, listed: list) -> None:
         """The gateway's device list (at every connect) replaces what events said."""
         fresh = {}
