@@ -7,6 +7,7 @@ error pages a browser sees when the connector or the gateway is away.
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import http.client
 import io
@@ -356,7 +357,12 @@ def test_serve_relays_and_says_which_part_is_away(tmp_path):
         assert done.returncode == 0 and len(done.stdout) == size
         assert b"100% 6.0 MiB of 6.0 MiB" in drawn and b"[####" in drawn
 
-        system.connector.terminate()
+        # a request waiting on the app when the connector goes: an error page, not a hang
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            waiting = pool.submit(get, url, "/slow")
+            system.connector.terminate()
+            status, page = waiting.result(timeout=60)
+        assert status in (502, 503) and (b"not replayed" in page or b"connector is offline" in page), page
         status, page = get(url)
         assert status == 503 and b"connector is offline" in page
 
