@@ -84,6 +84,20 @@ def test_register_on_one_node_pair_on_another_relay_presence_takeover_revocation
         assert Paho(node.port, *dev).result != "Success"
     for client in (conn, device, newer):
         client.close()
+    # a password rotated through one node stops working on every node at once,
+    # also where it was cached
+    other = World(a.url).register()
+    cached = Paho(b.port, *other)
+    assert cached.result == "Success"
+    cached.close()
+    status, body, _ = rest("POST", c3.url + "/api/v1/instance/password", {}, auth=other)
+    assert status == 200
+    refused = Paho(b.port, *other)
+    assert refused.result != "Success"
+    fresh = Paho(b.port, other[0], body["instance_password"])
+    assert fresh.result == "Success"
+    for client in (refused, fresh):
+        client.close()
 
 
 def test_same_setup_key_on_two_nodes_at_once(cluster):
