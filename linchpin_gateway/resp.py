@@ -207,6 +207,12 @@ class SubscriberProtocol(RESPProtocol):
         self.on_message = on_message
         self.subscribing = False
 
+    def send_and_forget(self, *args) -> bool:
+        # (UN)SUBSCRIBE is confirmed by pushes (one per channel), not by a
+        # reply in turn: nothing to wait for.
+        self.transport.write(command(*args))
+        return True
+
     def reply_received(self, reply):
         if self.subscribing and type(reply) is list and reply:
             kind = reply[0]

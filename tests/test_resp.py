@@ -36,3 +36,20 @@ def test_bus_urls():
     for bad in ("http://x", "redis://", "redis://h/x"):
         with pytest.raises(ValueError):
             parse_url(bad)
+
+
+def test_subscriber_pushes_are_messages_and_nothing_waits_for_subscribe_confirmations():
+    from twisted.internet.testing import StringTransport
+
+    from linchpin_gateway.resp import SubscriberProtocol
+
+    got = []
+    proto = SubscriberProtocol(None, None, 0, lambda channel, data: got.append((channel, data)))
+    proto.makeConnection(StringTransport())
+    proto.subscribing = True
+    for n in range(100):
+        proto.send_and_forget(b"SUBSCRIBE", b"lm:p:%02d" % n)
+        proto.dataReceived(b"*3\r\n$9\r\nsubscribe\r\n$7\r\nlm:p:%02d\r\n:%d\r\n" % (n, n + 1))
+    proto.dataReceived(b"*3\r\n$7\r\nmessage\r\n$7\r\nlm:p:01\r\n$3\r\n\x00\r\n\r\n")
+    assert got == [(b"lm:p:01", b"\x00\r\n")]
+    assert len(proto.waiting) == 0
