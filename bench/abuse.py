@@ -8,7 +8,9 @@ issue 10 cost a real ``twistd lmgateway`` on loopback.
    wrong password that was checked) and the CONNACK codes they got.
 2. latency: during those bursts, fresh devices log in from another address;
    how long each waits for its CONNACK, and which codes they get.
-3. memory: connections whose password checks are held up (a slow PBKDF2
+3. tenant: one instance adds devices as fast as 16 clients can while
+   another lists its own; what the flood got, and the other's latency.
+4. memory: connections whose password checks are held up (a slow PBKDF2
    count) send a CONNECT and then pipeline 1 MiB packets; gateway RSS
    growth per pending login.
 
@@ -31,6 +33,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
 
 from linchpin_common.contract import wire
@@ -226,6 +229,51 @@ def burst_and_latency(twistd: str, workdir: str) -> dict:
         gw.stop()
 
 
+def tenant(twistd: str, workdir: str, seconds: float = 8.0, threads: int = 16) -> dict:
+    """One instance adds devices flat out; another lists its devices meanwhile."""
+    gw = Gateway(twistd, os.path.join(workdir, "tenant"))
+    try:
+        greedy = gw.rest("POST", "/api/v1/instances")
+        polite = gw.rest("POST", "/api/v1/instances")
+        greedy_auth = (greedy["instance_id"], greedy["instance_password"])
+        polite_auth = (polite["instance_id"], polite["instance_password"])
+        gw.rest("GET", "/api/v1/devices", auth=greedy_auth)  # both logins cached: the flood is all store work
+        statuses: dict = {}
+        lock = threading.Lock()
+        stop = time.monotonic() + seconds
+
+        def flood():
+            while time.monotonic() < stop:
+                try:
+                    gw.rest("POST", "/api/v1/devices", auth=greedy_auth)
+                    code = 201
+                except urllib.error.HTTPError as e:
+                    code = e.code
+                with lock:
+                    statuses[code] = statuses.get(code, 0) + 1
+
+        workers = [threading.Thread(target=flood) for _ in range(threads)]
+        for t in workers:
+            t.start()
+        latencies = []
+        while time.monotonic() < stop:
+            started = time.monotonic()
+            gw.rest("GET", "/api/v1/devices", auth=polite_auth)
+            latencies.append(time.monotonic() - started)
+            time.sleep(0.2)  # a well-behaved tenant's pace
+        for t in workers:
+            t.join(TIMEOUT)
+        return {
+            "flood": f"{threads} clients adding devices to one instance for {seconds:g} s",
+            "greedy_statuses": {str(k): v for k, v in sorted(statuses.items())},
+            "other_tenant_calls": len(latencies),
+            "other_tenant_latency_median_ms": round(statistics.median(latencies) * 1000),
+            "other_tenant_latency_max_ms": round(max(latencies) * 1000),
+        }
+    finally:
+        gw.stop()
+
+
 def memory(twistd: str, workdir: str, connections: int, packets: int) -> dict:
     # 3,000,000 iterations: each check takes about a second, so with the hash
     # queue's workers busy the logins stay pending while we measure.
@@ -274,7 +322,7 @@ def memory(twistd: str, workdir: str, connections: int, packets: int) -> dict:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--twistd", default=os.path.join(os.path.dirname(sys.executable), "twistd"))
-    parser.add_argument("--only", choices=["burst", "memory"])
+    parser.add_argument("--only", choices=["burst", "memory", "tenant"])
     parser.add_argument("--connections", type=int, default=200)
     parser.add_argument("--packets", type=int, default=32, help="1 MiB packets pipelined behind each CONNECT")
     args = parser.parse_args(argv)
@@ -282,6 +330,8 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as workdir:
         if args.only in (None, "burst"):
             results["burst"] = burst_and_latency(args.twistd, workdir)
+        if args.only in (None, "tenant"):
+            results["tenant"] = tenant(args.twistd, workdir)
         if args.only in (None, "memory"):
             results["memory"] = memory(args.twistd, workdir, args.connections, args.packets)
     print(json.dumps(results, indent=2))

@@ -13,6 +13,8 @@ from __future__ import annotations
 import hmac
 from dataclasses import dataclass
 
+from twisted.internet import defer
+
 from linchpin_common.contract.ids import is_hex_id, new_id, new_secret
 
 from .audit import audit
@@ -83,6 +85,7 @@ class Accounts:
         self.setup_key_ttl = setup_key_ttl
         self.max_devices = max_devices
         self.max_pending_devices = max_pending_devices
+        self._adding: dict[str, defer.DeferredLock] = {}  # instance -> its device additions, one at a time
         self._token = registration_token.encode("utf-8") if registration_token else None
 
     @property
@@ -126,14 +129,27 @@ class Accounts:
 
     async def add_device(self, instance_id: str) -> NewDevice:
         """Raises :class:`LimitReached` when the instance has its most devices
-        (or pending devices): one tenant cannot fill the store."""
-        if self.max_devices is not None or self.max_pending_devices is not None:
+        (or pending devices): one tenant cannot fill the store.  One instance's
+        additions run one at a time on this node, so parallel calls cannot
+        all pass the count before any of them is written."""
+        if self.max_devices is None and self.max_pending_devices is None:
+            return await self._add_device(instance_id)
+        lock = self._adding.setdefault(instance_id, defer.DeferredLock())
+        await lock.acquire()
+        try:
             rows = await self.store.list_devices(instance_id)
             if self.max_devices is not None and len(rows) >= self.max_devices:
                 raise LimitReached(f"an instance may have {self.max_devices} devices")
             pending = sum(1 for _, state in rows if state == "pending")
             if self.max_pending_devices is not None and pending >= self.max_pending_devices:
                 raise LimitReached(f"an instance may have {self.max_pending_devices} devices waiting to be paired")
+            return await self._add_device(instance_id)
+        finally:
+            lock.release()
+            if not lock.locked and not lock.waiting:
+                self._adding.pop(instance_id, None)
+
+    async def _add_device(self, instance_id: str) -> NewDevice:
         device_id, setup_key = new_id(), new_secret()
         now = self.clock.seconds()
         expires_at = int(now) + self.setup_key_ttl

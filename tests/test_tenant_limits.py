@@ -134,3 +134,60 @@ def test_the_new_limits_are_in_the_metrics(make_gateway):
     gw = make_gateway()
     names = {family.name for family in GatewayCollector(gw).collect()}
     assert {"lmgateway_password_checks", "lmgateway_connections_refused", "lmgateway_store_queue_depth"} <= names
+
+
+def test_parallel_additions_cannot_race_past_the_cap(tmp_path):
+    """The count and the write of one instance's additions are not
+    interleaved: 16 parallel calls at 2 below the cap make exactly 2."""
+    from twisted.internet.testing import MemoryReactorClock
+
+    from linchpin_gateway.config import GatewayConfig
+    from linchpin_gateway.service import Gateway
+    from linchpin_gateway.store import SQLiteStore
+
+    class Queued:
+        """A store worker that runs jobs only when told (like a busy thread)."""
+
+        def __init__(self):
+            self.jobs = []
+
+        def start(self):
+            pass
+
+        def stop(self):
+            pass
+
+        def run(self, fn, *args):
+            d = defer.Deferred()
+            self.jobs.append((d, fn, args))
+            return d
+
+        def drain(self):
+            while self.jobs:
+                d, fn, args = self.jobs.pop(0)
+                d.callback(fn(*args))
+
+    worker = Queued()
+    reactor = MemoryReactorClock()
+    store = SQLiteStore(reactor, str(tmp_path / "gw"), worker=worker)
+    gw = Gateway(reactor, store, GatewayConfig(max_pending_devices=3, instance_rest_limit=0),
+                 hash_worker=InlineWorker())
+    gw.startService()
+    try:
+        created = result_of(gw.accounts.register(None), worker)
+        instance_id = created.instance_id
+        result_of(gw.accounts.add_device(instance_id), worker)
+        outcomes = []
+        for _ in range(16):
+            d = defer.ensureDeferred(gw.accounts.add_device(instance_id))
+            d.addCallbacks(lambda _: outcomes.append("made"), lambda f: outcomes.append(type(f.value).__name__))
+        worker.drain()
+        assert sorted(outcomes) == ["LimitReached"] * 14 + ["made"] * 2
+    finally:
+        store.stop()
+
+
+def result_of(coroutine, worker):
+    d = defer.ensureDeferred(coroutine)
+    worker.drain()
+    return result(d)
