@@ -82,7 +82,21 @@ def test_register_on_one_node_pair_on_another_relay_presence_takeover_revocation
     newer.wait_closed()
     for node in (a, b, c3):
         assert Paho(node.port, *dev).result != "Success"
-    for client in (conn, device, newer):
+    # the connector's own takeover across nodes: its devices are not told it went offline
+    dev2 = World(b.url).pair(inst)
+    d2 = Paho(c3.port, *dev2)
+    assert d2.subscribe(f"devices/{dev2[0]}/down", "$gateway/status") == [1, 1]
+    assert online(d2)
+    conn_b = Paho(b.port, *inst)
+    assert conn_b.subscribe("devices/+/up", "$gateway/events") == [1, 1]
+    conn.wait_closed()
+    d2.publish(f"devices/{dev2[0]}/up", b"to the newer connector")
+    assert conn_b.next_matching(f"devices/{dev2[0]}/up")[1] == b"to the newer connector"
+    seen = []
+    while not d2.messages.empty():
+        seen.append(d2.messages.get_nowait())
+    assert [p for t, p, _, _ in seen if t == "$gateway/status"] in ([], [b'{"connector": "online"}'])
+    for client in (conn, device, newer, d2, conn_b):
         client.close()
     # a password rotated through one node stops working on every node at once,
     # also where it was cached
