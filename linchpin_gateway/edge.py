@@ -76,9 +76,12 @@ class GuardedChannel(KeepAliveChannel):
         super().allContentReceived()
 
     def requestDone(self, request):
-        super().requestDone(request)
+        # Armed first: a pipelined request already buffered is handled
+        # inside requestDone, and its allContentReceived must stop this
+        # deadline, not be followed by it.
         if self.persistent and self.transport is not None:
             self._arm_deadline()  # for the next request on this connection
+        super().requestDone(request)
 
     def hand_over_slot(self):
         """The socket becomes a WebSocket: returns what gives its slot back."""

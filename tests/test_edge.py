@@ -11,6 +11,7 @@ import os
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
 from twisted.python.failure import Failure
+from twisted.web.server import NOT_DONE_YET
 from twisted.internet.testing import StringTransport
 
 from linchpin_common.contract import wire
@@ -177,3 +178,32 @@ def test_an_accepted_login_frees_its_pending_slot(make_gateway):
     channel2, sock2 = connect(gw)
     upgrade(channel2)
     assert b"101" in sock2.value().split(b"\r\n", 1)[0]
+
+
+def test_a_pipelined_request_being_handled_is_not_cut(make_gateway):
+    """The second of two pipelined requests takes longer than the deadline
+    to answer: it is being handled, so the deadline does not apply to it."""
+    gw = make_gateway()
+    channel, sock = connect(gw)
+    held = []
+    resource = gw.site.resource
+
+    class Slow:
+        isLeaf = True
+
+        def render(self, request):
+            held.append(request)
+            return NOT_DONE_YET
+
+    resource.putChild(b"slow", Slow())
+    slow = b"GET /slow HTTP/1.1\r\nHost: gw\r\n\r\n"
+    channel.dataReceived(slow + slow)  # the second waits in the channel's buffer
+    assert len(held) == 1
+    held[0].write(b"first")
+    held[0].finish()  # the buffered request is handled from inside this
+    assert len(held) == 2
+    gw.reactor.advance(gw.site.request_deadline * 3)
+    assert not sock.aborted
+    held[1].write(b"done")
+    held[1].finish()
+    assert b"\r\ndone\r\n" in sock.value() and not sock.aborted
