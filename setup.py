@@ -6,7 +6,6 @@ from setuptools import find_packages, setup
 HERE = Path(__file__).parent
 VERSION = re.search(r'^__version__ = "([^"]+)"', (HERE / "linchpin_common" / "__init__.py").read_text(),
                     re.MULTILINE).group(1)
-SOURCE = "https://github.com/linchpin-mobile/linchpin-mobile-gateway"
 
 setup(
     name="linchpin-mobile-gateway",
@@ -16,13 +15,6 @@ setup(
     long_description_content_type="text/markdown",
     license="MIT",
     license_files=["LICENSE"],
-    url=SOURCE,
-    project_urls={
-        "Documentation": f"{SOURCE}/blob/main/docs/getting-started.md",
-        "Operations": f"{SOURCE}/blob/main/docs/operations.md",
-        "Source": SOURCE,
-        "Issues": f"{SOURCE}/issues",
-    },
     keywords=["mqtt", "websocket", "twisted", "relay", "intranet", "mobile", "end-to-end encryption"],
     classifiers=[
         "Development Status :: 4 - Beta",
