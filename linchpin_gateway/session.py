@@ -29,6 +29,7 @@ from .metrics import Stats
 from .ratelimit import Slots, address_key
 from .router import DEVICE
 from .store import StoreUnavailable
+from .wsframes import LeanReceive
 
 AWAIT_CONNECT, AUTHENTICATING, CONNECTED, CLOSED = range(4)
 STATE_NAMES = ("AWAIT_CONNECT", "AUTHENTICATING", "CONNECTED", "CLOSED")
@@ -469,10 +470,13 @@ class _OutputWatch:
         pass
 
 
-class MQTTServerProtocol(WebSocketServerProtocol):
+class MQTTServerProtocol(LeanReceive, WebSocketServerProtocol):
     """Autobahn adapter: WebSocket binary messages <-> :class:`MQTTSession`.
 
-    Session state lives on ``self.mqtt``; Autobahn owns most other names.
+    Autobahn does the opening handshake, sends what is not MQTT (pongs, the
+    close handshake) and owns the closing state; once open, frames are read
+    by :class:`~linchpin_gateway.wsframes.LeanReceive`.  Session state lives
+    on ``self.mqtt``; Autobahn owns most other names.
     """
 
     mqtt: MQTTSession | None = None
@@ -521,6 +525,7 @@ class MQTTServerProtocol(WebSocketServerProtocol):
         self.mqtt = MQTTSession(f.router, f.logins, self.factory.reactor, self, peer=self.peer,
                                 host=self._host(), limits=limits, stats=f.stats, on_accepted=self._accepted,
                                 connect_deadline=deadline)
+        self.start_lean_receive()
 
     def _accepted(self):
         if self._unauthenticated:

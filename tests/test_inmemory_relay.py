@@ -143,3 +143,27 @@ def test_wrong_password_is_refused_with_connack_4(world):
 
 def test_status_payloads_parse(world):
     assert json.loads(topics.status_payload(True)) == {"connector": "online"}
+
+
+def test_the_gateway_reads_client_frames_with_the_lean_reader(world):
+    from linchpin_common.contract import wire
+    from linchpin_gateway.wsframes import FrameReader
+
+    net, instance, inst_api, creds = world
+    connector = net.connect(instance["instance_id"], instance["instance_password"])
+    assert subscribe(net, connector, topics.CONNECTOR_SUBSCRIPTIONS) == [0, 0]
+    (server,) = net.gateway.ws_factory.live
+    assert isinstance(server._frames, FrameReader)
+    device = net.connect(creds["device_id"], creds["device_password"])
+    assert subscribe(net, device, topics.device_subscriptions(creds["device_id"])) == [0, 0]
+    # A ping between the fragments of a PUBLISH: answered, and the PUBLISH relayed.
+    device_ws = net.pumps[-1].client
+    pongs = []
+    device_ws.onPong = pongs.append
+    packet = wire.encode(wire.Publish(topics.up_topic(creds["device_id"]), b"split", 0))
+    device_ws.sendFrame(opcode=2, payload=packet[:3], fin=False)
+    device_ws.sendPing(b"between")
+    device_ws.sendFrame(opcode=0, payload=packet[3:], fin=True)
+    net.flush()
+    assert pongs == [b"between"]
+    assert connector.messages[-1] == (topics.up_topic(creds["device_id"]), b"split")
