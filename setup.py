@@ -59,6 +59,7 @@ setup(
         "psycopg[binary]>=3.1.18",
         "psycopg_pool>=3.2.0",
         "txredisapi>=1.4.10",
+        "hiredis>=2.1",  # txredisapi's C reply reader, and packs the bus's PUBLISHes
     ],
     extras_require={
         "test": [

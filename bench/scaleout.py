@@ -1,7 +1,8 @@
 """Several gateway nodes: ``python -m bench.scaleout [--quick]`` (part of ``make bench``).
 
 Two ``twistd lmgateway`` nodes share a private PostgreSQL and Redis
-(started here, on loopback, as the tests start them). All in one run:
+(started here, on loopback, by the launchers the tests use:
+:mod:`linchpin_common.testing_services`). All in one run:
 
 1. **Cross-node relay.** The request/response relay of ``bench.run``
    (``bench/relayclient.py``, K = 64 in flight, 256 B, QoS 0) with the
@@ -36,13 +37,10 @@ import sys
 import time
 from pathlib import Path
 
+from linchpin_common.testing_services import Paho, PostgreSQL, Redis  # the same private instances as the tests
+
 from . import accounts
 from .procs import PYTHON, VAR, Proc, exit_on_signals, stop_all
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from tests.services import PostgreSQL, Redis  # noqa: E402  (the same private instances as the tests)
 
 BIN = Path(PYTHON).parent
 
@@ -95,8 +93,6 @@ def failover(ports, procs, inst, dev, start_node) -> dict:
     the other node at once: time until a request is relayed again; (2) on a
     third node, killed with no reconnection: time until the device hears
     the connector is offline."""
-    from tests.support import Paho
-
     a_port, b_port = ports
     conn = Paho(a_port, *inst)
     conn.subscribe("devices/+/up", "$gateway/events")

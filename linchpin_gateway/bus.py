@@ -14,8 +14,9 @@ whose value is ``b"<node> <epoch>"``:
 - ``release``: delete a key only while it is still ours.
 
 While the bus is down every publish is dropped at once (``publish`` returns
-False) and every other call fails with :class:`~.resp.NotConnected`; nothing
-is queued.
+False) and every other call fails with :class:`NotConnected`; nothing is
+queued. The Redis client is txredisapi under a thin adapter of ours
+(:mod:`.redis_client`) that keeps those rules.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, wrapClientTLS
 from twisted.logger import Logger
 from zope.interface import Attribute, Interface, implementer
 
-from .resp import Connection, NotConnected, RedisError, RESPProtocol, SubscriberProtocol
+from .redis_client import CommandProtocol, Factory, NotConnected, RedisError, SubscriberProtocol
 
 _CLAIM = b"""
 local e = redis.call('INCR', KEYS[2])
@@ -156,24 +157,13 @@ class RedisBus:
             from twisted.internet.ssl import optionsForClientTLS
 
             endpoint = wrapClientTLS(optionsForClientTLS(o["host"]), endpoint)
-        self._cmd = Connection(reactor, endpoint, lambda: RESPProtocol(o["password"], o["username"], o["db"]),
-                               self._changed, self._changed, "command")
-        self._sub = Connection(reactor, endpoint, self._make_subscriber, self._subscriber_up, self._changed,
-                               "subscriber")
-
-    def _make_subscriber(self):
-        o = self.options
-        return SubscriberProtocol(o["password"], o["username"], o["db"], self._deliver)
+        self._endpoint = endpoint
+        self._cmd = Factory(CommandProtocol, o, self._changed, self._changed, "command")
+        self._sub = Factory(SubscriberProtocol, o, self._changed, self._changed, "subscriber",
+                            on_message=self._deliver, channels=self._channels)
 
     def _deliver(self, channel, data):
         self._on_message(channel, data)
-
-    def _subscriber_up(self, proto):
-        proto.subscribing = True
-        channels = list(self._channels)
-        for i in range(0, len(channels), 1000):
-            proto.send_and_forget(b"SUBSCRIBE", *channels[i:i + 1000])
-        self._changed()
 
     def _changed(self, *_):
         up = self._cmd.current is not None and self._sub.current is not None
@@ -187,8 +177,8 @@ class RedisBus:
     def start(self, on_message, on_state):
         self._on_message = on_message
         self._on_state = on_state
-        self._cmd.start()
-        self._sub.start()
+        self._cmd.start(self._endpoint)
+        self._sub.start(self._endpoint)
 
     def stop(self):
         return defer.gatherResults([self._cmd.stop(), self._sub.stop()], consumeErrors=True)
@@ -197,7 +187,7 @@ class RedisBus:
         proto = self._cmd.current
         if proto is None:
             return False
-        return proto.send_and_forget(b"PUBLISH", channel, data)
+        return proto.publish_or_drop(channel, data)
 
     def subscribe(self, channel):
         if channel in self._channels:
@@ -205,7 +195,7 @@ class RedisBus:
         self._channels.add(channel)
         proto = self._sub.current
         if proto is not None:
-            proto.send_and_forget(b"SUBSCRIBE", channel)
+            proto.send_subscribe(channel)
 
     def unsubscribe(self, channel):
         if channel not in self._channels:
@@ -213,13 +203,13 @@ class RedisBus:
         self._channels.discard(channel)
         proto = self._sub.current
         if proto is not None:
-            proto.send_and_forget(b"UNSUBSCRIBE", channel)
+            proto.send_unsubscribe(channel)
 
     def _call(self, *args):
         proto = self._cmd.current
         if proto is None:
             return defer.fail(NotConnected("Redis is not connected"))
-        return proto.execute(*args)
+        return defer.maybeDeferred(proto.execute_command, *args)
 
     def claim(self, own_key, epoch_key, node, ttl_ms):
         d = self._call(b"EVAL", _CLAIM, 2, own_key, epoch_key, node, int(ttl_ms))

@@ -9,19 +9,16 @@ from __future__ import annotations
 import base64
 import json
 import os
-import queue
 import socket
 import struct
 import subprocess
 import sys
-import threading
 import urllib.error
 import urllib.request
 
-import paho.mqtt.client as mqtt
-
 from linchpin_common.procs import Child
 from linchpin_common.rawws import client_frame
+from linchpin_common.testing_services import Paho  # noqa: F401  (the tests' MQTT client, shared with bench)
 
 TIMEOUT = 30
 BIN = os.path.dirname(sys.executable)
@@ -97,56 +94,6 @@ class World:
 
 
 # -- paho-mqtt, an independent MQTT client ------------------------------------
-
-
-class Paho:
-    """A paho-mqtt client over WebSocket with every callback turned into a queue."""
-
-    def __init__(self, port, username, password, keepalive=60):
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, transport="websockets",
-                                  protocol=mqtt.MQTTv311, client_id="")
-        self.client.ws_set_options(path="/mqtt")
-        self.client.username_pw_set(username, password)
-        self.connack: queue.Queue = queue.Queue()
-        self.messages: queue.Queue = queue.Queue()
-        self.subacks: queue.Queue = queue.Queue()
-        self.pubacks: queue.Queue = queue.Queue()
-        self.disconnected = threading.Event()
-        self.client.on_connect = lambda c, u, flags, rc, props: self.connack.put(str(rc))
-        self.client.on_message = lambda c, u, msg: self.messages.put((msg.topic, msg.payload, msg.qos, msg.retain))
-        self.client.on_subscribe = lambda c, u, mid, rcs, props: self.subacks.put([
-            (0x80 if rc.is_failure else rc.value) for rc in rcs])
-        self.client.on_publish = lambda c, u, mid, rc, props: self.pubacks.put(mid)
-        self.client.on_disconnect = lambda *a: self.disconnected.set()
-        self.client.connect("127.0.0.1", port, keepalive=keepalive)
-        self.client.loop_start()
-        self.result = self.connack.get(timeout=TIMEOUT)
-
-    def subscribe(self, *topics, qos=1):
-        self.client.subscribe([(t, qos) for t in topics])
-        return self.subacks.get(timeout=TIMEOUT)
-
-    def publish(self, topic, payload, qos=1):
-        info = self.client.publish(topic, payload, qos=qos)
-        if qos:
-            assert self.pubacks.get(timeout=TIMEOUT) == info.mid
-        return info
-
-    def next_message(self, timeout=TIMEOUT):
-        return self.messages.get(timeout=timeout)
-
-    def next_matching(self, topic, timeout=TIMEOUT):
-        while True:
-            msg = self.messages.get(timeout=timeout)
-            if msg[0] == topic:
-                return msg
-
-    def wait_closed(self):
-        assert self.disconnected.wait(TIMEOUT), "gateway did not close the session"
-
-    def close(self):
-        self.client.disconnect()
-        self.client.loop_stop()
 
 
 # -- a raw WebSocket client, for what no MQTT library will send -----------------

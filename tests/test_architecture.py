@@ -28,7 +28,7 @@ PARTS = {
     "linchpin_connector": ("linchpin_connector", "linchpin_common"),
 }
 FORBIDDEN_IN_CONNECTOR = ("linchpin_connector.device",)
-SANS_IO = ("twisted", "autobahn", "treq", "txredisapi", "zope")
+SANS_IO = ("twisted", "autobahn", "treq", "txredisapi", "hiredis", "zope")
 
 
 def _within(module: str, packages) -> bool:

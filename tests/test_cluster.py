@@ -312,8 +312,8 @@ def test_a_node_alone_loads_no_bus_code(tmp_path):
             f"options.parseOptions(['--data-dir', {str(tmp_path / 'gw')!r}, '--listen', 'tcp:0'])\n"
             "gateway = tap.makeService(options, MemoryReactorClock())\n"
             "assert gateway.cluster is None and gateway.router.cluster is None\n"
-            "loaded = [m for m in ('linchpin_gateway.bus', 'linchpin_gateway.cluster', 'linchpin_gateway.resp',\n"
-            "                      'txredisapi', 'psycopg', 'psycopg_pool') if m in sys.modules]\n"
+            "loaded = [m for m in ('linchpin_gateway.bus', 'linchpin_gateway.cluster', 'linchpin_gateway.redis_client',\n"
+            "                      'txredisapi', 'hiredis', 'psycopg', 'psycopg_pool') if m in sys.modules]\n"
             "assert not loaded, loaded\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
