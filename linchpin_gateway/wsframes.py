@@ -201,6 +201,10 @@ class LeanReceive:
 
     def start_lean_receive(self) -> None:
         self._frames = FrameReader(self.maxFramePayloadSize, self.maxMessagePayloadSize)
+        # What Autobahn keeps for its own receive path or from the handshake
+        # and never reads again: about 2 KiB a connection, for its lifetime.
+        self.utf8validator = None  # utf8validateIncoming is off; close reasons get their own
+        self.http_request_data = self.http_response_data = None
         # What came after the handshake in the same read: ours now; Autobahn
         # finds nothing left to parse when onOpen returns.
         rest, self.data = self.data, b""
