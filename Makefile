@@ -40,7 +40,7 @@ clean:
 bench: $(STAMP)
 	-$(BIN)/python -m pip install --quiet --retries 1 --timeout 15 -r bench/requirements.txt
 	-bash bench/install-brokers.sh
-	$(BIN)/python -m bench.run
+	$(BIN)/python -m bench.run --charts docs/benchmarks
 	$(BIN)/python -m bench.scaleout
 	$(BIN)/python -m linchpin_connector.demo --download-mib 100
 

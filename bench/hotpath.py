@@ -75,6 +75,7 @@ GROUPS = [
     ("gateway: MQTT parsing (wire.Parser)", ("Parser.", "_decode_", "_parse_header")),
     ("gateway: MQTT encoding (encode_publish)", ("encode_publish", "encode_remaining_length")),
     ("gateway: topic checks (_down_device, is_hex_id)", ("_down_device", "is_hex_id")),
+    ("gateway: lean receive framing (wsframes: FrameReader, unmask)", ("FrameReader.", "unmask (")),
     ("Twisted: transport.write, socket writes", ("writeSomeData", "doWrite", "FileDescriptor.write",
                                                  "ConnectionMixin.write", "startWriting", "stopWriting")),
     ("Autobahn: send framing (sendMessage/sendFrame/sendData)", ("sendMessage", "sendFrame", "sendData")),

@@ -81,7 +81,7 @@ import time
 from array import array
 from pathlib import Path
 
-from . import accounts, selftest, servers
+from . import accounts, charts, selftest, servers
 from .procs import (PYTHON, ROOT, VAR, Proc, exit_on_signals, raise_nofile, rss_kib, stop_all, tcp_ext,
                     tcp_nodelay_of)
 
@@ -616,6 +616,7 @@ def main(argv=None) -> int:
     p.add_argument("--sessions", type=int)
     p.add_argument("--only", default="relay,memory,storm")
     p.add_argument("--no-brokers", action="store_true")
+    p.add_argument("--charts", help="also write the SVG charts here (make bench: docs/benchmarks)")
     args = p.parse_args(argv)
     args.reps = args.reps or (1 if args.quick else 3)
     args.duration = args.duration or (2.0 if args.quick else 5.0)
@@ -669,6 +670,9 @@ def main(argv=None) -> int:
     text = "\n\n".join([head, *sections, *(["Notes:\n" + "\n".join(f"- {n}" for n in notes)] if notes else [])])
     (VAR / "results.md").write_text(text + "\n")
     print(text)
+    for directory in [VAR] + ([Path(args.charts)] if args.charts else []):
+        for path in charts.write_all(results, directory):
+            log(f"chart {path}")
     return 0
 
 
