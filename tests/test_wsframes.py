@@ -350,6 +350,27 @@ def test_9_message_above_the_cap_in_fragments_is_refused():
     check(data, [], [], DROPPED)
 
 
+def test_autobahn_send_queue_still_works_after_the_lean_path_started():
+    # The lean path swaps Autobahn's send deque for a small list: what
+    # Autobahn queues (sync sends, chopped frames) still goes out in order.
+    for cls in (Recorder, LeanRecorder):
+        reactor = MemoryReactorClock()
+        factory = WebSocketServerFactory("ws://gw.test/mqtt", protocols=["mqtt"], reactor=reactor)
+        factory.setProtocolOptions(**websocket_options(MIN_MESSAGE_SIZE))
+        factory.protocol = cls
+        protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 80))
+        transport = Transport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40000))
+        protocol.makeConnection(transport)
+        protocol.dataReceived(HANDSHAKE)
+        transport.clear()
+        protocol.sendMessage(b"abcdef", isBinary=True, sync=True)
+        protocol.sendMessage(b"ghi", isBinary=True)
+        for _ in range(4):
+            reactor.advance(0)
+        assert server_frames(transport.value()) == [(BINARY, b"abcdef"), (BINARY, b"ghi")], cls.__name__
+        assert not protocol.send_queue
+
+
 # -- the reader alone --------------------------------------------------------
 
 def test_reader_buffers_no_more_than_a_frame_and_joins_once():
