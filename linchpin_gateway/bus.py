@@ -149,7 +149,6 @@ class RedisBus:
         self.where = redact(url)
         self.connected = False
         self._channels: set[bytes] = set()
-        self._on_message = None
         self._on_state = None
         o = self.options
         endpoint = TCP4ClientEndpoint(reactor, o["host"], o["port"], timeout=5)
@@ -160,10 +159,7 @@ class RedisBus:
         self._endpoint = endpoint
         self._cmd = Factory(CommandProtocol, o, self._changed, self._changed, "command")
         self._sub = Factory(SubscriberProtocol, o, self._changed, self._changed, "subscriber",
-                            on_message=self._deliver, channels=self._channels)
-
-    def _deliver(self, channel, data):
-        self._on_message(channel, data)
+                            channels=self._channels)
 
     def _changed(self, *_):
         up = self._cmd.current is not None and self._sub.current is not None
@@ -175,8 +171,8 @@ class RedisBus:
     # -- IBus ------------------------------------------------------------------
 
     def start(self, on_message, on_state):
-        self._on_message = on_message
         self._on_state = on_state
+        self._sub.on_message = on_message  # called straight from the reader, once per message
         self._cmd.start(self._endpoint)
         self._sub.start(self._endpoint)
 

@@ -10,6 +10,8 @@ Channels (each node subscribes to those of what it holds):
 ``lm:p:<principal>``
     messages for one principal: ``U`` (a device's up message, to its
     instance's connector), ``D`` (a connector's down message, to a device),
+    ``u`` and ``d`` (the same for a QoS 0 PUBLISH that is forwarded as it
+    was received, so the receiving node writes those bytes unchanged),
     ``E`` (a ``$gateway/events`` event, to a connector), ``P`` (a device is
     present, answering ``W``), ``T`` (a newer session took the principal).
 ``lm:i:<instance>``
@@ -237,17 +239,26 @@ class Cluster:
             self.remote_devices.pop(principal.instance_id, None)
             self.lost.pop(principal.instance_id, None)
 
-    def send_up(self, client, payload: bytes, qos: int) -> None:
-        """A device's message for its connector, which is not here."""
-        h = client.held
-        if self.bus.publish(h.channel, b"U%d%s%s" % (qos, client.principal.id.encode(), payload)):
+    def send_up(self, client, payload: bytes, qos: int, raw: bytes | None = None) -> None:
+        """A device's message for its connector, which is not here; ``raw``:
+        the QoS 0 PUBLISH as received, which the connector gets unchanged."""
+        if raw is not None:
+            message = b"u" + raw
+        else:
+            message = b"U%d%s%s" % (qos, client.principal.id.encode(), payload)
+        if self.bus.publish(client.held.channel, message):
             self.stats.messages_out += 1
         else:
             self.stats.dropped += 1
 
-    def send_down(self, client, device_id: str, payload: bytes, qos: int) -> None:
-        """A connector's message for a device that is not here."""
-        if self.bus.publish(_chan(device_id), b"D%d%s%s" % (qos, client.principal.id.encode(), payload)):
+    def send_down(self, client, device_id: str, payload: bytes, qos: int, raw: bytes | None = None) -> None:
+        """A connector's message for a device that is not here (``raw`` as
+        for :meth:`send_up`)."""
+        if raw is not None:
+            message = b"d" + client.principal.id.encode() + raw
+        else:
+            message = b"D%d%s%s" % (qos, client.principal.id.encode(), payload)
+        if self.bus.publish(_chan(device_id), message):
             self.stats.messages_out += 1
         else:
             self.stats.dropped += 1
@@ -351,7 +362,15 @@ class Cluster:
     def _received(self, channel: bytes, data: bytes) -> None:
         try:
             if channel.startswith(b"lm:p:"):
-                self._for_principal(channel[5:].decode(), data)
+                kind = data[:1]
+                if kind == b"u":  # the hot path: no more than this
+                    self.stats.messages_in += 1
+                    self.router.remote_up_raw(channel[5:].decode(), data[1:])
+                elif kind == b"d":
+                    self.stats.messages_in += 1
+                    self.router.remote_down_raw(channel[5:].decode(), data[1:33].decode(), data[33:])
+                else:
+                    self._for_principal(channel[5:].decode(), data)
             elif channel.startswith(b"lm:i:"):
                 self._for_instance(channel[5:].decode(), data)
             elif channel == CTL:

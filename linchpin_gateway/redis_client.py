@@ -27,8 +27,19 @@ ours logs the refusal and keeps trying with backoff.
 
 Everything is bytes: channel names, messages and bulk replies (no charset,
 no number conversion). With hiredis installed (a dependency) txredisapi
-parses replies with it; the PUBLISH of every message between nodes is also
-packed by hiredis and skips txredisapi's per-command Deferreds.
+parses replies with it.
+
+Every message between nodes is one PUBLISH out of one node and one pub/sub
+message into another, so both skip txredisapi's per-command machinery:
+
+- the PUBLISH is packed by hiredis and written behind ``CLIENT REPLY SKIP``,
+  so Redis sends no reply the node would have to read, parse and match to a
+  reply slot (when Redis refuses ``CLIENT REPLY``, e.g. an ACL without it,
+  which the connection finds out before it is ready, each PUBLISH takes a
+  reply slot nobody waits on instead);
+- the pub/sub connection reads with its own hiredis reader and hands each
+  ``message`` to the bus straight from it; other replies (to SUBSCRIBE and
+  UNSUBSCRIBE) go on to txredisapi.
 """
 
 from __future__ import annotations
@@ -52,6 +63,11 @@ class NotConnected(txredisapi.ConnectionError):
 def _ignore(failure):
     """Replies nobody waits for: a lost connection fails them, and that is all."""
     return None
+
+
+def _lost(failure):
+    """The connection went before it was ready: nothing to do, it is made again."""
+    failure.trap(txredisapi.ConnectionError)
 
 
 @implementer(IPushProducer)
@@ -90,18 +106,53 @@ class _Ours:
     factory: Factory
 
     def connectionMade(self):
+        # Publishes get no reply (CLIENT REPLY SKIP), so no reply carries
+        # Redis's ACK back: with Nagle's algorithm a publish could wait for a
+        # delayed ACK of the one before.
+        transport = self.transport
+        while transport is not None and not hasattr(transport, "setTcpNoDelay"):
+            transport = getattr(transport, "transport", None)  # under TLS: the TCP transport
+        if transport is not None:
+            transport.setTcpNoDelay(True)
         self.backlog = _Backlog()
         self.transport.registerProducer(self.backlog, True)
         super().connectionMade()  # AUTH and SELECT, then whenConnected fires
-        self.whenConnected().addCallback(self.factory.ready)
+        self.whenConnected().addCallback(self.prepare).addCallbacks(self.factory.ready, _lost)
+
+    def prepare(self, _):
+        """What the connection needs once AUTH and SELECT passed, before it
+        is ready; fires with the protocol."""
+        return self
 
     def connectionLost(self, reason):
         super().connectionLost(reason)  # fails the replies still awaited
         self.factory.lost(self)
 
 
+_SKIP = hiredis.pack_command((b"CLIENT", b"REPLY", b"SKIP"))
+
+
 class CommandProtocol(_Ours, txredisapi.RedisProtocol):
     """The command connection."""
+
+    skip_replies = False  # Redis takes CLIENT REPLY SKIP on this connection
+
+    def prepare(self, _):
+        # CLIENT REPLY ON changes nothing and answers OK where CLIENT REPLY
+        # is allowed; an error says publishes must keep their replies.
+        d = self.execute_command(b"CLIENT", b"REPLY", b"ON")
+
+        def allowed(_):
+            self.skip_replies = True
+            return self
+
+        def refused(failure):
+            failure.trap(txredisapi.ResponseError)
+            self.factory.log.warn("Redis refused CLIENT REPLY ({why}): each PUBLISH gets a reply",
+                                  why=failure.getErrorMessage())
+            return self
+
+        return d.addCallbacks(allowed, refused)
 
     def publish_or_drop(self, channel: bytes, data: bytes) -> bool:
         """PUBLISH without waiting for the reply; False (not written) while
@@ -109,10 +160,17 @@ class CommandProtocol(_Ours, txredisapi.RedisProtocol):
 
         This is the hot path of every message between nodes, so it skips
         ``execute_command``'s two Deferreds and argument encoding: the
-        command is packed by hiredis and its reply slot is taken on
-        txredisapi's reply queue (every command written must have one) with
-        nobody waiting on it; a lost connection fills it with an error value."""
+        command is packed by hiredis behind ``CLIENT REPLY SKIP``, so no
+        reply comes. (Without it, its reply slot is taken on txredisapi's
+        reply queue, as every command written must have one, with nobody
+        waiting on it; a lost connection fills it with an error value.)"""
         command = hiredis.pack_command((b"PUBLISH", channel, data))
+        if self.skip_replies:
+            command = _SKIP + command
+            if not self.backlog.admit(len(command)):
+                return False
+            self.transport.write(command)
+            return True
         if not self.backlog.admit(len(command)):
             return False
         self.transport.write(command)
@@ -123,6 +181,23 @@ class CommandProtocol(_Ours, txredisapi.RedisProtocol):
 class SubscriberProtocol(_Ours, txredisapi.SubscriberProtocol):
     """The pub/sub connection: its factory subscribes it again to every
     channel when it is ready."""
+
+    def dataReceived(self, data, unpause=False):
+        reader = self._reader
+        if data:
+            reader.feed(data)
+        on_message = self.factory.on_message
+        reply = reader.gets()
+        while reply is not False:
+            if type(reply) is list and len(reply) == 3 and reply[0] == b"message":
+                on_message(reply[1], reply[2])
+            else:  # as txredisapi's reader does it
+                reply = self.tryConvertData(reply)
+                if reply == "QUEUED":
+                    self.transactions += 1
+                else:
+                    self.replyReceived(self.handleTransactionData(reply))
+            reply = reader.gets()
 
     def messageReceived(self, pattern, channel, message):
         self.factory.on_message(channel, message)

@@ -247,7 +247,7 @@ class Router:
                     self._count(payload)
                     target.session.deliver(client.up_wire, payload, min(qos, sub_qos), raw)
             elif self.cluster is not None:
-                self.cluster.send_up(client, payload, qos)
+                self.cluster.send_up(client, payload, qos, raw)
             return True
         device_id = down_topic_id(topic)
         target = inst.devices.get(device_id) if device_id is not None else None
@@ -261,7 +261,7 @@ class Router:
             self.log.info("connector {id} published to a forbidden topic; closing", id=principal.id)
             return False
         if self.cluster is not None:  # perhaps on another node (which checks it is this instance's)
-            self.cluster.send_down(client, device_id, payload, qos)
+            self.cluster.send_down(client, device_id, payload, qos, raw)
         return True  # not (or no longer) its device, or absent: dropped
 
     def _count(self, payload: bytes) -> None:
@@ -424,6 +424,32 @@ class Router:
             if sub_qos is not None:
                 self._count(payload)
                 target.session.deliver(target.down_wire, payload, min(qos, sub_qos))
+
+    def remote_up_raw(self, instance_id: str, raw: bytes) -> None:
+        """:meth:`remote_up` of a QoS 0 PUBLISH as the device sent it."""
+        inst = self._instances.get(instance_id)
+        target = inst.connector if inst is not None else None
+        if target is not None and UP_FILTER in target.subs:
+            self._count_raw(raw)
+            target.session.deliver(None, None, 0, raw)
+
+    def remote_down_raw(self, device_id: str, instance_id: str, raw: bytes) -> None:
+        """:meth:`remote_down` of a QoS 0 PUBLISH as the connector sent it."""
+        target = self._clients.get(device_id)
+        if (target is not None and target.principal.role == DEVICE and target.principal.instance_id == instance_id
+                and target.down_topic in target.subs):
+            self._count_raw(raw)
+            target.session.deliver(None, None, 0, raw)
+
+    def _count_raw(self, raw: bytes) -> None:
+        """:meth:`_count` of a QoS 0 PUBLISH packet's payload."""
+        i = 1
+        while raw[i] & 0x80:  # the remaining length
+            i += 1
+        i += 1
+        stats = self.stats
+        stats.messages_relayed += 1
+        stats.bytes_relayed += len(raw) - i - 2 - ((raw[i] << 8) | raw[i + 1])
 
     def taken_over(self, client: Client) -> None:
         """A newer session of this principal was accepted by another node."""

@@ -8,6 +8,7 @@ decides what has arrived where.
 import pytest
 from twisted.internet.task import Clock
 
+from linchpin_common.contract import wire
 from linchpin_gateway.bus import MemoryBus, MemoryHub
 from linchpin_gateway.cluster import DEAD_AFTER, HEARTBEAT, Cluster
 from linchpin_gateway.ratelimit import RateLimiter
@@ -103,12 +104,29 @@ def test_relay_both_ways_byte_exact_across_nodes(nodes, hub):
     assert b.cluster.stats.messages_out == 1 and b.cluster.stats.messages_in == 1
 
 
+def test_a_qos0_publish_crosses_nodes_as_the_very_packet_received(nodes, hub):
+    a, b, _ = nodes
+    conn, cs = a.connector()
+    dev, ds = b.device()
+    pump(hub)
+    up = wire.encode_publish(f"devices/{D1}/up".encode(), ALL_BYTES, 0)
+    assert b.router.publish(dev, f"devices/{D1}/up", ALL_BYTES, 0, up)
+    down = wire.encode_publish(f"devices/{D1}/down".encode(), ALL_BYTES[::-1] * 200, 0)  # a longer length field
+    assert a.router.publish(conn, f"devices/{D1}/down", ALL_BYTES[::-1] * 200, 0, down)
+    pump(hub)
+    assert cs.raw == [up] and ds.raw == [down]
+    assert (a.cluster.stats.messages_in, b.cluster.stats.messages_in) == (1, 1)
+    assert (a.router.stats.messages_relayed, a.router.stats.bytes_relayed) == (1, len(ALL_BYTES))
+    assert (b.router.stats.messages_relayed, b.router.stats.bytes_relayed) == (1, len(ALL_BYTES) * 200)
+
+
 def test_down_message_for_another_instances_device_is_dropped(nodes, hub):
     a, b, _ = nodes
     other, _ = a.connector("b" * 32)
     dev, ds = b.device()
     pump(hub)
     a.router.publish(other, f"devices/{D1}/down", b"x", 0)
+    a.router.publish(other, f"devices/{D1}/down", b"y", 0, wire.encode_publish(f"devices/{D1}/down".encode(), b"y"))
     pump(hub)
     assert [t for t, _, _ in ds.delivered if t.endswith("/down")] == []
 

@@ -68,17 +68,21 @@ def bus():
     bus.stop()
 
 
-def up(link: Link) -> None:
-    """AUTH and SELECT answered: the connection is ready."""
+def up(link: Link, reply_on: bytes = OK) -> None:
+    """AUTH and SELECT answered (and on the command connection, CLIENT REPLY
+    ON with ``reply_on``): the connection is ready."""
     assert link.take() == [[b"AUTH", b"s3cret"]]
     link.feed(OK)
     assert link.take() == [[b"SELECT", b"2"]]
     link.feed(OK)
+    if isinstance(link.proto, redis_client.CommandProtocol):
+        assert link.take() == [[b"CLIENT", b"REPLY", b"ON"]]
+        link.feed(reply_on)
 
 
-def connect(bus) -> tuple[Link, Link]:
+def connect(bus, reply_on: bytes = OK) -> tuple[Link, Link]:
     cmd, sub = Link(bus._cmd, bus.clock), Link(bus._sub, bus.clock)
-    up(cmd)
+    up(cmd, reply_on)
     up(sub)
     return cmd, sub
 
@@ -115,7 +119,7 @@ def test_while_redis_is_down_nothing_waits(bus):
     assert cmd.transport.value() == b""
 
 
-def test_replies_are_bytes_and_publishes_go_out_without_waiting(bus):
+def test_replies_are_bytes_and_publishes_go_out_without_waiting_or_a_reply(bus):
     cmd, _ = connect(bus)
     assert bus.publish(b"lm:p:x", b"\x00\r\n") is True
     assert bus.publish(b"lm:p:x", b"42") is True
@@ -123,9 +127,36 @@ def test_replies_are_bytes_and_publishes_go_out_without_waiting(bus):
     bus.claim(b"lm:own:d", b"lm:ep:d", b"B", 30000).addCallback(got.append)
     bus.get(b"lm:own:d").addCallback(got.append)
     bus.exists([b"a", b"b"]).addCallback(got.append)
-    assert [c[0] for c in cmd.take()] == [b"PUBLISH", b"PUBLISH", b"EVAL", b"GET", b"MGET"]
-    cmd.feed(b":1\r\n:0\r\n*2\r\n:7\r\n$0\r\n\r\n$4\r\nA 12\r\n*2\r\n$-1\r\n$1\r\n1\r\n")
+    written = cmd.take()
+    assert written[:4] == [[b"CLIENT", b"REPLY", b"SKIP"], [b"PUBLISH", b"lm:p:x", b"\x00\r\n"],
+                           [b"CLIENT", b"REPLY", b"SKIP"], [b"PUBLISH", b"lm:p:x", b"42"]]
+    assert [c[0] for c in written[4:]] == [b"EVAL", b"GET", b"MGET"]
+    # Redis answers only the last three: no reply is taken for a publish.
+    cmd.feed(b"*2\r\n:7\r\n$0\r\n\r\n$4\r\nA 12\r\n*2\r\n$-1\r\n$1\r\n1\r\n")
     assert got == [(7, None), b"A 12", [False, True]]
+    assert not cmd.proto.replyQueue.waiting and not cmd.proto.replyQueue.pending
+
+
+def test_where_redis_refuses_client_reply_each_publish_keeps_its_reply(bus):
+    cmd, _ = connect(bus, reply_on=b"-NOPERM this user has no permissions to run the 'client|reply' command\r\n")
+    assert bus.connected
+    assert bus.publish(b"lm:p:x", b"a") is True
+    got = []
+    bus.get(b"k").addCallback(got.append)
+    assert cmd.take() == [[b"PUBLISH", b"lm:p:x", b"a"], [b"GET", b"k"]]
+    cmd.feed(b":1\r\n$1\r\nv\r\n")
+    assert got == [b"v"]
+    assert not cmd.proto.replyQueue.waiting and not cmd.proto.replyQueue.pending
+
+
+def test_a_connection_lost_before_it_is_ready_is_not_announced(bus):
+    cmd = Link(bus._cmd, bus.clock)
+    cmd.feed(OK)  # AUTH
+    cmd.feed(OK)  # SELECT
+    assert cmd.take()[-1] == [b"CLIENT", b"REPLY", b"ON"]
+    cmd.lose()  # before the answer
+    up(Link(bus._sub, bus.clock))
+    assert bus._cmd.current is None and not bus.connected and bus.states == []
 
 
 def test_the_subscriber_subscribes_again_on_every_reconnection(bus):
@@ -147,6 +178,20 @@ def test_the_subscriber_subscribes_again_on_every_reconnection(bus):
     assert bus.connected and bus.states == [True, False, True]
     again.feed(b"*3\r\n$7\r\nmessage\r\n$6\r\nlm:p:c\r\n$3\r\n\x00\r\n\r\n")
     assert bus.messages == [(b"lm:p:c", b"\x00\r\n")]
+
+
+def test_messages_in_one_read_arrive_in_order_whole_and_split(bus):
+    _, sub = connect(bus)
+    bus.subscribe(b"lm:p:a")
+    sub.take()
+    stream = (b"*3\r\n$9\r\nsubscribe\r\n$6\r\nlm:p:a\r\n:1\r\n"
+              + b"".join(b"*3\r\n$7\r\nmessage\r\n$6\r\nlm:p:a\r\n$%d\r\n%s\r\n" % (len(m), m)
+                         for m in (b"one", b"", b"\r\n*3\r\n", b"x" * 300)))
+    sub.feed(stream[:50])
+    sub.feed(stream[50:51])
+    sub.feed(stream[51:])
+    assert bus.messages == [(b"lm:p:a", m) for m in (b"one", b"", b"\r\n*3\r\n", b"x" * 300)]
+    assert not sub.proto.replyQueue.waiting and not sub.proto.replyQueue.pending
 
 
 def test_many_channels_in_batches_and_no_reply_slot_left_behind(bus):
