@@ -29,7 +29,13 @@ CACHE_MAX = 100_000
 
 
 class Authenticator:
-    def __init__(self, store, hasher, clock, cache_ttl: float = CACHE_TTL, cache_max: int = CACHE_MAX):
+    def __init__(self, store, hasher, clock, cache_ttl: float = CACHE_TTL, cache_max: int = CACHE_MAX,
+                 revalidate: bool = False):
+        """``revalidate``: the store is shared with other nodes, whose password
+        changes and revocations reach this cache over the bus a moment later;
+        so a cached login is only taken after one store read shows the stored
+        credential is still the one that was verified (no PBKDF2 either way)."""
+        self.revalidate = revalidate
         self.store = store
         self.hasher = hasher
         self.clock = clock
@@ -37,6 +43,7 @@ class Authenticator:
         self.cache_max = cache_max
         self._key = os.urandom(32)
         self._cache: dict[bytes, tuple[Principal, float]] = {}
+        self._stamps: dict[bytes, object] = {}  # with revalidate: the stored credential that was verified
         self._by_id: dict[str, set[bytes]] = {}
 
     # -- the cache -----------------------------------------------------------------
@@ -56,7 +63,7 @@ class Authenticator:
             return None
         return principal
 
-    def _remember(self, principal: Principal, password: str) -> None:
+    def _remember(self, principal: Principal, password: str, stamp=None) -> None:
         if len(self._cache) >= self.cache_max:
             now = self.clock.seconds()
             for key, (p, expires) in list(self._cache.items()):
@@ -66,10 +73,13 @@ class Authenticator:
                 return  # full of live entries: verify the slow way
         key = self._cache_key(principal.id, password)
         self._cache[key] = (principal, self.clock.seconds() + self.cache_ttl)
+        if self.revalidate:
+            self._stamps[key] = stamp
         self._by_id.setdefault(principal.id, set()).add(key)
 
     def _drop(self, key: bytes, principal_id: str) -> None:
         self._cache.pop(key, None)
+        self._stamps.pop(key, None)
         keys = self._by_id.get(principal_id)
         if keys is not None:
             keys.discard(key)
@@ -81,6 +91,7 @@ class Authenticator:
         for principal_id in principal_ids:
             for key in self._by_id.pop(principal_id, ()):
                 self._cache.pop(key, None)
+                self._stamps.pop(key, None)
 
     # -- checks ----------------------------------------------------------------------
 
@@ -99,14 +110,29 @@ class Authenticator:
         """
         cached = self._cached(username, password)
         if cached is not None:
-            return cached
-        principal = yield self._verify(username, password)
-        if principal is not None:
-            self._remember(principal, password)
+            if not self.revalidate:
+                return cached
+            key = self._cache_key(username, password)
+            stamp = self._stamps.get(key)
+            if stamp is not None and (yield self._stamp(cached)) == stamp:
+                return cached
+            self._drop(key, username)  # changed on another node: check it the slow way
+        result = yield self._verify(username, password)
+        if result is None:
+            return None
+        principal, stamp = result
+        self._remember(principal, password, stamp)
         return principal
+
+    def _stamp(self, principal: Principal):
+        """Deferred: the stored credential of ``principal`` as it is now."""
+        if principal.role == CONNECTOR:
+            return self.store.instance_hash(principal.id)
+        return self.store.device_auth(principal.id)
 
     @defer.inlineCallbacks
     def _verify(self, username: str, password: str):
+        """Deferred[(Principal, the stored credential verified) | None]."""
         if not is_hex_id(username):
             yield self.hasher.verify(password, None)
             return None
@@ -117,7 +143,7 @@ class Authenticator:
             # committed meanwhile must win over this check.
             if not ok or (yield self.store.instance_hash(username)) != encoded:
                 return None
-            return Principal(CONNECTOR, username, username)
+            return Principal(CONNECTOR, username, username), encoded
         row = yield self.store.device_auth(username)
         if row is None or row[1] != "active":
             yield self.hasher.verify(password, None)
@@ -125,7 +151,7 @@ class Authenticator:
         ok = yield self.hasher.verify(password, row[2])
         if not ok or (yield self.store.device_auth(username)) != row:
             return None
-        return Principal(DEVICE, username, row[0])
+        return Principal(DEVICE, username, row[0]), row
 
     def cached(self, username: str, password: str) -> Principal | None:
         """The principal of credentials verified recently, without any hashing."""
@@ -194,6 +220,15 @@ class LoginGuard:
         key = address_key(host)
         user_key = f"{key} {username[:MAX_USERNAME]}"
         cached = self.authenticator.cached(username, password)
+        if cached is not None and self.authenticator.revalidate:
+            # Shared store: confirm it is still the stored credential (one
+            # read, no hashing); a changed one is checked the slow way.
+            def known(principal):
+                if principal is not None:
+                    self._remember(user_key)
+                return principal
+
+            return self.authenticator.authenticate(username, password).addCallback(known)
         if cached is not None:
             self._remember(user_key)
             return defer.succeed(cached)
