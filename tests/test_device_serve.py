@@ -336,6 +336,14 @@ def test_serve_relays_and_says_which_part_is_away(tmp_path):
         assert answer.status == 200
         assert json.loads(answer.read()) == {"bytes": len(blob), "sha256": hashlib.sha256(blob).hexdigest()}
 
+        # a chunked upload streams too: the app sees every byte
+        blob = os.urandom(5 * 1024 * 1024 + 7)
+        conn.request("POST", "/upload", body=(blob[i:i + 100_000] for i in range(0, len(blob), 100_000)),
+                     headers={"Content-Type": "application/octet-stream"}, encode_chunked=True)
+        answer = conn.getresponse()
+        assert answer.status == 200
+        assert json.loads(answer.read()) == {"bytes": len(blob), "sha256": hashlib.sha256(blob).hexdigest()}
+
         # `lmdevice request` on a terminal draws a progress bar for a large body
         size = 6 * 1024 * 1024
         controller, terminal = pty.openpty()

@@ -3,9 +3,9 @@
 Kept apart from the connector daemon: it imports only ``linchpin_common``.
 """
 
-from .client import (ConnectorOffline, Device, DeviceError, DeviceState, GatewayUnreachable, PairingRejected,
-                     RequestRefused, RequestTimeout, Response, SessionLost, pair)
+from .client import (BodyStream, ConnectorOffline, Device, DeviceError, DeviceState, GatewayUnreachable,
+                     PairingRejected, RequestRefused, RequestTimeout, Response, SessionLost, pair)
 from .cli import main
 
-__all__ = ["ConnectorOffline", "Device", "DeviceError", "DeviceState", "GatewayUnreachable", "PairingRejected",
-           "RequestRefused", "RequestTimeout", "Response", "SessionLost", "main", "pair"]
+__all__ = ["BodyStream", "ConnectorOffline", "Device", "DeviceError", "DeviceState", "GatewayUnreachable",
+           "PairingRejected", "RequestRefused", "RequestTimeout", "Response", "SessionLost", "main", "pair"]

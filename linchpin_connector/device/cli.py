@@ -11,7 +11,7 @@ from twisted.web.http import RESPONSES
 from linchpin_common import __version__, console
 from linchpin_common.http_proxy import ProxySettingsError
 
-from .client import DEFAULT_TIMEOUT, Device, pair
+from .client import DEFAULT_TIMEOUT, BodyStream, Device, feed, pair
 from . import serve
 from .errors import ConnectorOffline, DeviceError, GatewayUnreachable, PairingRejected
 from .progress import Progress
@@ -78,7 +78,7 @@ async def _request_command(reactor, args) -> int:
     body = b""
     if args.data is not None:
         if args.data == "-":
-            body = sys.stdin.buffer
+            body = BodyStream()  # read on a thread as it comes: a pipe may be slow, or endless
         elif args.data.startswith("@"):
             body = open(args.data[1:], "rb")
         else:
@@ -90,6 +90,8 @@ async def _request_command(reactor, args) -> int:
         await device.open()
         if not device.online:
             raise ConnectorOffline()
+        if isinstance(body, BodyStream):
+            feed(device._worker, sys.stdin.buffer, body).addErrback(lambda f: body.abort())
         response = await device.request(method, args.path, headers, body)
         out = sys.stdout.buffer
         if args.include:

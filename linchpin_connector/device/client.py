@@ -17,6 +17,7 @@ is what lets the connector send the next part (1 MiB credit window).
 
 from __future__ import annotations
 
+import collections
 import functools
 import io
 import os
@@ -202,6 +203,163 @@ class Response:
                 self._done.callback(None)
 
 
+class BodyStream:
+    """A request body pushed as it arrives: a browser's upload in ``lmdevice
+    serve``, standard input in ``lmdevice request --data -``.
+
+    Pass it as ``body`` to :meth:`Device.request`, then :meth:`write` the parts
+    as they come and :meth:`end` after the last (before or after the request
+    starts).  Parts leave as ``body`` messages while the connector's 1 MiB
+    credit window allows; what does not fit waits here and the registered
+    producer (an ``IPushProducer``, e.g. the socket the body comes from) is
+    paused until acks make room, so besides the window at most one write is
+    held.  :meth:`abort` abandons the request (the connector gets ``cancel``).
+    """
+
+    def __init__(self):
+        self._held: collections.deque[bytes] = collections.deque()
+        self.held = 0              # bytes written and not yet sent
+        self.sent = 0              # bytes sent as body messages
+        self.aborted = False
+        self._ended = False        # end() was called
+        self._closed = False       # end sent, aborted or failed: writes are dropped
+        self._request: _Request | None = None
+        self._producer = None
+        self.paused = False        # the producer is paused by this stream
+
+    @property
+    def over(self) -> bool:
+        """No more writes are wanted (the end is sent, or the request is over)."""
+        return self._closed or self._ended
+
+    def register_producer(self, producer) -> None:
+        self._producer = producer
+        self._pace()
+
+    def write(self, data: bytes) -> None:
+        if self._closed or self._ended or not data:
+            return
+        self._held.append(bytes(data))
+        self.held += len(data)
+        self._flush()
+
+    def end(self) -> None:
+        if self._closed or self._ended:
+            return
+        self._ended = True
+        self._flush()
+
+    def discard(self) -> None:
+        """The rest of the body is not wanted (the response came first): drop
+        it as it arrives, and stop holding the producer back."""
+        self._close()
+
+    def abort(self) -> None:
+        """The body's source went away: the request is abandoned, never replayed."""
+        self.aborted = True
+        self._close()
+        request = self._request
+        if request is not None and request.channel.requests.pop(request.id, None) is not None:
+            request.channel.send({"t": "cancel", "id": request.id})
+            request.fail(DeviceError("the request was abandoned"))
+
+    def _attach(self, request: _Request) -> None:
+        """The ``req`` message is sent: the body may follow."""
+        self._request = request
+        request.stream = self
+        self._flush()
+
+    def _close(self) -> None:
+        self._closed = True
+        self._held.clear()
+        self.held = 0
+        self._pace()
+
+    def _flush(self) -> None:
+        request = self._request
+        if request is None or self._closed:
+            self._pace()
+            return
+        if request.id not in request.channel.requests or not request.channel.alive:
+            self._close()
+            return
+        window = request.upload
+        while self._held and window.available > 0:
+            part = self._held[0]
+            n = min(len(part), window.available, READ_CHUNK)
+            if n == len(part):
+                self._held.popleft()
+            else:
+                self._held[0], part = part[n:], part[:n]
+            self.held -= n
+            window.sent(n)
+            self.sent += n
+            last = self._ended and not self._held
+            request.channel.send({"t": "body", "id": request.id, "end": last}, part)
+            request.progress()
+            if last:
+                self._closed = True
+        if self._ended and not self._held and not self._closed:
+            request.channel.send({"t": "body", "id": request.id, "end": True})
+            self._closed = True
+        self._pace()
+
+    def _pace(self) -> None:
+        request = self._request
+        busy = not self._closed and (self.held > 0 or (request is not None and request.upload.full))
+        if self._producer is None or busy == self.paused:
+            return
+        self.paused = busy
+        if busy:
+            self._producer.pauseProducing()
+        else:
+            self._producer.resumeProducing()
+
+
+def feed(worker, source, stream: BodyStream) -> defer.Deferred:
+    """Read a blocking binary file (standard input, a pipe) into ``stream``
+    on ``worker`` threads, as fast as the stream lets it; fires when the
+    file is read to its end or the stream is over."""
+    feeder = _Feeder(worker, source, stream)
+    return feeder.run()
+
+
+class _Feeder:
+    """The producer for :func:`feed`: paused, it reads nothing more."""
+
+    def __init__(self, worker, source, stream: BodyStream):
+        self.worker, self.source, self.stream = worker, source, stream
+        self._resumed: defer.Deferred | None = None
+        self._paused = False
+        stream.register_producer(self)
+
+    def pauseProducing(self) -> None:
+        self._paused = True
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        waiter, self._resumed = self._resumed, None
+        if waiter is not None:
+            waiter.callback(None)
+
+    def stopProducing(self) -> None:
+        self.resumeProducing()
+
+    @defer.inlineCallbacks
+    def run(self):
+        read = getattr(self.source, "read1", self.source.read)
+        while not self.stream.over:
+            if self._paused:
+                self._resumed = defer.Deferred()
+                yield self._resumed
+                continue
+            part = yield self.worker.run(read, READ_CHUNK)
+            if not part:
+                self.stream.end()
+                return
+            self.stream.write(part)
+
+
 class _Request:
     def __init__(self, channel: _Session, request_id: int):
         self.channel = channel
@@ -211,13 +369,25 @@ class _Request:
         self.upload = SendWindow()
         self._credit_waiter: defer.Deferred | None = None
         self.timeout = None
+        self.idle = DEFAULT_TIMEOUT
+        self.stream: BodyStream | None = None
 
     def ack(self, n: int) -> None:
         self.channel.send({"t": "ack", "id": self.id, "bytes": n})
 
+    def progress(self) -> None:
+        """Upload bytes moved: the wait for the response starts again (a slow
+        upload that keeps moving is not cut)."""
+        if self.timeout is not None and self.timeout.active():
+            self.timeout.reset(self.idle)
+
     def credit(self, n) -> None:
         if not self.upload.acked(n):
             return  # not an ack for bytes we sent: ignored
+        if n:
+            self.progress()
+        if self.stream is not None:
+            self.stream._flush()
         waiter, self._credit_waiter = self._credit_waiter, None
         if waiter is not None:
             waiter.callback(None)
@@ -233,6 +403,8 @@ class _Request:
             self.started.errback(error)
         elif self.response is not None and not self.response._ended:
             self.response._end(error)
+        if self.stream is not None:
+            self.stream._close()
         waiter, self._credit_waiter = self._credit_waiter, None
         if waiter is not None:
             waiter.errback(error)
@@ -479,8 +651,9 @@ class Device:
     async def request(self, method: str, path: str, headers=(), body=b"") -> Response:
         """Send one request; returns once the response starts (its body streams).
 
-        ``body`` is bytes or a binary file object read in 256 KiB parts as the
-        connector's acknowledgements allow.
+        ``body`` is bytes, a binary file object read in 256 KiB parts as the
+        connector's acknowledgements allow, or a :class:`BodyStream` the caller
+        feeds as its body arrives.
         """
         if self.client is None or not self.client.is_open:
             await self.open()
@@ -492,10 +665,18 @@ class Device:
             raise DeviceError("too many requests in flight")
         request_id = self._next_id
         self._next_id += 1
+        if isinstance(body, BodyStream) and body.aborted:
+            raise DeviceError("the request was abandoned")
         request = _Request(channel, request_id)
         channel.requests[request_id] = request
+        request.idle = self.timeout
         request.timeout = self.reactor.callLater(
             self.timeout, lambda: self._timed_out(channel, request))
+        if isinstance(body, BodyStream):
+            channel.send({"t": "req", "id": request_id, "method": method, "path": path,
+                          "headers": [[k, v] for k, v in headers], "end": False})
+            body._attach(request)
+            return await request.started
         first, rest = _first_part(body)
         header = {"t": "req", "id": request_id, "method": method, "path": path,
                   "headers": [[k, v] for k, v in headers], "end": rest is None}

@@ -16,6 +16,12 @@ It protects the paired user from other web pages the browser has open:
   marks as coming from another site (``Sec-Fetch-Site``, ``Origin``) is
   refused (403).
 
+A request body streams: the relayed request starts once the browser's
+headers are in, and the body follows as the socket delivers it, paced by the
+connector's 1 MiB credit window (while the window is full the browser's
+socket is not read), so an upload of any size holds about the window plus one
+socket read in memory.  A browser that leaves mid-upload cancels the request.
+
 When the gateway or the connector cannot be reached, the browser gets a short
 error page that says which; a request in flight when the session resets fails
 (its connection is cut if the response had started) and is never replayed.
@@ -24,6 +30,7 @@ error page that says which; a request in flight when the session resets fails
 from __future__ import annotations
 
 import html
+import io
 import ipaddress
 import re
 from urllib.parse import urlsplit, urlunsplit
@@ -37,6 +44,7 @@ from zope.interface import implementer
 
 from linchpin_common.contract import e2e
 
+from .client import BodyStream
 from .errors import (ConnectorOffline, DeviceError, DeviceNotAccepted, GatewayUnreachable, PairingRejected, RequestRefused,
                      RequestTimeout, SessionLost)
 
@@ -179,7 +187,24 @@ class LocalProxy(resource.Resource):
         self.link = link
         self.host_check = host_check
 
+    def begin(self, request) -> BodyStream | None:
+        """A :class:`StreamingRequest`'s headers are in: start relaying it, and
+        return the stream its body goes to (None: it will be refused, its
+        body is dropped)."""
+        host = request.getHeader(b"host")
+        if not self.host_check(host) or cross_site(request, host):
+            return None
+        upload = BodyStream()
+        # The window full, the browser's socket is not read until acks come.
+        upload.register_producer(request.channel.transport)
+        request.notifyFinish().addErrback(lambda _: upload.abort())  # the browser left: cancel
+        request.relaying = defer.ensureDeferred(self._forward(request, upload)).addErrback(
+            lambda f: self.log.failure("relaying a request failed", f))
+        return upload
+
     def render(self, request):
+        if getattr(request, "relaying", None) is not None:
+            return server.NOT_DONE_YET  # started at its headers (begin)
         host = request.getHeader(b"host")
         if not self.host_check(host):
             return render_error(request, 403, "Unknown host name",
@@ -191,17 +216,21 @@ class LocalProxy(resource.Resource):
             lambda f: self.log.failure("relaying a request failed", f))
         return server.NOT_DONE_YET
 
-    async def _forward(self, request) -> None:
+    async def _forward(self, request, upload: BodyStream | None = None) -> None:
         gone = []
         request.notifyFinish().addErrback(lambda _: gone.append(True))
+        received = getattr(request, "received", None)
         headers = [(k.decode("latin-1"), v.decode("latin-1"))
                    for k, values in request.requestHeaders.getAllRawHeaders() for v in values
                    if k.decode("latin-1").lower() not in REQUEST_DROPPED]
         try:
             # Bytes as they came: the connector refuses a path that is not printable ASCII.
             response = await self.link.request(request.method.decode("latin-1"), request.uri.decode("latin-1"),
-                                               headers, _body(request))
+                                               headers, _body(request) if upload is None else upload)
         except Exception as e:
+            if upload is not None:
+                upload.discard()  # the rest of the body is read and dropped
+                await received  # the answer can only be written once the body is in
             if not gone:
                 status, title, text = error_page(e)
                 if status == 500:
@@ -209,6 +238,9 @@ class LocalProxy(resource.Resource):
                 request.write(render_error(request, status, title, text))
                 request.finish()
             return
+        if upload is not None and not received.called:
+            upload.discard()  # the app answered before the whole body was sent
+            await received
         if gone:
             response.cancel()
             return
@@ -277,11 +309,56 @@ def _body(request):
     return content
 
 
+class StreamingRequest(server.Request):
+    """A request relayed from its headers on (twisted.web would otherwise
+    read the whole body first): :meth:`LocalProxy.begin` starts it in
+    :meth:`gotLength` and each part of the body goes to the device's
+    :class:`BodyStream` as the channel decodes it (Content-Length or chunked).
+    A request without a body is handled as twisted.web does."""
+
+    relaying: defer.Deferred | None = None  # the relay, started at the headers
+    received: defer.Deferred | None = None  # fires once the body is in (or the browser left)
+    upload: BodyStream | None = None
+
+    def gotLength(self, length):
+        if length == 0:
+            super().gotLength(length)
+            return
+        self.content = io.BytesIO()  # stays empty: the body is relayed, not kept
+        self.received = defer.Deferred()
+        self.method, self.uri = self.channel._command, self.channel._path
+        self.upload = self.channel.site.resource.begin(self)
+
+    def handleContentChunk(self, data):
+        if self.received is None:
+            super().handleContentChunk(data)
+        elif self.upload is not None:
+            self.upload.write(data)
+
+    def requestReceived(self, command, path, version):
+        if self.upload is not None:
+            self.upload.end()
+        super().requestReceived(command, path, version)
+        if self.received is not None and not self.received.called:
+            self.received.callback(None)
+
+    def connectionLost(self, reason):
+        super().connectionLost(reason)
+        if self.received is not None and not self.received.called:
+            self.received.callback(None)
+
+
+def make_site(proxy: LocalProxy, reactor=None) -> server.Site:
+    site = server.Site(proxy, reactor=reactor)
+    site.requestFactory = StreamingRequest
+    site.displayTracebacks = False
+    return site
+
+
 async def listen(reactor, device, endpoint: str = DEFAULT_LISTEN):
     """Serve the intranet through ``device`` on ``endpoint``; returns the listening port."""
     proxy = LocalProxy(DeviceLink(device), HostCheck("127.0.0.1", 0))
-    site = server.Site(proxy)
-    site.displayTracebacks = False
+    site = make_site(proxy, reactor)
     port = await endpoints.serverFromString(reactor, endpoint).listen(site)
     address = port.getHost()  # port 0 picks one: the Host check needs the real one
     proxy.host_check = HostCheck(address.host, address.port)
