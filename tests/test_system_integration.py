@@ -51,6 +51,8 @@ def test_upload_and_large_download(system, tmp_path):
     (tmp_path / "blob").write_bytes(blob)
     answer = json.loads(device(state, "request", "--data", f"@{tmp_path / 'blob'}", "/upload").stdout)
     assert answer == {"bytes": len(blob), "sha256": hashlib.sha256(blob).hexdigest()}
+    piped = cli("lmdevice", "--state", state, "request", "--data", "-", "/upload", stdin=blob).stdout
+    assert json.loads(piped) == answer  # standard input streams as it is read
 
     size = 20 * 1024 * 1024
     relayed = device(state, "request", f"/download?size={size}").stdout
