@@ -34,6 +34,17 @@ def add_proxy_options(parser) -> None:
                         help=f"file whose first line is the proxy password (or set {PASSWORD_ENV})")
 
 
+def parse_command_line(parser, argv, prog: str):
+    """Parse ``argv`` and attach the proxy settings as ``args.proxy_config``;
+    a bad proxy setting ends the command with one line and status 2."""
+    args = parser.parse_args(argv)
+    try:
+        args.proxy_config = proxy_config(args)
+    except ProxySettingsError as e:
+        parser.exit(2, f"{prog}: {e}\n")
+    return args
+
+
 def proxy_config(args) -> ProxyConfig:
     """The proxy settings of parsed arguments; :class:`ProxySettingsError` says what is wrong."""
     if url_has_password(args.proxy):

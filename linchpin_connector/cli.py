@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from linchpin_common import __version__, console
 from linchpin_common.console import UNREACHABLE
 from linchpin_common.files import write_private_file
-from linchpin_common.http_proxy import ProxyError, ProxySettingsError
+from linchpin_common.http_proxy import ProxyError
 from linchpin_common.gateway_client import GatewayAPI, GatewayError, InsecureURL, check_gateway_url, make_http_client
 from linchpin_common.tls import CAFileError, TLSFailure
 
@@ -166,12 +166,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> None:
-    parser = _parser()
-    args = parser.parse_args(argv)
-    try:
-        args.proxy_config = console.proxy_config(args)
-    except ProxySettingsError as e:
-        parser.exit(2, f"lmconnector: {e}\n")
+    args = console.parse_command_line(_parser(), argv, "lmconnector")
 
     async def run(reactor):
         try:

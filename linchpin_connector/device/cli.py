@@ -9,7 +9,6 @@ from twisted.internet import defer
 from twisted.web.http import RESPONSES
 
 from linchpin_common import __version__, console
-from linchpin_common.http_proxy import ProxySettingsError
 
 from .client import DEFAULT_TIMEOUT, BodyStream, Device, feed, pair
 from . import serve
@@ -157,12 +156,7 @@ def _next_step(error: Exception) -> str:
 
 
 def main(argv=None) -> None:
-    parser = _parser()
-    args = parser.parse_args(argv)
-    try:
-        args.proxy_config = console.proxy_config(args)
-    except ProxySettingsError as e:
-        parser.exit(2, f"lmdevice: {e}\n")
+    args = console.parse_command_line(_parser(), argv, "lmdevice")
 
     async def run(reactor):
         try:
