@@ -459,12 +459,10 @@ class _OutputWatch:
         self.protocol = protocol
 
     def pauseProducing(self):
-        if self.protocol.mqtt is not None:
-            self.protocol.mqtt.output_paused()
+        self.protocol.output_backed_up(True)
 
     def resumeProducing(self):
-        if self.protocol.mqtt is not None:
-            self.protocol.mqtt.output_resumed()
+        self.protocol.output_backed_up(False)
 
     def stopProducing(self):
         pass
@@ -484,6 +482,8 @@ class MQTTServerProtocol(LeanReceive, WebSocketServerProtocol):
     _host_key: str | None = None  # per-address limits key
     _accepted_at: float | None = None  # when the socket was accepted (handed over by the HTTP channel)
     _release_connection = None  # gives back the address's connection slot
+    _backed_up = False  # the socket's send buffer is full
+    _pong_owed: bytes | None = None  # the latest ping's payload, unanswered while backed up
 
     def connectionMade(self):
         super().connectionMade()
@@ -532,6 +532,28 @@ class MQTTServerProtocol(LeanReceive, WebSocketServerProtocol):
             self._unauthenticated = False
             self.factory.unauthenticated -= 1
             self.factory.pending_per_address.release(self._host_key)
+
+    def output_backed_up(self, full: bool) -> None:
+        """The socket's send buffer filled (or drained)."""
+        self._backed_up = full
+        if self.mqtt is not None:
+            if full:
+                self.mqtt.output_paused()
+            else:
+                self.mqtt.output_resumed()
+        if not full and self._pong_owed is not None:
+            payload, self._pong_owed = self._pong_owed, None
+            self.sendPong(payload)
+
+    def onPing(self, payload):
+        # A pong per ping would let a client that pings and never reads fill
+        # the socket's buffer without bound (pongs bypass the session's
+        # outbound cap).  RFC 6455 section 5.5.3 allows answering only the
+        # latest ping: while backed up, that one is answered once it drains.
+        if self._backed_up:
+            self._pong_owed = payload
+            return
+        super().onPing(payload)
 
     # -- what MQTTSession needs of its transport --
 

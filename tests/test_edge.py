@@ -207,3 +207,23 @@ def test_a_pipelined_request_being_handled_is_not_cut(make_gateway):
     held[1].write(b"done")
     held[1].finish()
     assert b"\r\ndone\r\n" in sock.value() and not sock.aborted
+
+
+def test_pings_while_the_socket_is_backed_up_are_answered_once(make_gateway):
+    """A client that pings and never reads: before, every ping queued a pong
+    in the socket's send buffer, without bound."""
+    from tests.test_wsframes import PING, PONG, frame, server_frames
+
+    gw = make_gateway()
+    channel, sock = connect(gw)
+    upgrade(channel)
+    (ws,) = gw.ws_factory.live
+    sock.clear()
+    sock.producer.pauseProducing()  # the socket's send buffer is full
+    for i in range(1000):
+        ws.dataReceived(frame(PING, b"%d" % i))
+    assert sock.value() == b""
+    sock.producer.resumeProducing()
+    assert server_frames(sock.value()) == [(PONG, b"999")]  # the latest only (RFC 6455 section 5.5.3)
+    ws.dataReceived(frame(PING, b"again"))
+    assert server_frames(sock.value()) == [(PONG, b"999"), (PONG, b"again")]
