@@ -9,11 +9,11 @@ from __future__ import annotations
 import json
 
 from .ids import is_hex_id
+from .wire import SUBACK_FAILURE  # noqa: F401 (the SUBACK code a refused filter gets)
 
 UP_FILTER = "devices/+/up"  # the connector's subscription: every device's up topic
 STATUS = "$gateway/status"  # gateway -> device: is the connector online
 EVENTS = "$gateway/events"  # gateway -> connector: device lifecycle events
-SUBACK_FAILURE = 0x80
 
 EVENT_PAIRED = "device_paired"
 EVENT_CONNECTED = "device_connected"
