@@ -20,9 +20,9 @@ import os
 
 from twisted.internet import defer
 
-from linchpin_common.workers import ThreadWorker
+from linchpin_common.workers import BoundedWorker, ThreadWorker
 
-from .config import MIN_ITERATIONS
+from .config import DEFAULTS, MIN_ITERATIONS
 
 SALT_BYTES = 16
 _ALGORITHM = "pbkdf2_sha256"
@@ -74,18 +74,23 @@ class Hasher:
     and :meth:`hash` fail at once with :class:`Overloaded`.
     """
 
-    def __init__(self, reactor, iterations: int = MIN_ITERATIONS, worker=None, max_pending: int = 256):
+    def __init__(self, reactor, iterations: int = MIN_ITERATIONS, worker=None,
+                 max_pending: int = DEFAULTS.hash_queue):
         if iterations < MIN_ITERATIONS:
             raise ValueError(f"PBKDF2 iterations must be at least {MIN_ITERATIONS}")
         self.iterations = iterations
-        self.worker = worker or ThreadWorker(reactor, "lmgateway-pbkdf2", max(1, os.cpu_count() or 1))
-        self.max_pending = max_pending
-        self.pending = 0
+        self.worker = BoundedWorker(
+            worker or ThreadWorker(reactor, "lmgateway-pbkdf2", max(1, os.cpu_count() or 1)), max_pending, Overloaded)
         # What an unknown, pending or revoked id is checked against: the
         # configured iteration count (so it costs what a real check costs)
         # and a random "hash" no password can match (2**-256), made without
         # running PBKDF2 at all.
         self._dummy = _encode(iterations, os.urandom(SALT_BYTES), os.urandom(32))
+
+    @property
+    def pending(self) -> int:
+        """Jobs queued or running."""
+        return self.worker.pending
 
     def start(self) -> None:
         self.worker.start()
@@ -93,24 +98,13 @@ class Hasher:
     def stop(self) -> None:
         self.worker.stop()
 
-    def _run(self, fn, *args) -> defer.Deferred:
-        if self.pending >= self.max_pending:
-            return defer.fail(Overloaded())
-        self.pending += 1
-
-        def done(result):
-            self.pending -= 1
-            return result
-
-        return self.worker.run(fn, *args).addBoth(done)
-
     def hash(self, password: str) -> defer.Deferred:
-        return self._run(hash_password, password, self.iterations)
+        return self.worker.run(hash_password, password, self.iterations)
 
     def verify(self, password: str, encoded: str | None) -> defer.Deferred:
         """Deferred[bool]; ``encoded=None`` (unknown principal) costs a real check
         at the configured iteration count, so it is no timing oracle."""
-        return self._run(self._verify, password, encoded)
+        return self.worker.run(self._verify, password, encoded)
 
     def _verify(self, password: str, encoded: str | None) -> bool:
         return verify_password(password, encoded or self._dummy)
