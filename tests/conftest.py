@@ -2,6 +2,7 @@ import base64
 import json
 
 import pytest
+from twisted.internet import defer
 from twisted.internet.testing import MemoryReactorClock
 
 from linchpin_gateway.config import GatewayConfig
@@ -46,6 +47,30 @@ def make_gateway(tmp_path):
     yield make
     for gateway in made:
         gateway.store.stop()
+
+
+class HeldWorker:
+    """A worker that runs its jobs only when told, like a busy thread pool."""
+
+    def __init__(self):
+        self.jobs = []  # (Deferred, fn, args), oldest first
+
+    def start(self):
+        pass
+
+    def stop(self):
+        pass
+
+    def run(self, fn, *args):
+        d = defer.Deferred()
+        self.jobs.append((d, fn, args))
+        return d
+
+    def release(self):
+        """Run every queued job in order, also those queued meanwhile."""
+        while self.jobs:
+            d, fn, args = self.jobs.pop(0)
+            d.callback(fn(*args))
 
 
 def basic(user, password):

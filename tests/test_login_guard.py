@@ -315,27 +315,7 @@ def test_parallel_wrong_basic_logins_are_checked_at_most_4_at_a_time(tmp_path):
     from linchpin_gateway.config import GatewayConfig
     from linchpin_gateway.service import Gateway
     from linchpin_gateway.store import SQLiteStore
-    from tests.conftest import basic
-
-    class HeldWorker:
-        def __init__(self):
-            self.jobs = []
-
-        def start(self):
-            pass
-
-        def stop(self):
-            pass
-
-        def run(self, fn, *args):
-            d = defer.Deferred()
-            self.jobs.append((d, fn, args))
-            return d
-
-        def release(self):
-            jobs, self.jobs = self.jobs, []
-            for d, fn, args in jobs:
-                d.callback(fn(*args))
+    from tests.conftest import HeldWorker, basic
 
     reactor = MemoryReactorClock()
     hashing = HeldWorker()

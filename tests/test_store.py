@@ -11,6 +11,7 @@ from linchpin_connector.state import MAX_PENDING, ConnectorState, NotRegistered
 from linchpin_gateway import hashing
 from linchpin_gateway.store import DB_NAME, SQLiteStore, StoreError
 from linchpin_common.workers import InlineWorker
+from tests.conftest import HeldWorker
 from tests.services import postgresql  # noqa: F401  (fixture)
 from tests.test_api import result
 
@@ -124,28 +125,14 @@ def test_password_hash_format_and_verify():
 
 
 def test_hasher_queue_is_bounded():
-    from twisted.internet import defer
-
-    class Held:
-        def __init__(self):
-            self.jobs = []
-
-        def start(self):
-            pass
-
-        def run(self, fn, *args):
-            d = defer.Deferred()
-            self.jobs.append(d)
-            return d
-
-    worker = Held()
+    worker = HeldWorker()
     hasher = hashing.Hasher(None, worker=worker, max_pending=2)
     hasher.verify("a", None)
     hasher.verify("b", None)
     failed = []
     hasher.verify("c", None).addErrback(failed.append)
     assert failed[0].check(hashing.Overloaded)
-    worker.jobs[0].callback(True)
+    worker.jobs[0][0].callback(True)
     assert hasher.pending == 1
     hasher.verify("d", None)  # room again
     assert len(worker.jobs) == 3

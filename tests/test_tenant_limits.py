@@ -12,7 +12,7 @@ from twisted.internet import defer
 from linchpin_common.contract import wire
 from linchpin_common.workers import BoundedWorker, InlineWorker
 from linchpin_gateway.store import StoreUnavailable
-from tests.conftest import basic
+from tests.conftest import HeldWorker, basic
 from tests.test_api import Client, result
 from tests.test_edge import connect, upgrade
 from tests.support import connect_packet
@@ -88,31 +88,17 @@ def test_live_device_sessions_per_instance_are_capped(make_gateway):
 
 
 def test_the_store_queue_is_bounded():
-    held = []
-
-    class Held:
-        def start(self):
-            pass
-
-        def stop(self):
-            pass
-
-        def run(self, fn, *args):
-            d = defer.Deferred()
-            held.append((d, fn, args))
-            return d
-
-    worker = BoundedWorker(Held(), 3, lambda: StoreUnavailable("full"))
+    held = HeldWorker()
+    worker = BoundedWorker(held, 3, lambda: StoreUnavailable("full"))
     ds = [worker.run(lambda: 1) for _ in range(3)]
     refused = worker.run(lambda: 1)
     failures = []
     refused.addErrback(failures.append)
     assert failures and failures[0].check(StoreUnavailable)
-    for d, fn, args in held:
-        d.callback(fn(*args))
+    held.release()
     assert [result(d) for d in ds] == [1, 1, 1] and worker.pending == 0
     worker.run(lambda: 2)  # room again
-    assert len(held) == 4
+    assert len(held.jobs) == 1
 
 
 def test_a_full_store_queue_is_a_503(make_gateway):
@@ -145,29 +131,7 @@ def test_parallel_additions_cannot_race_past_the_cap(tmp_path):
     from linchpin_gateway.service import Gateway
     from linchpin_gateway.store import SQLiteStore
 
-    class Queued:
-        """A store worker that runs jobs only when told (like a busy thread)."""
-
-        def __init__(self):
-            self.jobs = []
-
-        def start(self):
-            pass
-
-        def stop(self):
-            pass
-
-        def run(self, fn, *args):
-            d = defer.Deferred()
-            self.jobs.append((d, fn, args))
-            return d
-
-        def drain(self):
-            while self.jobs:
-                d, fn, args = self.jobs.pop(0)
-                d.callback(fn(*args))
-
-    worker = Queued()
+    worker = HeldWorker()
     reactor = MemoryReactorClock()
     store = SQLiteStore(reactor, str(tmp_path / "gw"), worker=worker)
     gw = Gateway(reactor, store, GatewayConfig(max_pending_devices=3, instance_rest_limit=0),
@@ -181,7 +145,7 @@ def test_parallel_additions_cannot_race_past_the_cap(tmp_path):
         for _ in range(16):
             d = defer.ensureDeferred(gw.accounts.add_device(instance_id))
             d.addCallbacks(lambda _: outcomes.append("made"), lambda f: outcomes.append(type(f.value).__name__))
-        worker.drain()
+        worker.release()
         assert sorted(outcomes) == ["LimitReached"] * 14 + ["made"] * 2
     finally:
         store.stop()
@@ -189,5 +153,5 @@ def test_parallel_additions_cannot_race_past_the_cap(tmp_path):
 
 def result_of(coroutine, worker):
     d = defer.ensureDeferred(coroutine)
-    worker.drain()
+    worker.release()
     return result(d)
