@@ -88,10 +88,6 @@ class Accounts:
         self._adding: dict[str, defer.DeferredLock] = {}  # instance -> its device additions, one at a time
         self._token = registration_token.encode("utf-8") if registration_token else None
 
-    @property
-    def registration_open(self) -> bool:
-        return self._token is None
-
     def authorize_registration(self, token: str | None) -> None:
         """Raise :class:`Unauthorized` unless registration is open or ``token`` is right."""
         if self._token is not None and not hmac.compare_digest((token or "").encode("utf-8"), self._token):

@@ -96,12 +96,6 @@ class Authenticator:
     # -- checks ----------------------------------------------------------------------
 
     @defer.inlineCallbacks
-    def check_instance(self, instance_id: str, password: str):
-        """Deferred[bool]. Raises hashing.Overloaded when the pool is full."""
-        principal = yield self.authenticate(instance_id, password)
-        return principal is not None and principal.role == CONNECTOR
-
-    @defer.inlineCallbacks
     def authenticate(self, username: str, password: str):
         """Deferred[Principal | None].
 

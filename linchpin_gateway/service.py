@@ -38,7 +38,6 @@ class Gateway(service.MultiService):
         """``bus``: the :class:`~.bus.IBus` joining this node to others, or None (alone)."""
         super().__init__()
         self.reactor = reactor
-        self.clock = reactor
         self.config = config
         self.store = store
         self.stats = Stats()
