@@ -13,6 +13,7 @@ import io
 import json
 from datetime import datetime, timezone
 
+from autobahn.twisted.resource import WebSocketResource
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.web import http, server
@@ -23,7 +24,6 @@ from .auth import LoginRefused
 from .hashing import Overloaded
 from .ratelimit import address_key
 from .router import CONNECTOR
-from .session import MQTTResource
 from .store import StoreUnavailable
 
 MAX_BODY = 64 * 1024
@@ -176,6 +176,30 @@ class Health(_AsyncResource):
             except Exception:
                 raise ApiError(503, "unavailable", f"{name} unreachable", {"Retry-After": "5"})
         return 200, {"status": self.status}
+
+
+class MQTTResource(WebSocketResource):
+    """``/mqtt``: WebSocket upgrades only; anything else gets the API's JSON errors.
+
+    The HTTP channel's idle timeout must not outlive the upgrade.
+    """
+
+    def render(self, request):
+        if request.postpath and request.postpath != [b""]:
+            _error_response(request, ApiError(404, *NOT_FOUND))
+            return server.NOT_DONE_YET
+        if (request.getHeader("upgrade") or "").lower() != "websocket":
+            _error_response(request, ApiError(400, "bad_request",
+                                              "this is the MQTT-over-WebSocket endpoint: upgrade required"))
+            return server.NOT_DONE_YET
+        request.channel.setTimeout(None)
+        # The socket keeps its accept time and its per-address connection
+        # slot when it becomes a WebSocket.
+        self._factory._handover = request.channel
+        try:
+            return super().render(request)
+        finally:
+            self._factory._handover = None
 
 
 class Root(Resource):

@@ -9,10 +9,8 @@ only moves WebSocket messages in and out of it.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
-from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny
 from twisted.internet import defer
@@ -707,30 +705,3 @@ class MQTTWebSocketFactory(WebSocketServerFactory):
             return result
 
         return d.addBoth(stop_timer)
-
-
-class MQTTResource(WebSocketResource):
-    """``/mqtt``: WebSocket upgrades only; anything else gets the API's JSON errors.
-
-    The HTTP channel's idle timeout must not outlive the upgrade.
-    """
-
-    def render(self, request):
-        if request.postpath and request.postpath != [b""]:
-            return _json_error(request, 404, "not_found", "no such resource")
-        if (request.getHeader("upgrade") or "").lower() != "websocket":
-            return _json_error(request, 400, "bad_request", "this is the MQTT-over-WebSocket endpoint: upgrade required")
-        request.channel.setTimeout(None)
-        # The socket keeps its accept time and its per-address connection
-        # slot when it becomes a WebSocket.
-        self._factory._handover = request.channel
-        try:
-            return super().render(request)
-        finally:
-            self._factory._handover = None
-
-
-def _json_error(request, status: int, code: str, message: str) -> bytes:
-    request.setResponseCode(status)
-    request.setHeader("Content-Type", "application/json")
-    return json.dumps({"error": code, "message": message}).encode()
