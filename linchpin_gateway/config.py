@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field, fields
 
+from linchpin_common.contract.wire import DEFAULT_MAX_REMAINING_LENGTH
+
 MIN_ITERATIONS = 100_000  # PBKDF2 floor (PROTOCOL.md section 1)
 MIN_MESSAGE_SIZE = 512 * 1024  # the smallest packet cap PROTOCOL.md allows
 REGISTRATION_TOKEN_ENV = "LMGATEWAY_REGISTRATION_TOKEN"
@@ -33,7 +35,7 @@ class GatewayConfig:
     pbkdf2_iterations: int = MIN_ITERATIONS
     hash_queue: int = 256  # PBKDF2 jobs queued or running; beyond: CONNACK 3 / HTTP 503
     # MQTT sessions.
-    max_message_size: int = 1048576
+    max_message_size: int = DEFAULT_MAX_REMAINING_LENGTH  # 1 MiB (PROTOCOL.md section 4)
     max_outbound: int = 4 * 1024 * 1024  # bytes queued for a client that stopped reading
     max_sessions: int = 50_000
     max_pending_logins: int = 1024  # WebSocket sessions awaiting CONNACK
