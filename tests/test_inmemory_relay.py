@@ -5,8 +5,6 @@ No socket, no thread, no sleep."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
 from treq.testing import StubTreq
 from twisted.internet import defer
@@ -139,10 +137,6 @@ def test_wrong_password_is_refused_with_connack_4(world):
     with pytest.raises(mqtt_client.ConnectionRefused) as info:
         net.connect(creds["device_id"], "not the password")
     assert info.value.code == 4
-
-
-def test_status_payloads_parse(world):
-    assert json.loads(topics.status_payload(True)) == {"connector": "online"}
 
 
 def test_the_gateway_reads_client_frames_with_the_lean_reader(world):
