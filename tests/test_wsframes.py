@@ -105,13 +105,28 @@ def server_frames(data: bytes) -> list:
     return frames
 
 
-def run(protocol_class, data: bytes, piece: int | None, with_handshake: bool = False):
-    factory = WebSocketServerFactory("ws://gw.test/mqtt", protocols=["mqtt"], reactor=MemoryReactorClock())
+def connected(protocol_class, reactor=None):
+    """A server protocol with the gateway's options on an in-memory socket,
+    before the opening handshake: (protocol, transport)."""
+    factory = WebSocketServerFactory("ws://gw.test/mqtt", protocols=["mqtt"], reactor=reactor or MemoryReactorClock())
     factory.setProtocolOptions(**websocket_options(MIN_MESSAGE_SIZE))
     factory.protocol = protocol_class
     protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 80))
     transport = Transport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40000))
     protocol.makeConnection(transport)
+    return protocol, transport
+
+
+def opened(protocol_class, reactor=None):
+    """:func:`connected`, after the opening handshake, with nothing written yet."""
+    protocol, transport = connected(protocol_class, reactor)
+    protocol.dataReceived(HANDSHAKE)
+    transport.clear()
+    return protocol, transport
+
+
+def run(protocol_class, data: bytes, piece: int | None, with_handshake: bool = False):
+    protocol, transport = connected(protocol_class)
     if with_handshake:  # the frames arrive in the same read as the handshake
         protocol.dataReceived(HANDSHAKE + data[:piece or len(data)])
         data = data[piece or len(data):]
@@ -310,14 +325,7 @@ def test_7_nothing_after_a_close_is_delivered_or_answered():
 
 def test_7_close_after_the_server_closed_completes_the_handshake():
     for cls in (Recorder, LeanRecorder):
-        factory = WebSocketServerFactory("ws://gw.test/mqtt", protocols=["mqtt"], reactor=MemoryReactorClock())
-        factory.setProtocolOptions(**websocket_options(MIN_MESSAGE_SIZE))
-        factory.protocol = cls
-        protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 80))
-        transport = Transport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40000))
-        protocol.makeConnection(transport)
-        protocol.dataReceived(HANDSHAKE)
-        transport.clear()
+        protocol, transport = opened(cls)
         protocol.sendClose(code=1000)
         assert server_frames(transport.value()) == NORMAL_CLOSE
         protocol.dataReceived(frame(BINARY, b"in flight") + close_frame(1000))
@@ -355,14 +363,7 @@ def test_autobahn_send_queue_still_works_after_the_lean_path_started():
     # Autobahn queues (sync sends, chopped frames) still goes out in order.
     for cls in (Recorder, LeanRecorder):
         reactor = MemoryReactorClock()
-        factory = WebSocketServerFactory("ws://gw.test/mqtt", protocols=["mqtt"], reactor=reactor)
-        factory.setProtocolOptions(**websocket_options(MIN_MESSAGE_SIZE))
-        factory.protocol = cls
-        protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 80))
-        transport = Transport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40000))
-        protocol.makeConnection(transport)
-        protocol.dataReceived(HANDSHAKE)
-        transport.clear()
+        protocol, transport = opened(cls, reactor)
         protocol.sendMessage(b"abcdef", isBinary=True, sync=True)
         protocol.sendMessage(b"ghi", isBinary=True)
         for _ in range(4):
