@@ -19,10 +19,14 @@ from datetime import datetime
 
 from twisted.logger import Logger
 
+from linchpin_common.contract import topics
+
 from ..enrolment import create_device, revoke_device
 
 MAX_PENDING_PER_USER = 5
-STATES = ("pending", "paired", "connected")
+# What a gateway event (other than revoked) says about a device's state.
+_EVENT_STATE = {topics.EVENT_PAIRED: "paired", topics.EVENT_CONNECTED: "connected",
+                topics.EVENT_DISCONNECTED: "paired"}
 
 
 class NotYourDevice(Exception):
@@ -145,16 +149,14 @@ class PairingDesk:
     # -- from the gateway (ConnectorService observers) ----------------------------------
 
     def gateway_event(self, name: str, device_id: str) -> None:
-        if name == "device_revoked":
+        if name == topics.EVENT_REVOKED:
             self._forget(device_id)
             return
-        state = {"device_paired": "paired", "device_connected": "connected",
-                 "device_disconnected": "paired"}.get(name)
+        state = _EVENT_STATE.get(name)
         if state is None:
             return
         self.gateway_state[device_id] = state
-        if state != "pending":
-            self.pairings.pop(device_id, None)
+        self.pairings.pop(device_id, None)  # paired: its code is spent
         if device_id in self.owners:
             self._changed(device_id)
         else:  # made by the CLI: look its user up
