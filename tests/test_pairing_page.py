@@ -296,3 +296,31 @@ def test_connector_options_for_the_pairing_page(world, tmp_path):
     assert web.user_header == "X-Remote-User"
     with pytest.raises(usage.UsageError, match="web-user-header"):
         tap.Options().parseOptions(["--backend", "http://x", "--web-user-header", "X User"])
+
+
+def test_pairs_made_at_once_stay_within_the_pending_bound(world):
+    """Requests that overlap while the gateway is slow each saw fewer devices
+    than the bound; together they must not pass it."""
+    from twisted.internet import defer
+
+    from linchpin_connector.web.desk import TooManyPending
+
+    answers = []
+    real = world.api.add_device
+
+    def slow():
+        d = defer.Deferred()
+        answers.append((d, real))
+        return d
+
+    world.api.add_device = slow
+    outcomes = [defer.ensureDeferred(world.desk.pair("alice")) for _ in range(MAX_PENDING_PER_USER + 3)]
+    refused = [d for d in outcomes if d.called]
+    for d in refused:
+        d.addErrback(lambda f: f.trap(TooManyPending))
+    assert len(answers) == MAX_PENDING_PER_USER and len(refused) == 3
+    for d, make in answers:
+        defer.ensureDeferred(make()).chainDeferred(d)
+    assert len(world.api.devices) == MAX_PENDING_PER_USER
+    assert all(d.called for d in outcomes) and len(rows(world.call("GET")[1])) == MAX_PENDING_PER_USER
+    assert world.desk._creating == {}

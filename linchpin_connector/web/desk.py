@@ -68,6 +68,7 @@ class PairingDesk:
         self.pairings: dict[str, Pairing] = {}  # device_id -> pairing shown until paired
         self.owners: dict[str, str] = {}  # device_id -> user, for telling the right watchers
         self.watchers: dict[str, set] = {}
+        self._creating: dict[str, int] = {}  # user -> pairs being made (not yet in the state)
 
     # -- what a user sees and does ---------------------------------------------------
 
@@ -93,10 +94,19 @@ class PairingDesk:
 
     async def pair(self, user: str) -> Pairing:
         """Create a device for ``user`` at the gateway and here; returns its pairing code."""
-        pending = [d for d in await self.devices(user) if d.state == "pending"]
-        if len(pending) >= MAX_PENDING_PER_USER:
-            raise TooManyPending(f"{len(pending)} devices are waiting to be paired: remove one first")
-        device = await create_device(self.api, self.state, user, self.connector_public_key)
+        # Counted before the first wait: pairs of one user that overlap
+        # (the gateway is slow) each count the others still being made.
+        self._creating[user] = self._creating.get(user, 0) + 1
+        try:
+            pending = [d for d in await self.devices(user) if d.state == "pending"]
+            waiting = len(pending) + self._creating[user] - 1
+            if waiting >= MAX_PENDING_PER_USER:
+                raise TooManyPending(f"{waiting} devices are waiting to be paired: remove one first")
+            device = await create_device(self.api, self.state, user, self.connector_public_key)
+        finally:
+            left = self._creating.pop(user) - 1
+            if left:
+                self._creating[user] = left
         device_id = device.device_id
         pairing = Pairing(device_id, device.uri, _epoch(device.expires_at))
         self.pairings[device_id] = pairing
