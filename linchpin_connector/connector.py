@@ -21,9 +21,10 @@ from linchpin_common.contract import e2e, topics
 from linchpin_common.contract.channel import AnsweredHellos, ChannelEndpoint, Outcome
 from linchpin_common.gateway_client import GatewayAPI, GatewayLink, make_http_client
 from linchpin_common.metrics import metrics_site
+from linchpin_common.slots import Slots
 from linchpin_common.workers import ThreadWorker
 
-from .proxy import USER_IN_FLIGHT, InFlightPerUser, RequestProxy
+from .proxy import USER_IN_FLIGHT, RequestProxy
 from .state import AsyncState, ConnectorState
 
 MAX_QUEUED_HELLOS = 4  # per device, behind the one being answered
@@ -276,7 +277,7 @@ class ConnectorService(service.MultiService):
         starts."""
         super().__init__()
         self.public_host = public_host
-        self.user_slots = InFlightPerUser(user_in_flight)  # shared by every device of a user
+        self.user_slots = Slots(user_in_flight)  # shared by every device of a user
         self.proxy = proxy
         self.reactor = reactor
         self.data_dir = data_dir

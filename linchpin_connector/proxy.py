@@ -47,7 +47,7 @@ Decisions where PROTOCOL.md leaves room:
   response starting, backend bytes and device acks of more than 0 bytes
   (before the response, upload progress counts too). A stalled upload, a
   silent backend or a device that stops acking ends in ``err timeout``.
-* One user's devices together have at most ``user_slots.limit`` requests in
+* One user's devices together have at most ``user_slots.per_key`` requests in
   flight (default 32); beyond, ``err busy``.
 * Forwarding headers (every ``X-Forwarded-*``, ``Forwarded``, ``X-Real-IP``
   and the like, see ``FORWARDING``) are never taken from a device: the
@@ -75,8 +75,9 @@ from zope.interface import implementer
 
 from linchpin_common.contract.channel import ReceiveWindow, SendWindow
 from linchpin_common.contract.e2e import MAX_BODY_CHUNK, MAX_IN_FLIGHT, MessageError, encode_message
+from linchpin_common.slots import Slots
 
-__all__ = ["RequestProxy", "InFlightPerUser", "path_allowed", "MAX_ID"]
+__all__ = ["RequestProxy", "path_allowed", "MAX_ID"]
 
 MAX_ID = 2**53 - 1
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "te", "trailer", "transfer-encoding", "upgrade"})
@@ -201,7 +202,7 @@ class RequestProxy:
 
     def __init__(self, *, http_client, backend_url: str, user: str, send, clock,
                  allow_paths=("/",), user_header: str = "X-Forwarded-User",
-                 response_timeout: float = 60.0, user_slots: "InFlightPerUser | None" = None,
+                 response_timeout: float = 60.0, user_slots: Slots | None = None,
                  public_host: str | None = None):
         """``user_slots`` is shared by every session of the connector, so one
         user's devices together have at most its limit of requests in flight;
@@ -225,7 +226,7 @@ class RequestProxy:
         self.clock = clock
         self._prefixes = tuple(prefixes)
         self.response_timeout = response_timeout
-        self._user_slots = user_slots if user_slots is not None else InFlightPerUser(MAX_IN_FLIGHT)
+        self._user_slots = user_slots if user_slots is not None else Slots(MAX_IN_FLIGHT)
         if public_host is not None and (not public_host or _BAD_VALUE.search(public_host)
                                         or any(c in public_host for c in " /\\")):
             raise ValueError("public_host must be a host name, optionally with :port")
@@ -301,7 +302,7 @@ class RequestProxy:
             self._send_err(rid, "forbidden", "this path is not allowed")
             return
         if not self._user_slots.acquire(self._user):
-            self._send_err(rid, "busy", f"at most {self._user_slots.limit} requests of this user may be in flight")
+            self._send_err(rid, "busy", f"at most {self._user_slots.per_key} requests of this user may be in flight")
             return
         request = _Request(self, rid, header["method"])
         self._requests[rid] = request
@@ -320,33 +321,6 @@ class RequestProxy:
             headers.addRawHeader(name, value)
         headers.addRawHeader(self._user_header.encode("ascii"), self._user.encode("utf-8"))
         return headers
-
-
-class InFlightPerUser:
-    """Requests in flight per intranet user, across all of that user's devices."""
-
-    def __init__(self, limit: int = USER_IN_FLIGHT):
-        if limit < 1:
-            raise ValueError("the per-user limit must be at least 1")
-        self.limit = limit
-        self._held: dict[str, int] = {}
-
-    def acquire(self, user: str) -> bool:
-        n = self._held.get(user, 0)
-        if n >= self.limit:
-            return False
-        self._held[user] = n + 1
-        return True
-
-    def release(self, user: str) -> None:
-        n = self._held.get(user, 0) - 1
-        if n > 0:
-            self._held[user] = n
-        else:
-            self._held.pop(user, None)
-
-    def held(self, user: str) -> int:
-        return self._held.get(user, 0)
 
 
 @implementer(IBodyProducer)

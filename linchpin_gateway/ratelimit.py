@@ -9,14 +9,17 @@ are swept, so memory follows the number of addresses recently misbehaving.
 Every per-address limit keys on :func:`address_key`: an IPv4 address as it
 is, an IPv6 address by its /64 (one subscriber's whole allocation), so
 hopping through the addresses of one network buys nothing.
-:class:`Slots` caps how many of something (connections, logins awaiting an
-answer, password checks) one address holds at once.
+:class:`~linchpin_common.slots.Slots` (re-exported here) caps how many of
+something (connections, logins awaiting an answer, password checks) one
+address holds at once.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import math
+
+from linchpin_common.slots import Slots  # noqa: F401 (re-exported)
 
 
 def address_key(host: str) -> str:
@@ -30,37 +33,6 @@ def address_key(host: str) -> str:
             return str(ip.ipv4_mapped)
         return str(ipaddress.IPv6Network((int(ip) >> 64 << 64, 64)))
     return host
-
-
-class Slots:
-    """At most ``per_key`` held at once per key; memory follows the keys
-    holding at least one."""
-
-    def __init__(self, per_key: int):
-        if per_key < 1:
-            raise ValueError("a slot limit must be at least 1")
-        self.per_key = per_key
-        self._held: dict[str, int] = {}
-
-    def acquire(self, key: str) -> bool:
-        n = self._held.get(key, 0)
-        if n >= self.per_key:
-            return False
-        self._held[key] = n + 1
-        return True
-
-    def release(self, key: str) -> None:
-        n = self._held.get(key, 0) - 1
-        if n > 0:
-            self._held[key] = n
-        else:
-            self._held.pop(key, None)
-
-    def held(self, key: str) -> int:
-        return self._held.get(key, 0)
-
-    def __len__(self) -> int:
-        return len(self._held)
 
 
 class RateLimiter:

@@ -10,7 +10,8 @@ from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
 
 from linchpin_common.contract.e2e import CREDIT_WINDOW, MAX_BODY_CHUNK
-from linchpin_connector.proxy import DONE, InFlightPerUser, RequestStateError, _Request
+from linchpin_common.slots import Slots
+from linchpin_connector.proxy import DONE, RequestStateError, _Request
 from tests.test_proxy import USER, Device, held_proxy, req
 
 TIMEOUT = 60
@@ -139,7 +140,7 @@ def test_an_upload_that_stalls_after_the_response_started_times_out():
 
 
 def test_one_users_devices_share_a_cap_on_requests_in_flight():
-    slots = InFlightPerUser(5)
+    slots = Slots(5)
     clock = task.Clock()
     phone, tablet = Device(), Device()
     p1, a1 = held_proxy(phone, clock, user_slots=slots)
@@ -158,7 +159,7 @@ def test_one_users_devices_share_a_cap_on_requests_in_flight():
 
 
 def test_a_finished_request_gives_its_slot_back():
-    slots = InFlightPerUser(1)
+    slots = Slots(1)
     device = Device()
     proxy, agent = held_proxy(device, task.Clock(), user_slots=slots)
     for rid in range(3):
