@@ -21,9 +21,7 @@ from linchpin_common.gateway_client import GatewayAPI, GatewayError, InsecureURL
 from linchpin_common.tls import CAFileError, TLSFailure
 
 from .enrolment import create_device, revoke_device, valid_user
-from .state import ConnectorState, NotRegistered
-
-DEFAULT_DATA_DIR = "./var/lmconnector"
+from .state import DEFAULT_DATA_DIR, ConnectorState, NotRegistered
 
 
 class CommandError(Exception):

@@ -90,7 +90,7 @@ FORWARDING = frozenset({
 })
 USER_IN_FLIGHT = 32  # requests in flight per user across that user's devices
 
-_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # an HTTP token (RFC 9110): methods, header names
 _BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # controls except HTAB
 _PATH_CHARS = re.compile(r"[\x21-\x7e]+")
 _ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
@@ -140,7 +140,7 @@ def path_allowed(path: str, prefixes) -> bool:
 def _check_req(header: dict, body: bytes) -> str | None:
     """The reason a ``req`` is malformed, or None."""
     method = header.get("method")
-    if not isinstance(method, str) or not _TOKEN.fullmatch(method):
+    if not isinstance(method, str) or not TOKEN.fullmatch(method):
         return "method must be an HTTP token"
     if not isinstance(header.get("path"), str):
         return "path must be a string"
@@ -152,7 +152,7 @@ def _check_req(header: dict, body: bytes) -> str | None:
     for pair in headers:
         if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(x, str) for x in pair)):
             return "each header must be a [name, value] pair of strings"
-        if not _TOKEN.fullmatch(pair[0]) or _BAD_VALUE.search(pair[1]):
+        if not TOKEN.fullmatch(pair[0]) or _BAD_VALUE.search(pair[1]):
             return "header name or value holds forbidden characters"
     if len(body) > MAX_BODY_CHUNK:
         return "body over 256 KiB"
@@ -207,7 +207,7 @@ class RequestProxy:
         """``user_slots`` is shared by every session of the connector, so one
         user's devices together have at most its limit of requests in flight;
         ``public_host`` goes to the backend as ``X-Forwarded-Host``."""
-        if not _TOKEN.fullmatch(user_header):
+        if not TOKEN.fullmatch(user_header):
             raise ValueError("user_header must be an HTTP token")
         if not isinstance(user, str) or _BAD_VALUE.search(user):
             raise ValueError("user must be a string without control characters")

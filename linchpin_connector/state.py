@@ -19,6 +19,7 @@ from linchpin_common.files import ensure_private_dir
 
 SCHEMA_VERSION = 2  # v1.sql, then each upgrade-vN.sql in turn
 DB_NAME = "lmconnector.sqlite"
+DEFAULT_DATA_DIR = "./var/lmconnector"  # INTERFACE.md: the CLI's and the daemon's --data-dir
 MAX_PENDING = 4
 
 

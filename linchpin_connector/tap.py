@@ -17,8 +17,8 @@ from linchpin_common.http_proxy import ProxySettingsError
 from linchpin_common.tls import CAFileError, trust_root
 
 from .connector import ConnectorService
-from .state import DB_NAME
-from .proxy import USER_IN_FLIGHT
+from .proxy import TOKEN, USER_IN_FLIGHT
+from .state import DB_NAME, DEFAULT_DATA_DIR
 from .web import PairingWebService
 
 
@@ -26,7 +26,7 @@ class Options(usage.Options):
     synopsis = "--backend URL [options]"
     longdesc = "Linchpin connector: keeps one session to the gateway and proxies paired devices to the backend."
     optParameters = [
-        ["data-dir", None, "./var/lmconnector", "Connector state folder (made by 'lmconnector register')."],
+        ["data-dir", None, DEFAULT_DATA_DIR, "Connector state folder (made by 'lmconnector register')."],
         ["backend", None, None, "Base URL of the intranet app, e.g. http://intranet.local:8090."],
         ["user-header", None, "X-Forwarded-User", "Header that carries the paired user to the backend."],
         ["ca-file", None, None, "PEM file of a private CA that signed the gateway's certificate."],
@@ -65,7 +65,7 @@ class Options(usage.Options):
         if not self["backend"].startswith(("http://", "https://")):
             raise usage.UsageError("--backend must be an http:// or https:// URL")
         for option in ("user-header", "web-user-header"):
-            if not re.fullmatch(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+", self[option]):
+            if not TOKEN.fullmatch(self[option]):
                 raise usage.UsageError(f"--{option} must be an HTTP header name")
         if not 1 <= self["keep-alive"] <= 300:
             raise usage.UsageError("--keep-alive must be 1-300 seconds")
