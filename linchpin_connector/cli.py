@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from linchpin_common import __version__, console
 from linchpin_common.console import UNREACHABLE
+from linchpin_common.contract import e2e
 from linchpin_common.files import write_private_file
 from linchpin_common.http_proxy import ProxyError
 from linchpin_common.gateway_client import GatewayAPI, GatewayError, InsecureURL, check_gateway_url, make_http_client
@@ -31,11 +32,6 @@ class CommandError(Exception):
 def _raw_private(key: X25519PrivateKey) -> bytes:
     return key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
                              serialization.NoEncryption())
-
-
-def _raw_public(private: bytes) -> bytes:
-    return X25519PrivateKey.from_private_bytes(private).public_key().public_bytes(
-        serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
 
 def _api(reactor, args, state: ConnectorState) -> GatewayAPI:
@@ -92,7 +88,7 @@ async def device_add(reactor, args, state: ConnectorState) -> None:
         raise CommandError("a user name must be non-empty and hold no control characters")
     reg = state.registration()
     device = await create_device(_api(reactor, args, state), state, args.user,
-                                 _raw_public(reg["static_private_key"]))
+                                 e2e.public_raw(X25519PrivateKey.from_private_bytes(reg["static_private_key"])))
     qr = segno.make(device.uri, error="m")
     if args.qr_png:
         _write_qr(args.qr_png, qr, "png", device.device_id)

@@ -88,7 +88,7 @@ __all__ = [
     "HELLO_LEN", "WELCOME_LEN", "DATA_MIN_LEN", "RESET_LEN", "REJECT_LEN",
     "MAX_HEADER", "MAX_BODY_CHUNK", "CREDIT_WINDOW", "MAX_IN_FLIGHT",
     "BODY_TYPES",
-    "b64u_encode", "b64u_decode", "handshake_key",
+    "b64u_encode", "b64u_decode", "handshake_key", "public_raw",
     "Hello", "Welcome", "Data", "Reset", "Reject", "parse_envelope",
     "make_reset", "make_reject",
     "MessageError", "encode_message", "decode_message",
@@ -194,7 +194,8 @@ def _dh(private: X25519PrivateKey, public_raw: bytes) -> Optional[bytes]:
     return shared
 
 
-def _public_raw(private: X25519PrivateKey) -> bytes:
+def public_raw(private: X25519PrivateKey) -> bytes:
+    """The 32 raw bytes of an X25519 public key (the QR code's ``connector_key``)."""
     return private.public_key().public_bytes_raw()
 
 
@@ -536,7 +537,7 @@ class DeviceHandshake:
             raise HandshakeError("connector static key is a low-order point")
         k_hs = handshake_key(K, device_id)
         header = bytes((VERSION, HELLO, key_kind)) + nonce
-        sealed = AESGCM(k_hs).encrypt(nonce, _public_raw(e_d), header + D + b"up")
+        sealed = AESGCM(k_hs).encrypt(nonce, public_raw(e_d), header + D + b"up")
         return cls(device_id, K, key_kind, k_hs, e_d, static_shared, header + sealed)
 
     def finish(self, welcome: Union[Welcome, bytes]) -> Optional[HandshakeResult]:
@@ -609,7 +610,7 @@ def accept_hello(hello: Union[Hello, bytes], device_id: str,
         wnonce = _random_or(nonce, _NONCE_LEN, "nonce")
         header = bytes((VERSION, WELCOME, hello.key_kind)) + wnonce
         welcome = header + AESGCM(k_hs).encrypt(
-            wnonce, _public_raw(e_c) + sid, _welcome_aad(header, D, hello.raw))
+            wnonce, public_raw(e_c) + sid, _welcome_aad(header, D, hello.raw))
         th = hashlib.sha256(hello.raw + welcome).digest()
         k_up, k_down, dsk = _derive(ephemeral_shared + static_shared, K, D, sid,
                                     th, hello.key_kind)

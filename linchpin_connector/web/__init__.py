@@ -7,9 +7,10 @@ link, from which it hears of device changes.
 
 from __future__ import annotations
 
-from cryptography.hazmat.primitives import serialization
 from twisted.application import service
 from twisted.logger import Logger
+
+from linchpin_common.contract import e2e
 
 from .desk import PairingDesk
 from .site import make_site
@@ -34,8 +35,7 @@ class PairingWebService(service.Service):
     def startService(self):
         super().startService()
         connector = self.connector
-        public_key = connector.channels.static_private.public_key().public_bytes(
-            serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        public_key = e2e.public_raw(connector.channels.static_private)
         self.desk = PairingDesk(connector.state, connector.api, public_key, connector.reactor)
         connector.observers.append(self.desk)
         d = self._listening = self.endpoint.listen(make_site(self.desk, self.user_header, connector.reactor))
