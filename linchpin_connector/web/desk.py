@@ -82,14 +82,15 @@ class PairingDesk:
             views.append(DeviceView(device.device_id, state))
         return views
 
-    async def pairing(self, user: str) -> Pairing | None:
-        """The newest pairing code of ``user`` still to be scanned, if any."""
+    def pairing(self, devices: list[DeviceView]) -> Pairing | None:
+        """The newest pairing code still to be scanned of these devices (one
+        user's, from :meth:`devices`), if any."""
         now = self.clock.seconds()
         for device_id, pairing in list(self.pairings.items()):
             if pairing.expires_at <= now:
                 del self.pairings[device_id]
-        mine = {d.device_id: d for d in await self.devices(user)}
-        shown = [p for p in self.pairings.values() if p.device_id in mine and mine[p.device_id].state == "pending"]
+        pending = {d.device_id for d in devices if d.state == "pending"}
+        shown = [p for p in self.pairings.values() if p.device_id in pending]
         return shown[-1] if shown else None
 
     async def pair(self, user: str) -> Pairing:

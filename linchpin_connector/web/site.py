@@ -204,7 +204,7 @@ class PairingPage(resource.Resource):
     async def _live(self, user: str) -> str:
         token = html.escape(self.csrf.token(user))
         devices = await self.desk.devices(user)
-        pairing = await self.desk.pairing(user)
+        pairing = self.desk.pairing(devices)
         parts = []
         if pairing is not None:
             parts.append(self._pairing_html(pairing))
