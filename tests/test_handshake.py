@@ -122,6 +122,16 @@ def test_setup_hello_after_proof_dropped_silently(pair):
     assert pair.connector_device().device_secret is not None
 
 
+def keep_first_data(held: list):
+    """A wire filter that keeps the first DATA back in ``held`` and passes the rest."""
+    def keep(p):
+        if p[1] == e2e.DATA and not held:
+            held.append(p)
+            return None
+        return p
+    return keep
+
+
 def setup_hello(pair) -> bytes:
     """A fresh HELLO under the setup secret, as the device would make it."""
     return e2e.DeviceHandshake.start(DEVICE_ID, pair.setup_secret, e2e.KEY_SETUP,
@@ -168,15 +178,8 @@ def test_relay_replaying_the_first_hello_does_not_unpair_the_device(pair):
     """Issue: the relay replays the device's first HELLO four times before it
     forwards the confirm; the device must still end up paired."""
     held = []
-
-    def hold_confirm(p):
-        if p[1] == e2e.DATA and not held:
-            held.append(p)
-            return None
-        return p
-
     device = pair.new_device()
-    pair.wire.filter_up = hold_confirm
+    pair.wire.filter_up = keep_first_data(held)  # the confirm
     handshake(pair, device)  # the device adopted its key and dropped the setup secret
     assert DeviceState.load(pair.dstate.path).setup_secret is None
     hello = next(p for d, p in pair.wire.log if d == "up" and p[1] == e2e.HELLO)
@@ -243,15 +246,7 @@ def test_reset_fails_in_flight_never_replays_then_rehandshakes(pair):
 def test_gap_ends_session(pair):
     device = pair.new_device()
     handshake(pair, device)
-    dropped = []
-
-    def drop_first_data(p):
-        if p[1] == e2e.DATA and not dropped:
-            dropped.append(p)
-            return None
-        return p
-
-    pair.wire.filter_up = drop_first_data
+    pair.wire.filter_up = keep_first_data([])
     d1 = pair.run(device.request("GET", "/a"))  # lost on the way
     d2 = pair.run(device.request("GET", "/b"))  # arrives with a gap
     assert pair.proxies[-1].handled == [] and pair.proxies[-1].closed
@@ -402,7 +397,7 @@ def test_hello_under_a_pending_key_that_vanished_is_not_answered(pair):
 def test_confirm_of_a_session_whose_pending_key_vanished_ends_it(pair):
     device = pair.new_device()
     held = []
-    pair.wire.filter_up = lambda p: (held.append(p), None)[1] if p[1] == e2e.DATA and not held else p
+    pair.wire.filter_up = keep_first_data(held)
     handshake(pair, device)
     pair.cstate.conn.execute("DELETE FROM pending_keys")  # the device was re-added meanwhile, say
     pair.wire.filter_up = None
