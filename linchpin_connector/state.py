@@ -131,8 +131,11 @@ class ConnectorState:
         answered = frozenset(bytes(r[2]) for r in rows if r[2] is not None)
         return Device(row[0], row[1], _b(row[2]), _b(row[3]), pending, answered)
 
-    def devices(self) -> list[Device]:
-        ids = [r[0] for r in self.conn.execute("SELECT device_id FROM devices ORDER BY created_at, device_id")]
+    def devices(self, user: str | None = None) -> list[Device]:
+        """Every device, or only ``user``'s."""
+        where, args = ("", ()) if user is None else (" WHERE user = ?", (user,))
+        ids = [r[0] for r in self.conn.execute(
+            f"SELECT device_id FROM devices{where} ORDER BY created_at, device_id", args)]
         return [d for d in (self.device(i) for i in ids) if d is not None]
 
     def remove_device(self, device_id: str) -> bool:

@@ -75,3 +75,15 @@ def test_pending_key_kept_alive_is_not_evicted(tmp_path):
         assert len(ids) == 4 and ids[0] == first
     finally:
         state.close()
+
+
+def test_devices_of_one_user(tmp_path):
+    state = ConnectorState(str(tmp_path / "c"))
+    try:
+        for device_id, user in ((D, "alice"), ("e" * 32, "bob"), ("f" * 32, "alice")):
+            state.add_device(device_id, user, b"s" * 32)
+        assert [d.device_id for d in state.devices("alice")] == [D, "f" * 32]
+        assert [d.user for d in state.devices()] == ["alice", "bob", "alice"]
+        assert state.devices("carol") == []
+    finally:
+        state.close()

@@ -74,9 +74,7 @@ class PairingDesk:
 
     async def devices(self, user: str) -> list[DeviceView]:
         views = []
-        for device in await self.state.devices():
-            if device.user != user:
-                continue
+        for device in await self.state.devices(user):
             self.owners[device.device_id] = user
             state = self.gateway_state.get(device.device_id) or device.state  # pending / paired
             views.append(DeviceView(device.device_id, state))
