@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -144,6 +145,44 @@ def test_upload_and_forbidden_path(system):
     assert hashlib.sha256(data).hexdigest().encode() in run(system, response.content())
     with pytest.raises(RequestRefused, match="forbidden"):
         run(system, device.request("GET", "/notes"))
+
+
+class ThreadWorker:
+    """Stands for the device's thread pool: says whether a job is running on it."""
+
+    def __init__(self):
+        self.inside = False
+
+    def run(self, fn, *args):
+        self.inside = True
+        try:
+            return defer.maybeDeferred(fn, *args)
+        finally:
+            self.inside = False
+
+
+class PipeLikeFile:
+    """A binary file whose reads block (a slow disk, a pipe): each returns at
+    most 100 000 bytes, whatever was asked, and must not run on the reactor thread."""
+
+    def __init__(self, data: bytes, worker: ThreadWorker):
+        self.data, self.at, self.worker = data, 0, worker
+
+    def read(self, n: int) -> bytes:
+        assert self.worker.inside, "a file read on the reactor thread"
+        part = self.data[self.at:self.at + min(n, 100_000)]
+        self.at += len(part)
+        return part
+
+
+def test_a_file_body_is_read_off_the_reactor_thread_to_its_end(system):
+    worker = ThreadWorker()
+    device = Device(system.reactor, system.add_device("bob"), connect=system.connect, worker=worker)
+    data = os.urandom(3 * 1024 * 1024 + 3)  # three windows, and short reads all along
+    response = run(system, device.request("POST", "/upload", [], PipeLikeFile(data, worker)))
+    assert response.status == 200
+    assert json.loads(run(system, response.content())) == {"bytes": len(data),
+                                                            "sha256": hashlib.sha256(data).hexdigest()}
 
 
 def test_connector_restart_fails_the_request_in_flight_then_rehandshakes(system):

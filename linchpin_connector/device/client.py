@@ -33,6 +33,7 @@ from linchpin_common.contract.channel import Outcome as ChannelOutcome
 from linchpin_common.contract.pairing import PAIR_PREFIX, PairingInfo, make_pairing_uri, parse_pairing_uri  # noqa: F401
 from linchpin_common.gateway_client import GatewayAPI, GatewayError, InsecureURL, check_gateway_url, make_http_client
 from linchpin_common.http_proxy import ProxyConfig, ProxyError
+from linchpin_common.workers import InlineWorker
 
 from .errors import (ConnectorOffline, DeviceError, DeviceNotAccepted, GatewayUnreachable, PairingRejected,
                      RequestRefused, RequestTimeout, SessionLost)
@@ -367,7 +368,6 @@ class _Request:
         self.started: defer.Deferred = defer.Deferred()  # fires with the Response
         self.response: Response | None = None
         self.upload = SendWindow()
-        self._credit_waiter: defer.Deferred | None = None
         self.timeout = None
         self.idle = DEFAULT_TIMEOUT
         self.stream: BodyStream | None = None
@@ -388,13 +388,6 @@ class _Request:
             self.progress()
         if self.stream is not None:
             self.stream._flush()
-        waiter, self._credit_waiter = self._credit_waiter, None
-        if waiter is not None:
-            waiter.callback(None)
-
-    def wait_credit(self) -> defer.Deferred:
-        self._credit_waiter = defer.Deferred()
-        return self._credit_waiter
 
     def fail(self, error: Exception) -> None:
         if self.timeout is not None and self.timeout.active():
@@ -405,9 +398,6 @@ class _Request:
             self.response._end(error)
         if self.stream is not None:
             self.stream._close()
-        waiter, self._credit_waiter = self._credit_waiter, None
-        if waiter is not None:
-            waiter.errback(error)
 
 
 class _Session:
@@ -479,8 +469,8 @@ class Device:
     def __init__(self, reactor, state: DeviceState, *, timeout: float = DEFAULT_TIMEOUT,
                  ca_file: str | None = None, connect=mqtt_client.connect, worker=None,
                  proxy: ProxyConfig | None = None):
-        """``worker.run(fn)`` runs file writes off the reactor thread (the
-        reactor's thread pool by default).  ``proxy``: the HTTP proxy
+        """``worker.run(fn)`` runs file reads and writes off the reactor
+        thread (the reactor's thread pool by default).  ``proxy``: the HTTP proxy
         settings for the gateway; None reads them from the environment as
         curl does, ``ProxyConfig.none()`` goes direct."""
         self.reactor = reactor
@@ -651,9 +641,9 @@ class Device:
     async def request(self, method: str, path: str, headers=(), body=b"") -> Response:
         """Send one request; returns once the response starts (its body streams).
 
-        ``body`` is bytes, a binary file object read in 256 KiB parts as the
-        connector's acknowledgements allow, or a :class:`BodyStream` the caller
-        feeds as its body arrives.
+        ``body`` is bytes, a binary file object (read on the worker's threads,
+        in parts of at most 256 KiB, as the connector's acknowledgements
+        allow), or a :class:`BodyStream` the caller feeds as its body arrives.
         """
         if self.client is None or not self.client.is_open:
             await self.open()
@@ -672,40 +662,32 @@ class Device:
         request.idle = self.timeout
         request.timeout = self.reactor.callLater(
             self.timeout, lambda: self._timed_out(channel, request))
-        if isinstance(body, BodyStream):
-            channel.send({"t": "req", "id": request_id, "method": method, "path": path,
-                          "headers": [[k, v] for k, v in headers], "end": False})
-            body._attach(request)
-            return await request.started
-        first, rest = _first_part(body)
         header = {"t": "req", "id": request_id, "method": method, "path": path,
-                  "headers": [[k, v] for k, v in headers], "end": rest is None}
-        channel.send(header, first)
-        request.upload.sent(len(first))
-        if rest is not None:
-            self._upload(channel, request, rest).addErrback(lambda f: request.fail(f.value))
+                  "headers": [[k, v] for k, v in headers], "end": False}
+        if body is None:
+            body = b""
+        if isinstance(body, (bytes, bytearray, memoryview)) and len(body) <= READ_CHUNK:
+            header["end"] = True
+            channel.send(header, bytes(body))
+            request.upload.sent(len(body))
+            return await request.started
+        source = None
+        if not isinstance(body, BodyStream):
+            # A file, or bytes too long for one message: read in parts as the window allows
+            # (a file on the worker's threads; bytes in memory need none).
+            source, reader = ((io.BytesIO(body), InlineWorker()) if isinstance(body, (bytes, bytearray, memoryview))
+                              else (body, self._worker))
+            body = BodyStream()
+        channel.send(header)
+        body._attach(request)
+        if source is not None:
+            feed(reader, source, body).addErrback(lambda f, stream=body: stream.abort())
         return await request.started
 
     def _timed_out(self, channel: _Session, request: _Request) -> None:
         if channel.requests.pop(request.id, None) is not None:
             channel.send({"t": "cancel", "id": request.id})
             request.fail(RequestTimeout(f"no response within {self.timeout:.0f} s"))
-
-    @defer.inlineCallbacks
-    def _upload(self, channel: _Session, request: _Request, source):
-        while True:
-            while request.upload.full:
-                yield request.wait_credit()
-            if request.id not in channel.requests or not channel.alive:
-                return
-            wanted = min(READ_CHUNK, request.upload.available)
-            part = source.read(wanted)
-            # A buffered binary read returns less than asked only at the end.
-            end = len(part) < wanted
-            request.upload.sent(len(part))
-            channel.send({"t": "body", "id": request.id, "end": end}, part)
-            if end:
-                return
 
     async def _with_timeout(self, d: defer.Deferred, message: str):
         timeout = self.reactor.callLater(self.timeout, d.cancel)
@@ -717,14 +699,3 @@ class Device:
             if timeout.active():
                 timeout.cancel()
 
-
-def _first_part(body):
-    """(bytes for the req message, the rest as a file or None)."""
-    if body is None:
-        return b"", None
-    if isinstance(body, (bytes, bytearray, memoryview)):
-        body = bytes(body)
-        if len(body) <= READ_CHUNK:
-            return body, None
-        return b"", io.BytesIO(body)
-    return b"", body
