@@ -4,12 +4,13 @@ import hashlib
 import json
 import os
 import stat
+import subprocess
 import urllib.request
 
 import pytest
 
 from tests.secrets_scan import find_secrets
-from tests.support import Connector, Gateway, System, cli, scrape
+from tests.support import BIN, TIMEOUT, Connector, Gateway, System, cli, scrape
 
 
 @pytest.fixture
@@ -65,6 +66,17 @@ def test_refusals_and_exit_codes(system, tmp_path):
     state = system.pair("carol")
     forbidden = device(state, "request", "/a/../etc", check=False)
     assert forbidden.returncode == 8 and b"forbidden" in forbidden.stderr
+    # an answer before the end of standard input: the command exits, it does not wait for the end
+    with subprocess.Popen([os.path.join(BIN, "lmdevice"), "--state", state, "request", "--data", "-", "/a/../etc"],
+                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as piped:
+        piped.stdin.write(b"a body that never ends")
+        piped.stdin.flush()
+        try:
+            piped.wait(TIMEOUT)  # standard input stays open all along
+        finally:
+            piped.kill()
+        stderr = piped.stderr.read()
+    assert piped.returncode == 8 and b"forbidden" in stderr
 
     # connector offline: a clear error at once, not a timeout
     system.connector.terminate()

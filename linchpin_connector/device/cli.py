@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+import threading
 
 from twisted.internet import defer
+from twisted.python.failure import Failure
 from twisted.web.http import RESPONSES
 
 from linchpin_common import __version__, console
@@ -90,7 +92,7 @@ async def _request_command(reactor, args) -> int:
         if not device.online:
             raise ConnectorOffline()
         if isinstance(body, BodyStream):
-            feed(device._worker, sys.stdin.buffer, body).addErrback(lambda f: body.abort())
+            feed(_DaemonThreads(reactor), sys.stdin.buffer.raw, body).addErrback(lambda f: body.abort())
         response = await device.request(method, args.path, headers, body)
         out = sys.stdout.buffer
         if args.include:
@@ -119,6 +121,31 @@ async def _request_command(reactor, args) -> int:
     finally:
         device.close()
     return 0
+
+
+class _DaemonThreads:
+    """Runs each blocking read of standard input on a daemon thread of its
+    own: when the answer comes before the end of the input, the command exits
+    while a read still waits (the reactor's thread pool would wait for it at
+    shutdown).  The reads are unbuffered (``sys.stdin.buffer.raw``), so no
+    lock of a buffered stream is held by a thread left behind."""
+
+    def __init__(self, reactor):
+        self.reactor = reactor
+
+    def run(self, fn, *args) -> defer.Deferred:
+        d = defer.Deferred()
+
+        def work():
+            try:
+                result = fn(*args)
+            except BaseException:
+                self.reactor.callFromThread(d.errback, Failure())
+            else:
+                self.reactor.callFromThread(d.callback, result)
+
+        threading.Thread(target=work, name="lmdevice-stdin", daemon=True).start()
+        return d
 
 
 async def _serve_command(reactor, args) -> int:
