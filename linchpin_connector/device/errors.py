@@ -5,9 +5,14 @@ from __future__ import annotations
 
 
 class DeviceError(Exception):
-    """Base of everything a device user is told; ``str()`` is the one-line reason."""
+    """Base of everything a device user is told; ``str()`` is the one-line reason
+    (``reason`` when none is given)."""
 
     exit_code = 1
+    reason = ""
+
+    def __init__(self, message: str | None = None):
+        super().__init__(self.reason if message is None else message)
 
 
 class GatewayUnreachable(DeviceError):
@@ -16,23 +21,18 @@ class GatewayUnreachable(DeviceError):
 
 class ConnectorOffline(DeviceError):
     exit_code = 4
-
-    def __init__(self, message="the connector is offline (the intranet side is not connected to the gateway)"):
-        super().__init__(message)
+    reason = "the connector is offline (the intranet side is not connected to the gateway)"
 
 
 class PairingRejected(DeviceError):
     exit_code = 5
-
-    def __init__(self, message="pairing rejected: the connector does not recognise this device"):
-        super().__init__(message)
+    reason = "pairing rejected: the connector does not recognise this device"
 
 
 class DeviceNotAccepted(DeviceError):
     """The gateway refuses this device's credentials: it was revoked (or never existed)."""
 
-    def __init__(self, message="the gateway does not accept this device (revoked or unknown)"):
-        super().__init__(message)
+    reason = "the gateway does not accept this device (revoked or unknown)"
 
 
 class RequestTimeout(DeviceError):
