@@ -50,6 +50,16 @@ def test_network_noise_changes_nothing():
     assert hs.phase is Phase.IDLE
 
 
+class HeldWrites(list):
+    """A device worker that runs nothing until the test says: each job is
+    kept as (fn, Deferred); the test calls fn, then fires the Deferred."""
+
+    def run(self, fn, *args):
+        d = defer.Deferred()
+        self.append((fn, d))
+        return d
+
+
 @pytest.fixture
 def pair(tmp_path):
     return Pair(tmp_path)
@@ -57,15 +67,7 @@ def pair(tmp_path):
 
 def test_phases_of_a_pairing_handshake(pair):
     device = pair.new_device()
-    writes = []
-
-    class Slow:
-        def run(self, fn, *args):
-            d = defer.Deferred()
-            writes.append((fn, d))
-            return d
-
-    device._worker = Slow()
+    writes = device._worker = HeldWrites()
     assert device.phase is Phase.IDLE
     d = defer.ensureDeferred(device.handshake())
     assert device.phase is Phase.AWAITING_WELCOME
@@ -83,15 +85,7 @@ def test_connection_lost_while_the_key_is_written(pair):
     """The key still lands on disk; the session is abandoned; the next
     handshake waits for the write and uses the new key."""
     device = pair.new_device()
-    writes = []
-
-    class Slow:
-        def run(self, fn, *args):
-            d = defer.Deferred()
-            writes.append((fn, d))
-            return d
-
-    device._worker = Slow()
+    writes = device._worker = HeldWrites()
     d = defer.ensureDeferred(device.handshake())
     pair.wire.pump()
     assert device.phase is Phase.SAVING_KEY
