@@ -47,6 +47,10 @@ def test_admin_and_device_before_setting_up(tmp_path):
              "no connector registered", "run 'lmconnector register --gateway URL' first")
     one_line(run("lmdevice", "--state", tmp_path / "phone.json", "request", "/"), 1,
              "no device state", "run 'lmdevice pair URI' first")
+    one_line(run("lmdevice", "--state", tmp_path / "phone.json", "request", "--data", f"@{tmp_path / 'none'}", "/"),
+             1, "cannot read", "none")
+    one_line(run("lmdevice", "--state", tmp_path / "phone.json", "request", "--data", f"@{tmp_path}", "/"), 1,
+             "cannot read", "directory")
 
 
 def test_proxy_mistakes(tmp_path):

@@ -81,7 +81,10 @@ async def _request_command(reactor, args) -> int:
         if args.data == "-":
             body = BodyStream()  # read on a thread as it comes: a pipe may be slow, or endless
         elif args.data.startswith("@"):
-            body = open(args.data[1:], "rb")
+            try:
+                body = open(args.data[1:], "rb")
+            except OSError as e:
+                raise DeviceError(f"cannot read {args.data[1:]}: {e.strerror or e}")
         else:
             body = args.data.encode()
     method = args.method or ("POST" if args.data is not None else "GET")
