@@ -209,8 +209,8 @@ class LoginGuard:
 
     def login(self, host: str, username: str, password: str) -> defer.Deferred:
         """Deferred[Principal | None]; raises :class:`LoginRefused` at once
-        (before any hashing) when the address must wait, and
-        :class:`~.hashing.Overloaded` when the hashing queue is full."""
+        (before any hashing) when the address must wait.  The Deferred fails
+        with :class:`~.hashing.Overloaded` when the hashing queue is full."""
         key = address_key(host)
         user_key = f"{key} {username[:MAX_USERNAME]}"
         cached = self.authenticator.cached(username, password)

@@ -237,9 +237,6 @@ class MQTTSession:
             self.log.debug("too many logins in progress from {host}: CONNACK 3", host=self.host)
             self._refuse(wire.CONNACK_SERVER_UNAVAILABLE, "too many logins in progress")
             return
-        except Overloaded:
-            self._overloaded()
-            return
         self._go("connect")
         if not d.called:
             self.transport.pause_reading()  # nothing more is read until CONNACK
