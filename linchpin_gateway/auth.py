@@ -227,10 +227,10 @@ class LoginGuard:
             self._remember(user_key)
             return defer.succeed(cached)
         known = self._known(user_key)
-        if not self.user_limiter.allowed(user_key) or (not known and not self.limiter.allowed(key)):
-            limiter = self.user_limiter if not self.user_limiter.allowed(user_key) else self.limiter
-            raise TooManyFailures(limiter.retry_after(user_key if limiter is self.user_limiter else key),
-                                  "too many failed logins")
+        if not self.user_limiter.allowed(user_key):
+            raise TooManyFailures(self.user_limiter.retry_after(user_key), "too many failed logins")
+        if not known and not self.limiter.allowed(key):
+            raise TooManyFailures(self.limiter.retry_after(key), "too many failed logins")
         if not username or len(username) > MAX_USERNAME or len(password) > MAX_PASSWORD:
             # No id is empty, no id or password that long: a failure, known
             # without hashing (and telling nothing about which ids exist).
