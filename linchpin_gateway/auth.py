@@ -64,15 +64,21 @@ class Authenticator:
         return principal
 
     def _remember(self, principal: Principal, password: str, stamp=None) -> None:
-        if len(self._cache) >= self.cache_max:
-            now = self.clock.seconds()
-            for key, (p, expires) in list(self._cache.items()):
-                if expires <= now:
-                    self._drop(key, p.id)
-            if len(self._cache) >= self.cache_max:
-                return  # full of live entries: verify the slow way
         key = self._cache_key(principal.id, password)
-        self._cache[key] = (principal, self.clock.seconds() + self.cache_ttl)
+        self._drop(key, principal.id)  # remembered again: it moves to the end
+        # Every entry lives cache_ttl from when it was added, so the oldest
+        # (first) expire first: sweeping costs what it removes, never a scan
+        # of a cache full of live entries.
+        now = self.clock.seconds()
+        while self._cache:
+            oldest = next(iter(self._cache))
+            p, expires = self._cache[oldest]
+            if expires > now:
+                break
+            self._drop(oldest, p.id)
+        if len(self._cache) >= self.cache_max:
+            return  # full of live entries: verify the slow way
+        self._cache[key] = (principal, now + self.cache_ttl)
         if self.revalidate:
             self._stamps[key] = stamp
         self._by_id.setdefault(principal.id, set()).add(key)

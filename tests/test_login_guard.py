@@ -346,3 +346,47 @@ def test_many_tiny_packets_before_connack_are_cut_too(auth, logins, clock):
     p = Peer(router, None, clock, host=ATTACKER, guard=logins)
     p.session.data_received(wire.encode(connect(DEV, "dpw")) + wire.encode(wire.Pingreq()) * 65)
     assert p.closed == "too much data before CONNACK" and p.session._queued == []
+
+
+# -- the credential cache ----------------------------------------------------------
+
+
+def test_the_credential_cache_is_bounded_and_makes_room_as_entries_expire(clock):
+    from linchpin_gateway.auth import Authenticator
+
+    class Store:
+        def instance_hash(self, instance_id):
+            return defer.succeed(None)
+
+        def device_auth(self, device_id):
+            return defer.succeed((INST, "active", "stored hash"))
+
+    class Hasher:
+        checks = 0
+
+        def verify(self, password, encoded):
+            Hasher.checks += 1
+            return defer.succeed(True)
+
+    authenticator = Authenticator(Store(), Hasher(), clock, cache_ttl=300, cache_max=3)
+
+    def checked(device_id):
+        """Whether logging in took a password check (not from the cache)."""
+        before = Hasher.checks
+        d = authenticator.authenticate(device_id, "pw")
+        assert d.result.id == device_id
+        return Hasher.checks - before == 1
+
+    ids = [f"{i:032x}" for i in range(4)]
+    for device_id in ids[:3]:
+        assert checked(device_id)
+        clock.advance(10)
+    assert [checked(device_id) for device_id in ids[:3]] == [False] * 3
+    assert checked(ids[3]) and checked(ids[3])  # full of live entries: not remembered
+    clock.advance(300 - 25)  # the first has expired, the others live 5 and 15 s more
+    assert checked(ids[3]) and not checked(ids[3])
+    assert checked(ids[0]) and checked(ids[0])  # forgotten, and no room for it until the next expires
+    assert not checked(ids[1])
+    clock.advance(5)
+    assert checked(ids[0]) and not checked(ids[0])
+    assert len(authenticator._cache) == 3 and sum(map(len, authenticator._by_id.values())) == 3
