@@ -29,6 +29,7 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, wrapClientTLS
 from twisted.logger import Logger
 from zope.interface import Attribute, Interface, implementer
 
+from .config import redact_url
 from .redis_client import CommandProtocol, Factory, NotConnected, RedisError, SubscriberProtocol
 
 _CLAIM = b"""
@@ -133,12 +134,6 @@ def parse_url(url: str) -> dict:
     }
 
 
-def redact(url: str) -> str:
-    parts = urlsplit(url)
-    port = f":{parts.port}" if parts.port else ""
-    return f"{parts.scheme}://{parts.hostname}{port}{parts.path}"
-
-
 @implementer(IBus)
 class RedisBus:
     log = Logger()
@@ -146,7 +141,7 @@ class RedisBus:
     def __init__(self, reactor, url: str):
         self.reactor = reactor
         self.options = parse_url(url)
-        self.where = redact(url)
+        self.where = redact_url(url)
         self.connected = False
         self._channels: set[bytes] = set()
         self._on_state = None
@@ -390,4 +385,4 @@ class MemoryBus:
         self.set_connected(True)
 
 
-__all__ = ["IBus", "RedisBus", "MemoryBus", "MemoryHub", "NotConnected", "RedisError", "parse_url", "redact"]
+__all__ = ["IBus", "RedisBus", "MemoryBus", "MemoryHub", "NotConnected", "RedisError", "parse_url"]

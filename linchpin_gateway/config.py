@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field, fields
+from urllib.parse import urlsplit
 
 from linchpin_common.contract.wire import DEFAULT_MAX_REMAINING_LENGTH
 
@@ -17,6 +18,13 @@ MIN_MESSAGE_SIZE = 512 * 1024  # the smallest packet cap PROTOCOL.md allows
 REGISTRATION_TOKEN_ENV = "LMGATEWAY_REGISTRATION_TOKEN"
 STORE_ENV = "LMGATEWAY_STORE"  # keeps a database password out of ps
 BUS_ENV = "LMGATEWAY_BUS"  # the same for Redis
+
+
+def redact_url(url: str) -> str:
+    """A store or bus URL fit for logs and errors: scheme, host, port and
+    path only (a password may be in the user part or in the query)."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}"
 
 
 @dataclass(frozen=True)

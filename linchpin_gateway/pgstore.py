@@ -24,14 +24,13 @@ of waiting; the pool reconnects by itself once the server is back.
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit, urlunsplit
-
 import psycopg
 import psycopg_pool
 from zope.interface import implementer
 
 from linchpin_common.workers import BoundedWorker, ThreadWorker
 
+from .config import redact_url
 from .store import SCHEMA_VERSION, STORE_QUEUE, IStore, StoreError, StoreUnavailable, _schema, queue_full
 
 # Advisory lock keys (any 64-bit numbers unique to this application).
@@ -43,18 +42,6 @@ POOL_SIZE = 4
 # below the call timeout, so the first call after the server is back waits
 # for a retry at most this long instead of a backoff grown over an outage.
 RECONNECT_WITHIN = 2.0
-
-
-def redact(url: str) -> str:
-    """The URL without its password, for logs and errors."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    user = f"{parts.username}:***@" if parts.username else ":***@"
-    return urlunsplit((parts.scheme, user + host, parts.path, parts.query, parts.fragment))
 
 
 @implementer(IStore)
@@ -85,7 +72,7 @@ class PostgreSQLStore:
             raise StoreError(str(e)) from None
         except (StoreUnavailable, psycopg.Error, psycopg_pool.PoolTimeout) as e:
             self._pool.close()
-            raise StoreError(f"PostgreSQL at {redact(self.url)} cannot be used: {type(e).__name__}") from None
+            raise StoreError(f"PostgreSQL at {redact_url(self.url)} cannot be used: {type(e).__name__}") from None
         self._worker.start()
 
     def stop(self) -> None:

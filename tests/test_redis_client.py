@@ -13,7 +13,8 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 
 from linchpin_gateway import redis_client
-from linchpin_gateway.bus import NotConnected, RedisBus, parse_url, redact
+from linchpin_gateway.bus import NotConnected, RedisBus, parse_url
+from linchpin_gateway.config import redact_url
 
 OK = b"+OK\r\n"
 
@@ -238,7 +239,8 @@ def test_bus_urls():
     assert o == {"tls": True, "host": "redis.example", "port": 6380, "db": 3, "username": b"user",
                  "password": b"p@ss"}
     assert parse_url("redis://127.0.0.1")["port"] == 6379
-    assert "p%40ss" not in redact("rediss://user:p%40ss@redis.example:6380/3")
+    assert redact_url("rediss://user:p%40ss@redis.example:6380/3") == "rediss://redis.example:6380/3"
+    assert redact_url("postgresql://u@[::1]:5432/db?password=p%40ss") == "postgresql://[::1]:5432/db"
     for bad in ("http://x", "redis://", "redis://h/x"):
         with pytest.raises(ValueError):
             parse_url(bad)
