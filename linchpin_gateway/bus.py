@@ -30,7 +30,7 @@ from twisted.logger import Logger
 from zope.interface import Attribute, Interface, implementer
 
 from .config import redact_url
-from .redis_client import CommandProtocol, Factory, NotConnected, RedisError, SubscriberProtocol
+from .redis_client import CommandProtocol, Factory, NotConnected, SubscriberProtocol
 
 _CLAIM = b"""
 local e = redis.call('INCR', KEYS[2])
@@ -68,6 +68,7 @@ HOLD_BATCH = 500  # keys per hold script call
 
 
 def epoch_of(value: bytes) -> int:
+    """The epoch of an ownership key's value ``b"<node> <epoch>"``."""
     return int(value.rsplit(b" ", 1)[1])
 
 
@@ -385,4 +386,4 @@ class MemoryBus:
         self.set_connected(True)
 
 
-__all__ = ["IBus", "RedisBus", "MemoryBus", "MemoryHub", "NotConnected", "RedisError", "parse_url"]
+__all__ = ["IBus", "RedisBus", "MemoryBus", "MemoryHub", "NotConnected", "parse_url"]

@@ -52,6 +52,7 @@ from twisted.logger import Logger
 
 from linchpin_common.contract.topics import EVENT_CONNECTED, EVENT_DISCONNECTED
 
+from .bus import epoch_of
 from .router import CONNECTOR, DEVICE
 
 HEARTBEAT = 2.0
@@ -290,7 +291,7 @@ class Cluster:
             value = self.online_here.pop(instance_id, None)
             if value is not None:
                 self.bus.release(_online_key(instance_id), value).addErrback(lambda f: None)
-                self._announce(instance_id, False, int(value.rsplit(b" ", 1)[1]))
+                self._announce(instance_id, False, epoch_of(value))
 
     def _announce(self, instance_id, online, epoch):
         self.bus.publish(_ichan(instance_id), b"O" + json.dumps(
@@ -437,7 +438,7 @@ class Cluster:
             return
         value = self.online_here.get(instance_id)
         if value is not None:  # that node may have missed it (it was cut off from the bus)
-            self._announce(instance_id, True, int(value.rsplit(b" ", 1)[1]))
+            self._announce(instance_id, True, epoch_of(value))
         devices = self.remote_devices.setdefault(instance_id, {})
         known = devices.get(device_id)
         if known is not None and known[1] >= epoch:
@@ -595,7 +596,7 @@ class Cluster:
         self._hold()
         self._broadcast({"op": "hb"})
         for instance_id, value in self.online_here.items():
-            self._announce(instance_id, True, int(value.rsplit(b" ", 1)[1]))
+            self._announce(instance_id, True, epoch_of(value))
             self.bus.publish(_ichan(instance_id), b"W")
         for instance_id in list(self.interest):
             self._present(instance_id)

@@ -53,9 +53,6 @@ from zope.interface import implementer
 MAX_BUFFERED = 8 * 1024 * 1024  # bytes written while Redis does not read before publishes are dropped
 SUBSCRIBE_BATCH = 1000  # channels per SUBSCRIBE when subscribing again
 
-RedisError = txredisapi.RedisError
-
-
 class NotConnected(txredisapi.ConnectionError):
     """The command was not sent: no connection to Redis right now."""
 
@@ -228,8 +225,7 @@ class Factory(txredisapi.RedisFactory):
     factor = 2.0
     maxDelay = 10.0
 
-    def __init__(self, protocol, options: dict, on_up, on_down, name: str, on_message=None,
-                 channels: set | None = None):
+    def __init__(self, protocol, options: dict, on_up, on_down, name: str, channels: set | None = None):
         super().__init__(None, options["db"] or None, 1, charset=None, password=options["password"],
                          convertNumbers=False, username=options["username"])
         self.protocol = protocol
@@ -237,7 +233,7 @@ class Factory(txredisapi.RedisFactory):
         self.current = None
         self.on_up = on_up
         self.on_down = on_down
-        self.on_message = on_message
+        self.on_message = None  # set by the bus: called with each pub/sub message
         self.channels = channels if channels is not None else set()
 
     def buildProtocol(self, addr):
