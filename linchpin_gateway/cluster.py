@@ -98,12 +98,13 @@ class ClusterStats:
 class _Held:
     """A local session whose ownership this node holds (or is claiming)."""
 
-    __slots__ = ("client", "epoch", "waiters", "newest_seen", "channel")
+    __slots__ = ("client", "epoch", "waiters", "newest_seen", "channel", "announcing")
 
     def __init__(self, client):
         self.client = client
         self.epoch = None  # known once the claim is answered
         self.waiters = []
+        self.announcing = False  # a connector: its online announcement waits for the epoch
         self.newest_seen = 0  # highest epoch of a takeover heard before that
         self.channel = _chan(client.principal.instance_id)  # where its instance's connector listens
 
@@ -278,15 +279,23 @@ class Cluster:
     def connector_presence(self, instance_id: str, online: bool, client) -> None:
         """Our connector of ``instance_id`` went online or offline."""
         if online:
+            h = getattr(client, "held", None)
+            if h is None or h.announcing:
+                return  # one announcement waits at most, however often it toggled
+            h.announcing = True
+
             def announce(epoch):
+                h.announcing = False
+                # Checked when the epoch is known: it may be offline or gone by then.
+                if self.held.get(instance_id) is not h or not self.router.is_online(instance_id):
+                    return
                 value = self._value(epoch)
                 self.online_here[instance_id] = value
                 self.bus.set(_online_key(instance_id), value, int(OWN_TTL * 1000)).addErrback(lambda f: None)
                 self._announce(instance_id, True, epoch)
                 self.bus.publish(_ichan(instance_id), b"W")
 
-            if client is not None:
-                self._after_claim(client, announce)
+            self._after_claim(client, announce)
         else:
             value = self.online_here.pop(instance_id, None)
             if value is not None:

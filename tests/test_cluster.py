@@ -335,3 +335,28 @@ def test_a_node_alone_loads_no_bus_code(tmp_path):
             "assert not loaded, loaded\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
+
+
+def test_a_connector_offline_again_before_its_claim_is_answered_is_not_announced_online(nodes, hub):
+    """Its SUBSCRIBE and UNSUBSCRIBE while the bus is down: when the claim
+    is answered, other nodes hear nothing of it, and however often it
+    toggled, at most one announcement waits."""
+    a, b, _ = nodes
+    dev, ds = b.device()
+    pump(hub)
+    a.bus.set_connected(False)
+    conn, _ = a.connector(subscribe=False)
+    for _ in range(100):
+        a.router.subscribe(conn, [("devices/+/up", 1)])
+        a.router.subscribed(conn, [("devices/+/up", 1)])
+        a.router.unsubscribe(conn, ["devices/+/up"])
+    assert len(conn.held.waiters) <= 1
+    a.bus.set_connected(True)
+    pump(hub)
+    assert ds.statuses() == ["offline"]
+    assert a.cluster.online_here == {} and hub.get(b"lm:online:" + I.encode()) is None
+    # once it subscribes for good, it is announced
+    a.router.subscribe(conn, [("devices/+/up", 1)])
+    a.router.subscribed(conn, [("devices/+/up", 1)])
+    pump(hub)
+    assert ds.statuses() == ["offline", "online"]
