@@ -31,7 +31,8 @@ from zope.interface import implementer
 from linchpin_common.workers import BoundedWorker, ThreadWorker
 
 from .config import redact_url
-from .store import SCHEMA_VERSION, STORE_QUEUE, IStore, StoreError, StoreUnavailable, _schema, queue_full
+from .store import (SCHEMA_VERSION, STORE_QUEUE, IStore, Statements, StoreError, StoreUnavailable, _schema,
+                    queue_full)
 
 # Advisory lock keys (any 64-bit numbers unique to this application).
 LOCK_SCHEMA = 0x6C6D_6777_0001
@@ -45,7 +46,7 @@ RECONNECT_WITHIN = 2.0
 
 
 @implementer(IStore)
-class PostgreSQLStore:
+class PostgreSQLStore(Statements):
     def __init__(self, reactor, url: str, worker=None, pool_size: int = POOL_SIZE, timeout: float = 3.0,
                  max_queue: int = STORE_QUEUE):
         self.url = url
@@ -91,31 +92,17 @@ class PostgreSQLStore:
     def _run(self, fn, *args):
         return self._worker.run(self._txn, fn, *args)
 
+    # Statements' SQL has qmark placeholders; psycopg's are %s.
     def _execute(self, sql, args):
-        return self._run(lambda c: c.execute(sql, args).rowcount)
+        return self._run(lambda c: c.execute(sql.replace("?", "%s"), args).rowcount)
 
     def _one(self, sql, args=()):
-        return self._run(lambda c: c.execute(sql, args).fetchone())
+        return self._run(lambda c: c.execute(sql.replace("?", "%s"), args).fetchone())
+
+    def _all(self, sql, args=()):
+        return self._run(lambda c: c.execute(sql.replace("?", "%s"), args).fetchall())
 
     # -- IStore ------------------------------------------------------------
-
-    def ping(self):
-        return self._one("SELECT 1")
-
-    def create_instance(self, instance_id, password_hash, now):
-        return self._execute(
-            "INSERT INTO instances (instance_id, password_hash, created_at) VALUES (%s, %s, %s)",
-            (instance_id, password_hash, int(now)),
-        )
-
-    def instance_hash(self, instance_id):
-        d = self._one("SELECT password_hash FROM instances WHERE instance_id = %s", (instance_id,))
-        return d.addCallback(lambda row: row[0] if row else None)
-
-    def set_instance_password(self, instance_id, password_hash):
-        d = self._execute("UPDATE instances SET password_hash = %s WHERE instance_id = %s",
-                          (password_hash, instance_id))
-        return d.addCallback(lambda n: n == 1)
 
     def delete_instance(self, instance_id):
         def txn(c):
@@ -127,44 +114,16 @@ class PostgreSQLStore:
 
         return self._run(txn)
 
-    def create_device(self, device_id, instance_id, setup_key_hash, expires_at, now):
-        return self._execute(
-            "INSERT INTO devices (device_id, instance_id, state, setup_key_hash, expires_at, created_at)"
-            " VALUES (%s, %s, 'pending', %s, %s, %s)",
-            (device_id, instance_id, setup_key_hash, int(expires_at), int(now)),
-        )
-
-    def find_setup_key(self, setup_key_hash, now):
-        d = self._one(
-            "SELECT device_id, instance_id FROM devices"
-            " WHERE setup_key_hash = %s AND state = 'pending' AND expires_at > %s",
-            (setup_key_hash, int(now)),
-        )
-        return d.addCallback(lambda row: tuple(row) if row else None)
-
     def activate_device(self, device_id, setup_key_hash, password_hash, now):
         # One statement: of two nodes redeeming the same key at once, the
         # second waits on the row lock, re-checks the WHERE and matches nothing.
         d = self._one(
-            "UPDATE devices SET state = 'active', setup_key_hash = NULL, expires_at = NULL, password_hash = %s"
-            " WHERE device_id = %s AND setup_key_hash = %s AND state = 'pending' AND expires_at > %s"
+            "UPDATE devices SET state = 'active', setup_key_hash = NULL, expires_at = NULL, password_hash = ?"
+            " WHERE device_id = ? AND setup_key_hash = ? AND state = 'pending' AND expires_at > ?"
             " RETURNING instance_id",
             (password_hash, device_id, setup_key_hash, int(now)),
         )
         return d.addCallback(lambda row: row[0] if row else None)
-
-    def device_auth(self, device_id):
-        d = self._one("SELECT instance_id, state, password_hash FROM devices WHERE device_id = %s", (device_id,))
-        return d.addCallback(lambda row: tuple(row) if row else None)
-
-    def list_devices(self, instance_id):
-        return self._run(lambda c: [tuple(r) for r in c.execute(
-            "SELECT device_id, state FROM devices WHERE instance_id = %s ORDER BY created_at, device_id",
-            (instance_id,))])
-
-    def delete_device(self, instance_id, device_id):
-        d = self._execute("DELETE FROM devices WHERE device_id = %s AND instance_id = %s", (device_id, instance_id))
-        return d.addCallback(lambda n: n == 1)
 
     def purge_expired(self, now):
         def txn(c):

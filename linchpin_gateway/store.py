@@ -86,6 +86,65 @@ class IStore(Interface):
         """Deferred[list[(instance_id, device_id)]]: expired pending devices removed."""
 
 
+class Statements:
+    """The IStore methods whose SQL is the same on every engine, written
+    once (``?`` placeholders).  An engine provides ``_execute`` (one
+    committed statement: Deferred[rows changed]), ``_one`` and ``_all``
+    (Deferred[row | None] and Deferred[list[row]]); what differs between
+    engines (locking, RETURNING, the purge) stays in the engine's class."""
+
+    def ping(self):
+        return self._one("SELECT 1")
+
+    def create_instance(self, instance_id, password_hash, now):
+        return self._execute(
+            "INSERT INTO instances (instance_id, password_hash, created_at) VALUES (?, ?, ?)",
+            (instance_id, password_hash, int(now)),
+        )
+
+    def instance_hash(self, instance_id):
+        d = self._one("SELECT password_hash FROM instances WHERE instance_id = ?", (instance_id,))
+        return d.addCallback(lambda row: row[0] if row else None)
+
+    def set_instance_password(self, instance_id, password_hash):
+        d = self._execute(
+            "UPDATE instances SET password_hash = ? WHERE instance_id = ?", (password_hash, instance_id)
+        )
+        return d.addCallback(lambda n: n == 1)
+
+    def create_device(self, device_id, instance_id, setup_key_hash, expires_at, now):
+        return self._execute(
+            "INSERT INTO devices (device_id, instance_id, state, setup_key_hash, expires_at, created_at)"
+            " VALUES (?, ?, 'pending', ?, ?, ?)",
+            (device_id, instance_id, setup_key_hash, int(expires_at), int(now)),
+        )
+
+    def find_setup_key(self, setup_key_hash, now):
+        d = self._one(
+            "SELECT device_id, instance_id FROM devices"
+            " WHERE setup_key_hash = ? AND state = 'pending' AND expires_at > ?",
+            (setup_key_hash, int(now)),
+        )
+        return d.addCallback(lambda row: tuple(row) if row else None)
+
+    def device_auth(self, device_id):
+        d = self._one(
+            "SELECT instance_id, state, password_hash FROM devices WHERE device_id = ?", (device_id,)
+        )
+        return d.addCallback(lambda row: tuple(row) if row else None)
+
+    def list_devices(self, instance_id):
+        d = self._all(
+            "SELECT device_id, state FROM devices WHERE instance_id = ? ORDER BY created_at, device_id",
+            (instance_id,),
+        )
+        return d.addCallback(lambda rows: [tuple(r) for r in rows])
+
+    def delete_device(self, instance_id, device_id):
+        d = self._execute("DELETE FROM devices WHERE device_id = ? AND instance_id = ?", (device_id, instance_id))
+        return d.addCallback(lambda n: n == 1)
+
+
 def _schema(version: int, engine: str = "") -> str:
     name = f"{engine}-v{version}.sql" if engine else f"v{version}.sql"
     return resources.files("linchpin_gateway").joinpath(f"db-schemas/{name}").read_text("utf-8")
@@ -125,7 +184,7 @@ def open_database(data_dir: str) -> sqlite3.Connection:
 
 
 @implementer(IStore)
-class SQLiteStore:
+class SQLiteStore(Statements):
     """Embedded store: one SQLite file, one worker thread."""
 
     def __init__(self, reactor, data_dir: str, worker=None, max_queue: int = STORE_QUEUE):
@@ -173,33 +232,13 @@ class SQLiteStore:
         """One committed statement; Deferred[int] of the rows it changed."""
         return self._write(lambda c: c.execute(sql, args).rowcount)
 
-    def _read(self, sql, args=(), many=False):
-        def query():
-            cursor = self._conn.execute(sql, args)
-            return cursor.fetchall() if many else cursor.fetchone()
+    def _one(self, sql, args=()):
+        return self._run(lambda: self._conn.execute(sql, args).fetchone())
 
-        return self._run(query)
+    def _all(self, sql, args=()):
+        return self._run(lambda: self._conn.execute(sql, args).fetchall())
 
     # -- IStore ------------------------------------------------------------
-
-    def ping(self):
-        return self._read("SELECT 1")
-
-    def create_instance(self, instance_id, password_hash, now):
-        return self._execute(
-            "INSERT INTO instances (instance_id, password_hash, created_at) VALUES (?, ?, ?)",
-            (instance_id, password_hash, int(now)),
-        )
-
-    def instance_hash(self, instance_id):
-        d = self._read("SELECT password_hash FROM instances WHERE instance_id = ?", (instance_id,))
-        return d.addCallback(lambda row: row[0] if row else None)
-
-    def set_instance_password(self, instance_id, password_hash):
-        d = self._execute(
-            "UPDATE instances SET password_hash = ? WHERE instance_id = ?", (password_hash, instance_id)
-        )
-        return d.addCallback(lambda n: n == 1)
 
     def delete_instance(self, instance_id):
         def txn(c):
@@ -210,21 +249,6 @@ class SQLiteStore:
             return ids
 
         return self._write(txn)
-
-    def create_device(self, device_id, instance_id, setup_key_hash, expires_at, now):
-        return self._execute(
-            "INSERT INTO devices (device_id, instance_id, state, setup_key_hash, expires_at, created_at)"
-            " VALUES (?, ?, 'pending', ?, ?, ?)",
-            (device_id, instance_id, setup_key_hash, int(expires_at), int(now)),
-        )
-
-    def find_setup_key(self, setup_key_hash, now):
-        d = self._read(
-            "SELECT device_id, instance_id FROM devices"
-            " WHERE setup_key_hash = ? AND state = 'pending' AND expires_at > ?",
-            (setup_key_hash, int(now)),
-        )
-        return d.addCallback(lambda row: tuple(row) if row else None)
 
     def activate_device(self, device_id, setup_key_hash, password_hash, now):
         def txn(c):
@@ -243,24 +267,6 @@ class SQLiteStore:
             return row[0]
 
         return self._write(txn)
-
-    def device_auth(self, device_id):
-        d = self._read(
-            "SELECT instance_id, state, password_hash FROM devices WHERE device_id = ?", (device_id,)
-        )
-        return d.addCallback(lambda row: tuple(row) if row else None)
-
-    def list_devices(self, instance_id):
-        d = self._read(
-            "SELECT device_id, state FROM devices WHERE instance_id = ? ORDER BY created_at, device_id",
-            (instance_id,),
-            many=True,
-        )
-        return d.addCallback(lambda rows: [tuple(r) for r in rows])
-
-    def delete_device(self, instance_id, device_id):
-        d = self._execute("DELETE FROM devices WHERE device_id = ? AND instance_id = ?", (device_id, instance_id))
-        return d.addCallback(lambda n: n == 1)
 
     def purge_expired(self, now):
         def txn(c):
