@@ -305,6 +305,23 @@ def test_cancelling_a_response_tells_the_connector():
     assert len(channel.sent) == 1
 
 
+def test_a_failing_sink_abandons_its_response_not_the_session():
+    from linchpin_connector.device.client import Response
+
+    channel = _Channel()
+    request = _PendingRequest(channel)
+    response = Response(request, 200, [])
+
+    def sink(part):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    done = response.deliver(sink)
+    assert response._part(b"x" * 10) is True  # nothing raised into the message handler
+    assert channel.sent == [{"t": "cancel", "id": 7}] and channel.requests == {}
+    assert isinstance(done.result.value, BrokenPipeError) and request.acks == []
+    done.addErrback(lambda f: None)
+
+
 # -- loopback, with the real commands ------------------------------------------------
 
 

@@ -151,13 +151,16 @@ class Response:
 
     def cancel(self) -> None:
         """Abandon the rest of the body: the connector is told to stop sending it."""
+        self._abandon(DeviceError("the response was abandoned"))
+
+    def _abandon(self, error: Exception) -> None:
         if self._ended:
             return
         request = self._request
         request.channel.send({"t": "cancel", "id": request.id})
         request.channel.requests.pop(request.id, None)
         self._parts = []
-        self._end(DeviceError("the response was abandoned"))
+        self._end(error)
 
     def _flush(self) -> None:
         while self._parts and self._sink is not None and not self._paused:
@@ -184,7 +187,11 @@ class Response:
         return True
 
     def _consume(self, data: bytes) -> None:
-        self._sink(data)
+        try:
+            self._sink(data)
+        except Exception as e:  # e.g. the pipe it writes to is closed: this response ends, the session goes on
+            self._abandon(e)
+            return
         ack = self._window.consumed(len(data))
         if ack:
             self._request.ack(ack)
