@@ -61,6 +61,19 @@ def test_upload_and_large_download(system, tmp_path):
         direct = r.read()
     assert len(relayed) == size and relayed == direct
 
+    # a reader that leaves early (| head -c 10): one line, not a traceback, nor "gateway lost"
+    with subprocess.Popen([os.path.join(BIN, "lmdevice"), "--state", state, "request", f"/download?size={size}"],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE) as reader:
+        assert len(reader.stdout.read(10)) == 10
+        reader.stdout.close()
+        try:
+            reader.wait(TIMEOUT)
+        finally:
+            reader.kill()
+        stderr = reader.stderr.read().decode()
+    assert reader.returncode == 1 and stderr.startswith("lmdevice: cannot write the response: ") and \
+        len(stderr.splitlines()) == 1, stderr
+
 
 def test_refusals_and_exit_codes(system, tmp_path):
     state = system.pair("carol")

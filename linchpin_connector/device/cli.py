@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import threading
 
-from twisted.internet import defer
+from twisted.internet import defer, threads
 from twisted.python.failure import Failure
 from twisted.web.http import RESPONSES
 
@@ -97,33 +98,75 @@ async def _request_command(reactor, args) -> int:
         if isinstance(body, BodyStream):
             feed(_DaemonThreads(reactor), sys.stdin.buffer.raw, body).addErrback(lambda f: body.abort())
         response = await device.request(method, args.path, headers, body)
-        out = sys.stdout.buffer
-        if args.include:
-            reason = RESPONSES.get(response.status, b"").decode("latin-1")
-            out.write(f"HTTP/1.1 {response.status} {reason}".rstrip().encode() + b"\r\n")
-            for k, v in response.headers:
-                out.write(f"{k}: {v}\r\n".encode("utf-8", "replace"))
-            out.write(b"\r\n")
-
         progress = None
         if sys.stderr.isatty():
             length = response.header("Content-Length")
             progress = Progress(sys.stderr, int(length) if length and length.isdigit() else None)
-
-        def write(part):
-            out.write(part)
-            out.flush()
-            if progress is not None:
-                progress.update(len(part))
-
         try:
-            await response.deliver(write)
+            await _write_response(reactor, response, args.include, progress)
         finally:
             if progress is not None:
                 progress.finish()
     finally:
         device.close()
     return 0
+
+
+async def _write_response(reactor, response, include: bool, progress) -> None:
+    """Standard output gets the body (``include``: status line and headers
+    first), written on a thread one part at a time: a reader that is slow to
+    empty the pipe pauses the response (so the connector stops reading the
+    app) while the reactor goes on (keep-alives).  A failed write (the reader
+    went away) ends the command with one line."""
+    fd = sys.stdout.fileno()
+    writing = defer.succeed(None)  # the write under way
+    failed: list[OSError] = []
+
+    def write(part: bytes) -> None:
+        nonlocal writing
+        response.pause()
+
+        def written(_):
+            if progress is not None:
+                progress.update(len(part))
+            response.resume()
+
+        def not_written(failure):
+            failed.append(failure.value)
+            response.cancel()
+
+        writing = threads.deferToThreadPool(reactor, reactor.getThreadPool(), _write_all, fd, part)
+        writing.addCallbacks(written, not_written)
+
+    try:
+        if include:
+            await threads.deferToThreadPool(reactor, reactor.getThreadPool(), _write_all, fd, _head(response))
+        try:
+            await response.deliver(write)
+        finally:
+            if not writing.called:  # (called: it is done, and may be what ended the delivery)
+                await writing
+    except OSError as e:
+        failed.append(e)
+    except DeviceError:
+        if not failed:
+            raise
+    if failed:
+        raise DeviceError(f"cannot write the response: {failed[0].strerror or failed[0]}")
+
+
+def _head(response) -> bytes:
+    reason = RESPONSES.get(response.status, b"").decode("latin-1")
+    lines = [f"HTTP/1.1 {response.status} {reason}".rstrip().encode()]
+    lines += [f"{k}: {v}".encode("utf-8", "replace") for k, v in response.headers]
+    return b"\r\n".join(lines) + b"\r\n\r\n"
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """Unbuffered, so nothing is left in a buffer to fail again at exit."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 class _DaemonThreads:
