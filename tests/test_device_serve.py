@@ -133,7 +133,7 @@ class FakeResponse:
 
 
 class FakeLink:
-    """Stands for DeviceLink: records requests, answers what the test says."""
+    """Stands for the Device: records requests, answers what the test says."""
 
     def __init__(self):
         self.seen = []

@@ -185,6 +185,21 @@ def test_a_file_body_is_read_off_the_reactor_thread_to_its_end(system):
                                                             "sha256": hashlib.sha256(data).hexdigest()}
 
 
+def test_requests_at_once_on_a_closed_device_open_one_connection(system):
+    state = system.add_device("dora")
+    opened = []
+
+    def connect(reactor, url, username, password, **kw):
+        opened.append(username)
+        return system.connect(reactor, url, username, password, **kw)
+
+    device = Device(system.reactor, state, connect=connect, worker=InlineWorker())
+    both = defer.gatherResults([device.request("GET", "/api/whoami"), device.request("GET", "/api/whoami?b")],
+                               consumeErrors=True)
+    first, second = run(system, both)
+    assert first.status == second.status == 200 and opened == [state.device_id]
+
+
 def test_connector_restart_fails_the_request_in_flight_then_rehandshakes(system):
     device = system.device(system.add_device())
     run(system, device.open())

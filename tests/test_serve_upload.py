@@ -15,7 +15,7 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
 from linchpin_common.contract import e2e
-from linchpin_connector.device.serve import DeviceLink, HostCheck, LocalProxy, make_site
+from linchpin_connector.device.serve import HostCheck, LocalProxy, make_site
 
 from tests.test_inmemory_system import System, run
 
@@ -35,7 +35,7 @@ class Browser:
 
     def __init__(self, system, device):
         self.system = system
-        site = make_site(LocalProxy(DeviceLink(device), HostCheck("127.0.0.1", 8088)), reactor=system.reactor)
+        site = make_site(LocalProxy(device, HostCheck("127.0.0.1", 8088)), reactor=system.reactor)
         self.channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 50000))
         self.transport = StringTransport()
         self.channel.makeConnection(self.transport)

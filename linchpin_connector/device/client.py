@@ -487,6 +487,7 @@ class Device:
         self.ca_file = ca_file or state.ca_file
         self.proxy = proxy if proxy is not None else ProxyConfig.resolve()
         self._connect = connect
+        self._reopening = defer.DeferredLock()  # requests find the connection gone: one of them reopens it
         self.client: mqtt_client.MQTTClient | None = None
         self.online: bool | None = None
         self._status_known = Outcome()
@@ -652,8 +653,12 @@ class Device:
         in parts of at most 256 KiB, as the connector's acknowledgements
         allow), or a :class:`BodyStream` the caller feeds as its body arrives.
         """
-        if self.client is None or not self.client.is_open:
-            await self.open()
+        await self._reopening.acquire()
+        try:
+            if self.client is None or not self.client.is_open:
+                await self.open()
+        finally:
+            self._reopening.release()
         await self.handshake()
         channel = self._session
         if channel is None:

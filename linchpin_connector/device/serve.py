@@ -157,34 +157,17 @@ def rewrite_location(value: str) -> str:
     return value
 
 
-class DeviceLink:
-    """The device as the local server uses it: opened once, reopened after the
-    gateway went away, never by two requests at once."""
-
-    def __init__(self, device):
-        self.device = device
-        self._lock = defer.DeferredLock()
-
-    async def request(self, method: str, path: str, headers, body):
-        await self._lock.acquire()
-        try:
-            client = self.device.client
-            if client is None or not client.is_open:
-                await self.device.open()
-        finally:
-            self._lock.release()
-        return await self.device.request(method, path, headers, body)
-
-
 class LocalProxy(resource.Resource):
     """Every path, every method: through the device to the intranet app."""
 
     isLeaf = True
     log = Logger()
 
-    def __init__(self, link, host_check: HostCheck):
+    def __init__(self, device, host_check: HostCheck):
+        """``device``: the :class:`~.client.Device` (it reopens its connection to
+        the gateway by itself when a request finds it gone)."""
         super().__init__()
-        self.link = link
+        self.device = device
         self.host_check = host_check
 
     def begin(self, request) -> BodyStream | None:
@@ -225,7 +208,7 @@ class LocalProxy(resource.Resource):
                    if k.decode("latin-1").lower() not in REQUEST_DROPPED]
         try:
             # Bytes as they came: the connector refuses a path that is not printable ASCII.
-            response = await self.link.request(request.method.decode("latin-1"), request.uri.decode("latin-1"),
+            response = await self.device.request(request.method.decode("latin-1"), request.uri.decode("latin-1"),
                                                headers, _body(request) if upload is None else upload)
         except Exception as e:
             if upload is not None:
@@ -357,7 +340,7 @@ def make_site(proxy: LocalProxy, reactor=None) -> server.Site:
 
 async def listen(reactor, device, endpoint: str = DEFAULT_LISTEN):
     """Serve the intranet through ``device`` on ``endpoint``; returns the listening port."""
-    proxy = LocalProxy(DeviceLink(device), HostCheck("127.0.0.1", 0))
+    proxy = LocalProxy(device, HostCheck("127.0.0.1", 0))
     site = make_site(proxy, reactor)
     port = await endpoints.serverFromString(reactor, endpoint).listen(site)
     address = port.getHost()  # port 0 picks one: the Host check needs the real one
