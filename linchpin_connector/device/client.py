@@ -30,7 +30,7 @@ from linchpin_common import console, mqtt_client
 from linchpin_common.contract import e2e, topics
 from linchpin_common.contract.channel import ACK_BATCH, ChannelEndpoint, ReceiveWindow, SendWindow
 from linchpin_common.contract.channel import Outcome as ChannelOutcome
-from linchpin_common.contract.pairing import PAIR_PREFIX, PairingInfo, make_pairing_uri, parse_pairing_uri  # noqa: F401
+from linchpin_common.contract.pairing import parse_pairing_uri
 from linchpin_common.gateway_client import GatewayAPI, GatewayError, InsecureURL, check_gateway_url, make_http_client
 from linchpin_common.http_proxy import ProxyConfig, ProxyError
 from linchpin_common.workers import InlineWorker
