@@ -89,13 +89,20 @@ class _ProxyEndpoints:
         return endpoint
 
 
+# Far above any answer of ours (5000 devices listed are about 400 KiB): a
+# gateway that sends more is not one, and is not read into memory.
+MAX_ANSWER = 16 * 1024 * 1024
+
+
 class GatewayAPI:
     """PROTOCOL.md section 2, client side."""
 
-    def __init__(self, http, gateway_url: str, instance_id: str | None = None, password: str | None = None):
+    def __init__(self, http, gateway_url: str, instance_id: str | None = None, password: str | None = None,
+                 max_answer: int = MAX_ANSWER):
         self.http = http
         self.url = gateway_url.rstrip("/")
         self.auth = (instance_id, password) if instance_id else None
+        self.max_answer = max_answer
 
     async def _call(self, method: str, path: str, body=None, headers=None, auth=True):
         kwargs = {"headers": dict(headers or {})}
@@ -111,7 +118,7 @@ class GatewayAPI:
             if failure is not None:
                 raise failure from e
             raise
-        raw = await response.content()
+        raw = await self._read(response)
         try:
             parsed = json.loads(raw) if raw else None
         except ValueError:
@@ -121,6 +128,20 @@ class GatewayAPI:
                 raise GatewayError(response.code, parsed["error"], parsed.get("message", ""))
             raise GatewayError(response.code, "unexpected", "the server is not a Linchpin gateway")
         return parsed
+
+    async def _read(self, response) -> bytes:
+        parts, size = [], 0
+
+        def collect(data: bytes) -> None:
+            nonlocal size
+            size += len(data)
+            if size > self.max_answer:  # raised here, treq closes the connection
+                raise GatewayError(response.code, "unexpected",
+                                   f"the server's answer is over {self.max_answer} bytes; not a Linchpin gateway")
+            parts.append(data)
+
+        await treq.collect(response, collect)
+        return b"".join(parts)
 
     async def register(self, token: str | None = None) -> dict:
         headers = {"Authorization": f"Bearer {token}"} if token else None

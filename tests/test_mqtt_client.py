@@ -1,10 +1,12 @@
 """The client side of MQTT (connector and device) and the reconnecting gateway link."""
 
 import pytest
+from treq.testing import StubTreq
 from twisted.internet import defer
 from twisted.internet.task import Clock
+from twisted.web.resource import Resource
 
-from linchpin_common.gateway_client import GatewayLink
+from linchpin_common.gateway_client import GatewayAPI, GatewayError, GatewayLink
 from linchpin_common.mqtt_client import ConnectionClosed, ConnectionRefused, MQTTClient
 from linchpin_common.contract import wire
 
@@ -154,3 +156,27 @@ def test_link_jitter_is_bounded():
     link = GatewayLink(Clock(), "http://gw", "u", "p", [], on_message=None, rng=lambda: 0.0)
     link.failures = 10
     assert link.next_delay() == 60
+
+
+class _Answer(Resource):
+    isLeaf = True
+
+    def __init__(self, body: bytes):
+        super().__init__()
+        self.body = body
+
+    def render(self, request):
+        request.setHeader(b"Content-Type", b"application/json")
+        return self.body
+
+
+def test_rest_answers_are_read_up_to_a_bound():
+    answer = b'{"devices": []}'
+    fits = GatewayAPI(StubTreq(_Answer(answer)), "https://gw", "inst", "pw", max_answer=len(answer))
+    listed = defer.ensureDeferred(fits.list_devices())
+    assert listed.result == []
+    endless = GatewayAPI(StubTreq(_Answer(b'{"devices": [' + b" " * 4096 + b"]}")), "https://gw", "inst", "pw",
+                         max_answer=1024)
+    failed = defer.ensureDeferred(endless.list_devices())
+    assert isinstance(failed.result.value, GatewayError) and "over 1024 bytes" in str(failed.result.value)
+    failed.addErrback(lambda f: None)
