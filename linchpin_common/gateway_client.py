@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 import treq
 from twisted.application import service
 from twisted.internet import defer
-from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.endpoints import wrapClientTLS
 from twisted.logger import Logger
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
 from twisted.web.iweb import IAgentEndpointFactory
@@ -18,7 +18,7 @@ from zope.interface import implementer
 
 from . import mqtt_client
 from .contract import topics
-from .http_proxy import ProxyConfig, TunnelEndpoint
+from .http_proxy import ProxyConfig, gateway_endpoint
 from .tls import tls_failure, trust_root
 
 
@@ -79,11 +79,8 @@ class _ProxyEndpoints:
     def endpointForURI(self, uri):
         host = uri.host.decode("ascii")
         scheme = uri.scheme.decode("ascii")
-        proxy = self.proxy.for_url(f"{scheme}://{host}:{uri.port}")
-        if proxy is not None:
-            endpoint = TunnelEndpoint(self.reactor, proxy, host, uri.port, timeout=self.timeout)
-        else:
-            endpoint = HostnameEndpoint(self.reactor, host, uri.port, timeout=self.timeout)
+        endpoint = gateway_endpoint(self.reactor, self.proxy, f"{scheme}://{host}:{uri.port}", host, uri.port,
+                                    timeout=self.timeout)
         if scheme == "https":
             endpoint = wrapClientTLS(self.policy.creatorForNetloc(uri.host, uri.port), endpoint)
         return endpoint

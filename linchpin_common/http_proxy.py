@@ -281,6 +281,15 @@ class _TunnelFactory(Factory):
         return _TunnelProtocol(self.endpoint, self.factory, self.ready)
 
 
+def gateway_endpoint(reactor, proxy: ProxyConfig | None, url: str, host: str, port: int, *, timeout: float = 30):
+    """How to reach ``host:port`` (of ``url``): through a CONNECT tunnel where
+    the proxy settings name a proxy for ``url``, else directly."""
+    via = proxy.for_url(url) if proxy else None
+    if via is not None:
+        return TunnelEndpoint(reactor, via, host, port, timeout=timeout)
+    return HostnameEndpoint(reactor, host, port, timeout=timeout)
+
+
 @implementer(IStreamClientEndpoint)
 class TunnelEndpoint:
     """``host:port`` through an HTTP CONNECT tunnel of ``proxy``.

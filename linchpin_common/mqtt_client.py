@@ -13,12 +13,12 @@ from urllib.parse import urlsplit
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from twisted.internet import defer
-from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.endpoints import wrapClientTLS
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 
 from .contract import wire
-from .http_proxy import ProxyConfig, TunnelEndpoint
+from .http_proxy import ProxyConfig, gateway_endpoint
 from .tls import CAFileError, TLSFailure, tls_failure, tls_options  # noqa: F401 (re-exported)
 
 DEFAULT_KEEP_ALIVE = 30
@@ -266,11 +266,7 @@ def connect(reactor, gateway_url: str, username: str, password: str, *, on_messa
     factory = client_factory(reactor, url, username, password, on_message=on_message, keep_alive=keep_alive,
                              timeout=timeout)
     port = parts.port or (443 if parts.scheme == "wss" else 80)
-    via = proxy.for_url(url) if proxy else None
-    if via is not None:
-        endpoint = TunnelEndpoint(reactor, via, parts.hostname, port, timeout=timeout)
-    else:
-        endpoint = HostnameEndpoint(reactor, parts.hostname, port, timeout=timeout)
+    endpoint = gateway_endpoint(reactor, proxy, url, parts.hostname, port, timeout=timeout)
     if parts.scheme == "wss":
         try:
             endpoint = wrapClientTLS(tls_options(parts.hostname, ca_file), endpoint)
