@@ -1,7 +1,7 @@
 """The figures of docs/security.md "Measured": what the login attacks of
 issue 10 cost a real ``twistd lmgateway`` on loopback.
 
-    python -m bench.abuse [--twistd PATH] [--only burst|latency|memory]
+    python -m bench.abuse [--twistd PATH] [--only burst|tenant|memory]
 
 1. burst: four bursts of 300 wrong CONNECTs from one address within 12 s;
    PBKDF2 runs spent on them (lmgateway_auth_failures_total: one run per
@@ -25,10 +25,8 @@ import argparse
 import base64
 import json
 import os
-import re
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -39,35 +37,25 @@ import urllib.request
 from linchpin_common.contract import wire
 from linchpin_common.rawws import client_frame, new_key
 
+from .procs import Proc, exit_on_signals, free_port, rss_kib
+
 TIMEOUT = 60
 
 
 class Gateway:
+    """``twistd lmgateway`` (``twistd`` given, so an older checkout can be
+    measured) with its per-address limits as shipped and metrics on a port of
+    its own; a :class:`~bench.procs.Proc`, so it is stopped on any exit."""
+
     def __init__(self, twistd: str, data_dir: str, *extra: str):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.metrics_port = probe.getsockname()[1]
-        self.proc = subprocess.Popen(
-            [twistd, "-n", "--pidfile=", "lmgateway", "--listen", "tcp:0:interface=127.0.0.1:backlog=4096",
-             "--data-dir", data_dir, "--metrics", f"tcp:{self.metrics_port}:interface=127.0.0.1", *extra],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-        self.lines: list[str] = []
-        self.port = None
-        ready = threading.Event()
-
-        def read():
-            for line in self.proc.stdout:
-                self.lines.append(line)
-                m = re.search(r"lmgateway listening on tcp:0\S* at 127\.0\.0\.1:(\d+)", line)
-                if m:
-                    self.port = int(m.group(1))
-                if self.port and "metrics" in line:
-                    ready.set()
-            ready.set()
-
-        threading.Thread(target=read, daemon=True).start()
-        if not ready.wait(TIMEOUT) or self.port is None:
-            raise SystemExit("gateway did not start:\n" + "".join(self.lines))
+        self.metrics_port = free_port()
+        name = "abuse-" + os.path.basename(data_dir)
+        self.proc = Proc(name, [twistd, "-n", "--pidfile=", "lmgateway", "--listen",
+                                "tcp:0:interface=127.0.0.1:backlog=4096", "--data-dir", data_dir, "--metrics",
+                                f"tcp:{self.metrics_port}:interface=127.0.0.1", *extra])
+        self.port = int(self.proc.wait_for(r"lmgateway listening on tcp:0\S* at 127\.0\.0\.1:(\d+)",
+                                           TIMEOUT).group(1))
+        self.proc.wait_for(rf"listening on .* at 127\.0\.0\.1:{self.metrics_port}", TIMEOUT)
         self.url = f"http://127.0.0.1:{self.port}"
 
     def rest(self, method, path, body=None, auth=None):
@@ -87,18 +75,10 @@ class Gateway:
         return 0.0
 
     def rss_kib(self) -> int:
-        with open(f"/proc/{self.proc.pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-        return 0
+        return rss_kib(self.proc.pid)
 
     def stop(self):
-        self.proc.terminate()
-        try:
-            self.proc.wait(TIMEOUT)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+        self.proc.stop(grace=TIMEOUT)
 
 
 def open_ws(port: int, source: str) -> tuple[socket.socket, bytes] | None:
@@ -326,6 +306,7 @@ def main(argv=None):
     parser.add_argument("--connections", type=int, default=200)
     parser.add_argument("--packets", type=int, default=32, help="1 MiB packets pipelined behind each CONNECT")
     args = parser.parse_args(argv)
+    exit_on_signals()
     results = {}
     with tempfile.TemporaryDirectory() as workdir:
         if args.only in (None, "burst"):

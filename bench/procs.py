@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 from linchpin_common.procs import Child, stop_all
+from linchpin_common.testing_services import free_port, rss_kib  # noqa: F401  (bench imports them from here)
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 ROOT = Path(__file__).resolve().parent.parent
@@ -64,14 +65,6 @@ def machine_busy_seconds() -> float:
         fields = f.readline().split()[1:]
     values = list(map(int, fields[:8]))  # user nice system idle iowait irq softirq steal
     return (sum(values) - values[3] - values[4]) / CLK_TCK
-
-
-def rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise RuntimeError(f"no VmRSS for {pid}")
 
 
 def tcp_ext(*names: str) -> dict[str, int]:
@@ -120,13 +113,6 @@ def tcp_nodelay_of(pid: int) -> list[tuple[str, str, int]] | None:
     finally:
         os.close(pidfd)
     return out
-
-
-def free_port() -> int:
-    """A port that was free a moment ago (for servers that cannot take port 0)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def raise_nofile(want: int = 8192) -> int:

@@ -5,19 +5,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 
-from tests.support import BIN, TIMEOUT, Process
+from tests.support import BIN, TIMEOUT, Process, free_port
 
 PROXY_VARIABLES = ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY",
                    "no_proxy", "NO_PROXY", "LINCHPIN_PROXY_PASSWORD")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def environment(**settings: str) -> dict[str, str]:

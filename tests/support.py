@@ -18,7 +18,7 @@ import urllib.request
 
 from linchpin_common.procs import Child
 from linchpin_common.rawws import client_frame
-from linchpin_common.testing_services import Paho  # noqa: F401  (the tests' MQTT client, shared with bench)
+from linchpin_common.testing_services import Paho, free_port, rss_kib  # noqa: F401  (shared with bench)
 
 TIMEOUT = 30
 BIN = os.path.dirname(sys.executable)
@@ -91,9 +91,6 @@ class World:
     def revoke(self, inst, device_id):
         status, body, _ = rest("DELETE", f"{self.url}/api/v1/devices/{device_id}", auth=inst)
         assert status == 204, body
-
-
-# -- paho-mqtt, an independent MQTT client ------------------------------------
 
 
 # -- a raw WebSocket client, for what no MQTT library will send -----------------

@@ -15,21 +15,7 @@ import time
 
 from linchpin_common.contract import wire
 from tests.support import (TIMEOUT, Connector, Gateway, Paho, RawWebSocket, SampleApp, cli, connect_packet,
-                           rest, scrape)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmRSS")
+                           free_port, rest, rss_kib, scrape)
 
 
 class Relay:

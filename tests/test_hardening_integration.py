@@ -8,16 +8,8 @@ import time
 import pytest
 
 from linchpin_common.contract import wire
-from tests.support import (TIMEOUT, Gateway, Paho, RawWebSocket, World, connect_packet, gateway_with_device,
-                           raw_session, rest, scrape)
-
-
-def rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmRSS")
+from tests.support import (TIMEOUT, Gateway, Paho, RawWebSocket, World, connect_packet, free_port,
+                           gateway_with_device, raw_session, rest, rss_kib, scrape)
 
 
 def test_kill_9_loses_no_answered_write(tmp_path):
@@ -139,9 +131,7 @@ def test_junk_on_the_port_is_closed_and_disturbs_nothing(tmp_path, junk):
 
 
 def test_metrics_endpoint(tmp_path):
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     gw, inst, (dev_id, dev_pw) = gateway_with_device(tmp_path, "--metrics", f"tcp:{port}:interface=127.0.0.1")
     conn = Paho(gw.port, *inst)
     conn.subscribe("devices/+/up")

@@ -10,7 +10,7 @@ import urllib.request
 import pytest
 
 from tests.secrets_scan import find_secrets
-from tests.support import BIN, TIMEOUT, Connector, Gateway, System, cli, scrape
+from tests.support import BIN, TIMEOUT, Connector, Gateway, System, cli, free_port, scrape
 
 
 @pytest.fixture
@@ -174,11 +174,7 @@ def test_no_secrets_in_connector_logs_or_gateway_disk(system, tmp_path):
 
 
 def test_connector_metrics(tmp_path):
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     system = System(tmp_path, "--metrics", f"tcp:{port}:interface=127.0.0.1")
     try:
         state = system.pair("heidi")
