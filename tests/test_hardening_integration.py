@@ -3,7 +3,6 @@
 import os
 import signal
 import socket
-import time
 
 import pytest
 
@@ -41,9 +40,7 @@ def test_sigterm_drains_sessions_and_exits_0(tmp_path):
     gw, inst, (dev_id, dev_pw) = gateway_with_device(tmp_path)
     clients = [Paho(gw.port, *inst), Paho(gw.port, dev_id, dev_pw)]
     raw = raw_session(gw.port, dev_id, dev_pw)  # takes over the paho session of the device
-    started = time.monotonic()
-    assert gw.terminate() == 0
-    assert time.monotonic() - started < 10
+    assert gw.terminate() == 0  # (terminate fails the test if SIGTERM does not stop it)
     assert 0x8 in raw.wait_closed()  # a clean WebSocket close, not a reset
     for c in clients:
         c.wait_closed()
