@@ -20,7 +20,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.internet import task
-from twisted.logger import globalLogPublisher
 
 from linchpin_common.contract import e2e
 from linchpin_connector.proxy import FORWARDING, path_allowed
@@ -35,17 +34,10 @@ FUZZ = settings(deadline=None, suppress_health_check=[HealthCheck.function_scope
 
 
 @pytest.fixture
-def failures():
-    """Every log event that carries a failure (a traceback in the log)."""
-    seen = []
-
-    def observer(event):
-        if "log_failure" in event:
-            seen.append(event)
-
-    globalLogPublisher.addObserver(observer)
-    yield seen
-    globalLogPublisher.removeObserver(observer)
+def failures(logged_failures_fail_the_test):
+    """Every log event of this test that carries a failure (tests/logcheck.py),
+    so that a property names the example that logged one."""
+    return logged_failures_fail_the_test
 
 
 @pytest.fixture
