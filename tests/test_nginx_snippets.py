@@ -176,6 +176,7 @@ def test_pairing_page_behind_sso_gets_the_identity_from_nginx_only(tmp_path, tls
         assert status == 200 and body == b"sign in here"  # no session: the SSO's sign-in, not the page
     finally:
         sso.shutdown()
+        sso.server_close()
         page.kill()
         if nginx is not None:
             nginx.stop()
