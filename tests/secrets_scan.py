@@ -1,4 +1,4 @@
-"""Look for secrets, in every encoding we can think of, in files on disk."""
+"""Look for secrets, in every encoding we can think of, in files on disk and in logs."""
 
 import base64
 import binascii
@@ -29,3 +29,9 @@ def find_secrets(root, secrets) -> list[tuple[str, str]]:
                 if any(form in data for form in encodings(secret)):
                     hits.append((path, secret))
     return hits
+
+
+def secrets_in_text(text: str, secrets) -> list[str]:
+    """The secrets of which any form appears in ``text`` (a process's log)."""
+    data = text.encode("utf-8", "surrogateescape")
+    return [secret for secret in secrets if any(form in data for form in encodings(secret))]
