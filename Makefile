@@ -15,9 +15,9 @@ $(STAMP): $(BIN)/python setup.py
 
 install: $(STAMP)
 
-# The Debian packages the tests start on loopback (PostgreSQL, Redis, HAProxy,
-# tinyproxy, chromium, systemd-analyze, node): installed when missing and
-# running as root, else named.
+# The Debian packages the tests start on loopback (the list is in
+# tools/system-packages.sh): installed when missing and running as root,
+# else named.
 system-packages:
 	bash tools/system-packages.sh
 
