@@ -19,8 +19,8 @@ import socket
 import sys
 from pathlib import Path
 
-from linchpin_common.procs import Child, stop_all
-from linchpin_common.testing_services import free_port, rss_kib  # noqa: F401  (bench imports them from here)
+from linchpin_common.procs import Child, cpu_seconds, rss_kib, stop_all  # noqa: F401  (bench imports them from here)
+from linchpin_common.testing_services import free_port  # noqa: F401
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,14 +47,6 @@ def exit_on_signals() -> None:
 
 
 # -- /proc ----------------------------------------------------------------------
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of the whole process (all threads), in seconds."""
-    with open(f"/proc/{pid}/stat", "rb") as f:
-        stat = f.read()
-    fields = stat[stat.rindex(b")") + 2:].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
 def machine_busy_seconds() -> float:

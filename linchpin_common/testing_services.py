@@ -11,8 +11,8 @@ Redis is waited for through its own output.  Secrets (the passwords) go into
 files of mode 0600, never into a command line.
 
 :class:`Paho` is the paho-mqtt client both use to play a device or a
-connector (paho-mqtt comes with the test extras); :func:`free_port` and
-:func:`rss_kib` serve both as well.
+connector (paho-mqtt comes with the test extras); :func:`free_port` serves
+both as well.
 """
 
 from __future__ import annotations
@@ -39,15 +39,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def rss_kib(pid: int) -> int:
-    """Resident memory of process ``pid`` in KiB (VmRSS of /proc/PID/status)."""
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise ChildError(f"no VmRSS for {pid}")
 
 
 def _pg_bin(name: str) -> str:

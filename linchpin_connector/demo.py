@@ -17,7 +17,7 @@ import sys
 import time
 import urllib.request
 
-from linchpin_common.procs import Child, ChildError
+from linchpin_common.procs import Child, ChildError, cpu_seconds, rss_kib
 
 BIN = os.path.dirname(sys.executable)
 ROOT = os.path.join("var", "demo")
@@ -65,18 +65,7 @@ def run_bytes(argv: list[str]) -> tuple[bytes, float]:
 
 
 def rss_mib(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return rss_kib(pid) / 1024
 
 
 def measure(state: str, app_url: str, download: int, watch: dict[str, int]) -> None:
