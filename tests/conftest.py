@@ -29,6 +29,15 @@ def no_process_left():
 from tests.logcheck import logged_failures_fail_the_test, pytest_configure  # noqa: E402,F401 (fixtures)
 
 
+@pytest.fixture(scope="module")
+def browser():
+    """One headless Chromium for the tests of a module (starting one costs a second)."""
+    from tests.browser_support import chromium
+
+    with chromium() as b:
+        yield b
+
+
 @pytest.fixture
 def make_gateway(tmp_path):
     """An in-memory gateway: real store and hashing, run inline; fake reactor."""

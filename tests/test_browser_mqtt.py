@@ -14,7 +14,7 @@ from urllib.parse import quote
 
 import pytest
 
-from tests.browser_support import StaticServer, chromium, handshake_origins, mqttjs_bundle
+from tests.browser_support import StaticServer, handshake_origins, mqttjs_bundle
 from tests.support import Paho, Gateway, World
 
 PAGE = """<!doctype html>
@@ -48,12 +48,6 @@ client.on("close", () => window.subscribed || window.errors.push("connection clo
 window.publishUp = (text) => new Promise((resolve, reject) =>
   client.publish(`devices/${device}/up`, text, {qos: 1}, (err) => err ? reject(String(err)) : resolve(true)));
 """
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with chromium() as b:
-        yield b
 
 
 @pytest.fixture(scope="module")

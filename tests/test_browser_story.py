@@ -22,7 +22,7 @@ import urllib.request
 import pytest
 import zxingcpp
 
-from tests.browser_support import StaticServer, accessibility_violations, chromium, png_gray
+from tests.browser_support import StaticServer, accessibility_violations, png_gray
 from tests.support import BIN, TIMEOUT, Connector, Process, System, cli
 
 WAIT_MS = TIMEOUT * 1000
@@ -39,12 +39,6 @@ class PairingSystem(System):
             m = self.connector.wait_for(r"pairing page listening on 127\.0\.0\.1:(\d+)|connected to the gateway")
             seen["web" if m.group(1) else "online"] = m.group(1)
         self.web_url = f"http://127.0.0.1:{seen['web']}/"
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with chromium() as b:
-        yield b
 
 
 @pytest.fixture(scope="module")
