@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from twisted.internet import defer, error, task
 from twisted.web.client import ResponseFailed, ResponseNeverReceived
 
@@ -45,10 +47,15 @@ def parse_command_line(parser, argv, prog: str):
     return args
 
 
-def proxy_config(args) -> ProxyConfig:
-    """The proxy settings of parsed arguments; :class:`ProxySettingsError` says what is wrong."""
+PASSWORD_IN_PS = ("warning: the password in --proxy is visible in ps; give http://user@host:port and the "
+                  f"password with --proxy-password-file or {PASSWORD_ENV}")
+
+
+def proxy_config(args, warn=lambda text: print(text, file=sys.stderr)) -> ProxyConfig:
+    """The proxy settings of parsed arguments; :class:`ProxySettingsError` says what is wrong.
+
+    A password in ``--proxy`` is used, as INTERFACE.md allows, with a warning
+    that it shows in ``ps`` (the warning never repeats it)."""
     if url_has_password(args.proxy):
-        raise ProxySettingsError("--proxy: a password on the command line is visible in ps; give "
-                                 "http://user@host:port and the password with --proxy-password-file "
-                                 f"or {PASSWORD_ENV}")
+        warn(PASSWORD_IN_PS)
     return ProxyConfig.resolve(args.proxy, password_file=args.proxy_password_file)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from types import SimpleNamespace
 
 import pytest
@@ -79,11 +80,18 @@ def test_password_sources_and_it_is_never_shown(tmp_path):
         ProxyConfig.resolve("http://bob@proxy:3128", password_file=str(tmp_path / "missing"), env={})
 
 
-def test_a_password_on_the_command_line_is_refused_with_what_to_do():
+def test_a_password_on_the_command_line_is_used_with_a_warning():
+    """INTERFACE.md: --proxy http://[user:password@]host:port; the user is told
+    the password shows in ps, and the warning does not repeat it."""
     args = SimpleNamespace(proxy="http://bob:s3cret@proxy:3128", proxy_password_file=None)
-    with pytest.raises(ProxySettingsError, match="visible in ps.*--proxy-password-file") as caught:
-        console.proxy_config(args)
-    assert "s3cret" not in str(caught.value)
+    warnings = []
+    config = console.proxy_config(args, warn=warnings.append)
+    assert config.https.authorization() == b"Basic " + base64.b64encode(b"bob:s3cret")
+    assert len(warnings) == 1 and "visible in ps" in warnings[0] and "--proxy-password-file" in warnings[0]
+    assert "s3cret" not in warnings[0]
+    quiet = []
+    console.proxy_config(SimpleNamespace(proxy="http://bob@proxy:3128", proxy_password_file=None), warn=quiet.append)
+    assert quiet == []
 
 
 @pytest.mark.parametrize("url, message", [

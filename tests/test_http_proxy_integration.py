@@ -95,10 +95,13 @@ def test_proxy_authentication(world, tmp_path):
     line = one_line_error(bad, 3, "requires authentication (401; wrong user name or password)",
                           "--proxy-password-file")
     assert "wrong-pw" not in line
-    in_ps = command("lmconnector", "--proxy", proxy.url.replace("http://", "http://bob:right-pw@"), "device", "list",
-                    check=False)
-    one_line_error(in_ps, 2, "visible in ps", "--proxy-password-file")
     command(*register, env=environment(https_proxy=user_url, LINCHPIN_PROXY_PASSWORD="right-pw"))
+    # INTERFACE.md's --proxy http://user:password@host:port works too, with a warning about ps
+    in_ps = command("lmconnector", "--data-dir", tmp_path / "second", "--ca-file", tls.ca,
+                    "--proxy", proxy.url.replace("http://", "http://bob:right-pw@"), "register", "--gateway",
+                    gateway.url)
+    said = (in_ps.stdout + in_ps.stderr).decode()
+    assert "visible in ps" in said and "right-pw" not in said
 
     # the daemon with a wrong password: one line per attempt, retried with its backoff
     daemon = ("--ca-file", str(tls.ca), "--proxy", user_url)
