@@ -8,7 +8,7 @@ import pytest
 
 from linchpin_common.contract import wire
 from tests.secrets_scan import find_secrets, secrets_in_text
-from tests.support import Gateway, Paho, RawWebSocket, World, connect_packet, raw_session, rest
+from tests.support import TIMEOUT, Gateway, Paho, RawWebSocket, World, connect_packet, raw_session, rest
 
 
 @pytest.fixture
@@ -205,3 +205,23 @@ def test_data_dir_modes_and_no_secrets_on_disk(gateway, world, tmp_path):
     assert find_secrets(data_dir, secrets) == []
     # nor in the gateway's own log
     assert secrets_in_text(gateway.text(), secrets) == []
+
+
+@pytest.mark.parametrize("ending", ["refused", "gateway stopped"])
+def test_the_tests_paho_client_never_logs_in_again_by_itself(tmp_path, ending):
+    """A refused or closed paho session stays closed: a client that logged in
+    again by itself would spend login budgets and take sessions over in the
+    tests that follow, from a thread nobody stops."""
+    gateway = Gateway(tmp_path / "gw")
+    if ending == "refused":
+        client = Paho(gateway.port, "f" * 32, "wrong")
+        assert client.result == "Bad user name or password"
+    else:
+        inst = World(gateway.url).register()
+        client = Paho(gateway.port, *inst)
+        assert client.result == "Success"
+    gateway.kill()
+    thread = client.client._thread  # paho's network thread (no public handle); None once it has ended
+    if thread is not None:
+        thread.join(TIMEOUT)
+        assert not thread.is_alive(), "paho keeps logging in again"
