@@ -7,13 +7,25 @@ caller's thread so in-memory tests stay deterministic.
 
 from __future__ import annotations
 
+import os
+
 from twisted.internet import defer, threads
 from twisted.python.threadpool import ThreadPool
+
+
+def cores() -> int:
+    """The CPUs this process may run on (its affinity mask, which a container
+    or ``taskset`` may narrow), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
 
 
 class ThreadWorker:
     def __init__(self, reactor, name: str, size: int = 1):
         self.reactor = reactor
+        self.size = size
         self.pool = ThreadPool(minthreads=1, maxthreads=size, name=name)
 
     def start(self) -> None:

@@ -41,7 +41,8 @@ class GatewayConfig:
     registration_token: str | None = field(default=None, repr=False)
     setup_key_ttl: int = 86400
     pbkdf2_iterations: int = MIN_ITERATIONS
-    hash_queue: int = 256  # PBKDF2 jobs queued or running; beyond: CONNACK 3 / HTTP 503
+    hash_queue: int = 1024  # PBKDF2 jobs queued or running; beyond: CONNACK 3 / HTTP 503
+    hash_wait: int = 15  # seconds a new PBKDF2 job may expect to wait; beyond: CONNACK 3 / HTTP 503
     # MQTT sessions.
     max_message_size: int = DEFAULT_MAX_REMAINING_LENGTH  # 1 MiB (PROTOCOL.md section 4)
     max_outbound: int = 4 * 1024 * 1024  # bytes queued for a client that stopped reading
@@ -74,7 +75,8 @@ class GatewayConfig:
             raise ValueError("--setup-key-ttl must be positive")
         if self.pbkdf2_iterations < MIN_ITERATIONS:
             raise ValueError(f"--pbkdf2-iterations must be at least {MIN_ITERATIONS}")
-        for name in ("max_outbound", "max_sessions", "max_pending_logins", "hash_queue", "connections_per_address",
+        for name in ("max_outbound", "max_sessions", "max_pending_logins", "hash_queue", "hash_wait",
+                     "connections_per_address",
                      "pending_logins_per_address", "login_checks_per_address", "request_deadline", "max_devices",
                      "max_pending_devices", "max_instance_sessions", "store_queue"):
             if getattr(self, name) < 1:
@@ -124,6 +126,8 @@ SETTINGS: list[tuple[str, str]] = [
     ("rest-limit", "Unauthenticated REST calls a minute per address (burst the same); 0: no limit."),
     ("login-limit", "Failed logins a minute per address (burst the same); 0: no limit."),
     ("hash-queue", "PBKDF2 jobs queued at most; beyond, CONNACK 3 / HTTP 503 at once."),
+    ("hash-wait", "Seconds a password check may expect to wait for the PBKDF2 pool (measured); beyond, "
+                  "CONNACK 3 / HTTP 503 at once. Above a client's retry back-off, so a storm keeps the pool busy."),
     ("connections-per-address", "Open connections from one address (an IPv6 /64) at most; more are closed."),
     ("pending-logins-per-address", "WebSocket sessions awaiting CONNACK from one address at most; beyond, 503."),
     ("login-checks-per-address", "Password checks one address may have queued or running; beyond, CONNACK 3 / 429."),

@@ -14,13 +14,15 @@ unbounded work.
 from __future__ import annotations
 
 import base64
+import collections
 import hashlib
 import hmac
 import os
+import time
 
 from twisted.internet import defer
 
-from linchpin_common.workers import BoundedWorker, ThreadWorker
+from linchpin_common.workers import BoundedWorker, ThreadWorker, cores
 
 from .config import DEFAULTS, MIN_ITERATIONS
 
@@ -68,19 +70,35 @@ def sha256_hex(text: str) -> str:
 
 
 class Hasher:
-    """Runs PBKDF2 off the reactor thread, with a bounded queue.
+    """Runs PBKDF2 off the reactor thread, on one thread per core, with a
+    queue bounded twice.
 
-    ``max_pending`` counts jobs queued or running; past it, :meth:`verify`
-    and :meth:`hash` fail at once with :class:`Overloaded`.
+    ``max_pending`` counts jobs queued or running; ``max_wait`` is how long a
+    new job may expect to wait for its result (the jobs ahead of it times the
+    measured duration of one job, over the pool's threads).  Past either,
+    :meth:`verify` and :meth:`hash` fail at once with :class:`Overloaded`.
+
+    The wait bound is what keeps the pool busy in a connect storm: a queue of
+    so many *jobs* holds a few seconds of work on a fast machine, less than a
+    refused client's retry back-off (8 s and more), so the pool ran dry
+    between waves of retries; a queue of so many *seconds* holds the same
+    time on any machine.  Until a job has been timed only ``max_pending``
+    applies.
     """
 
     def __init__(self, reactor, iterations: int = MIN_ITERATIONS, worker=None,
-                 max_pending: int = DEFAULTS.hash_queue):
+                 max_pending: int = DEFAULTS.hash_queue, max_wait: float | None = DEFAULTS.hash_wait,
+                 threads: int | None = None):
         if iterations < MIN_ITERATIONS:
             raise ValueError(f"PBKDF2 iterations must be at least {MIN_ITERATIONS}")
         self.iterations = iterations
-        self.worker = BoundedWorker(
-            worker or ThreadWorker(reactor, "lmgateway-pbkdf2", max(1, os.cpu_count() or 1)), max_pending, Overloaded)
+        if worker is None:
+            worker = ThreadWorker(reactor, "lmgateway-pbkdf2", threads or cores())
+        self.threads = threads or getattr(worker, "size", 1)
+        self.worker = BoundedWorker(worker, max_pending, Overloaded)
+        self.max_wait = max_wait
+        self.job_seconds: float | None = None  # moving average of one job's duration, once measured
+        self._durations: collections.deque[float] = collections.deque()  # measured, not yet averaged
         # What an unknown, pending or revoked id is checked against: the
         # configured iteration count (so it costs what a real check costs)
         # and a random "hash" no password can match (2**-256), made without
@@ -92,6 +110,12 @@ class Hasher:
         """Jobs queued or running."""
         return self.worker.pending
 
+    def expected_wait(self) -> float:
+        """Seconds a job queued now would wait for its result (0 until one was timed)."""
+        if self.job_seconds is None:
+            return 0.0
+        return (self.worker.pending + 1) * self.job_seconds / self.threads
+
     def start(self) -> None:
         self.worker.start()
 
@@ -99,12 +123,34 @@ class Hasher:
         self.worker.stop()
 
     def hash(self, password: str) -> defer.Deferred:
-        return self.worker.run(hash_password, password, self.iterations)
+        return self._run(hash_password, password, self.iterations)
 
     def verify(self, password: str, encoded: str | None) -> defer.Deferred:
         """Deferred[bool]; ``encoded=None`` (unknown principal) costs a real check
         at the configured iteration count, so it is no timing oracle."""
-        return self.worker.run(self._verify, password, encoded)
+        return self._run(self._verify, password, encoded)
 
     def _verify(self, password: str, encoded: str | None) -> bool:
         return verify_password(password, encoded or self._dummy)
+
+    def _run(self, fn, *args) -> defer.Deferred:
+        if self.max_wait is not None and self.expected_wait() > self.max_wait:
+            return defer.fail(Overloaded())
+        return self.worker.run(self._timed, fn, *args).addBoth(self._measured)
+
+    def _timed(self, fn, *args):
+        """``fn(*args)`` on the worker's thread, its duration noted for the reactor's."""
+        started = time.perf_counter()
+        try:
+            return fn(*args)
+        finally:
+            self._durations.append(time.perf_counter() - started)  # deque.append is thread-safe
+
+    def _measured(self, result):
+        while self._durations:
+            seconds = self._durations.popleft()
+            # An average over the last few dozen jobs: a storm's first jobs
+            # ran on an idle machine, later ones share it with the sessions.
+            average = self.job_seconds
+            self.job_seconds = seconds if average is None else average + (seconds - average) / 16
+        return result

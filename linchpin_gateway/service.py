@@ -41,7 +41,8 @@ class Gateway(service.MultiService):
         self.config = config
         self.store = store
         self.stats = Stats()
-        self.hasher = Hasher(reactor, config.pbkdf2_iterations, worker=hash_worker, max_pending=config.hash_queue)
+        self.hasher = Hasher(reactor, config.pbkdf2_iterations, worker=hash_worker, max_pending=config.hash_queue,
+                             max_wait=config.hash_wait)
         self.authenticator = Authenticator(store, self.hasher, reactor, revalidate=bus is not None)
         self.router = Router(reactor, stats=self.stats)
         self.rest_limiter = _limiter(reactor, config.rest_limit, "rate_limit_tripped", "unauthenticated REST calls")
