@@ -83,13 +83,18 @@ class Child:
             self._eof = True
             self._changed.notify_all()
 
-    def _lines(self) -> list[str]:
+    def _lines(self, whole: bool = False) -> list[str]:
+        """The lines so far; ``whole``: without a last line still being
+        written (the file may be read in the middle of a long line)."""
         if self.piped:
             return self.output
         try:
-            return self.log.read_text(errors="replace").splitlines(keepends=True)
+            lines = self.log.read_text(errors="replace").splitlines(keepends=True)
         except OSError:
             return []
+        if whole and lines and not lines[-1].endswith(("\n", "\r")) and self.proc.poll() is None:
+            lines.pop()
+        return lines
 
     def text(self) -> str:
         """Everything printed so far; all of it once the process has ended."""
@@ -109,7 +114,7 @@ class Child:
         deadline = time.monotonic() + timeout
         with self._changed:
             while True:
-                lines = self._lines()
+                lines = self._lines(whole=True)
                 for i in range(self._cursor, len(lines)):
                     m = regex.search(lines[i])
                     if m:
@@ -119,7 +124,7 @@ class Child:
                     self._cursor = len(lines)
                     ended = self._eof
                 else:
-                    ended = self.proc.poll() is not None and len(self._lines()) == len(lines)
+                    ended = self.proc.poll() is not None and len(self._lines(whole=True)) == len(lines)
                 left = deadline - time.monotonic()
                 if ended or left <= 0:
                     break

@@ -5,6 +5,7 @@ import os
 import select
 import signal
 import sys
+import time
 
 import pytest
 
@@ -90,3 +91,24 @@ def test_log_file_modes(tmp_path):
         direct.proc.stdin.close()
     assert direct.wait() == 0 and direct.stop() == 0
     assert not os.path.exists(tmp_path / "missing.log")
+
+
+def test_a_line_being_written_to_the_log_file_is_not_matched_half_way(tmp_path):
+    # A long line (a benchmark client's summary) reaches the file in pieces;
+    # the file is read every 50 ms, so a pattern ending in .* matched the
+    # piece already there and the caller parsed half a line.
+    code = ("import sys\nsys.stdout.write('READY {\"a\": 1'); sys.stdout.flush()\n"
+            "sys.stdin.readline()\nprint(', \"b\": 2}', flush=True)\nsys.stdin.read()")
+    child = python(code, log=tmp_path / "partial.log", pipe=False, stdin=__import__("subprocess").PIPE)
+    try:
+        deadline = time.monotonic() + 30
+        while (tmp_path / "partial.log").read_text() != 'READY {"a": 1' and time.monotonic() < deadline:
+            time.sleep(0.01)
+        with pytest.raises(ChildError):  # only half the line is there, and the child waits
+            child.wait_for(r"READY (.*)", timeout=0.2)
+        child.proc.stdin.write(b"\n")
+        child.proc.stdin.flush()
+        assert child.wait_for(r"READY (.*)").group(1) == '{"a": 1, "b": 2}'
+    finally:
+        child.proc.stdin.close()
+    assert child.wait() == 0 and child.stop() == 0
