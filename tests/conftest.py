@@ -12,21 +12,30 @@ from linchpin_common.workers import InlineWorker
 
 
 @pytest.fixture(autouse=True)
-def no_process_left():
-    """Kill any real process a test started and did not stop (a failed test).
+def no_process_left(request):
+    """Kill any real process a test started and did not stop (a failed test);
+    then fail the test if any real process printed a traceback while it ran.
 
     Processes of wider-scoped fixtures were started before this snapshot and
-    are left to their own fixture."""
+    are left to their own fixture; only what they printed during this test
+    counts against it."""
     from tests.support import Process
 
     before = set(Process.running)
+    first = len(Process.started)
+    offsets = {proc: len(proc.output) for proc in Process.running if isinstance(proc, Process)}
     yield
     for proc in Process.running - before:
         proc.kill()
         Process.running.discard(proc)
+    for proc in Process.started[first:]:
+        offsets.setdefault(proc, 0)
+    del Process.started[first:]  # (their output is not kept for the whole session)
+    children_logged_failures(request, offsets)
 
 
-from tests.logcheck import logged_failures_fail_the_test, pytest_configure  # noqa: E402,F401 (fixtures)
+from tests.logcheck import (children_logged_failures, logged_failures_fail_the_test,  # noqa: E402,F401 (fixtures)
+                            pytest_configure)
 
 
 @pytest.fixture(scope="module")

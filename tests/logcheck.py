@@ -1,6 +1,8 @@
-"""A failure logged during a test fails that test (see conftest.py)."""
+"""A failure logged during a test fails that test (see conftest.py): in the
+test's own process, and in the real processes it runs (their tracebacks)."""
 
 import gc
+import re
 
 import pytest
 from twisted.logger import globalLogPublisher
@@ -9,6 +11,38 @@ from twisted.logger import globalLogPublisher
 def pytest_configure(config):
     config.addinivalue_line(
         "markers", "logged_failures(*types): the test expects failures of these exception types to be logged")
+    config.addinivalue_line(
+        "markers", "child_tracebacks(pattern): the test expects a real process to print a traceback matching this")
+
+
+# What twistd's text log and Python print for a failure: a log.failure, an
+# unhandled error in a Deferred, an uncaught exception.
+TRACEBACK = re.compile(r"Traceback \((?:most recent call last|failure with no frames)\)")
+
+
+def children_logged_failures(request, offsets) -> None:
+    """Fail the test if a real process (tests.support.Process) printed a
+    traceback while it ran: ``offsets`` maps each process to the number of its
+    output lines printed before the test began. A test that provokes one on
+    purpose declares it with ``@pytest.mark.child_tracebacks(PATTERN)``; a
+    declared one must happen."""
+    found = []
+    for proc in offsets:
+        if proc.piped:
+            proc.text()  # an ended process: wait for the reader to have read everything
+        text = "".join(proc.output[offsets[proc]:])
+        if TRACEBACK.search(text):
+            found.append((proc, text))
+    marker = request.node.get_closest_marker("child_tracebacks")
+    expected = re.compile(marker.args[0]) if marker else None
+    unexpected = [(p, t) for p, t in found if not (expected and expected.search(t))]
+    if unexpected:
+        details = "\n".join(f"--- {p.name} (pid {p.pid}):\n{t[-6000:]}" for p, t in unexpected)
+        pytest.fail(f"{len(unexpected)} real process(es) printed a traceback during the test:\n{details}",
+                    pytrace=False)
+    if expected and not found:
+        pytest.fail(f"expected a real process to print a traceback matching {expected.pattern!r}, none did",
+                    pytrace=False)
 
 
 @pytest.fixture(autouse=True)

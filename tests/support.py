@@ -28,10 +28,14 @@ class Process(Child):
     """A child process whose output lines are read on a thread, so a test can
     wait for a line without polling (:class:`linchpin_common.procs.Child`).
     Every one still running when its test ends is killed (see conftest.py),
-    also when the test failed."""
+    also when the test failed; a traceback in its output fails the test
+    during which it was printed (tests/logcheck.py)."""
+
+    started: list[Process] = []  # every one, oldest first; conftest.py looks at those of each test
 
     def __init__(self, argv, env=None, cwd=None):
         super().__init__(argv, env=env, cwd=cwd)
+        Process.started.append(self)
 
 
 class Gateway(Process):

@@ -44,3 +44,96 @@ def test_a_declared_failure_is_allowed():
 def test_handled_errors_are_not_failures():
     d = defer.fail(ValueError("handled"))
     d.addErrback(lambda f: None)
+
+
+def test_a_traceback_in_a_real_process_fails_the_test_it_ran_in(pytester, monkeypatch):
+    """Loopback tests run the real daemons: a failure they log (twistd prints
+    its traceback) fails the test during which it was printed, also when the
+    process belongs to a module-wide fixture and was started before."""
+    monkeypatch.setenv("PYTHONPATH", os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    pytester.makeconftest("from tests.conftest import no_process_left, pytest_configure  # noqa\n"
+                          "from tests.logcheck import logged_failures_fail_the_test  # noqa")
+    pytester.makepyfile(test_inner="""
+        import sys
+
+        import pytest
+
+        from tests.support import Process
+
+        CRASH = [sys.executable, "-c", "print('ready', flush=True); 1 / 0"]
+        HANGING = [sys.executable, "-c", "import signal, traceback\\n"
+                   "try:\\n    1 / 0\\nexcept ZeroDivisionError:\\n    traceback.print_exc()\\n"
+                   "print('printed', flush=True)\\nsignal.pause()"]
+
+        def test_crashing_child():
+            child = Process(CRASH)
+            child.wait_for("ready")
+            assert child.wait() == 1
+
+        def test_crashing_child_left_running():
+            Process(HANGING).wait_for("printed")  # and left running: conftest.py kills it
+
+        @pytest.mark.child_tracebacks("ZeroDivisionError")
+        def test_declared():
+            assert Process(CRASH).wait() == 1
+
+        @pytest.mark.child_tracebacks("ZeroDivisionError")
+        def test_declared_but_missing():
+            assert Process([sys.executable, "-c", "pass"]).wait() == 0
+
+        def test_clean_child():
+            child = Process([sys.executable, "-c", "print('no trouble')"])
+            assert child.wait() == 0
+    """)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=5, errors=3)  # the three fail in teardown
+    result.stdout.fnmatch_lines(["*ERROR at teardown of test_crashing_child *", "*printed a traceback*",
+                                 "*ZeroDivisionError*"])
+    result.stdout.fnmatch_lines(["*ERROR at teardown of test_crashing_child_left_running*"])
+    result.stdout.fnmatch_lines(["*ERROR at teardown of test_declared_but_missing*", "*none did*"])
+
+
+def test_a_module_wide_process_counts_against_the_test_it_printed_in(pytester, monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    pytester.makeconftest("from tests.conftest import no_process_left, pytest_configure  # noqa\n"
+                          "from tests.logcheck import logged_failures_fail_the_test  # noqa")
+    pytester.makepyfile(test_inner="""
+        import os
+        import sys
+
+        import pytest
+
+        from tests.support import Process
+
+        # prints each line written to the FIFO, "tb" as a traceback's first line
+        ECHO = ("import sys\\n"
+                "for line in open(sys.argv[1]):\\n"
+                "    print(line.strip().replace('tb', 'Traceback (most recent call last):'), flush=True)\\n")
+
+        @pytest.fixture(scope="module")
+        def daemon(tmp_path_factory):
+            fifo = str(tmp_path_factory.mktemp("fifo") / "in")
+            os.mkfifo(fifo)
+            proc = Process([sys.executable, "-u", "-c", ECHO, fifo])
+            proc.fifo = open(fifo, "w")
+            yield proc
+            proc.fifo.close()
+            proc.kill()
+
+        def say(daemon, text):
+            daemon.fifo.write(text + "\\n")
+            daemon.fifo.flush()
+            daemon.wait_for(text if text != "tb" else "Traceback")
+
+        def test_before(daemon):
+            say(daemon, "fine")
+
+        def test_during(daemon):
+            say(daemon, "tb")
+
+        def test_after(daemon):
+            say(daemon, "fine again")
+    """)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=3, errors=1)
+    result.stdout.fnmatch_lines(["*ERROR at teardown of test_during*"])
