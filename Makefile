@@ -5,8 +5,12 @@ STAMP := $(VENV)/.installed
 
 .PHONY: test demo bench install clean system-packages
 
+# Debian's Python makes no virtualenv with pip without python3.X-venv
+# (installed by tools/venv-module.sh as root). A half-made .venv is removed,
+# or every later run would take it for a good one.
 $(BIN)/python:
-	$(PYTHON) -m venv $(VENV)
+	PYTHON=$(PYTHON) bash tools/venv-module.sh
+	$(PYTHON) -m venv $(VENV) || { rm -rf $(VENV); exit 1; }
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 $(STAMP): $(BIN)/python setup.py
