@@ -25,6 +25,9 @@ declare -A NEEDED=(
 
 have() {
   command -v "$1" >/dev/null 2>&1 && return 0
+  # Daemons (haproxy, nginx) are in /usr/sbin, off a normal user's PATH; the
+  # tests look there too.
+  [ -x "/usr/sbin/$1" ] && return 0
   # PostgreSQL's server binaries live in a versioned folder, off PATH.
   [ "$1" = initdb ] && compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null && return 0
   # nginx's stream module (TLS in front of the gateway) is a package of its own.
@@ -49,7 +52,7 @@ apt-get update -q
 apt-get install -y -q --no-install-recommends "${missing[@]}"
 # Packaged daemons must not run as system services here: the tests start
 # private instances on loopback.
-for svc in redis-server haproxy tinyproxy nginx; do
+for svc in postgresql redis-server haproxy tinyproxy nginx; do
   if command -v systemctl >/dev/null 2>&1; then systemctl disable --now "$svc" >/dev/null 2>&1 || true; fi
   service "$svc" stop >/dev/null 2>&1 || true
 done
