@@ -20,6 +20,14 @@ def pytest_configure(config):
 TRACEBACK = re.compile(r"Traceback \((?:most recent call last|failure with no frames)\)")
 
 
+def no_traceback(what: str, stderr: bytes) -> None:
+    """For a command run to its end (``lmconnector``, ``lmdevice``): whatever
+    its exit status, a traceback on its stderr is a failure it logged."""
+    text = stderr.decode(errors="replace")
+    if TRACEBACK.search(text):
+        raise AssertionError(f"{what} printed a traceback:\n{text}")
+
+
 def children_logged_failures(request, offsets) -> None:
     """Fail the test if a real process (tests.support.Process) printed a
     traceback while it ran: ``offsets`` maps each process to the number of its

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 
+from tests.logcheck import no_traceback
 from tests.support import BIN, TIMEOUT, Process, free_port
 
 PROXY_VARIABLES = ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY",
@@ -24,6 +25,7 @@ def command(name, *args, env=None, stdin=None, check=True, timeout=TIMEOUT) -> s
     """``lmconnector``/``lmdevice`` with exactly the proxy environment given."""
     done = subprocess.run([os.path.join(BIN, name), *map(str, args)], input=stdin, capture_output=True,
                           timeout=timeout, env=env if env is not None else environment())
+    no_traceback(f"{name} {args}", done.stderr)
     if check and done.returncode != 0:
         raise AssertionError(f"{name} {args} exited {done.returncode}: {done.stderr.decode(errors='replace')}")
     return done

@@ -19,6 +19,7 @@ import urllib.request
 from linchpin_common.procs import Child, rss_kib  # noqa: F401  (shared with bench)
 from linchpin_common.rawws import client_frame
 from linchpin_common.testing_services import Paho, free_port  # noqa: F401  (shared with bench)
+from tests.logcheck import no_traceback
 
 TIMEOUT = 30
 BIN = os.path.dirname(sys.executable)
@@ -193,6 +194,7 @@ def cli(name, *args, stdin=None, check=True, timeout=TIMEOUT):
     """Run ``lmconnector``/``lmdevice``; returns the CompletedProcess (bytes stdout)."""
     done = subprocess.run([os.path.join(BIN, name), *map(str, args)], input=stdin, capture_output=True,
                           timeout=timeout)
+    no_traceback(f"{name} {args}", done.stderr)
     if check and done.returncode != 0:
         raise AssertionError(f"{name} {args} exited {done.returncode}: {done.stderr.decode(errors='replace')}")
     return done

@@ -137,3 +137,17 @@ def test_a_module_wide_process_counts_against_the_test_it_printed_in(pytester, m
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
     result.assert_outcomes(passed=3, errors=1)
     result.stdout.fnmatch_lines(["*ERROR at teardown of test_during*"])
+
+
+def test_a_traceback_from_a_command_fails_even_when_it_exits_0():
+    import subprocess
+    import sys
+
+    from tests.logcheck import no_traceback
+
+    code = "import traceback\ntry:\n    1 / 0\nexcept ZeroDivisionError:\n    traceback.print_exc()\n"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=30)
+    assert done.returncode == 0
+    with pytest.raises(AssertionError, match="(?s)printed a traceback:\n.*ZeroDivisionError"):
+        no_traceback("the command", done.stderr)
+    no_traceback("the command", b"lmdevice: gateway unreachable at http://127.0.0.1:9\n")
