@@ -21,7 +21,7 @@ TESTS = ROOT / "tests"
 HELPERS = [ROOT / "linchpin_common" / "testing_services.py", ROOT / "linchpin_common" / "procs.py"]
 OURS = {"tests", "linchpin_common", "linchpin_gateway", "linchpin_connector"}
 # Commands of every Debian system (essential packages: bash, util-linux, coreutils).
-ESSENTIAL = {"bash", "runuser", "install", "rm", "mkdir", "cut", "umask", "cd"}
+ESSENTIAL = {"bash", "runuser", "install", "rm", "mkdir", "cut", "umask", "cd", "grep", "sed", "head"}
 
 
 def make_targets() -> set[str]:
@@ -110,9 +110,19 @@ def commands_run_by_tests() -> dict[str, str]:
             first = node.args[0] if node.args else None
             if func in ("which", "_pg_bin") and isinstance(first, ast.Constant) and isinstance(first.value, str):
                 found.setdefault(first.value, path.name)
-            elif (func in STARTERS and isinstance(first, ast.List) and first.elts and isinstance(first.elts[0], ast.Constant)
-                  and isinstance(first.elts[0].value, str) and re.fullmatch(r"[a-z][\w-]*", first.elts[0].value)):
+            elif (func in STARTERS and isinstance(first, ast.List) and first.elts
+                  and isinstance(first.elts[0], ast.Constant) and isinstance(first.elts[0].value, str)
+                  and re.fullmatch(r"[a-z][\w-]*", first.elts[0].value)):
                 found.setdefault(first.elts[0].value, path.name)
+    # the README.md lines test_readme.py runs: the first word of every command
+    from tests.test_readme import README_BLOCKS, code_lines
+
+    for start, end in README_BLOCKS:
+        code = re.sub(r"(?m)\s#.*$", "", code_lines(start, end))
+        for segment in re.split(r"\||;|&&|\$\(|\n", code):
+            words = segment.replace("\\", " ").split()
+            if words and re.fullmatch(r"[a-z][\w.-]*", words[0]):  # (not an assignment, a redirection, ...)
+                found.setdefault(words[0], "README.md")
     # the shell blocks of docs/operations.md the tests run (test_operations_doc.py)
     operations = (ROOT / "docs" / "operations.md").read_text()
     for block in re.findall(r"<!-- test: [^>]*-->\n```sh\n(.*?)```", operations, re.DOTALL):
@@ -128,7 +138,7 @@ def test_system_packages_installs_every_command_the_tests_run():
     commands = commands_run_by_tests()
     # the scan found them where they are used
     assert {"initdb", "pg_ctl", "redis-server", "haproxy", "tinyproxy", "chromium", "nginx", "npm",
-            "systemd-analyze", "sqlite3"} <= set(commands), commands
+            "systemd-analyze", "sqlite3", "curl"} <= set(commands), commands
     venv = Path(sys.executable).parent
     postgres = {"initdb", "pg_ctl"}  # PostgreSQL's server commands: one package
     missing = {command: where for command, where in commands.items()

@@ -17,6 +17,7 @@ declare -A NEEDED=(
   [chromium]=chromium          # pairing page and `lmdevice serve` in a real browser
   [systemd-analyze]=systemd    # `systemd-analyze verify` on deploy/*.service
   [sqlite3]=sqlite3            # the online backup command of docs/operations.md
+  [curl]=curl                  # README.md's pairing without a browser (tests/test_readme.py)
   [nginx]=nginx                # deploy/nginx/ snippets run in front of a real gateway
   [ngx_stream]=libnginx-mod-stream
   [node]=nodejs                # MQTT.js for the browser MQTT test
