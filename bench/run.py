@@ -75,16 +75,19 @@ import argparse
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
+import threading
 import time
+import urllib.request
 from array import array
 from pathlib import Path
 
 from . import accounts, charts, selftest, servers
-from .procs import (PYTHON, ROOT, VAR, Proc, cpu_seconds, exit_on_signals, machine_busy_seconds, raise_nofile,
-                    rss_kib, stop_all, tcp_ext, tcp_nodelay_of)
+from .procs import (PYTHON, ROOT, VAR, Proc, cpu_seconds, exit_on_signals, free_port, machine_busy_seconds,
+                    raise_nofile, rss_kib, stop_all, tcp_ext, tcp_nodelay_of)
 
 SIZES = (256, 16384)
 INFLIGHT = 64
@@ -335,6 +338,46 @@ def run_memory(args, notes: list[str], state: dict) -> dict:
 # -- 3. storm ---------------------------------------------------------------------------
 
 
+class QueueWatch:
+    """Polls the gateway's ``lmgateway_pbkdf2_queue_depth`` (10 times a
+    second, on a thread) to tell how long the PBKDF2 pool had an idle thread
+    while devices were still waiting: the gaps between hashes, a figure
+    other load on the machine does not change."""
+
+    def __init__(self, metrics_port: int):
+        self.url = f"http://127.0.0.1:{metrics_port}/metrics"
+        self.samples: list[tuple[float, float]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="queue-watch", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.1):
+            try:
+                with urllib.request.urlopen(self.url, timeout=2) as r:
+                    text = r.read().decode()
+            except OSError:
+                continue
+            m = re.search(r"^lmgateway_pbkdf2_queue_depth (\S+)$", text, re.M)
+            if m:
+                self.samples.append((time.monotonic(), float(m.group(1))))
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def idle(self, t0: float, t1: float, threads: int) -> dict:
+        """Seconds within [t0, t1) in which fewer jobs than threads were queued or running."""
+        idle = seen = 0.0
+        for (t, depth), (t_next, _) in zip(self.samples, self.samples[1:]):
+            if t0 <= t < t1:
+                dt = min(t_next, t1) - t
+                seen += dt
+                if depth < threads:
+                    idle += dt
+        return {"pool_idle_s": round(idle, 2), "watched_s": round(seen, 2)}
+
+
 def storm_once(gw: servers.Server, n: int, accounts_file: Path, procs: int = 2) -> tuple[dict, list[Proc]]:
     before = tcp_ext("ListenOverflows", "ListenDrops")
     cpu_before = cpu_seconds(gw.proc.pid), machine_busy_seconds()
@@ -428,7 +471,10 @@ def storm_config(label: str, listen: str, n: int, state: dict, notes: list[str],
     """Cold then warm storm on a freshly started gateway listening on `listen`."""
     inst, devices, accounts_file = state["instance"], state["devices"], state["accounts_file"]
     # A fresh process: nothing cached, as after a gateway restart.
-    gw = servers.gateway(name, VAR / "mem-gateway", "--rest-limit", "0", keep=True, listen=listen)
+    metrics_port = free_port()
+    gw = servers.gateway(name, VAR / "mem-gateway", "--rest-limit", "0", "--metrics",
+                         f"tcp:{metrics_port}:interface=127.0.0.1", keep=True, listen=listen)
+    watch = QueueWatch(metrics_port)
     out: dict = {"label": label, "listen": listen}
     samples_file = VAR / "latency.bin"
     lat_dev, lat_pw = devices[n]  # the extra device, not part of the storm
@@ -458,6 +504,7 @@ def storm_config(label: str, listen: str, n: int, state: dict, notes: list[str],
         for c in clients:
             c.stop()
         lat.stop(grace=10.0)
+        watch.stop()
         gw.stop()
     gw_log = gw.proc.text()
     out["gateway_log"] = {"connack_3_overloaded": gw_log.count("password checking overloaded"),
@@ -472,6 +519,7 @@ def storm_config(label: str, listen: str, n: int, state: dict, notes: list[str],
     out["latency_quiet"] = latency_stats(samples, t_quiet + 0.5, t_quiet + 5.0)
     out["cold"] = cold
     out["cold"]["latency"] = latency_stats(samples, cold["start"], cold["end"])
+    out["cold"]["pool"] = watch.idle(cold["start"], cold["end"], os.cpu_count() or 1)
     out["warm"] = warm
     out["warm"]["latency"] = latency_stats(samples, warm["start"], max(warm["end"], warm["start"] + 0.5))
     return out
@@ -603,6 +651,9 @@ def storm_table(storm: dict) -> str:
             codes = ", ".join(f"{k}: {v}" for k, v in sorted(s["first_connack_codes"].items()))
             ratio = (f", **{s['all_accepted_s'] / storm['ideal_s']:.2f}x floor**"
                      if kind == "cold" and s["all_accepted_s"] and storm["ideal_s"] else "")
+            pool = s.get("pool")
+            if pool:
+                ratio += f"; PBKDF2 pool short of jobs {pool['pool_idle_s']} s"
             lines.append(f"| {cfg['label']} | {kind} | {_fmt(s['all_first_connack_s'], 2)} | "
                          f"{_fmt(s['all_accepted_s'], 2)} ({s['accepted']}/{n}{ratio}) | "
                          f"{_fmt(s['half_accepted_s'], 2)} | "
