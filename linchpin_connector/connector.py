@@ -307,7 +307,8 @@ class ConnectorService(service.MultiService):
         self.worker.start()
         self.state = AsyncState(state, self.worker)
         self._sync_state = state
-        self.backend_http = self._backend_http or make_http_client(self.reactor)
+        # A backend read becomes one body message: read as much as one may carry.
+        self.backend_http = self._backend_http or make_http_client(self.reactor, read_size=e2e.MAX_BODY_CHUNK)
         self.api = GatewayAPI(self._gateway_http or make_http_client(self.reactor, self.ca_file, proxy=self.proxy),
                               registration["gateway_url"],
                               registration["instance_id"], registration["instance_password"])

@@ -18,6 +18,7 @@ import time
 import urllib.request
 
 from linchpin_common.procs import Child, ChildError, cpu_seconds, rss_kib
+from linchpin_common.malloc import keep_large_buffers
 
 BIN = os.path.dirname(sys.executable)
 ROOT = os.path.join("var", "demo")
@@ -74,6 +75,7 @@ def measure(state: str, app_url: str, download: int, watch: dict[str, int]) -> N
     during the download."""
     from .device import Device, DeviceState
 
+    keep_large_buffers()  # as lmdevice does: the device runs in this process
     before = {name: rss_mib(pid) for name, pid in watch.items()}
     peak = dict(before)
     cpu_before: dict[str, float] = {}

@@ -12,6 +12,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
 from linchpin_common.daemon import exit_zero_on_sigterm, print_version
+from linchpin_common.malloc import keep_large_buffers
 from linchpin_common.console import proxy_config
 from linchpin_common.http_proxy import ProxySettingsError
 from linchpin_common.tls import CAFileError, trust_root
@@ -95,6 +96,7 @@ def makeService(config, reactor=default_reactor):
         sys.exit(f"lmconnector: no connector registered in {config['data-dir']}: run "
                  f"'lmconnector --data-dir {config['data-dir']} register --gateway URL' first")
     reactor.callWhenRunning(exit_zero_on_sigterm, reactor)
+    keep_large_buffers()
     connector = ConnectorService(
         reactor,
         config["data-dir"],

@@ -8,6 +8,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
 from linchpin_common.daemon import exit_zero_on_sigterm, print_version
+from linchpin_common.malloc import keep_large_buffers
 
 from .config import DEFAULTS, from_options, option_parameters
 from .service import Gateway
@@ -61,6 +62,7 @@ def _bus(config, reactor):
 
 def makeService(options, reactor=default_reactor):
     config = options.config
+    keep_large_buffers()
     gateway = Gateway(reactor, _store(config, reactor), config, bus=_bus(config, reactor))
     for description in config.listen:
         gateway.listen(serverFromString(reactor, description), description)

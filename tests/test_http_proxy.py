@@ -7,6 +7,8 @@ from types import SimpleNamespace
 
 import pytest
 from twisted.internet import defer, error
+from twisted.internet.abstract import FileDescriptor
+from twisted.internet.address import IPv4Address
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 
@@ -355,3 +357,39 @@ def test_device_library_takes_a_proxy_and_defaults_to_the_environment(tmp_path, 
     reason = failure_of(direct.open())
     assert seen[-1].for_url("https://gw.example.com") is None
     assert str(reason) == "proxy p:1 unreachable: refused"  # the device says it as the proxy said it
+
+
+class _Socket(FileDescriptor):
+    """Enough of a socket transport for the HTTP client: bytes written are kept."""
+
+    def __init__(self, reactor):
+        super().__init__(reactor)
+        self.connected = True
+        self.written = b""
+
+    def writeSomeData(self, data):
+        self.written += bytes(data)
+        return len(data)
+
+    def getPeer(self):
+        return IPv4Address("TCP", "127.0.0.1", 8090)
+
+    def getHost(self):
+        return IPv4Address("TCP", "127.0.0.1", 50000)
+
+
+@pytest.mark.parametrize("read_size", [None, 262144])
+def test_the_backend_client_reads_as_much_as_a_body_message_carries(read_size):
+    """The connector reads its backend in reads as large as one body message
+    (Twisted's default is 64 KiB)."""
+    reactor = MemoryReactorClock()
+    http = make_http_client(reactor, persistent=False, read_size=read_size)
+    http.get("http://intranet.example:8090/download")
+    (_, port, factory, _, _), = reactor.tcpClients
+    assert port == 8090
+    protocol = factory.buildProtocol(None)
+    socket = _Socket(reactor)
+    protocol.makeConnection(socket)
+    socket.doWrite()
+    assert socket.written.startswith(b"GET /download HTTP/1.1\r\n")
+    assert socket.bufferSize == (read_size or FileDescriptor.bufferSize)

@@ -12,6 +12,7 @@ from twisted.python.failure import Failure
 from twisted.web.http import RESPONSES
 
 from linchpin_common import __version__, console
+from linchpin_common.malloc import keep_large_buffers
 
 from .client import DEFAULT_TIMEOUT, BodyStream, Device, feed, pair
 from . import serve
@@ -230,6 +231,7 @@ def _next_step(error: Exception) -> str:
 
 def main(argv=None) -> None:
     args = console.parse_command_line(_parser(), argv, "lmdevice")
+    keep_large_buffers()
 
     async def run(reactor):
         try:
