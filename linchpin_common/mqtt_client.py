@@ -9,9 +9,11 @@ verified, with an optional private CA).
 
 from __future__ import annotations
 
+import os
 from urllib.parse import urlsplit
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
+from autobahn.websocket.xormasker import create_xor_masker
 from twisted.internet import defer
 from twisted.internet.endpoints import wrapClientTLS
 from twisted.internet.protocol import connectionDone
@@ -51,6 +53,8 @@ class MQTTClient:
     def __init__(self, clock, send, disconnect, username: str, password: str, *,
                  keep_alive: int = DEFAULT_KEEP_ALIVE, on_message=None,
                  max_packet: int = wire.DEFAULT_MAX_REMAINING_LENGTH):
+        """``send(*parts)`` sends one packet, the concatenation of ``parts``
+        (a PUBLISH comes as its head and its payload, not copied together)."""
         self.clock = clock
         self._send = send
         self._disconnect = disconnect
@@ -108,12 +112,12 @@ class MQTTClient:
         if not self._is_open:
             return defer.fail(ConnectionClosed("not connected"))
         if qos == 0:
-            self._send(wire.encode_publish(topic.encode("utf-8"), payload))
+            self._send(wire.encode_publish_head(topic.encode("utf-8"), len(payload)), payload)
             self._last_sent = self.clock.seconds()
             return defer.succeed(None)
         packet_id = self._new_id()
         d = self._waiting[packet_id] = defer.Deferred()
-        self._send(wire.encode_publish(topic.encode("utf-8"), payload, 1, packet_id))
+        self._send(wire.encode_publish_head(topic.encode("utf-8"), len(payload), 1, packet_id), payload)
         self._last_sent = self.clock.seconds()
         return d
 
@@ -205,8 +209,19 @@ class MQTTClientProtocol(WebSocketClientProtocol):
         self.mqtt.connected.chainDeferred(f.session_ready)
         self.mqtt.start()
 
-    def _send_binary(self, data: bytes) -> None:
-        self.sendMessage(data, isBinary=True)
+    def _send_binary(self, *parts) -> None:
+        """One MQTT packet as one masked binary frame, its parts masked one
+        after the other and written as they are: Autobahn's sendMessage
+        would copy a large payload twice more (behind the packet's head,
+        then behind the frame's)."""
+        if self.state != self.STATE_OPEN or self.send_queue:
+            # Closing (Autobahn refuses), or frames of its own queued: keep the order.
+            self.sendMessage(b"".join(parts), isBinary=True)
+            return
+        n = sum(len(part) for part in parts)
+        key = os.urandom(4)
+        masker = create_xor_masker(key, n)  # incremental: each part goes on where the last ended
+        self.transport.writeSequence([_masked_binary_header(n) + key, *(masker.process(part) for part in parts)])
 
     def _drop(self) -> None:
         self.sendClose(code=1000)
@@ -222,6 +237,15 @@ class MQTTClientProtocol(WebSocketClientProtocol):
             lost = self._lost_reason
             tls = tls_failure(lost, self.factory.gateway_address) if lost is not None else None
             self.factory.session_ready.errback(tls or ConnectionClosed(reason or "WebSocket handshake failed"))
+
+
+def _masked_binary_header(n: int) -> bytes:
+    """RFC 6455 header of a final, masked binary frame of ``n`` bytes, before its key."""
+    if n < 126:
+        return bytes((0x82, 0x80 | n))
+    if n < 65536:
+        return b"\x82\xfe" + n.to_bytes(2, "big")
+    return b"\x82\xff" + n.to_bytes(8, "big")
 
 
 def websocket_url(gateway_url: str) -> str:

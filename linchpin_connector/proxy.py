@@ -351,6 +351,50 @@ class _RequestBody:
         self.consumer = None
 
 
+class _Unsent:
+    """Response bytes read from the backend and not sent yet, kept as the
+    reads came: a body message that is one whole read (the common case:
+    reads are as large as a message may carry) is that read, not a copy."""
+
+    __slots__ = ("parts", "size")
+
+    def __init__(self):
+        self.parts: deque = deque()
+        self.size = 0
+
+    def __len__(self) -> int:
+        return self.size
+
+    def add(self, data: bytes) -> None:
+        if data:
+            self.parts.append(data)
+            self.size += len(data)
+
+    def take(self, n: int):
+        """The first ``n`` bytes (a bytes-like object), removed."""
+        parts = self.parts
+        if not n:
+            return b""
+        self.size -= n
+        first = parts[0]
+        if len(first) > n:
+            view = memoryview(first)
+            parts[0] = view[n:]
+            return view[:n]
+        if len(first) == n:
+            return parts.popleft()
+        taken = []
+        while n:
+            part = parts.popleft()
+            if len(part) > n:
+                view = memoryview(part)
+                parts.appendleft(view[n:])
+                part = view[:n]
+            taken.append(part)
+            n -= len(part)
+        return b"".join(taken)
+
+
 class _ResponseBody(Protocol):
     def __init__(self, request: "_Request"):
         self.request = request
@@ -412,7 +456,7 @@ class _Request:
         # backend -> device
         self.res: dict | None = None
         self.reader: _ResponseBody | None = None
-        self.down_buf = bytearray()  # read from the backend, not yet sent
+        self.down_buf = _Unsent()  # read from the backend, not yet sent
         self.down_window = SendWindow()  # sent to the device, not yet acked
         self.down_end = False        # the backend finished its body
         self.paused = False          # the backend transport is paused (window full)
@@ -480,7 +524,7 @@ class _Request:
         self._stop(self.up_idle)
         self._stop(self.down_idle)
         self.up_idle = self.down_idle = None
-        self.down_buf = bytearray()
+        self.down_buf = _Unsent()
         self.up_queue.clear()
 
     def stop_backend(self) -> None:
@@ -587,7 +631,7 @@ class _Request:
 
     def on_backend_data(self, data: bytes) -> None:
         if self.phase is not DONE:
-            self.down_buf += data
+            self.down_buf.add(data)
             self._download_progress()
             self.pump_down()
 
@@ -623,8 +667,7 @@ class _Request:
                 end = self.down_end and n == len(self.down_buf)
                 if self.phase is STREAMING and not n and not end:
                     break
-                chunk = bytes(self.down_buf[:n])
-                del self.down_buf[:n]
+                chunk = self.down_buf.take(n)
                 self.down_window.sent(n)
                 if self.phase is STREAMING:
                     header = {"t": "body", "id": self.id, "end": end}

@@ -151,7 +151,10 @@ class FrameReader:
             if stop > end:
                 need = stop - pos
                 break
-            payload = unmask(buf[start:stop], buf[start - 4:start]) if length else b""
+            if length > 1024:  # unmasked from where it lies: a slice would be one more copy
+                payload = unmask(memoryview(buf)[start:stop], buf[start - 4:start])
+            else:
+                payload = unmask(buf[start:stop], buf[start - 4:start]) if length else b""
             fin = b0 & 0x80
             pos = stop
             if opcode > 7:

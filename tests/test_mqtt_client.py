@@ -21,8 +21,8 @@ class Harness:
         self.client = MQTTClient(self.clock, self._send, self._drop, "user", "pw", keep_alive=keep_alive,
                                  on_message=lambda t, p: self.messages.append((t, p)))
 
-    def _send(self, data):
-        self.sent.extend(self.parser.feed(data))
+    def _send(self, *parts):
+        self.sent.extend(self.parser.feed(b"".join(parts)))
 
     def _drop(self):
         self.dropped += 1

@@ -101,6 +101,25 @@ def test_session_over_the_websocket_adapter(world):
     assert world.gateway.packets[-1] == wire.Disconnect() and closed and not client.is_open
 
 
+@pytest.mark.parametrize("size", [0, 125, 126, 65535, 65536, 262144 + 40])
+def test_publish_frames_its_head_and_payload_as_autobahn_reads_them(world, size):
+    """The client masks and frames a PUBLISH's head and payload itself: a
+    plain Autobahn server reads every length form, QoS 0 and 1, and each
+    frame has a fresh masking key."""
+    (client,) = world.ready
+    payload = bytearray(range(256)) * (size // 256) + bytes(size % 256)
+    keys = []
+    write = world.client.transport.writeSequence
+    world.client.transport.writeSequence = lambda parts: (keys.append(bytes(parts[0][-4:])), write(parts))
+    client.publish(topics.down_topic("d" * 32), payload)
+    client.publish(topics.down_topic("d" * 32), bytes(payload), qos=1)
+    world.flush()
+    assert world.gateway.packets[-2:] == [wire.Publish(topics.down_topic("d" * 32), bytes(payload)),
+                                          wire.Publish(topics.down_topic("d" * 32), bytes(payload), qos=1,
+                                                       packet_id=world.gateway.packets[-1].packet_id)]
+    assert len(keys) == 2 and keys[0] != keys[1]
+
+
 def test_refused_connect_fails_session_ready():
     world = World(answer_connect=4)
     (failure,) = world.ready

@@ -681,3 +681,20 @@ def test_constructor_checks_its_configuration():
         with pytest.raises(ValueError):
             RequestProxy(http_client=HeldAgent(), backend_url="http://b", send=lambda *a: None,
                          clock=task.Clock(), **kw)
+
+
+def test_unsent_response_bytes_come_out_in_order_and_a_whole_read_is_not_copied():
+    from linchpin_connector.proxy import _Unsent
+
+    unsent = _Unsent()
+    read = bytes(range(256)) * 1024
+    unsent.add(read)
+    assert unsent.take(len(read)) is read and len(unsent) == 0  # the read itself
+    reads = [bytes([i]) * n for i, n in enumerate([5, 0, 3, 70000, 1, 262144])]
+    for r in reads:
+        unsent.add(r)
+    stream = b"".join(reads)
+    out = []
+    for n in [2, 3, 0, 4, 69999, 262144, 1]:
+        out.append(bytes(unsent.take(n)))
+    assert b"".join(out) == stream and len(unsent) == 0

@@ -131,7 +131,7 @@ class ChannelEndpoint:
     def _seal(self, header: dict, body: bytes) -> bytes:
         if not self.live:
             raise ChannelError("this session has ended")
-        return self.session.seal(e2e.encode_message(header, body))
+        return self.session.seal_parts(e2e.message_prefix(header, body), body)
 
     # -- receiving ---------------------------------------------------------------
 

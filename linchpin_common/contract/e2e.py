@@ -77,6 +77,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import (
     X25519PrivateKey,
     X25519PublicKey,
 )
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
@@ -251,7 +252,7 @@ class Welcome:
 class Data:
     session_id: bytes
     seq: int
-    sealed: bytes   # AES-GCM ciphertext || tag (>= 16 bytes)
+    sealed: bytes   # AES-GCM ciphertext || tag (>= 16 bytes); parsed: a view of raw, not a copy
     raw: bytes      # the whole envelope
 
 
@@ -292,7 +293,7 @@ def parse_envelope(data: Any) -> Optional[Envelope]:
         if n < DATA_MIN_LEN:
             return None
         return Data(session_id=raw[2:10], seq=int.from_bytes(raw[10:18], "big"),
-                    sealed=raw[18:], raw=raw)
+                    sealed=memoryview(raw)[18:], raw=raw)
     if kind == RESET:
         return Reset(session_id=raw[2:10]) if n == RESET_LEN else None
     if kind == REJECT:
@@ -343,19 +344,27 @@ def encode_message(header: dict, body: bytes = b"") -> bytes:
     Applies the same rules as :func:`decode_message` and raises
     :class:`MessageError` rather than produce what a peer must refuse.
     """
+    return message_prefix(header, body) + bytes(body)
+
+
+def message_prefix(header: dict, body: bytes = b"") -> bytes:
+    """What :func:`encode_message` puts before ``body``: its ``u32
+    header_len || header``, so that a large body is not copied to sit
+    behind it (:meth:`Session.seal_parts`).  The same checks."""
     if not isinstance(body, (bytes, bytearray, memoryview)):
         raise MessageError("body must be bytes")
-    body = bytes(body)
     _check_message(header, body)
     try:
-        text = json.dumps(header, separators=(",", ":"), ensure_ascii=False,
-                          allow_nan=False)
-        encoded = text.encode("utf-8")
+        encoded = _encode_header(header).encode("utf-8")
     except (TypeError, ValueError, RecursionError) as exc:
         raise MessageError(f"header cannot be encoded: {exc}") from None
     if len(encoded) > MAX_HEADER:
         raise MessageError("header over 64 KiB")
-    return struct.pack(">I", len(encoded)) + encoded + body
+    return len(encoded).to_bytes(4, "big") + encoded
+
+
+# One encoder for every header: json.dumps with options builds a new one per call.
+_encode_header = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
 
 
 def decode_message(data: bytes) -> tuple[dict, bytes]:
@@ -435,13 +444,38 @@ class Session:
 
     def seal(self, message: bytes) -> bytes:
         """Encrypt one message as the next DATA envelope; advances send_seq."""
-        if self.send_seq > _MAX_SEQ:
-            raise OverflowError("seq space of this session is exhausted")
-        seq = self.send_seq
-        head = bytes((VERSION, DATA)) + self.session_id + seq.to_bytes(8, "big")
-        sealed = self._send_aead.encrypt(self._nonce(seq), bytes(message), head + self._D)
-        self.send_seq = seq + 1
+        head = self._next_head()
+        sealed = self._send_aead.encrypt(self._nonce(self.send_seq - 1), bytes(message), head + self._D)
         return head + sealed
+
+    def seal_parts(self, *parts) -> bytearray:
+        """:meth:`seal` of the message ``b"".join(parts)``, encrypted part by
+        part into the one buffer it returns: a large body is neither joined
+        to its header nor copied behind the envelope's head."""
+        head = self._next_head()
+        size = sum(len(part) for part in parts)
+        envelope = bytearray(18 + size + _TAG_LEN)
+        envelope[:18] = head
+        encryptor = Cipher(algorithms.AES(self.send_key), modes.GCM(self._nonce(self.send_seq - 1))).encryptor()
+        encryptor.authenticate_additional_data(head + self._D)
+        view = memoryview(envelope)
+        at = 18
+        for part in parts:
+            # GCM encrypts as a stream: update_into writes exactly len(part)
+            # bytes (it only asks for room for a block more, which the tag's
+            # place at the end gives).
+            at += encryptor.update_into(part, view[at:])
+        encryptor.finalize()
+        view[at:] = encryptor.tag
+        return envelope
+
+    def _next_head(self) -> bytes:
+        """The next DATA's first 18 bytes; advances send_seq."""
+        seq = self.send_seq
+        if seq > _MAX_SEQ:
+            raise OverflowError("seq space of this session is exhausted")
+        self.send_seq = seq + 1
+        return bytes((VERSION, DATA)) + self.session_id + seq.to_bytes(8, "big")
 
     def open(self, env: Union[Data, bytes]) -> Optional[bytes]:
         """Decrypt the peer's DATA.
@@ -459,8 +493,7 @@ class Session:
         if env.session_id != self.session_id:
             return None
         try:
-            plaintext = self._recv_aead.decrypt(self._nonce(env.seq), env.sealed,
-                                                env.raw[:18] + self._D)
+            plaintext = self._recv_aead.decrypt(self._nonce(env.seq), env.sealed, env.raw[:18] + self._D)
         except InvalidTag:
             return None
         if env.seq < self.recv_seq:

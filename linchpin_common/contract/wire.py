@@ -69,6 +69,7 @@ __all__ = [
     "Unsubscribe",
     "encode",
     "encode_publish",
+    "encode_publish_head",
     "encode_remaining_length",
 ]
 
@@ -806,14 +807,20 @@ def encode_publish(
     The forwarding fast path: the topic is the UTF-8 bytes of a topic that
     was parsed or checked before, so it is not checked again.
     """
+    return encode_publish_head(topic_bytes, len(payload), qos, packet_id) + payload
+
+
+def encode_publish_head(topic_bytes: bytes, payload_length: int, qos: int = 0, packet_id: int | None = None) -> bytes:
+    """What :func:`encode_publish` puts before the payload, for a sender that
+    writes the two as they are rather than copy a large payload behind it."""
     if qos:
         if packet_id is None or not 0 < packet_id <= 0xFFFF:
             raise ValueError(f"packet identifier {packet_id!r} is not in 1..65535")
         tail = packet_id.to_bytes(2, "big")
-        length = len(topic_bytes) + len(payload) + 4
+        length = len(topic_bytes) + payload_length + 4
     else:
         tail = b""
-        length = len(topic_bytes) + len(payload) + 2
+        length = len(topic_bytes) + payload_length + 2
     return b"".join(
         (
             bytes(((PUBLISH << 4) | (qos << 1),)),
@@ -821,10 +828,8 @@ def encode_publish(
             len(topic_bytes).to_bytes(2, "big"),
             topic_bytes,
             tail,
-            payload,
         )
     )
-
 
 def _encode_puback(p: Puback) -> bytes:
     return bytes((PUBACK << 4, 2)) + _packet_id(p.packet_id)
