@@ -81,8 +81,20 @@ class _Endpoints:
                  timeout: float = 30):
         self.reactor, self.policy, self.proxy, self.timeout = reactor, policy, proxy, timeout
         self.read_size = read_size
+        self._made: dict = {}
 
     def endpointForURI(self, uri):
+        # Asked for every request, also when a pooled connection will serve it:
+        # an endpoint is a reusable recipe, so each target's is made once.
+        key = (uri.scheme, uri.host, uri.port)
+        endpoint = self._made.get(key)
+        if endpoint is None:
+            if len(self._made) >= 64:
+                self._made.clear()
+            endpoint = self._made[key] = self._endpoint(uri)
+        return endpoint
+
+    def _endpoint(self, uri):
         host = uri.host.decode("ascii")
         scheme = uri.scheme.decode("ascii")
         endpoint = gateway_endpoint(self.reactor, self.proxy, f"{scheme}://{host}:{uri.port}", host, uri.port,
@@ -96,7 +108,9 @@ class _Endpoints:
 
 @implementer(IStreamClientEndpoint)
 class _ReadSize:
-    """An endpoint whose connections read up to ``size`` bytes at a time."""
+    """An endpoint whose connections read up to ``size`` bytes at a time and
+    send small writes at once (TCP_NODELAY: a request's body written after
+    its headers must not wait for the peer's delayed ACK)."""
 
     def __init__(self, endpoint, size: int):
         self.endpoint, self.size = endpoint, size
@@ -109,6 +123,7 @@ class _ReadSize:
                 transport = getattr(transport, "transport", None)
             if transport is not None:
                 transport.bufferSize = self.size
+                transport.setTcpNoDelay(True)
             return protocol
 
         return self.endpoint.connect(protocol_factory).addCallback(connected)

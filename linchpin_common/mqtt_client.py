@@ -19,6 +19,7 @@ from twisted.internet.endpoints import wrapClientTLS
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 
+from . import rawws
 from .contract import wire
 from .http_proxy import ProxyConfig, gateway_endpoint
 from .tls import CAFileError, TLSFailure, tls_failure, tls_options  # noqa: F401 (re-exported)
@@ -220,6 +221,9 @@ class MQTTClientProtocol(WebSocketClientProtocol):
             return
         n = sum(len(part) for part in parts)
         key = os.urandom(4)
+        if n <= 1024:  # one integer XOR: cheaper than a masker object
+            self.transport.write(_masked_binary_header(n) + key + rawws.mask(b"".join(parts), key))
+            return
         masker = create_xor_masker(key, n)  # incremental: each part goes on where the last ended
         self.transport.writeSequence([_masked_binary_header(n) + key, *(masker.process(part) for part in parts)])
 

@@ -1,6 +1,7 @@
 """RFC 6455 client frames built by hand, for tools that speak WebSocket
 without a library: the benchmark's load generators and the tests' raw client
-(which send what no WebSocket library would)."""
+(which send what no WebSocket library would); :func:`mask` also masks the
+MQTT client's small frames."""
 
 from __future__ import annotations
 

@@ -483,7 +483,6 @@ class _Request:
         self.up_end = end
         if not (end and not body):
             self.producer = _RequestBody(self, len(body) if end else UNKNOWN_LENGTH)
-        log.debug("request {id} {method} to the backend", id=self.id, method=self.method)
         self.down_idle = self._arm(self.down_idle, self.on_down_timeout)
         if not end:
             self.up_idle = self._arm(self.up_idle, self.on_up_timeout)

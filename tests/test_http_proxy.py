@@ -366,6 +366,10 @@ class _Socket(FileDescriptor):
         super().__init__(reactor)
         self.connected = True
         self.written = b""
+        self.no_delay = False
+
+    def setTcpNoDelay(self, enabled):
+        self.no_delay = enabled
 
     def writeSomeData(self, data):
         self.written += bytes(data)
@@ -381,7 +385,7 @@ class _Socket(FileDescriptor):
 @pytest.mark.parametrize("read_size", [None, 262144])
 def test_the_backend_client_reads_as_much_as_a_body_message_carries(read_size):
     """The connector reads its backend in reads as large as one body message
-    (Twisted's default is 64 KiB)."""
+    (Twisted's default is 64 KiB), and its writes go out without Nagle's wait."""
     reactor = MemoryReactorClock()
     http = make_http_client(reactor, persistent=False, read_size=read_size)
     http.get("http://intranet.example:8090/download")
@@ -393,3 +397,4 @@ def test_the_backend_client_reads_as_much_as_a_body_message_carries(read_size):
     socket.doWrite()
     assert socket.written.startswith(b"GET /download HTTP/1.1\r\n")
     assert socket.bufferSize == (read_size or FileDescriptor.bufferSize)
+    assert socket.no_delay == bool(read_size)

@@ -109,8 +109,17 @@ def test_publish_frames_its_head_and_payload_as_autobahn_reads_them(world, size)
     (client,) = world.ready
     payload = bytearray(range(256)) * (size // 256) + bytes(size % 256)
     keys = []
-    write = world.client.transport.writeSequence
-    world.client.transport.writeSequence = lambda parts: (keys.append(bytes(parts[0][-4:])), write(parts))
+    transport = world.client.transport
+    write, write_sequence = transport.write, transport.writeSequence
+
+    def key_of(frame: bytes) -> bytes:
+        at = {126: 4, 127: 10}.get(frame[1] & 0x7F, 2)
+        assert frame[1] & 0x80  # masked
+        return frame[at:at + 4]
+
+    transport.write = lambda data: (keys.append(key_of(data)), write(data))
+    # (iosim's writeSequence writes each part with write: the original one here)
+    transport.writeSequence = lambda parts: (keys.append(key_of(parts[0])), [write(p) for p in parts])
     client.publish(topics.down_topic("d" * 32), payload)
     client.publish(topics.down_topic("d" * 32), bytes(payload), qos=1)
     world.flush()

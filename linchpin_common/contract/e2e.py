@@ -127,6 +127,7 @@ _NONCE_LEN = 12
 _SESSION_ID_LEN = 8
 _TAG_LEN = 16
 _MAX_SEQ = 2**64 - 1
+_SMALL = 16384  # Session.seal_parts joins messages up to this size
 
 _INFO_HANDSHAKE = b"lm-e2e v1 handshake"
 _INFO_SESSION = b"lm-e2e v1 session"
@@ -452,8 +453,10 @@ class Session:
         """:meth:`seal` of the message ``b"".join(parts)``, encrypted part by
         part into the one buffer it returns: a large body is neither joined
         to its header nor copied behind the envelope's head."""
-        head = self._next_head()
         size = sum(len(part) for part in parts)
+        if size <= _SMALL:  # setting up a streaming cipher costs more than joining a few KiB
+            return self.seal(b"".join(parts))
+        head = self._next_head()
         envelope = bytearray(18 + size + _TAG_LEN)
         envelope[:18] = head
         encryptor = Cipher(algorithms.AES(self.send_key), modes.GCM(self._nonce(self.send_seq - 1))).encryptor()
