@@ -9,7 +9,6 @@ verified, with an optional private CA).
 
 from __future__ import annotations
 
-import os
 from urllib.parse import urlsplit
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
@@ -21,6 +20,7 @@ from twisted.logger import Logger
 
 from . import rawws
 from .contract import wire
+from .wsframes import LeanReceive
 from .http_proxy import ProxyConfig, gateway_endpoint
 from .tls import CAFileError, TLSFailure, tls_failure, tls_options  # noqa: F401 (re-exported)
 
@@ -195,7 +195,13 @@ class MQTTClient:
             self._last_sent = self.clock.seconds()
 
 
-class MQTTClientProtocol(WebSocketClientProtocol):
+class MQTTClientProtocol(LeanReceive, WebSocketClientProtocol):
+    """Autobahn adapter: WebSocket binary messages <-> :class:`MQTTClient`.
+
+    Autobahn does the opening handshake and the closing; once open, the
+    gateway's frames are read by :class:`~linchpin_common.wsframes.LeanReceive`
+    and this protocol frames what it sends itself."""
+
     mqtt: MQTTClient | None = None
     _lost_reason = None  # why the connection ended, as Twisted said (Autobahn only passes a string on)
 
@@ -208,6 +214,7 @@ class MQTTClientProtocol(WebSocketClientProtocol):
         self.mqtt = MQTTClient(f.reactor, self._send_binary, self._drop, f.username, f.password,
                                keep_alive=f.keep_alive, on_message=f.on_message, max_packet=f.max_packet)
         self.mqtt.connected.chainDeferred(f.session_ready)
+        self.start_lean_receive()
         self.mqtt.start()
 
     def _send_binary(self, *parts) -> None:
@@ -220,12 +227,12 @@ class MQTTClientProtocol(WebSocketClientProtocol):
             self.sendMessage(b"".join(parts), isBinary=True)
             return
         n = sum(len(part) for part in parts)
-        key = os.urandom(4)
+        key = rawws.new_key()
         if n <= 1024:  # one integer XOR: cheaper than a masker object
-            self.transport.write(_masked_binary_header(n) + key + rawws.mask(b"".join(parts), key))
+            self.transport.write(rawws.masked_header(n) + key + rawws.mask(b"".join(parts), key))
             return
         masker = create_xor_masker(key, n)  # incremental: each part goes on where the last ended
-        self.transport.writeSequence([_masked_binary_header(n) + key, *(masker.process(part) for part in parts)])
+        self.transport.writeSequence([rawws.masked_header(n) + key, *(masker.process(part) for part in parts)])
 
     def _drop(self) -> None:
         self.sendClose(code=1000)
@@ -241,15 +248,6 @@ class MQTTClientProtocol(WebSocketClientProtocol):
             lost = self._lost_reason
             tls = tls_failure(lost, self.factory.gateway_address) if lost is not None else None
             self.factory.session_ready.errback(tls or ConnectionClosed(reason or "WebSocket handshake failed"))
-
-
-def _masked_binary_header(n: int) -> bytes:
-    """RFC 6455 header of a final, masked binary frame of ``n`` bytes, before its key."""
-    if n < 126:
-        return bytes((0x82, 0x80 | n))
-    if n < 65536:
-        return b"\x82\xfe" + n.to_bytes(2, "big")
-    return b"\x82\xff" + n.to_bytes(8, "big")
 
 
 def websocket_url(gateway_url: str) -> str:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import struct
 
-__all__ = ["client_frame", "mask", "new_key"]
+__all__ = ["client_frame", "mask", "masked_header", "new_key"]
 
 
 def mask(payload: bytes, key: bytes) -> bytes:
@@ -22,14 +22,16 @@ def mask(payload: bytes, key: bytes) -> bytes:
 
 def client_frame(payload: bytes, key: bytes, opcode: int = 0x2) -> bytes:
     """One masked, final frame carrying ``payload``."""
-    n = len(payload)
+    return masked_header(len(payload), opcode) + key + mask(payload, key)
+
+
+def masked_header(n: int, opcode: int = 0x2) -> bytes:
+    """The header of a masked, final frame of ``n`` bytes, up to its masking key."""
     if n < 126:
-        header = struct.pack("!BB", 0x80 | opcode, 0x80 | n)
-    elif n < 65536:
-        header = struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, n)
-    else:
-        header = struct.pack("!BBQ", 0x80 | opcode, 0x80 | 127, n)
-    return header + key + mask(payload, key)
+        return struct.pack("!BB", 0x80 | opcode, 0x80 | n)
+    if n < 65536:
+        return struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, n)
+    return struct.pack("!BBQ", 0x80 | opcode, 0x80 | 127, n)
 
 
 def new_key() -> bytes:

@@ -27,7 +27,7 @@ from .metrics import Stats
 from .ratelimit import Slots, address_key
 from .router import DEVICE
 from .store import StoreUnavailable
-from .wsframes import LeanReceive
+from linchpin_common.wsframes import LeanReceive
 
 AWAIT_CONNECT, AUTHENTICATING, CONNECTED, CLOSED = range(4)
 STATE_NAMES = ("AWAIT_CONNECT", "AUTHENTICATING", "CONNECTED", "CLOSED")
@@ -468,7 +468,7 @@ class MQTTServerProtocol(LeanReceive, WebSocketServerProtocol):
 
     Autobahn does the opening handshake, sends what is not MQTT (pongs, the
     close handshake) and owns the closing state; once open, frames are read
-    by :class:`~linchpin_gateway.wsframes.LeanReceive`.  Session state lives
+    by :class:`~linchpin_common.wsframes.LeanReceive`.  Session state lives
     on ``self.mqtt``; Autobahn owns most other names.
     """
 

@@ -141,7 +141,7 @@ def test_wrong_password_is_refused_with_connack_4(world):
 
 def test_the_gateway_reads_client_frames_with_the_lean_reader(world):
     from linchpin_common.contract import wire
-    from linchpin_gateway.wsframes import FrameReader
+    from linchpin_common.wsframes import FrameReader
 
     net, instance, inst_api, creds = world
     connector = net.connect(instance["instance_id"], instance["instance_password"])

@@ -1,4 +1,4 @@
-"""The lean RFC 6455 receive path (linchpin_gateway/wsframes.py) against plain
+"""The lean RFC 6455 receive path (linchpin_common/wsframes.py) against plain
 Autobahn: a server-side conformance set modelled on the Autobahn testsuite's
 case groups 1 (framing), 2 (pings/pongs), 3 (reserved bits), 4 (opcodes),
 5 (fragmentation), 6 (UTF-8), 7 (close handling) and 9 (limits).
@@ -24,7 +24,7 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from linchpin_common.contract import wire
 from linchpin_gateway.config import MIN_MESSAGE_SIZE
 from linchpin_gateway.session import websocket_options
-from linchpin_gateway.wsframes import FAIL, FrameReader, LeanReceive, unmask
+from linchpin_common.wsframes import FAIL, FrameReader, LeanReceive, unmask
 
 CAP = wire.websocket_limit(MIN_MESSAGE_SIZE)  # frame and message cap, as the gateway sets them
 MASK = b"\x37\xfa\x21\x3d"

@@ -1,8 +1,9 @@
-"""A lean RFC 6455 receive path for the server side, sans-IO.
+"""A lean RFC 6455 receive path, sans-IO, for both ends.
 
 Once Autobahn has done the opening handshake, :class:`FrameReader` parses
-what a client sends: it checks each frame header as Autobahn does (reserved
-bits, reserved opcodes, masking required, control frames final and at most
+what the peer sends: it checks each frame header as Autobahn does (reserved
+bits, reserved opcodes, masking required from a client and refused from a
+server, control frames final and at most
 125 bytes, a close frame's payload not 1 byte, minimal length encoding,
 continuation frames only inside a fragmented message and data frames never
 inside one), refuses a frame or message above the size caps from its header,
@@ -19,7 +20,7 @@ What to do about a close or a ping (the close handshake, the pong) is the
 protocol's: :class:`LeanReceive` hands them to Autobahn's own handlers, so the
 two receive paths share the closing state machine.  Autobahn's per-frame
 path costs a handful of method calls, a masker object and a header object per
-frame; here an unfragmented message costs one slice and one integer XOR.
+frame; here an unfragmented message costs one slice (and on a server one XOR).
 """
 
 from __future__ import annotations
@@ -47,20 +48,23 @@ def unmask(data, mask: bytes) -> bytes:
 
 
 class FrameReader:
-    """Client-to-server frames in, whole messages and control frames out.
+    """The peer's frames in, whole messages and control frames out.
 
     ``max_frame`` and ``max_message`` are the payload caps in bytes (0: no
-    cap), Autobahn's ``maxFramePayloadSize`` and ``maxMessagePayloadSize``.
-    At most one frame (header and payload) is ever buffered, plus the
-    fragments of the message in progress.
+    cap), Autobahn's ``maxFramePayloadSize`` and ``maxMessagePayloadSize``;
+    ``masked`` is True on a server (a client's frames must be masked) and
+    False on a client (a server's must not be).  At most one frame (header
+    and payload) is ever buffered, plus the fragments of the message in
+    progress.
     """
 
-    __slots__ = ("max_frame", "max_message", "_chunks", "_buffered", "_need", "_parts", "_opcode", "_total",
-                 "failed")
+    __slots__ = ("max_frame", "max_message", "_key", "_chunks", "_buffered", "_need", "_parts", "_opcode",
+                 "_total", "failed")
 
-    def __init__(self, max_frame: int = 0, max_message: int = 0):
+    def __init__(self, max_frame: int = 0, max_message: int = 0, masked: bool = True):
         self.max_frame = max_frame
         self.max_message = max_message
+        self._key = 4 if masked else 0  # bytes of masking key after the length
         self._chunks: list = []  # bytes received, not yet a whole frame
         self._buffered = 0
         self._need = 2  # bytes needed before parsing can go on
@@ -86,6 +90,7 @@ class FrameReader:
         end = len(buf)
         need = 2
         max_frame = self.max_frame
+        key = self._key
         while end - pos >= 2:
             b0 = buf[pos]
             b1 = buf[pos + 1]
@@ -95,7 +100,10 @@ class FrameReader:
             if b0 & 0x70:
                 return self._fail(events, PROTOCOL_ERROR, f"RSV = {(b0 & 0x70) >> 4} and no extension negotiated")
             if not b1 & 0x80:
-                return self._fail(events, PROTOCOL_ERROR, "unmasked client-to-server frame")
+                if key:
+                    return self._fail(events, PROTOCOL_ERROR, "unmasked client-to-server frame")
+            elif not key:
+                return self._fail(events, PROTOCOL_ERROR, "masked server-to-client frame")
             if opcode > 7:
                 if not b0 & 0x80:
                     return self._fail(events, PROTOCOL_ERROR, "fragmented control frame")
@@ -115,23 +123,23 @@ class FrameReader:
                 return self._fail(events, PROTOCOL_ERROR,
                                   "received non-continuation data frame while inside fragmented message")
             if length < 126:
-                start = pos + 6
+                start = pos + 2 + key
                 if start > end:
-                    need = 6
+                    need = 2 + key
                     break
             elif length == 126:
-                start = pos + 8
+                start = pos + 4 + key
                 if start > end:
-                    need = 8
+                    need = 4 + key
                     break
                 length = (buf[pos + 2] << 8) | buf[pos + 3]
                 if length < 126:
                     return self._fail(events, PROTOCOL_ERROR,
                                       "invalid data frame length (not using minimal length encoding)")
             else:
-                start = pos + 14
+                start = pos + 10 + key
                 if start > end:
-                    need = 14
+                    need = 10 + key
                     break
                 length = int.from_bytes(buf[pos + 2:pos + 10], "big")
                 if length > _MAX_LENGTH:
@@ -151,7 +159,9 @@ class FrameReader:
             if stop > end:
                 need = stop - pos
                 break
-            if length > 1024:  # unmasked from where it lies: a slice would be one more copy
+            if not key:
+                payload = buf[start:stop]
+            elif length > 1024:  # unmasked from where it lies: a slice would be one more copy
                 payload = unmask(memoryview(buf)[start:stop], buf[start - 4:start])
             else:
                 payload = unmask(buf[start:stop], buf[start - 4:start]) if length else b""
@@ -197,14 +207,14 @@ class _SendQueue(list):
 
 
 class LeanReceive:
-    """Mixed into an Autobahn ``WebSocketServerProtocol`` (before it): once the
-    opening handshake is done, received bytes go through a :class:`FrameReader`
-    instead of Autobahn's ``processData``.
+    """Mixed into an Autobahn ``WebSocketServerProtocol`` or
+    ``WebSocketClientProtocol`` (before it): once the opening handshake is
+    done, received bytes go through a :class:`FrameReader` instead of
+    Autobahn's ``processData``.
 
     Whole messages go to ``onMessage(payload, isBinary)``; close frames to
     Autobahn's ``onCloseFrame`` (the close handshake, close code and reason
-    checks), pings to ``_onPing`` (the pong), pongs nowhere (no pings are
-    sent); a broken stream is failed as Autobahn fails it
+    checks), pings to ``_onPing`` (the pong), pongs to ``_onPong``; a broken stream is failed as Autobahn fails it
     (``_protocol_violation`` / ``_fail_connection``).  Events are handled in
     order until the connection is closed, as Autobahn does.  Call
     :meth:`start_lean_receive` from ``onOpen``.
@@ -213,7 +223,7 @@ class LeanReceive:
     _frames: FrameReader | None = None
 
     def start_lean_receive(self) -> None:
-        self._frames = FrameReader(self.maxFramePayloadSize, self.maxMessagePayloadSize)
+        self._frames = FrameReader(self.maxFramePayloadSize, self.maxMessagePayloadSize, self.factory.isServer)
         # What Autobahn keeps for its own receive path or from the handshake
         # and never reads again: about 4 KiB a connection, for its lifetime.
         self.utf8validator = None  # utf8validateIncoming is off; close reasons get their own
@@ -250,6 +260,8 @@ class LeanReceive:
                     return
             elif opcode == 9:
                 self._onPing(event[1])
+            elif opcode == 10:
+                self._onPong(event[1])
             elif opcode == FAIL:
                 if event[1] == PROTOCOL_ERROR:
                     self._protocol_violation(event[2])
