@@ -46,7 +46,8 @@ bench: $(STAMP)
 	-bash bench/install-brokers.sh
 	$(BIN)/python -m bench.run --charts docs/benchmarks
 	$(BIN)/python -m bench.scaleout
-	$(BIN)/python -m linchpin_connector.demo --download-mib 100
+	$(BIN)/python -m linchpin_connector.demo --download-mib 100 --results var/bench/e2e.json
+	$(BIN)/python -m bench.charts var/bench/e2e.json docs/benchmarks
 
 bench-quick: $(STAMP)
 	$(BIN)/python -m bench.run --quick

@@ -87,12 +87,40 @@ def storm_chart(results: dict) -> str:
                 groups, "s", marks=[("PBKDF2 floor", storm["ideal_s"])])
 
 
+def e2e_request_chart(results: dict) -> str:
+    e2e = results["e2e"]
+    trip, cpu = e2e["round_trip_ms"], e2e["cpu_us_per_request"]
+    return bars("End to end: one small request (lower is better)",
+                f"median of {e2e['requests']} GET /api/whoami; CPU per request read from /proc; "
+                f"commit {results['env']['commit']}",
+                [("round trip", [("through the relay", trip["relay"], "gateway"),
+                                 ("direct to the app", trip["direct"], "bare autobahn")]),
+                 ("CPU per relayed request", [(name, us / 1000, "gateway") for name, us in cpu.items()])], "ms")
+
+
+def e2e_download_chart(results: dict) -> str:
+    e2e = results["e2e"]
+    rate, cpu = e2e["mib_per_s"], e2e["cpu_ms_per_mib"]
+    return bars("End to end: a download (lower is better)",
+                f"{e2e['download_mib']:.0f} MiB, one device session; CPU read from /proc; "
+                f"commit {results['env']['commit']}",
+                [("time per MiB", [("through the relay", 1000 / rate["relay"], "gateway"),
+                                   ("direct to the app", 1000 / rate["direct"], "bare autobahn")]),
+                 ("CPU per relayed MiB", [(name, ms, "gateway") for name, ms in cpu.items()])], "ms")
+
+
+CHARTS = (("relay", "relay", relay_chart), ("memory", "memory", memory_chart), ("storm", "storm", storm_chart),
+          ("e2e", "e2e-request", e2e_request_chart), ("e2e", "e2e-download", e2e_download_chart))
+
+
 def write_all(results: dict, directory: Path) -> list[Path]:
+    """Every chart ``results`` has the figures for (a bench.run results file,
+    or the demo's ``--results``)."""
     directory.mkdir(parents=True, exist_ok=True)
     written = []
-    for key, draw in (("relay", relay_chart), ("memory", memory_chart), ("storm", storm_chart)):
+    for key, name, draw in CHARTS:
         if results.get(key):
-            path = directory / f"{key}.svg"
+            path = directory / f"{name}.svg"
             path.write_text(draw(results))
             written.append(path)
     return written

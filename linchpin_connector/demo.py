@@ -9,6 +9,7 @@ them next to direct requests to the app, then stops everything.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import statistics
@@ -24,7 +25,7 @@ BIN = os.path.dirname(sys.executable)
 ROOT = os.path.join("var", "demo")
 DOWNLOAD = 32 * 1024 * 1024
 TIMEOUT = 60
-REQUESTS = 200  # small requests timed, relayed and direct
+REQUESTS = 500  # small requests timed, relayed and direct (CPU to 20 us: /proc counts 10 ms ticks)
 
 
 def step(text: str) -> None:
@@ -74,10 +75,10 @@ def rss_mib(pid: int) -> float:
     return rss_kib(pid) / 1024
 
 
-def measure(state: str, app_url: str, download: int, watch: dict[str, int]) -> None:
+def measure(state: str, app_url: str, download: int, watch: dict[str, int]) -> dict:
     """Round trips and throughput through the relay (device library, one
     session) and direct to the app; peak RSS growth of the ``watch`` processes
-    during the download."""
+    during the download. Prints them and returns them (``--results``)."""
     from .device import Device, DeviceState
 
     keep_large_buffers()  # as lmdevice does: the device runs in this process
@@ -152,6 +153,24 @@ def measure(state: str, app_url: str, download: int, watch: dict[str, int]) -> N
     print("  CPU per MiB relayed:              "
           + "   ".join(f"{name} {cpu_used[name] * 1000 / mib:.1f} ms" for name in cpu_used)
           + f"   (2 cores: {2 * relay_seconds * 1000 / mib:.1f} core-ms per MiB available)")
+    return {"requests": REQUESTS, "download_mib": mib,
+            "round_trip_ms": {"relay": statistics.median(relay) * 1000, "direct": statistics.median(direct) * 1000},
+            "mib_per_s": {"relay": relay_rate, "direct": direct_rate},
+            "cpu_us_per_request": {name: used * 1e6 / REQUESTS for name, used in cpu_per_request.items()},
+            "cpu_ms_per_mib": {name: used * 1000 / mib for name, used in cpu_used.items()},
+            "rss_growth_mib": {name: peak[name] - before[name] for name in watch}}
+
+
+def write_results(path: str, figures: dict) -> None:
+    """The figures as JSON, with the commit measured (``bench.charts`` draws them)."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
+    except OSError:  # no git: an installed copy
+        commit = ""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump({"e2e": figures, "env": {"commit": commit or "unknown"}}, f, indent=1)
 
 
 def _react(main):
@@ -177,7 +196,10 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m linchpin_connector.demo")
     parser.add_argument("--download-mib", type=int, default=DOWNLOAD >> 20,
                         help="size of the measured download (default %(default)s)")
-    download = parser.parse_args(argv).download_mib << 20
+    parser.add_argument("--results", metavar="FILE",
+                        help="also write the measured figures to FILE as JSON (make bench draws them)")
+    args = parser.parse_args(argv)
+    download = args.download_mib << 20
     shutil.rmtree(ROOT, ignore_errors=True)
     os.makedirs(ROOT, mode=0o700)
     twistd = os.path.join(BIN, "twistd")
@@ -237,7 +259,9 @@ def main(argv=None) -> None:
         print(f"  {len(body)} bytes in {seconds:.2f} s (including process start and handshake)")
 
         step("Measuring: relay vs. direct (one device session, in-process)")
-        measure(state, app_url, download, {"gateway": gateway.proc.pid, "connector": connector.proc.pid})
+        figures = measure(state, app_url, download, {"gateway": gateway.proc.pid, "connector": connector.proc.pid})
+        if args.results:
+            write_results(args.results, figures)
     finally:
         step("Stopping everything")
         for service in reversed(services):
