@@ -327,6 +327,9 @@ def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict:
     return obj
 
 
+_decode_header = json.JSONDecoder(object_pairs_hook=_no_duplicate_keys, parse_constant=_reject_constant).decode
+
+
 def _check_message(header: Any, body: bytes) -> None:
     if not isinstance(header, dict):
         raise MessageError("header must be a JSON object")
@@ -364,7 +367,8 @@ def message_prefix(header: dict, body: bytes = b"") -> bytes:
     return len(encoded).to_bytes(4, "big") + encoded
 
 
-# One encoder for every header: json.dumps with options builds a new one per call.
+# One encoder and one decoder for every header: json.dumps and json.loads
+# with options build a new one per call.
 _encode_header = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
 
 
@@ -387,8 +391,7 @@ def decode_message(data: bytes) -> tuple[dict, bytes]:
         raise MessageError("header length beyond the message")
     try:
         text = data[4:4 + header_len].decode("utf-8")
-        header = json.loads(text, object_pairs_hook=_no_duplicate_keys,
-                            parse_constant=_reject_constant)
+        header = _decode_header(text)
     except MessageError:
         raise
     except (ValueError, RecursionError) as exc:
