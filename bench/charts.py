@@ -87,26 +87,29 @@ def storm_chart(results: dict) -> str:
                 groups, "s", marks=[("PBKDF2 floor", storm["ideal_s"])])
 
 
+def _e2e_chart(results: dict, title: str, what: str, relay_direct: tuple[str, float, float],
+               cpu: tuple[str, dict], unit: str) -> str:
+    """Relay against direct, then the CPU of each process, all in ``unit``."""
+    label, relay, direct = relay_direct
+    return bars(f"End to end: {title} (lower is better)", f"{what}; CPU read from /proc; commit {results['env']['commit']}",
+                [(label, [("through the relay", relay, "gateway"), ("direct to the app", direct, "bare autobahn")]),
+                 (cpu[0], [(name, value, "gateway") for name, value in cpu[1].items()])], unit)
+
+
 def e2e_request_chart(results: dict) -> str:
     e2e = results["e2e"]
-    trip, cpu = e2e["round_trip_ms"], e2e["cpu_us_per_request"]
-    return bars("End to end: one small request (lower is better)",
-                f"median of {e2e['requests']} GET /api/whoami; CPU per request read from /proc; "
-                f"commit {results['env']['commit']}",
-                [("round trip", [("through the relay", trip["relay"], "gateway"),
-                                 ("direct to the app", trip["direct"], "bare autobahn")]),
-                 ("CPU per relayed request", [(name, us / 1000, "gateway") for name, us in cpu.items()])], "ms")
+    trip = e2e["round_trip_ms"]
+    return _e2e_chart(results, "one small request", f"median of {e2e['requests']} GET /api/whoami",
+                      ("round trip", trip["relay"] * 1000, trip["direct"] * 1000),
+                      ("CPU per relayed request", e2e["cpu_us_per_request"]), "us")
 
 
 def e2e_download_chart(results: dict) -> str:
     e2e = results["e2e"]
-    rate, cpu = e2e["mib_per_s"], e2e["cpu_ms_per_mib"]
-    return bars("End to end: a download (lower is better)",
-                f"{e2e['download_mib']:.0f} MiB, one device session; CPU read from /proc; "
-                f"commit {results['env']['commit']}",
-                [("time per MiB", [("through the relay", 1000 / rate["relay"], "gateway"),
-                                   ("direct to the app", 1000 / rate["direct"], "bare autobahn")]),
-                 ("CPU per relayed MiB", [(name, ms, "gateway") for name, ms in cpu.items()])], "ms")
+    rate = e2e["mib_per_s"]
+    return _e2e_chart(results, "a download", f"{e2e['download_mib']:.0f} MiB, one device session",
+                      ("time per MiB", 1000 / rate["relay"], 1000 / rate["direct"]),
+                      ("CPU per relayed MiB", e2e["cpu_ms_per_mib"]), "ms")
 
 
 CHARTS = (("relay", "relay", relay_chart), ("memory", "memory", memory_chart), ("storm", "storm", storm_chart),

@@ -56,11 +56,9 @@ def close_frame(code: int | None = None, reason: bytes = b"") -> bytes:
     return frame(CLOSE, (code.to_bytes(2, "big") if code is not None else b"") + reason)
 
 
-class Recorder(WebSocketServerProtocol):
-    """Plain Autobahn with the gateway's options: records what it is given."""
-
-    def onConnect(self, request):
-        return "mqtt"
+class Records:
+    """Mixed into an Autobahn protocol: records the messages it is given;
+    :meth:`lean` makes the same protocol with the lean reader."""
 
     def onOpen(self):
         self.received = []
@@ -68,11 +66,23 @@ class Recorder(WebSocketServerProtocol):
     def onMessage(self, payload, isBinary):
         self.received.append((isBinary, bytes(payload)))
 
+    @classmethod
+    def lean(cls):
+        def onOpen(self):
+            cls.onOpen(self)
+            self.start_lean_receive()
 
-class LeanRecorder(LeanReceive, Recorder):
-    def onOpen(self):
-        super().onOpen()
-        self.start_lean_receive()
+        return type(f"Lean{cls.__name__}", (LeanReceive, cls), {"onOpen": onOpen})
+
+
+class Recorder(Records, WebSocketServerProtocol):
+    """Plain Autobahn with the gateway's options: records what it is given."""
+
+    def onConnect(self, request):
+        return "mqtt"
+
+
+LeanRecorder = Recorder.lean()
 
 
 class Transport(StringTransport):

@@ -24,8 +24,7 @@ from twisted.internet.testing import MemoryReactorClock
 from linchpin_common import mqtt_client
 from linchpin_common.contract import wire
 from linchpin_common.rawws import mask
-from linchpin_common.wsframes import LeanReceive
-from tests.test_wsframes import BINARY, CLOSE, CONT, PING, PONG, TEXT, Transport, frame
+from tests.test_wsframes import BINARY, CLOSE, CONT, PING, PONG, TEXT, Records, Transport, frame
 
 CAP = wire.websocket_limit(wire.DEFAULT_MAX_REMAINING_LENGTH)  # as client_factory sets it
 PAYLOAD = bytes(random.Random(21).getrandbits(8) for _ in range(CAP + 1))
@@ -35,18 +34,11 @@ def server(opcode: int, payload: bytes = b"", **kw) -> bytes:
     return frame(opcode, payload, masked=False, **kw)
 
 
-class Recorder(WebSocketClientProtocol):
-    def onOpen(self):
-        self.received = []
-
-    def onMessage(self, payload, isBinary):
-        self.received.append((isBinary, bytes(payload)))
+class Recorder(Records, WebSocketClientProtocol):
+    pass
 
 
-class LeanRecorder(LeanReceive, Recorder):
-    def onOpen(self):
-        super().onOpen()
-        self.start_lean_receive()
+LeanRecorder = Recorder.lean()
 
 
 def client_frames(data: bytes) -> list:
