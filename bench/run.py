@@ -66,7 +66,8 @@ Everything listens on and connects to 127.0.0.1 only. Every process is in a
 process group of its own and is stopped at the end, on errors and on
 SIGINT/SIGTERM (``bench/procs.py``). Options: ``--quick``, ``--reps N``,
 ``--duration S``, ``--only relay,memory,storm``, ``--sessions N``,
-``--no-brokers``.
+``--no-brokers``, ``--storm-backlogs 50,1024``, ``--storm-gateway-args
+'OPTIONS'``.
 """
 
 from __future__ import annotations
@@ -76,6 +77,7 @@ import json
 import os
 import platform
 import re
+import shlex
 import statistics
 import subprocess
 import sys
@@ -443,8 +445,8 @@ def latency_stats(samples: list[tuple[float, float]], t0: float, t1: float) -> d
     return {"samples": len(rtts), "p50_ms": pct(50), "p99_ms": pct(99), "max_ms": round(rtts[-1] * 1000, 2)}
 
 
-STORM_LISTENS = (("default backlog (50)", "tcp:0:interface=127.0.0.1"),
-                 ("backlog=1024", "tcp:0:interface=127.0.0.1:backlog=1024"))
+STORM_LISTENS = {"50": ("default backlog (50)", "tcp:0:interface=127.0.0.1"),
+                 "1024": ("backlog=1024", "tcp:0:interface=127.0.0.1:backlog=1024")}
 
 
 def run_storm(args, notes: list[str], state: dict, pbkdf2: float) -> dict:
@@ -462,18 +464,23 @@ def run_storm(args, notes: list[str], state: dict, pbkdf2: float) -> dict:
         state["gateway"].stop()
     out: dict = {"devices": n, "pbkdf2_s": round(pbkdf2, 4), "cores": os.cpu_count(),
                  "ideal_s": round(n * pbkdf2 / (os.cpu_count() or 1), 1), "configs": []}
-    for i, (label, listen) in enumerate(STORM_LISTENS):
-        out["configs"].append(storm_config(label, listen, n, state, notes, f"storm-gateway-{i + 1}"))
+    if args.storm_gateway_args:
+        notes.append(f"storm: the storm gateways ran with {args.storm_gateway_args}.")
+    for i, backlog in enumerate(args.storm_backlogs.split(",")):
+        label, listen = STORM_LISTENS[backlog]
+        out["configs"].append(storm_config(label, listen, n, state, notes, f"storm-gateway-{i + 1}",
+                                           shlex.split(args.storm_gateway_args)))
     return out
 
 
-def storm_config(label: str, listen: str, n: int, state: dict, notes: list[str], name: str) -> dict:
+def storm_config(label: str, listen: str, n: int, state: dict, notes: list[str], name: str,
+                 extra: list[str] = ()) -> dict:
     """Cold then warm storm on a freshly started gateway listening on `listen`."""
     inst, devices, accounts_file = state["instance"], state["devices"], state["accounts_file"]
     # A fresh process: nothing cached, as after a gateway restart.
     metrics_port = free_port()
     gw = servers.gateway(name, VAR / "mem-gateway", "--rest-limit", "0", "--metrics",
-                         f"tcp:{metrics_port}:interface=127.0.0.1", keep=True, listen=listen)
+                         f"tcp:{metrics_port}:interface=127.0.0.1", *extra, keep=True, listen=listen)
     watch = QueueWatch(metrics_port)
     out: dict = {"label": label, "listen": listen}
     samples_file = VAR / "latency.bin"
@@ -687,6 +694,11 @@ def main(argv=None) -> int:
     p.add_argument("--only", default="relay,memory,storm")
     p.add_argument("--no-brokers", action="store_true")
     p.add_argument("--charts", help="also write the SVG charts here (make bench: docs/benchmarks)")
+    p.add_argument("--storm-backlogs", default="50,1024",
+                   help="listen backlogs of the storm gateways: 50, 1024 or both")
+    p.add_argument("--storm-gateway-args", default="",
+                   help="more lmgateway options for the storm gateways, e.g. '--hash-queue 256 --hash-wait 100000' "
+                        "(the queue bound of before round two)")
     args = p.parse_args(argv)
     args.reps = args.reps or (1 if args.quick else 3)
     args.duration = args.duration or (2.0 if args.quick else 5.0)
