@@ -369,9 +369,11 @@ class ConnectorService(service.MultiService):
             observer.gateway_event(name, device_id)
         if name == topics.EVENT_REVOKED:
             self.channels.forget(device_id)
-            self.state.remove_device(device_id).addCallback(
+            self.state.remove_device(device_id).addCallbacks(
                 lambda removed: removed and self.log.info("device {device_id} revoked at the gateway; keys removed",
-                                                          device_id=device_id))
+                                                          device_id=device_id),
+                lambda f: self.log.failure("device {device_id} revoked at the gateway; removing its keys failed",
+                                           f, device_id=device_id))
         elif name == topics.EVENT_DISCONNECTED:
             self.channels.end(device_id)
         else:

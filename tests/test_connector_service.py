@@ -12,6 +12,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from treq.testing import StubTreq
 from twisted.internet import defer
+from twisted.logger import globalLogPublisher
 from twisted.internet.testing import MemoryReactorClock
 from twisted.web import resource, server
 
@@ -205,6 +206,23 @@ def test_revocation_event_ends_the_session_and_removes_the_keys(world):
     assert world.ids() == [B]
     assert A not in world.service.channels.channels and channel.proxy.closed
     assert len(world.service.channels.answered) == 0
+
+
+@pytest.mark.logged_failures.with_args(OSError)
+def test_a_revocation_whose_keys_cannot_be_removed_is_logged_and_still_ends_the_session(world, monkeypatch):
+    world.start()
+    channel = live_channel(world, A)
+    monkeypatch.setattr(world.service.state, "remove_device", lambda device_id: defer.fail(OSError("disk full")))
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        world.service._on_message(topics.EVENTS, topics.event_payload(topics.EVENT_REVOKED, A))
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert A not in world.service.channels.channels and channel.proxy.closed
+    # said by the connector, naming the device: not an unhandled error the garbage collector finds later
+    [failed] = [e for e in events if "log_failure" in e]
+    assert failed.get("device_id") == A and failed["log_failure"].check(OSError)
 
 
 def test_disconnect_event_ends_the_session_and_keeps_the_keys(world):
