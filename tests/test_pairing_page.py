@@ -251,6 +251,9 @@ def test_device_list_at_connect_replaces_the_states(world):
     assert parse_qs(urlsplit(pairing_uri(page)).query)  # b's code is still shown
     world.desk.gateway_event("device_revoked", b)
     assert pairing_uri(world.call("GET")[1]) is None
+    # b was forgotten by its event; a goes with a list that no longer has it
+    world.desk.gateway_devices([])
+    assert world.desk.owners == {} and world.desk.gateway_state == {}
 
 
 def test_no_device_shown_connected_while_the_gateway_is_away(world):

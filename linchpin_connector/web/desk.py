@@ -193,5 +193,9 @@ class PairingDesk:
         self.gateway_state = fresh
         for device_id in [d for d in self.pairings if fresh.get(d) != "pending"]:
             del self.pairings[device_id]
+        # Devices gone at the gateway while the connector was away had no
+        # event: their owners go too (one still being made is looked up again).
+        for device_id in [d for d in self.owners if d not in fresh]:
+            del self.owners[device_id]
         for user in list(self.watchers):
             self._tell(user)
