@@ -5,8 +5,9 @@
 #
 # Each real component is found by a command it ships.  When some are
 # missing: as root, `apt-get update` once and `apt-get install -y` them;
-# otherwise print what to install and fail.
+# otherwise print what to install and fail (tools/apt-install.sh).
 set -euo pipefail
+. "$(dirname "$0")/apt-install.sh"
 
 # command -> Debian package
 declare -A NEEDED=(
@@ -42,15 +43,7 @@ done
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
-if [ "$(id -u)" -ne 0 ]; then
-  echo "The tests need these Debian packages: ${missing[*]}" >&2
-  echo "Install them with: sudo apt-get update && sudo apt-get install -y ${missing[*]}" >&2
-  exit 1
-fi
-echo "installing Debian packages: ${missing[*]}"
-export DEBIAN_FRONTEND=noninteractive
-apt-get update -q
-apt-get install -y -q --no-install-recommends "${missing[@]}"
+apt_install "The test suite" "${missing[@]}"
 # Packaged daemons must not run as system services here: the tests start
 # private instances on loopback.
 for svc in postgresql redis-server haproxy tinyproxy nginx; do

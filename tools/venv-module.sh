@@ -8,16 +8,10 @@
 # half-way, leaving a virtualenv without pip.  As root the package is
 # installed when missing; otherwise we say what to install and fail.
 set -euo pipefail
+. "$(dirname "$0")/apt-install.sh"
 PY=${PYTHON:-python3}
 "$PY" -c 'import ensurepip, venv' 2>/dev/null && exit 0
 pkg=$("$PY" -c 'import sys; print("python3.%d-venv" % sys.version_info[1])')
-if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
-  echo "$PY cannot create a virtualenv with pip in it (no ensurepip)." >&2
-  echo "On Debian/Ubuntu: sudo apt-get update && sudo apt-get install -y $pkg" >&2
-  exit 1
-fi
-echo "installing $pkg: $PY has no ensurepip, without which no virtualenv gets pip"
-export DEBIAN_FRONTEND=noninteractive
-apt-get update -q
-apt-get install -y -q --no-install-recommends "$pkg"
+echo "$PY cannot create a virtualenv with pip in it (no ensurepip)." >&2
+apt_install "$PY's venv" "$pkg"
 "$PY" -c 'import ensurepip' || { echo "$PY still has no ensurepip: it is not Debian's Python" >&2; exit 1; }
