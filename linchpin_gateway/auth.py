@@ -42,8 +42,8 @@ class Authenticator:
         self.cache_ttl = cache_ttl
         self.cache_max = cache_max
         self._key = os.urandom(32)
-        self._cache: dict[bytes, tuple[Principal, float]] = {}
-        self._stamps: dict[bytes, object] = {}  # with revalidate: the stored credential that was verified
+        # key -> (principal, expiry, with revalidate: the stored credential that was verified)
+        self._cache: dict[bytes, tuple[Principal, float, object]] = {}
         self._by_id: dict[str, set[bytes]] = {}
 
     # -- the cache -----------------------------------------------------------------
@@ -52,16 +52,17 @@ class Authenticator:
         return hmac.new(self._key, f"{principal_id}\0{password}".encode("utf-8", "surrogatepass"),
                         hashlib.sha256).digest()
 
-    def _cached(self, principal_id: str, password: str) -> Principal | None:
-        key = self._cache_key(principal_id, password)
+    def _entry(self, key: bytes):
+        """The live cache entry under ``key``, or None."""
         entry = self._cache.get(key)
-        if entry is None:
+        if entry is not None and self.clock.seconds() >= entry[1]:
+            self._drop(key, entry[0].id)
             return None
-        principal, expires = entry
-        if self.clock.seconds() >= expires:
-            self._drop(key, principal.id)
-            return None
-        return principal
+        return entry
+
+    def _cached(self, principal_id: str, password: str) -> Principal | None:
+        entry = self._entry(self._cache_key(principal_id, password))
+        return entry[0] if entry is not None else None
 
     def _remember(self, principal: Principal, password: str, stamp=None) -> None:
         key = self._cache_key(principal.id, password)
@@ -72,20 +73,17 @@ class Authenticator:
         now = self.clock.seconds()
         while self._cache:
             oldest = next(iter(self._cache))
-            p, expires = self._cache[oldest]
+            p, expires, _ = self._cache[oldest]
             if expires > now:
                 break
             self._drop(oldest, p.id)
         if len(self._cache) >= self.cache_max:
             return  # full of live entries: verify the slow way
-        self._cache[key] = (principal, now + self.cache_ttl)
-        if self.revalidate:
-            self._stamps[key] = stamp
+        self._cache[key] = (principal, now + self.cache_ttl, stamp if self.revalidate else None)
         self._by_id.setdefault(principal.id, set()).add(key)
 
     def _drop(self, key: bytes, principal_id: str) -> None:
         self._cache.pop(key, None)
-        self._stamps.pop(key, None)
         keys = self._by_id.get(principal_id)
         if keys is not None:
             keys.discard(key)
@@ -97,7 +95,6 @@ class Authenticator:
         for principal_id in principal_ids:
             for key in self._by_id.pop(principal_id, ()):
                 self._cache.pop(key, None)
-                self._stamps.pop(key, None)
 
     # -- checks ----------------------------------------------------------------------
 
@@ -108,12 +105,12 @@ class Authenticator:
         Instance ids and device ids share one random 128-bit space, so the
         username alone tells which table to look in.
         """
-        cached = self._cached(username, password)
-        if cached is not None:
+        key = self._cache_key(username, password)
+        entry = self._entry(key)
+        if entry is not None:
+            cached, _, stamp = entry
             if not self.revalidate:
                 return cached
-            key = self._cache_key(username, password)
-            stamp = self._stamps.get(key)
             if stamp is not None and (yield self._stamp(cached)) == stamp:
                 return cached
             self._drop(key, username)  # changed on another node: check it the slow way
