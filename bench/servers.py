@@ -72,15 +72,14 @@ PER_ADDRESS_LIMITS_OFF = ("--pending-logins-per-address", "100000", "--login-che
 
 
 def gateway(name: str, data_dir: Path, *extra: str, keep: bool = False,
-            listen: str = "tcp:0:interface=127.0.0.1", per_address_limits: bool = False) -> Server:
-    """``twistd lmgateway`` as shipped but for the per-address limits (unless
-    ``per_address_limits``: see :data:`PER_ADDRESS_LIMITS_OFF`); the data
-    directory starts empty unless ``keep``."""
+            listen: str = "tcp:0:interface=127.0.0.1") -> Server:
+    """``twistd lmgateway`` as shipped but for the per-address limits (see
+    :data:`PER_ADDRESS_LIMITS_OFF`); the data directory starts empty unless
+    ``keep``."""
     if data_dir.exists() and not keep:
         shutil.rmtree(data_dir)
-    limits = () if per_address_limits else PER_ADDRESS_LIMITS_OFF
     proc = Proc(name, [str(BIN / "twistd"), "-n", "--pidfile=", "lmgateway",
-                       "--listen", listen, "--data-dir", str(data_dir), *limits, *extra])
+                       "--listen", listen, "--data-dir", str(data_dir), *PER_ADDRESS_LIMITS_OFF, *extra])
     m = proc.wait_for(r"lmgateway listening on .* at 127\.0\.0\.1:(\d+)")
     return Server("gateway", proc, int(m.group(1)), "gw")
 
