@@ -565,15 +565,6 @@ class MQTTServerProtocol(LeanReceive, WebSocketServerProtocol):
             return
         self.transport.writeSequence((_binary_frame_header(len(data)), data))
 
-    def onMessageEnd(self):
-        # Autobahn's version also fires a "message" event (a DeferredList per
-        # message) for observers this protocol never registers, and schedules
-        # a timer per message for its trickle queue, which is unused here.
-        if not self.failedByMe:
-            data = self.message_data
-            self.onMessage(data[0] if len(data) == 1 else b"".join(data), self.message_is_binary)
-        self.message_data = None
-
     def disconnect(self, reason: str, abort: bool = False) -> None:
         if abort:
             self.dropConnection(abort=True)
