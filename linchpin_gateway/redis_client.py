@@ -196,9 +196,6 @@ class SubscriberProtocol(_Ours, txredisapi.SubscriberProtocol):
                     self.replyReceived(self.handleTransactionData(reply))
             reply = reader.gets()
 
-    def messageReceived(self, pattern, channel, message):
-        self.factory.on_message(channel, message)
-
     def subscribe_again(self, channels) -> None:
         channels = list(channels)
         for i in range(0, len(channels), SUBSCRIBE_BATCH):
