@@ -47,6 +47,9 @@ class RateLimiter:
         self.burst = float(burst)
         self.rate = per_minute / 60.0
         self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, at)
+        # Keys whose last token a quiet charge took, until it is confirmed or
+        # refunded: of parallel failures, only the one that emptied trips.
+        self._emptying: set[str] = set()
         self._charges = 0
         # Told of every local charge: with several nodes, the other nodes
         # charge the same key, so spreading over nodes earns no budget.
@@ -76,22 +79,30 @@ class RateLimiter:
         if not remote and self.on_charge is not None:
             self.on_charge(key)
         self._buckets[key] = (tokens - 1.0, now)
-        if tokens < 2.0 and self.on_trip is not None and not remote and not quiet:
-            self.on_trip(key)
+        if tokens < 2.0 and self.on_trip is not None and not remote:
+            if quiet:
+                self._emptying.add(key)
+            else:
+                self.on_trip(key)
         self._charges += 1
         if self._charges % self.SWEEP_EVERY == 0:
             self._sweep(now)
         return True
 
     def confirm(self, key: str) -> None:
-        """A quiet charge stands: trip now if it emptied the bucket."""
-        if self.on_trip is not None and self._tokens(key, self.clock.seconds()) < 1.0:
-            self.on_trip(key)
+        """A quiet charge stands: trip now if one emptied the bucket and it
+        is still empty (once, however many were in flight)."""
+        if key in self._emptying:
+            self._emptying.discard(key)
+            if self._tokens(key, self.clock.seconds()) < 1.0:
+                self.on_trip(key)
 
     def refund(self, key: str, remote: bool = False) -> None:
         """Give back a token charged for something that turned out fine."""
-        if not remote and self.on_refund is not None:
-            self.on_refund(key)
+        if not remote:
+            self._emptying.discard(key)  # the bucket is no longer empty
+            if self.on_refund is not None:
+                self.on_refund(key)
         entry = self._buckets.get(key)
         if entry is not None:
             now = self.clock.seconds()

@@ -390,3 +390,12 @@ def test_the_credential_cache_is_bounded_and_makes_room_as_entries_expire(clock)
     clock.advance(5)
     assert checked(ids[0]) and not checked(ids[0])
     assert len(authenticator._cache) == 3 and sum(map(len, authenticator._by_id.values())) == 3
+
+
+def test_parallel_failures_that_empty_the_bucket_trip_the_audit_event_once(auth, clock):
+    tripped = []
+    logins = LoginGuard(auth, clock, RateLimiter(clock, 2, 2.0, on_trip=tripped.append), RateLimiter(clock, 20, 20.0))
+    logins.login(ATTACKER, "e" * 32, "guess")
+    logins.login(ATTACKER, "f" * 32, "guess")  # both checked at once: the second takes the last token
+    auth.release()
+    assert tripped == [ATTACKER]  # one emptying, one event
