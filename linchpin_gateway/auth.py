@@ -19,9 +19,10 @@ import os
 from twisted.internet import defer
 
 from linchpin_common.contract.ids import is_hex_id
+from linchpin_common.slots import Slots
 
 from .config import DEFAULTS
-from .ratelimit import Slots, address_key
+from .ratelimit import address_key
 from .router import CONNECTOR, DEVICE, Principal
 
 CACHE_TTL = 300.0

@@ -19,9 +19,11 @@ from __future__ import annotations
 
 from twisted.logger import Logger
 
+from linchpin_common.slots import Slots
+
 from .api import GatewaySite, KeepAliveChannel
 from .config import DEFAULTS
-from .ratelimit import Slots, address_key
+from .ratelimit import address_key
 
 
 class GuardedChannel(KeepAliveChannel):

@@ -9,17 +9,15 @@ are swept, so memory follows the number of addresses recently misbehaving.
 Every per-address limit keys on :func:`address_key`: an IPv4 address as it
 is, an IPv6 address by its /64 (one subscriber's whole allocation), so
 hopping through the addresses of one network buys nothing.
-:class:`~linchpin_common.slots.Slots` (re-exported here) caps how many of
-something (connections, logins awaiting an answer, password checks) one
-address holds at once.
+:class:`~linchpin_common.slots.Slots` caps how many of something
+(connections, logins awaiting an answer, password checks) one address holds
+at once.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import math
-
-from linchpin_common.slots import Slots  # noqa: F401 (re-exported)
 
 
 def address_key(host: str) -> str:

@@ -19,15 +19,16 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from linchpin_common.contract import wire
+from linchpin_common.slots import Slots
+from linchpin_common.wsframes import LeanReceive
 
 from .auth import TooManyFailures, TooManyInFlight
 from .config import DEFAULTS
 from .hashing import Overloaded
 from .metrics import Stats
-from .ratelimit import Slots, address_key
+from .ratelimit import address_key
 from .router import DEVICE
 from .store import StoreUnavailable
-from linchpin_common.wsframes import LeanReceive
 
 AWAIT_CONNECT, AUTHENTICATING, CONNECTED, CLOSED = range(4)
 STATE_NAMES = ("AWAIT_CONNECT", "AUTHENTICATING", "CONNECTED", "CLOSED")

@@ -10,7 +10,8 @@ from twisted.internet.task import Clock
 
 from linchpin_common.contract import wire
 from linchpin_gateway.auth import LoginGuard, TooManyFailures, TooManyInFlight
-from linchpin_gateway.ratelimit import RateLimiter, Slots, address_key
+from linchpin_common.slots import Slots
+from linchpin_gateway.ratelimit import RateLimiter, address_key
 from linchpin_gateway.router import Router
 from linchpin_gateway.session import AUTHENTICATING, CLOSED, Limits, MQTTSession, SessionStateError
 from tests.test_session import DEV, INST, USERS, Peer, connect
