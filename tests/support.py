@@ -16,9 +16,9 @@ import sys
 import urllib.error
 import urllib.request
 
-from linchpin_common.procs import Child, rss_kib  # noqa: F401  (shared with bench)
+from linchpin_common.procs import Child, rss_kib  # noqa: F401  (tests import them from here)
 from linchpin_common.rawws import client_frame
-from linchpin_common.testing_services import Paho, free_port  # noqa: F401  (shared with bench)
+from linchpin_common.testing_services import Paho, free_port  # noqa: F401  (tests import them from here)
 from tests.logcheck import no_traceback
 
 TIMEOUT = 30

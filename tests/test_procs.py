@@ -101,8 +101,9 @@ def test_a_line_being_written_to_the_log_file_is_not_matched_half_way(tmp_path):
             "sys.stdin.readline()\nprint(', \"b\": 2}', flush=True)\nsys.stdin.read()")
     child = python(code, log=tmp_path / "partial.log", pipe=False, stdin=__import__("subprocess").PIPE)
     try:
-        deadline = time.monotonic() + 30
-        while (tmp_path / "partial.log").read_text() != 'READY {"a": 1' and time.monotonic() < deadline:
+        deadline = time.monotonic() + 30  # a bounded poll of the file, as wait_for itself does
+        while (tmp_path / "partial.log").read_text() != 'READY {"a": 1':
+            assert time.monotonic() < deadline, "the half line never reached the log file"
             time.sleep(0.01)
         with pytest.raises(ChildError):  # only half the line is there, and the child waits
             child.wait_for(r"READY (.*)", timeout=0.2)
