@@ -164,14 +164,11 @@ class CommandProtocol(_Ours, txredisapi.RedisProtocol):
         command = hiredis.pack_command((b"PUBLISH", channel, data))
         if self.skip_replies:
             command = _SKIP + command
-            if not self.backlog.admit(len(command)):
-                return False
-            self.transport.write(command)
-            return True
         if not self.backlog.admit(len(command)):
             return False
         self.transport.write(command)
-        self.replyQueue.get()
+        if not self.skip_replies:
+            self.replyQueue.get()
         return True
 
 
