@@ -66,8 +66,8 @@ Everything listens on and connects to 127.0.0.1 only. Every process is in a
 process group of its own and is stopped at the end, on errors and on
 SIGINT/SIGTERM (``bench/procs.py``). Options: ``--quick``, ``--reps N``,
 ``--duration S``, ``--only relay,memory,storm``, ``--sessions N``,
-``--no-brokers``, ``--storm-backlogs 50,1024``, ``--storm-gateway-args
-'OPTIONS'``.
+``--no-brokers``, ``--charts DIR``, ``--storm-backlogs 50,1024``,
+``--storm-gateway-args 'OPTIONS'``.
 """
 
 from __future__ import annotations

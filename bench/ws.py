@@ -25,7 +25,6 @@ from __future__ import annotations
 import base64
 import os
 import socket
-import struct
 
 from linchpin_common.contract import wire
 from linchpin_common.rawws import client_frame, mask, new_key  # noqa: F401 (the load generators use ws.*)
