@@ -67,6 +67,31 @@ def test_until_a_job_was_timed_only_the_count_bound_applies_then_jobs_are_timed(
     assert queue(hasher, 1) == 1
 
 
+def test_the_measured_duration_is_a_moving_average(monkeypatch):
+    """One job's duration moves the estimate by a sixteenth of the
+    difference: a storm's first jobs (an idle machine) or one slow job do
+    not set the bound alone."""
+    now = [0.0]
+    monkeypatch.setattr(hashing.time, "perf_counter", lambda: now[0])
+    worker = HeldWorker()
+    hasher = hashing.Hasher(None, worker=worker, max_wait=None, threads=1)
+
+    def job(seconds):
+        now[0] += seconds
+
+    def timed(*durations):
+        for seconds in durations:
+            hasher._run(job, seconds)
+        worker.release()
+
+    timed(1.0)
+    assert hasher.job_seconds == 1.0  # the first measurement, as it is
+    timed(3.0)
+    assert hasher.job_seconds == 1.0 + 2.0 / 16
+    timed(*[0.5] * 200)  # and a lasting change is followed
+    assert abs(hasher.job_seconds - 0.5) < 0.001
+
+
 def test_results_come_back_as_before():
     worker = HeldWorker()
     hasher = hashing.Hasher(None, worker=worker, threads=1)
