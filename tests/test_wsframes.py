@@ -387,11 +387,14 @@ def test_autobahn_send_queue_still_works_after_the_lean_path_started():
 def test_reader_buffers_no_more_than_a_frame_and_joins_once():
     reader = FrameReader(CAP, CAP)
     data = frame(BINARY, BIG[:200000])
-    events = []
-    for i in range(0, len(data), 1000):
-        events += reader.feed(data[i:i + 1000])
-        assert reader._buffered <= len(data)
-    assert events == [(BINARY, BIG[:200000])]
+    pieces = [data[i:i + 1000] for i in range(0, len(data), 1000)]
+    for n, piece in enumerate(pieces[:-1], 1):
+        assert reader.feed(piece) == []
+        assert len(reader._chunks) == n and reader._buffered == 1000 * n  # kept as they came, not re-joined
+    next_frame = frame(BINARY, b"next")
+    assert reader.feed(pieces[-1] + next_frame[:5]) == [(BINARY, BIG[:200000])]
+    assert reader._buffered == 5 and reader._parts == []  # only the start of the next frame is kept
+    assert reader.feed(next_frame[5:]) == [(BINARY, b"next")] and not reader._chunks
     assert reader.feed(frame(BINARY, b"", rsv=1)) == [(FAIL, 1002, "RSV = 1 and no extension negotiated")]
     assert reader.feed(frame(BINARY, b"x")) == []  # failed for good
 
