@@ -14,7 +14,7 @@ from linchpin_common.workers import BoundedWorker, InlineWorker
 from linchpin_gateway.store import StoreUnavailable
 from tests.conftest import HeldWorker, basic
 from tests.test_api import Client, result
-from tests.test_edge import connect, upgrade
+from tests.test_edge import HEAD, connect, upgrade
 from tests.support import connect_packet
 
 
@@ -117,9 +117,17 @@ def test_a_full_store_queue_is_a_503(make_gateway):
 def test_the_new_limits_are_in_the_metrics(make_gateway):
     from linchpin_gateway.metrics import GatewayCollector
 
-    gw = make_gateway()
-    names = {family.name for family in GatewayCollector(gw).collect()}
-    assert {"lmgateway_password_checks", "lmgateway_connections_refused", "lmgateway_store_queue_depth"} <= names
+    gw = make_gateway(connections_per_address=1)
+    for _ in range(2):  # the second is over the address's cap: refused
+        channel, _ = connect(gw)
+        channel.dataReceived(HEAD)
+    gw.logins.login("192.0.2.1", "a" * 32, "wrong")  # one password check
+    gw.store._worker.worker = HeldWorker()
+    gw.store.ping()  # waits in the store's queue
+    values = {family.name: family.samples[0].value for family in GatewayCollector(gw).collect()}
+    assert values["lmgateway_password_checks"] == 1
+    assert values["lmgateway_connections_refused"] == 1
+    assert values["lmgateway_store_queue_depth"] == 1
 
 
 def test_parallel_additions_cannot_race_past_the_cap(tmp_path):
