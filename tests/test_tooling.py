@@ -114,15 +114,19 @@ def commands_run_by_tests() -> dict[str, str]:
                   and isinstance(first.elts[0], ast.Constant) and isinstance(first.elts[0].value, str)
                   and re.fullmatch(r"[a-z][\w-]*", first.elts[0].value)):
                 found.setdefault(first.elts[0].value, path.name)
-    # the README.md lines test_readme.py runs: the first word of every command
+    # the shell lines of README.md (test_readme.py) and docs/getting-started.md
+    # (test_getting_started.py) the tests run: the first word of every command
+    from tests.test_getting_started import DOC, blocks
     from tests.test_readme import README_BLOCKS, code_lines
 
-    for start, end in README_BLOCKS:
-        code = re.sub(r"(?m)\s#.*$", "", code_lines(start, end))
+    shell = [("README.md", code_lines(start, end)) for start, end in README_BLOCKS]
+    shell += [(DOC.name, code) for how, code in blocks(DOC.read_text()) if not how.startswith("skip")]
+    for where, code in shell:
+        code = re.sub(r"(?m)\s#.*$", "", code)
         for segment in re.split(r"\||;|&&|\$\(|\n", code):
             words = segment.replace("\\", " ").split()
             if words and re.fullmatch(r"[a-z][\w.-]*", words[0]):  # (not an assignment, a redirection, ...)
-                found.setdefault(words[0], "README.md")
+                found.setdefault(words[0], where)
     # the shell blocks of docs/operations.md the tests run (test_operations_doc.py)
     operations = (ROOT / "docs" / "operations.md").read_text()
     for block in re.findall(r"<!-- test: [^>]*-->\n```sh\n(.*?)```", operations, re.DOTALL):
