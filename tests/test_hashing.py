@@ -50,9 +50,14 @@ def test_a_job_that_would_wait_too_long_is_refused_at_once():
 
 
 def test_the_job_count_bound_still_holds():
-    hasher = hashing.Hasher(None, worker=HeldWorker(), max_pending=3, max_wait=100.0, threads=2)
+    worker = HeldWorker()
+    hasher = hashing.Hasher(None, worker=worker, max_pending=3, max_wait=100.0, threads=2)
     hasher.job_seconds = 0.001
     assert queue(hasher, 5) == 2
+    d, fn, args = worker.jobs.pop(0)
+    d.callback(fn(*args))
+    assert hasher.pending == 2
+    assert queue(hasher, 2) == 1  # room for one again
 
 
 def test_until_a_job_was_timed_only_the_count_bound_applies_then_jobs_are_timed():

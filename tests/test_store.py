@@ -11,7 +11,6 @@ from linchpin_connector.state import MAX_PENDING, ConnectorState, NotRegistered
 from linchpin_gateway import hashing
 from linchpin_gateway.store import DB_NAME, SQLiteStore, StoreError
 from linchpin_common.workers import InlineWorker
-from tests.conftest import HeldWorker
 from tests.services import postgresql  # noqa: F401  (fixture)
 from tests.test_api import result
 
@@ -122,20 +121,6 @@ def test_password_hash_format_and_verify():
     with pytest.raises(ValueError):
         hashing.hash_password("x", iterations=1000)
     assert hashing.sha256_hex("abc") == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-
-
-def test_hasher_queue_is_bounded():
-    worker = HeldWorker()
-    hasher = hashing.Hasher(None, worker=worker, max_pending=2)
-    hasher.verify("a", None)
-    hasher.verify("b", None)
-    failed = []
-    hasher.verify("c", None).addErrback(failed.append)
-    assert failed[0].check(hashing.Overloaded)
-    worker.jobs[0][0].callback(True)
-    assert hasher.pending == 1
-    hasher.verify("d", None)  # room again
-    assert len(worker.jobs) == 3
 
 
 def test_connector_state(tmp_path):
