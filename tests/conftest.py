@@ -22,15 +22,18 @@ def no_process_left(request):
     from tests.support import Process
 
     before = set(Process.running)
-    first = len(Process.started)
+    # From here on Process.started holds what this test starts; those already
+    # running (wider-scoped fixtures) are in offsets. Nothing older is kept:
+    # a list over the whole session would hold every process's output.
+    Process.started.clear()
     offsets = {proc: len(proc.output) for proc in Process.running if isinstance(proc, Process)}
     yield
     for proc in Process.running - before:
         proc.kill()
         Process.running.discard(proc)
-    for proc in Process.started[first:]:
+    for proc in Process.started:
         offsets.setdefault(proc, 0)
-    del Process.started[first:]  # (their output is not kept for the whole session)
+    Process.started.clear()
     children_logged_failures(request, offsets)
 
 

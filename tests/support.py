@@ -32,7 +32,7 @@ class Process(Child):
     also when the test failed; a traceback in its output fails the test
     during which it was printed (tests/logcheck.py)."""
 
-    started: list[Process] = []  # every one, oldest first; conftest.py looks at those of each test
+    started: list[Process] = []  # those started during the current test (conftest.py empties it)
 
     def __init__(self, argv, env=None, cwd=None):
         super().__init__(argv, env=env, cwd=cwd)
