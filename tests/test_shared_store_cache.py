@@ -91,3 +91,19 @@ def test_a_node_alone_takes_its_cache_without_reading_the_store(tmp_path):
     assert node.login(inst.instance_id, inst.instance_password).id == inst.instance_id
     assert reads == []
     store.stop()
+
+
+def test_a_gateway_with_a_bus_revalidates_its_cache(tmp_path):
+    """Nodes share a store only when they share a bus: that is when the
+    gateway must check a cached login against the store."""
+    from twisted.internet.testing import MemoryReactorClock
+
+    from linchpin_gateway.bus import MemoryBus, MemoryHub
+    from linchpin_gateway.config import GatewayConfig
+    from linchpin_gateway.service import Gateway
+
+    reactor = MemoryReactorClock()
+    store = SQLiteStore(reactor, str(tmp_path / "gw"), worker=InlineWorker())
+    alone = Gateway(reactor, store, GatewayConfig(), hash_worker=InlineWorker())
+    joined = Gateway(reactor, store, GatewayConfig(), hash_worker=InlineWorker(), bus=MemoryBus(MemoryHub(reactor)))
+    assert (alone.authenticator.revalidate, joined.authenticator.revalidate) == (False, True)
