@@ -101,32 +101,46 @@ def test_session_over_the_websocket_adapter(world):
     assert world.gateway.packets[-1] == wire.Disconnect() and closed and not client.is_open
 
 
-@pytest.mark.parametrize("size", [0, 125, 126, 65535, 65536, 262144 + 40])
-def test_publish_frames_its_head_and_payload_as_autobahn_reads_them(world, size):
+def _payload_for_frame(topic: str, frame: int, qos: int) -> bytes:
+    """A payload that makes the PUBLISH (head and payload) exactly ``frame`` bytes."""
+    n = frame
+    while len(wire.encode_publish_head(topic.encode(), n, qos, 1 if qos else None)) + n != frame:
+        n = frame - len(wire.encode_publish_head(topic.encode(), n, qos, 1 if qos else None))
+    return (bytes(range(256)) * (n // 256 + 1))[:n]
+
+
+# Each length form of RFC 6455 5.2 at its edges (7 bits up to 125, 16 bits
+# from 126 to 65535, 64 bits from 65536): the hand-made frames must use the
+# shortest one, as the Autobahn server checks.
+@pytest.mark.parametrize("frame", [60, 125, 126, 1024, 1025, 65535, 65536, 262144 + 60])
+def test_publish_frames_its_head_and_payload_as_autobahn_reads_them(world, frame):
     """The client masks and frames a PUBLISH's head and payload itself: a
     plain Autobahn server reads every length form, QoS 0 and 1, and each
     frame has a fresh masking key."""
     (client,) = world.ready
-    payload = bytearray(range(256)) * (size // 256) + bytes(size % 256)
-    keys = []
+    topic = topics.down_topic("d" * 32)
+    payloads = [_payload_for_frame(topic, frame, 0), bytearray(_payload_for_frame(topic, frame, 1))]
+    keys, sizes = [], []
     transport = world.client.transport
     write, write_sequence = transport.write, transport.writeSequence
 
     def key_of(frame: bytes) -> bytes:
         at = {126: 4, 127: 10}.get(frame[1] & 0x7F, 2)
         assert frame[1] & 0x80  # masked
+        sizes.append(frame[1] & 0x7F)
         return frame[at:at + 4]
 
     transport.write = lambda data: (keys.append(key_of(data)), write(data))
     # (iosim's writeSequence writes each part with write: the original one here)
     transport.writeSequence = lambda parts: (keys.append(key_of(parts[0])), [write(p) for p in parts])
-    client.publish(topics.down_topic("d" * 32), payload)
-    client.publish(topics.down_topic("d" * 32), bytes(payload), qos=1)
+    client.publish(topic, payloads[0])
+    client.publish(topic, payloads[1], qos=1)
     world.flush()
-    assert world.gateway.packets[-2:] == [wire.Publish(topics.down_topic("d" * 32), bytes(payload)),
-                                          wire.Publish(topics.down_topic("d" * 32), bytes(payload), qos=1,
+    assert world.gateway.packets[-2:] == [wire.Publish(topic, payloads[0]),
+                                          wire.Publish(topic, bytes(payloads[1]), qos=1,
                                                        packet_id=world.gateway.packets[-1].packet_id)]
     assert len(keys) == 2 and keys[0] != keys[1]
+    assert sizes == [frame if frame < 126 else 126 if frame < 65536 else 127] * 2
 
 
 def test_refused_connect_fails_session_ready():
