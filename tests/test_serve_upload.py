@@ -168,3 +168,25 @@ def test_a_browser_that_leaves_mid_upload_cancels_the_request(system):
     browser.send(HEAD + b"Content-Length: 3\r\n\r\nabc")
     head, body = browser.answer()
     assert head.startswith(b"HTTP/1.1 200 ") and json.loads(body)["bytes"] == 3
+
+
+def test_a_small_body_goes_in_the_req_and_reaches_the_app_with_its_length(system):
+    """A form post (a body that fits one message) is not streamed: it goes
+    inside the ``req`` (``end: true``), so the connector gives the app a
+    Content-Length, not a chunked body that some application servers do not
+    read."""
+    device = connected(system)
+    browser = Browser(system, device)
+    sent = []
+    session = device._session
+    real_send = session.send
+    session.send = lambda header, body=b"": (sent.append((header, bytes(body))), real_send(header, body))[1]
+    form = b"title=hello&text=" + b"x" * 1000
+    browser.send(b"POST /upload HTTP/1.1\r\nHost: 127.0.0.1:8088\r\n"
+                 b"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: %d\r\n\r\n" % len(form) + form)
+    head, body = browser.answer()
+    assert head.startswith(b"HTTP/1.1 200 ")
+    (req, req_body), = [(h, b) for h, b in sent if h["t"] == "req"]
+    assert req["end"] is True and req_body == form
+    assert not [h for h, _ in sent if h["t"] == "body"]
+    assert json.loads(body) == {"bytes": len(form), "sha256": hashlib.sha256(form).hexdigest()}

@@ -16,11 +16,12 @@ It protects the paired user from other web pages the browser has open:
   marks as coming from another site (``Sec-Fetch-Site``, ``Origin``) is
   refused (403).
 
-A request body streams: the relayed request starts once the browser's
-headers are in, and the body follows as the socket delivers it, paced by the
-connector's 1 MiB credit window (while the window is full the browser's
-socket is not read), so an upload of any size holds about the window plus one
-socket read in memory.  A browser that leaves mid-upload cancels the request.
+A request body larger than one message (or of unknown length) streams: the
+relayed request starts once the browser's headers are in, and the body
+follows as the socket delivers it, paced by the connector's 1 MiB credit
+window (while the window is full the browser's socket is not read), so an
+upload of any size holds about the window plus one socket read in memory.
+A browser that leaves mid-upload cancels the request.
 
 When the gateway or the connector cannot be reached, the browser gets a short
 error page that says which; a request in flight when the session resets fails
@@ -278,18 +279,13 @@ class _Pace:
         self.response.cancel()
 
 
-def _body(request):
-    """The request body (twisted.web has it in memory or a temporary file) as
-    bytes when small, else the file, read in parts as the connector acks."""
+def _body(request) -> bytes:
+    """The body of a request not streamed: none, or one that fits one message."""
     content = request.content
     if content is None:
         return b""
-    content.seek(0, 2)
-    size = content.tell()
     content.seek(0)
-    if size <= e2e.MAX_BODY_CHUNK:
-        return content.read()
-    return content
+    return content.read()
 
 
 class StreamingRequest(server.Request):
@@ -297,15 +293,20 @@ class StreamingRequest(server.Request):
     read the whole body first): :meth:`LocalProxy.begin` starts it in
     :meth:`gotLength` and each part of the body goes to the device's
     :class:`BodyStream` as the channel decodes it (Content-Length or chunked).
-    A request without a body is handled as twisted.web does."""
+
+    A body whose Content-Length fits one message (a form post) is read
+    first, in memory, and goes inside the ``req``: the connector then gives
+    the app its length, where a streamed body reaches the app chunked, which
+    some application servers do not read.  A request without a body is
+    handled as twisted.web does."""
 
     relaying: defer.Deferred | None = None  # the relay, started at the headers
     received: defer.Deferred | None = None  # fires once the body is in (or the browser left)
     upload: BodyStream | None = None
 
     def gotLength(self, length):
-        if length == 0:
-            super().gotLength(length)
+        if length is not None and length <= e2e.MAX_BODY_CHUNK:
+            self.content = io.BytesIO()  # (twisted.web would take a temporary file above 100 kB)
             return
         self.content = io.BytesIO()  # stays empty: the body is relayed, not kept
         self.received = defer.Deferred()
