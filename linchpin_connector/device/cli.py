@@ -7,14 +7,14 @@ import os
 import sys
 import threading
 
-from twisted.internet import defer, threads
+from twisted.internet import defer
 from twisted.python.failure import Failure
 from twisted.web.http import RESPONSES
 
 from linchpin_common import __version__, console
 from linchpin_common.malloc import keep_large_buffers
 
-from .client import DEFAULT_TIMEOUT, BodyStream, Device, feed, pair
+from .client import DEFAULT_TIMEOUT, BodyStream, Device, _ReactorThreads, feed, pair
 from . import serve
 from .errors import ConnectorOffline, DeviceError, GatewayUnreachable, PairingRejected
 from .progress import Progress
@@ -120,6 +120,7 @@ async def _write_response(reactor, response, include: bool, progress) -> None:
     app) while the reactor goes on (keep-alives).  A failed write (the reader
     went away) ends the command with one line."""
     fd = sys.stdout.fileno()
+    threads = _ReactorThreads(reactor)
     writing = defer.succeed(None)  # the write under way
     failed: list[OSError] = []
 
@@ -136,12 +137,12 @@ async def _write_response(reactor, response, include: bool, progress) -> None:
             failed.append(failure.value)
             response.cancel()
 
-        writing = threads.deferToThreadPool(reactor, reactor.getThreadPool(), _write_all, fd, part)
+        writing = threads.run(_write_all, fd, part)
         writing.addCallbacks(written, not_written)
 
     try:
         if include:
-            await threads.deferToThreadPool(reactor, reactor.getThreadPool(), _write_all, fd, _head(response))
+            await threads.run(_write_all, fd, _head(response))
         try:
             await response.deliver(write)
         finally:

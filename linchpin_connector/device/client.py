@@ -227,7 +227,6 @@ class BodyStream:
     def __init__(self):
         self._held: collections.deque[bytes] = collections.deque()
         self.held = 0              # bytes written and not yet sent
-        self.sent = 0              # bytes sent as body messages
         self.aborted = False
         self._ended = False        # end() was called
         self._closed = False       # end sent, aborted or failed: writes are dropped
@@ -301,7 +300,6 @@ class BodyStream:
                 self._held[0], part = part[n:], part[:n]
             self.held -= n
             window.sent(n)
-            self.sent += n
             last = self._ended and not self._held
             request.channel.send({"t": "body", "id": request.id, "end": last}, part)
             request.progress()
