@@ -58,14 +58,17 @@ def test_a_refused_setting_is_reported():
     assert not malloc.keep_large_buffers(libc=LibC())
 
 
-def test_the_gateway_and_lmdevice_take_the_setting(monkeypatch, tmp_path):
+def test_the_gateway_the_connector_and_lmdevice_take_the_setting(monkeypatch, tmp_path):
     from twisted.internet.testing import MemoryReactorClock
 
+    from linchpin_connector import tap as connector_tap
     from linchpin_connector.device import cli
+    from linchpin_connector.state import ConnectorState
     from linchpin_gateway import tap
 
     calls = []
     monkeypatch.setattr(tap, "keep_large_buffers", lambda: calls.append("gateway"))
+    monkeypatch.setattr(connector_tap, "keep_large_buffers", lambda: calls.append("connector"))
 
     class Started(Exception):
         pass
@@ -78,6 +81,10 @@ def test_the_gateway_and_lmdevice_take_the_setting(monkeypatch, tmp_path):
     options = tap.Options()
     options.parseOptions(["--data-dir", str(tmp_path / "gw"), "--listen", "tcp:0:interface=127.0.0.1"])
     tap.makeService(options, MemoryReactorClock())
+    ConnectorState(str(tmp_path / "connector"))  # the state file a registered connector has
+    options = connector_tap.Options()
+    options.parseOptions(["--data-dir", str(tmp_path / "connector"), "--backend", "http://intranet.local:8090"])
+    connector_tap.makeService(options, MemoryReactorClock())
     with pytest.raises(Started):
         cli.main(["--state", str(tmp_path / "none.json"), "request", "/"])
-    assert calls == ["gateway", "lmdevice"]
+    assert calls == ["gateway", "connector", "lmdevice"]
