@@ -831,6 +831,7 @@ def encode_publish_head(topic_bytes: bytes, payload_length: int, qos: int = 0, p
         )
     )
 
+
 def _encode_puback(p: Puback) -> bytes:
     return bytes((PUBACK << 4, 2)) + _packet_id(p.packet_id)
 
