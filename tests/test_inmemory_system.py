@@ -209,3 +209,32 @@ def test_connector_restart_fails_the_request_in_flight_then_rehandshakes(system)
         run(system, device.request("GET", "/api/whoami"))
     response = run(system, device.request("GET", "/api/whoami"))
     assert response.status == 200 and device.phase is Phase.LIVE
+
+
+def test_a_small_file_body_goes_in_the_req(system, tmp_path):
+    """Like bytes that fit one message, a small file is sent inside the
+    ``req`` (``end: true``): the connector gives the app its length rather
+    than a chunked body. A pipe, whose length is unknown, still streams."""
+    device = system.device(system.add_device("erin"))
+    run(system, device.open())
+    run(system, device.handshake())
+    sent = []
+    session = device._session
+    real_send = session.send
+    session.send = lambda header, body=b"": (sent.append((header, bytes(body))), real_send(header, body))[1]
+    form = tmp_path / "form.json"
+    form.write_bytes(b'{"title": "hello"}')
+    with open(form, "rb") as f:
+        response = run(system, device.request("POST", "/upload", [], f))
+    assert json.loads(run(system, response.content()))["bytes"] == len(form.read_bytes())
+    [(req, body)] = [(h, b) for h, b in sent if h["t"] == "req"]
+    assert req["end"] is True and body == form.read_bytes() and not [h for h, _ in sent if h["t"] == "body"]
+    sent.clear()
+    read, write = os.pipe()
+    os.write(write, b"from a pipe")
+    os.close(write)
+    with open(read, "rb") as pipe:
+        response = run(system, device.request("POST", "/upload", [], pipe))
+    assert json.loads(run(system, response.content()))["bytes"] == len(b"from a pipe")
+    [req] = [h for h, _ in sent if h["t"] == "req"]
+    assert req["end"] is False and [h for h, _ in sent if h["t"] == "body"][-1]["end"] is True

@@ -21,6 +21,7 @@ import collections
 import functools
 import io
 import os
+import stat
 from dataclasses import replace
 
 from twisted.internet import defer, threads
@@ -650,7 +651,15 @@ class Device:
         ``body`` is bytes, a binary file object (read on the worker's threads,
         in parts of at most 256 KiB, as the connector's acknowledgements
         allow), or a :class:`BodyStream` the caller feeds as its body arrives.
+        A body that fits one message (bytes, or a regular file) goes inside the
+        ``req``: the connector then gives the app its length, where a streamed
+        body reaches the app chunked, which some application servers do not read.
         """
+        if body is not None and not isinstance(body, (bytes, bytearray, memoryview, BodyStream)):
+            try:
+                body = await self._worker.run(_whole_if_small, body)
+            except OSError as e:
+                raise DeviceError(f"cannot read the request body: {e.strerror or e}")
         await self._reopening.acquire()
         try:
             if self.client is None or not self.client.is_open:
@@ -709,3 +718,15 @@ class Device:
             if timeout.active():
                 timeout.cancel()
 
+
+def _whole_if_small(file):
+    """The rest of ``file`` as bytes when it is a regular file with at most one
+    message left in it, else ``file`` itself (a pipe, a large file: streamed)."""
+    try:
+        info = os.fstat(file.fileno())
+        left = info.st_size - file.tell()
+    except (AttributeError, OSError, ValueError):  # no descriptor (io.UnsupportedOperation is both)
+        return file
+    if not stat.S_ISREG(info.st_mode) or left > READ_CHUNK:
+        return file
+    return file.read()
