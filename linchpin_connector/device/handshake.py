@@ -1,9 +1,10 @@
 """The device's side of the E2E handshake as an explicit state machine.
 
-Every phase, every input and every transition is in :data:`TRANSITIONS`;
-an input a phase does not list raises :class:`IllegalTransition` (a bug in
-the caller, never network input: envelopes from the network that mean
-nothing in a phase are listed in :data:`IGNORED` and change nothing)::
+Every phase, every input and every transition is in :data:`TRANSITIONS`
+(the project's one machine idiom, :mod:`linchpin_common.machine`); an input
+a phase does not list raises :class:`IllegalTransition` (a bug in the
+caller, never network input: envelopes from the network that mean nothing
+in a phase are declared ignored there and change nothing)::
 
     IDLE --start--> AWAITING_WELCOME --welcome (device key)--> LIVE
                         |  |  '--welcome (setup secret)--> SAVING_KEY --saved--> LIVE
@@ -24,6 +25,7 @@ from twisted.internet import defer
 
 from linchpin_common.contract import e2e
 from linchpin_common.contract.channel import ChannelEndpoint
+from linchpin_common.machine import IllegalTransition, Transitions
 
 
 class Phase(enum.Enum):
@@ -34,15 +36,7 @@ class Phase(enum.Enum):
     LIVE = "live"                          # a session, its confirm sent
 
 
-class IllegalTransition(RuntimeError):
-    """An input the current phase does not allow."""
-
-    def __init__(self, phase: Phase, event: str):
-        super().__init__(f"handshake input {event!r} is not allowed in phase {phase.value}")
-        self.phase, self.event = phase, event
-
-
-TRANSITIONS: dict[tuple[Phase, str], Phase] = {
+TRANSITIONS = Transitions("handshake", Phase, {
     (Phase.IDLE, "start"): Phase.AWAITING_WELCOME,
     (Phase.AWAITING_WELCOME, "welcome"): Phase.LIVE,
     (Phase.AWAITING_WELCOME, "new_key"): Phase.SAVING_KEY,
@@ -54,15 +48,15 @@ TRANSITIONS: dict[tuple[Phase, str], Phase] = {
     (Phase.ABANDONED, "saved"): Phase.IDLE,
     (Phase.ABANDONED, "save_failed"): Phase.IDLE,
     (Phase.LIVE, "fail"): Phase.IDLE,
-}
-
-# Inputs that mean nothing in a phase and are dropped: envelopes from the
-# network (a WELCOME or REJECT that answers no HELLO of ours) and failures
-# when there is nothing to fail.
-IGNORED: frozenset[tuple[Phase, str]] = frozenset(
-    [(phase, "welcome_envelope") for phase in Phase if phase is not Phase.AWAITING_WELCOME]
+},
+    # Inputs that mean nothing in a phase and are dropped: envelopes from the
+    # network (a WELCOME or REJECT that answers no HELLO of ours) and failures
+    # when there is nothing to fail.
+    ignored=[(phase, "welcome_envelope") for phase in Phase if phase is not Phase.AWAITING_WELCOME]
     + [(phase, "reject") for phase in Phase if phase is not Phase.AWAITING_WELCOME]
     + [(Phase.IDLE, "fail"), (Phase.ABANDONED, "fail")])
+
+__all__ = ["IllegalTransition", "Phase", "TRANSITIONS", "Handshake", "Outcome"]
 
 
 class Outcome:
@@ -119,12 +113,9 @@ class Handshake:
 
     def _go(self, event: str) -> bool:
         """Take the transition for ``event``; False for an ignored input."""
-        target = TRANSITIONS.get((self.phase, event))
-        if target is None:
-            if (self.phase, event) in IGNORED:
-                return False
-            raise IllegalTransition(self.phase, event)
-        self.phase = target
+        if TRANSITIONS.ignores(self.phase, event):
+            return False
+        self.phase = TRANSITIONS.next(self.phase, event)
         return True
 
     @property
@@ -149,7 +140,7 @@ class Handshake:
         calls :meth:`saved` or :meth:`save_failed`; without it, the session is
         live and the caller publishes :meth:`confirm`."""
         if self.phase is not Phase.AWAITING_WELCOME:
-            self._go("welcome_envelope")  # ignored (or loud, should IGNORED ever change)
+            self._go("welcome_envelope")  # ignored (or loud, should the table ever change)
             return None
         result = self._hs.finish(env)
         if result is None:
