@@ -1,7 +1,7 @@
 """The figures of docs/security.md "Measured": what the login attacks of
 issue 10 cost a real ``twistd lmgateway`` on loopback.
 
-    python -m bench.abuse [--twistd PATH] [--only burst|tenant|memory]
+    python -m bench.abuse [--twistd PATH] [--only burst|tenant|memory|fragments]
 
 1. burst: four bursts of 300 wrong CONNECTs from one address within 12 s;
    PBKDF2 runs spent on them (lmgateway_auth_failures_total: one run per
@@ -13,6 +13,10 @@ issue 10 cost a real ``twistd lmgateway`` on loopback.
 4. memory: connections whose password checks are held up (a slow PBKDF2
    count) send a CONNECT and then pipeline 1 MiB packets; gateway RSS
    growth per pending login.
+5. fragments: connections that never send CONNECT, and one logged-in
+   session, open a WebSocket message and send nothing but empty
+   continuation frames (6 bytes each); gateway RSS at its peak, and how
+   much each got to send before the gateway closed it.
 
 ``--twistd`` lets the same run measure an older checkout (its own venv's
 twistd).  Client addresses are spread over 127/8, so per-address limits see
@@ -35,7 +39,7 @@ import urllib.error
 import urllib.request
 
 from linchpin_common.contract import wire
-from linchpin_common.rawws import client_frame, new_key
+from linchpin_common.rawws import client_frame, mask, new_key
 
 from .procs import Proc, exit_on_signals, free_port, rss_kib
 
@@ -300,12 +304,78 @@ def memory(twistd: str, workdir: str, connections: int, packets: int) -> dict:
         gw.stop()
 
 
+def fragments(twistd: str, workdir: str, connections: int, mib: int) -> dict:
+    gw = Gateway(twistd, os.path.join(workdir, "fragments"))
+    try:
+        inst = gw.rest("POST", "/api/v1/instances")
+        time.sleep(0.5)
+        before = gw.rss_kib()
+        key = new_key()
+        start = bytes([0x02, 0x81]) + key + mask(b"x", key)  # a binary message begins, not final
+        flood = (bytes([0x00, 0x80]) + key) * (mib * 1024 * 1024 // 6)  # empty continuation frames
+        sent = {}
+
+        def one(name: str, source: str, login: bool) -> None:
+            opened = open_ws(gw.port, source)
+            if opened is None:
+                sent[name] = None
+                return
+            sock, rest = opened
+            n = 0
+            try:
+                if login:
+                    send(sock, connect_packet(inst["instance_id"], inst["instance_password"]))
+                    if connack(sock, rest) != 0:
+                        sent[name] = None
+                        return
+                sock.sendall(start)
+                for i in range(0, len(flood), 1 << 20):
+                    sock.sendall(flood[i:i + (1 << 20)])
+                    n += min(1 << 20, len(flood) - i)
+            except OSError:
+                pass  # closed by the gateway: the point
+            finally:
+                sent[name] = round(n / 1024 / 1024, 1)
+                sock.close()
+
+        peak = [before]
+        done = threading.Event()
+
+        def watch():
+            while not done.wait(0.05):
+                peak[0] = max(peak[0], gw.rss_kib())
+
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        threads = [threading.Thread(target=one, args=(f"before CONNECT {i}", f"127.0.6.{i + 1}", False))
+                   for i in range(connections)]
+        threads.append(threading.Thread(target=one, args=("logged in", "127.0.7.1", True)))
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        time.sleep(1.0)
+        done.set()
+        watcher.join()
+        return {
+            "connections_before_connect": connections,
+            "flood_per_connection_mib": mib,
+            "mib_sent_before_closed": sent,
+            "rss_peak_growth_mib": round((peak[0] - before) / 1024, 1),
+            "rss_growth_after_mib": round((gw.rss_kib() - before) / 1024, 1),
+        }
+    finally:
+        gw.stop()
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--twistd", default=os.path.join(os.path.dirname(sys.executable), "twistd"))
-    parser.add_argument("--only", choices=["burst", "memory", "tenant"])
+    parser.add_argument("--only", choices=["burst", "memory", "tenant", "fragments"])
     parser.add_argument("--connections", type=int, default=200)
     parser.add_argument("--packets", type=int, default=32, help="1 MiB packets pipelined behind each CONNECT")
+    parser.add_argument("--fragment-mib", type=int, default=20,
+                        help="MiB of empty continuation frames each fragments connection sends")
     args = parser.parse_args(argv)
     exit_on_signals()
     results = {}
@@ -316,6 +386,8 @@ def main(argv=None):
             results["tenant"] = tenant(args.twistd, workdir)
         if args.only in (None, "memory"):
             results["memory"] = memory(args.twistd, workdir, args.connections, args.packets)
+        if args.only in (None, "fragments"):
+            results["fragments"] = fragments(args.twistd, workdir, 8, args.fragment_mib)
     print(json.dumps(results, indent=2))
 
 

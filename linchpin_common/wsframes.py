@@ -33,6 +33,12 @@ except ImportError:  # pragma: no cover - older Autobahn
 FAIL = -1
 PROTOCOL_ERROR = 1002
 TOO_BIG = 1009
+# Frames one fragmented message may take.  Each costs a header on the wire
+# and, when not empty, a reference until the message is whole: without a
+# bound, empty continuation frames (6 bytes each) would hold memory and count
+# nothing against the message cap.  Browsers, Autobahn, paho-mqtt and MQTT.js
+# send a message in one frame, or in a few when it is large.
+MAX_FRAGMENTS = 1024
 _MAX_LENGTH = 0x7FFFFFFFFFFFFFFF
 
 
@@ -55,15 +61,20 @@ class FrameReader:
     ``masked`` is True on a server (a client's frames must be masked) and
     False on a client (a server's must not be).  At most one frame (header
     and payload) is ever buffered, plus the fragments of the message in
-    progress.
+    progress: at most ``max_fragments`` frames, empty ones kept as nothing,
+    so a message in progress holds its payload and at most a reference per
+    frame beyond it.  The caps may be changed between calls to :meth:`feed`
+    (the gateway keeps them small until a client has logged in).
     """
 
-    __slots__ = ("max_frame", "max_message", "_key", "_chunks", "_buffered", "_need", "_parts", "_opcode",
-                 "_total", "failed")
+    __slots__ = ("max_frame", "max_message", "max_fragments", "_key", "_chunks", "_buffered", "_need", "_parts",
+                 "_opcode", "_total", "_fragments", "failed")
 
-    def __init__(self, max_frame: int = 0, max_message: int = 0, masked: bool = True):
+    def __init__(self, max_frame: int = 0, max_message: int = 0, masked: bool = True,
+                 max_fragments: int = MAX_FRAGMENTS):
         self.max_frame = max_frame
         self.max_message = max_message
+        self.max_fragments = max_fragments
         self._key = 4 if masked else 0  # bytes of masking key after the length
         self._chunks: list = []  # bytes received, not yet a whole frame
         self._buffered = 0
@@ -71,6 +82,7 @@ class FrameReader:
         self._parts: list = []  # payloads of the fragmented message in progress
         self._opcode = 0  # its opcode, 0 when no message is in progress
         self._total = 0  # its size so far
+        self._fragments = 0  # its frames so far
         self.failed = False
 
     def feed(self, data: bytes) -> list:
@@ -174,13 +186,20 @@ class FrameReader:
             else:
                 if opcode:
                     self._opcode = opcode
-                self._parts.append(payload)
-                self._total += length
+                self._fragments += 1
+                if self._fragments > self.max_fragments:
+                    return self._fail(events, TOO_BIG, f"received WebSocket message in more than "
+                                                       f"{self.max_fragments} fragments")
+                if length:
+                    self._parts.append(payload)
+                    self._total += length
                 if fin:
-                    events.append((self._opcode, b"".join(self._parts)))
+                    parts = self._parts
+                    events.append((self._opcode, parts[0] if len(parts) == 1 else b"".join(parts)))
                     self._parts = []
                     self._opcode = 0
                     self._total = 0
+                    self._fragments = 0
         if pos < end:
             rest = buf[pos:] if pos else buf
             self._chunks.append(rest)
@@ -222,8 +241,12 @@ class LeanReceive:
 
     _frames: FrameReader | None = None
 
-    def start_lean_receive(self) -> None:
-        self._frames = FrameReader(self.maxFramePayloadSize, self.maxMessagePayloadSize, self.factory.isServer)
+    def start_lean_receive(self, max_message: int | None = None) -> None:
+        """``max_message``: a smaller message cap to begin with (the reader's
+        ``max_message`` may be raised later), else Autobahn's."""
+        if max_message is None:
+            max_message = self.maxMessagePayloadSize
+        self._frames = FrameReader(self.maxFramePayloadSize, max_message, self.factory.isServer)
         # What Autobahn keeps for its own receive path or from the handshake
         # and never reads again: about 4 KiB a connection, for its lifetime.
         self.utf8validator = None  # utf8validateIncoming is off; close reasons get their own

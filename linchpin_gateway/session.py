@@ -52,6 +52,10 @@ _NEXT = {
 DEAD_AFTER = 450.0  # silence allowed for keep-alive 0 or > 300
 MAX_KEEP_ALIVE = 300
 MAX_PRE_AUTH = 4096  # bytes a client may send after its CONNECT before CONNACK
+# The WebSocket message cap until CONNACK 0: room for any CONNECT a client
+# may send (with the MAX_PRE_AUTH bytes behind it), and all a connection
+# that has not logged in can make the gateway hold for a message in progress.
+PRE_LOGIN_MESSAGE = 64 * 1024
 MAX_QUEUED = 64  # packets pipelined behind a CONNECT that is being checked
 
 
@@ -521,9 +525,11 @@ class MQTTServerProtocol(LeanReceive, WebSocketServerProtocol):
         self.mqtt = MQTTSession(f.router, f.logins, self.factory.reactor, self, peer=self.peer,
                                 host=self._host(), limits=limits, stats=f.stats, on_accepted=self._accepted,
                                 connect_deadline=deadline)
-        self.start_lean_receive()
+        self.start_lean_receive(max_message=min(PRE_LOGIN_MESSAGE, self.maxMessagePayloadSize))
 
     def _accepted(self):
+        if self._frames is not None:  # logged in: the whole message cap
+            self._frames.max_message = self.maxMessagePayloadSize
         if self._unauthenticated:
             self._unauthenticated = False
             self.factory.unauthenticated -= 1

@@ -227,3 +227,30 @@ def test_pings_while_the_socket_is_backed_up_are_answered_once(make_gateway):
     assert server_frames(sock.value()) == [(PONG, b"999")]  # the latest only (RFC 6455 section 5.5.3)
     ws.dataReceived(frame(PING, b"again"))
     assert server_frames(sock.value()) == [(PONG, b"999"), (PONG, b"again")]
+
+
+def test_before_login_a_websocket_message_is_capped_small_then_whole(make_gateway):
+    """Before: a connection that had not logged in could hold a message in
+    progress up to the full packet cap (1 MiB), and with empty fragments
+    far more; now a message before CONNACK 0 is at most PRE_LOGIN_MESSAGE."""
+    from linchpin_common.rawws import client_frame, masked_header, new_key
+    from linchpin_gateway.session import PRE_LOGIN_MESSAGE
+    from tests.test_api import Client
+
+    gw = make_gateway()
+    inst = Client(gw).register()
+    channel, sock = connect(gw)
+    upgrade(channel)
+    (ws,) = gw.ws_factory.live
+    assert ws._frames.max_message == PRE_LOGIN_MESSAGE < gw.ws_factory.maxMessagePayloadSize
+    sock.protocol.dataReceived(masked_header(PRE_LOGIN_MESSAGE + 1) + new_key())  # refused from its header
+    assert sock.aborted or sock.disconnecting
+    ws.connectionLost(Failure(ConnectionDone()))
+
+    channel, sock = connect(gw, "192.0.2.11")
+    upgrade(channel)
+    (ws,) = gw.ws_factory.live
+    sock.protocol.dataReceived(client_frame(connect_packet(inst["instance_id"], inst["instance_password"]),
+                                            new_key()))
+    assert ws.mqtt.state == 2  # CONNECTED: the whole cap from now on
+    assert ws._frames.max_message == gw.ws_factory.maxMessagePayloadSize

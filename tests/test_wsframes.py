@@ -24,7 +24,7 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from linchpin_common.contract import wire
 from linchpin_gateway.config import MIN_MESSAGE_SIZE
 from linchpin_gateway.session import websocket_options
-from linchpin_common.wsframes import FAIL, FrameReader, LeanReceive, unmask
+from linchpin_common.wsframes import FAIL, MAX_FRAGMENTS, FrameReader, LeanReceive, unmask
 
 CAP = wire.websocket_limit(MIN_MESSAGE_SIZE)  # frame and message cap, as the gateway sets them
 MASK = b"\x37\xfa\x21\x3d"
@@ -404,3 +404,50 @@ def test_unmask_small_and_large():
         key = (MASK * (n // 4 + 1))[:n]
         assert unmask(PAYLOAD[:n], MASK) == bytes(x ^ y for x, y in zip(PAYLOAD[:n], key))
     assert unmask(b"\x00\x00\x00\x00\x00", b"\x01\x02\x03\x04") == b"\x01\x02\x03\x04\x01"
+
+
+# -- fragments: what a message in progress may hold ----------------------------
+
+def test_empty_continuation_frames_are_bounded_and_hold_nothing():
+    """Before: each empty continuation frame (6 bytes on the wire) kept a
+    list entry and counted nothing against the message cap, so a client
+    could grow the gateway's memory without bound inside one message."""
+    reader = FrameReader(CAP, CAP)
+    empty = frame(CONT, b"", fin=False)
+    assert reader.feed(frame(BINARY, b"start", fin=False) + empty * (MAX_FRAGMENTS - 1)) == []
+    assert reader._parts == [b"start"]  # the empty ones are kept as nothing
+    assert reader.feed(empty * 100000) == [(FAIL, 1009, f"received WebSocket message in more than "
+                                                        f"{MAX_FRAGMENTS} fragments")]
+    assert reader._parts == [] and reader.failed
+
+
+def test_one_byte_fragments_are_bounded_too():
+    reader = FrameReader(CAP, CAP)
+    data = frame(BINARY, b"a", fin=False) + frame(CONT, b"b", fin=False) * (MAX_FRAGMENTS + 5)
+    events = reader.feed(data)
+    assert events[-1][:2] == (FAIL, 1009) and len(reader._parts) == 0
+
+
+def test_a_message_in_the_most_fragments_allowed_is_whole():
+    payload = bytes(range(256)) * 4
+    data = frame(BINARY, payload[:1], fin=False) + b"".join(
+        frame(CONT, payload[i:i + 1], fin=(i == MAX_FRAGMENTS - 1)) for i in range(1, MAX_FRAGMENTS))
+    assert FrameReader(CAP, CAP).feed(data) == [(BINARY, payload[:MAX_FRAGMENTS])]
+    reader = FrameReader(CAP, CAP)  # the count starts again with each message
+    assert reader.feed(data + data) == [(BINARY, payload[:MAX_FRAGMENTS])] * 2
+
+
+def test_an_empty_fragment_flood_closes_the_connection_as_too_big():
+    protocol, transport = opened(LeanRecorder)
+    protocol.dataReceived(frame(BINARY, b"x", fin=False) + frame(CONT, b"", fin=False) * (MAX_FRAGMENTS + 1))
+    assert protocol.received == [] and transport.ended == DROPPED
+    assert protocol._frames._parts == []
+
+
+def test_the_message_cap_may_be_raised_between_reads():
+    reader = FrameReader(CAP, 100)
+    assert reader.feed(frame(BINARY, b"a" * 100)) == [(BINARY, b"a" * 100)]
+    reader.max_message = CAP
+    assert reader.feed(frame(BINARY, b"b" * 1000)) == [(BINARY, b"b" * 1000)]
+    reader.max_message = 100
+    assert reader.feed(frame(BINARY, b"c" * 101))[0][:2] == (FAIL, 1009)
