@@ -17,6 +17,9 @@ issue 10 cost a real ``twistd lmgateway`` on loopback.
    session, open a WebSocket message and send nothing but empty
    continuation frames (6 bytes each); gateway RSS at its peak, and how
    much each got to send before the gateway closed it.
+6. proxy-spoof: wrong CONNECTs sent straight to a ``haproxy:`` listener,
+   each behind a PROXY header naming a new client address, to escape the
+   per-address login budget; PBKDF2 runs spent and the answers.
 
 ``--twistd`` lets the same run measure an older checkout (its own venv's
 twistd).  Client addresses are spread over 127/8, so per-address limits see
@@ -29,6 +32,7 @@ import argparse
 import base64
 import json
 import os
+import re
 import socket
 import statistics
 import sys
@@ -51,13 +55,14 @@ class Gateway:
     measured) with its per-address limits as shipped and metrics on a port of
     its own; a :class:`~bench.procs.Proc`, so it is stopped on any exit."""
 
-    def __init__(self, twistd: str, data_dir: str, *extra: str):
+    def __init__(self, twistd: str, data_dir: str, *extra: str,
+                 listen: str = "tcp:0:interface=127.0.0.1:backlog=4096"):
         self.metrics_port = free_port()
         name = "abuse-" + os.path.basename(data_dir)
-        self.proc = Proc(name, [twistd, "-n", "--pidfile=", "lmgateway", "--listen",
-                                "tcp:0:interface=127.0.0.1:backlog=4096", "--data-dir", data_dir, "--metrics",
+        self.proc = Proc(name, [twistd, "-n", "--pidfile=", "lmgateway", "--listen", listen,
+                                "--data-dir", data_dir, "--metrics",
                                 f"tcp:{self.metrics_port}:interface=127.0.0.1", *extra])
-        self.port = int(self.proc.wait_for(r"lmgateway listening on tcp:0\S* at 127\.0\.0\.1:(\d+)",
+        self.port = int(self.proc.wait_for(rf"lmgateway listening on {re.escape(listen)} at [\d.]+:(\d+)",
                                            TIMEOUT).group(1))
         self.proc.wait_for(rf"listening on .* at 127\.0\.0\.1:{self.metrics_port}", TIMEOUT)
         self.url = f"http://127.0.0.1:{self.port}"
@@ -85,14 +90,15 @@ class Gateway:
         self.proc.stop(grace=TIMEOUT)
 
 
-def open_ws(port: int, source: str) -> tuple[socket.socket, bytes] | None:
-    """A WebSocket on /mqtt from ``source``; None when the upgrade is refused."""
+def open_ws(port: int, source: str, preamble: bytes = b"") -> tuple[socket.socket, bytes] | None:
+    """A WebSocket on /mqtt from ``source`` (``preamble``, e.g. a PROXY
+    header, sent first); None when the upgrade is refused."""
     try:
         sock = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT, source_address=(source, 0))
     except OSError:
         return None
     key = base64.b64encode(os.urandom(16)).decode()
-    sock.sendall((f"GET /mqtt HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    sock.sendall(preamble + (f"GET /mqtt HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                   f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: mqtt\r\n\r\n"
                   ).encode())
     buf = b""
@@ -140,8 +146,8 @@ def connack(sock, rest: bytes) -> int | None:
     return packets[0].return_code if packets and isinstance(packets[0], wire.Connack) else None
 
 
-def attempt(port: int, source: str, username: str, password: str) -> int | None:
-    opened = open_ws(port, source)
+def attempt(port: int, source: str, username: str, password: str, preamble: bytes = b"") -> int | None:
+    opened = open_ws(port, source, preamble)
     if opened is None:
         return -503  # upgrade refused
     sock, rest = opened
@@ -368,10 +374,48 @@ def fragments(twistd: str, workdir: str, connections: int, mib: int) -> dict:
         gw.stop()
 
 
+def proxy_spoof(twistd: str, workdir: str, attempts: int, trusted: bool) -> dict:
+    """Wrong CONNECTs straight to a haproxy: listener, each behind a PROXY
+    header naming a new client address; ``trusted`` gives the listener a
+    --trusted-proxy that is not the attacker (a checkout without that option
+    is run with ``trusted`` False)."""
+    extra = ("--trusted-proxy", "127.0.9.1") if trusted else ()
+    gw = Gateway(twistd, os.path.join(workdir, "spoof"), *extra, listen="haproxy:tcp:0:interface=0.0.0.0")
+    try:
+        before = gw.metric("lmgateway_auth_failures_total")
+        codes: list = []
+        lock = threading.Lock()
+
+        def one(i):
+            header = f"PROXY TCP4 198.18.{i // 250}.{i % 250 + 1} 127.0.0.1 40000 443\r\n".encode()
+            code = attempt(gw.port, "127.0.8.1", f"{i:032x}", "wrong-password-xx", header)
+            with lock:
+                codes.append(code)
+
+        started = time.monotonic()
+        for first in range(0, attempts, 50):
+            threads = [threading.Thread(target=one, args=(i,)) for i in range(first, min(attempts, first + 50))]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(TIMEOUT)
+        return {
+            "attempts": f"{attempts} wrong CONNECTs from 127.0.8.1, each naming a new address in a PROXY header",
+            "trusted_proxy_option": trusted,
+            "seconds": round(time.monotonic() - started, 1),
+            "pbkdf2_runs_for_failures": int(gw.metric("lmgateway_auth_failures_total") - before),
+            "connack_codes": {str(c): codes.count(c) for c in sorted(set(codes), key=str)},
+        }
+    finally:
+        gw.stop()
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--twistd", default=os.path.join(os.path.dirname(sys.executable), "twistd"))
-    parser.add_argument("--only", choices=["burst", "memory", "tenant", "fragments"])
+    parser.add_argument("--only", choices=["burst", "memory", "tenant", "fragments", "proxy-spoof"])
+    parser.add_argument("--no-trusted-proxy", action="store_true",
+                        help="proxy-spoof: run the listener without --trusted-proxy (a checkout without it)")
     parser.add_argument("--connections", type=int, default=200)
     parser.add_argument("--packets", type=int, default=32, help="1 MiB packets pipelined behind each CONNECT")
     parser.add_argument("--fragment-mib", type=int, default=20,
@@ -388,6 +432,8 @@ def main(argv=None):
             results["memory"] = memory(args.twistd, workdir, args.connections, args.packets)
         if args.only in (None, "fragments"):
             results["fragments"] = fragments(args.twistd, workdir, 8, args.fragment_mib)
+        if args.only in (None, "proxy-spoof"):
+            results["proxy_spoof"] = proxy_spoof(args.twistd, workdir, 300, not args.no_trusted_proxy)
     print(json.dumps(results, indent=2))
 
 

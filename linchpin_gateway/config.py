@@ -13,6 +13,8 @@ from urllib.parse import urlsplit
 
 from linchpin_common.contract.wire import DEFAULT_MAX_REMAINING_LENGTH
 
+from .proxyheader import check_listeners, parse_networks
+
 MIN_ITERATIONS = 100_000  # PBKDF2 floor (PROTOCOL.md section 1)
 MIN_MESSAGE_SIZE = 512 * 1024  # the smallest packet cap PROTOCOL.md allows
 REGISTRATION_TOKEN_ENV = "LMGATEWAY_REGISTRATION_TOKEN"
@@ -33,6 +35,7 @@ class GatewayConfig:
     listen: tuple[str, ...] = ("tcp:8080:backlog=1024",)  # Twisted's backlog of 50 drops SYNs in connect storms
     public_url: str | None = None
     metrics: str | None = None
+    trusted_proxies: tuple[str, ...] = ()  # load balancers whose PROXY headers haproxy: listeners believe
     # Where it keeps credentials and how it reaches other nodes.
     data_dir: str = "./var/lmgateway"
     store: str | None = field(default=None, repr=False)  # may hold a password
@@ -90,6 +93,12 @@ class GatewayConfig:
             raise ValueError("--bus: a redis:// or rediss:// URL (without it: this node alone)")
         if self.public_url and not self.public_url.startswith(("http://", "https://")):
             raise ValueError("--public-url must be an http:// or https:// URL")
+        check_listeners(self.listen, self.trusted_networks)
+
+    @property
+    def trusted_networks(self):
+        """``trusted_proxies`` as networks (checked when the config is made)."""
+        return parse_networks(self.trusted_proxies)
 
     @property
     def public_base(self) -> str | None:
@@ -177,4 +186,5 @@ def from_options(options, environ=os.environ) -> GatewayConfig:
     values["store"] = options["store"] or environ.get(STORE_ENV) or None
     values["bus"] = options["bus"] or environ.get(BUS_ENV) or None
     values["listen"] = tuple(options["listen"]) or DEFAULTS.listen
+    values["trusted_proxies"] = tuple(options["trusted-proxy"])
     return GatewayConfig(**values)

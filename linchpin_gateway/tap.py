@@ -11,6 +11,7 @@ from linchpin_common.daemon import exit_zero_on_sigterm, print_version
 from linchpin_common.malloc import keep_large_buffers
 
 from .config import DEFAULTS, from_options, option_parameters
+from .proxyheader import server_endpoint
 from .service import Gateway
 from .store import SQLiteStore
 
@@ -24,10 +25,16 @@ class Options(usage.Options):
     def __init__(self):
         super().__init__()
         self["listen"] = []
+        self["trusted-proxy"] = []
 
     def opt_listen(self, endpoint):
         """Server endpoint string (repeatable); default tcp:8080 (with backlog=1024)."""
         self["listen"].append(endpoint)
+
+    def opt_trusted_proxy(self, network):
+        """Address or ADDRESS/PREFIX of a load balancer whose PROXY headers haproxy: listeners believe
+        (repeatable); without it, a haproxy: listener must be bound to loopback."""
+        self["trusted-proxy"].append(network)
 
     def opt_version(self):
         """Print the version and exit."""
@@ -65,7 +72,8 @@ def makeService(options, reactor=default_reactor):
     keep_large_buffers()
     gateway = Gateway(reactor, _store(config, reactor), config, bus=_bus(config, reactor))
     for description in config.listen:
-        gateway.listen(serverFromString(reactor, description), description)
+        endpoint = server_endpoint(reactor, description, config.trusted_networks, serverFromString)
+        gateway.listen(endpoint, description)
     if config.metrics:
         gateway.serve_metrics(serverFromString(reactor, config.metrics), config.metrics)
     reactor.callWhenRunning(exit_zero_on_sigterm, reactor)
