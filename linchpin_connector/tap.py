@@ -51,6 +51,14 @@ class Options(usage.Options):
     def __init__(self):
         super().__init__()
         self["allow-path"] = []
+        self["web-host"] = []
+
+    def opt_web_host(self, name):
+        """Host name the pairing page answers besides its listening address and localhost (repeatable): the
+        name the SSO proxy forwards. Any other Host gets 421."""
+        if not re.fullmatch(r"[A-Za-z0-9.\-]+|\[[0-9A-Fa-f:.]+\]", name):
+            raise usage.UsageError(f"--web-host {name!r}: a host name, without port or scheme")
+        self["web-host"].append(name.strip("[]"))
 
     def opt_allow_path(self, prefix):
         """Path prefix devices may reach, matched on whole segments (repeatable); default /."""
@@ -112,6 +120,6 @@ def makeService(config, reactor=default_reactor):
         proxy=config.get("proxy-config"),
     )
     if config["web"]:
-        PairingWebService(connector, serverFromString(reactor, config["web"]),
-                          config["web-user-header"]).setServiceParent(connector)
+        PairingWebService(connector, serverFromString(reactor, config["web"]), config["web-user-header"],
+                          tuple(config["web-host"])).setServiceParent(connector)
     return connector

@@ -51,7 +51,7 @@ class World:
         self.state = AsyncState(self.sync_state, InlineWorker())
         self.api = FakeAPI()
         self.desk = PairingDesk(self.state, self.api, PUBLIC_KEY, self.reactor)
-        self.page = PairingPage(self.desk, "X-Forwarded-User", self.reactor)
+        self.page = PairingPage(self.desk, "X-Forwarded-User", self.reactor, hosts=("Pairing.Intranet",))
         self.stub = StubTreq(self.page)
 
     def call(self, method, path="", user="alice", headers=None, **kwargs):
@@ -229,10 +229,16 @@ def test_events_stream_tells_only_the_owner_and_keeps_the_stream_alive(world):
     assert set(world.desk.watchers) == {"alice", "bob"}
 
 
-def test_a_closed_event_stream_stops_watching(world):
+def events_request(user: str) -> DummyRequest:
     request = DummyRequest([b"events"])
-    request.requestHeaders.setRawHeaders(b"X-Forwarded-User", [b"carol"])
+    request.requestHeaders.setRawHeaders(b"X-Forwarded-User", [user.encode()])
+    request.requestHeaders.setRawHeaders(b"Host", [b"localhost:8091"])
     request.prepath, request.postpath = [b"events"], []
+    return request
+
+
+def test_a_closed_event_stream_stops_watching(world):
+    request = events_request("carol")
     world.page.render(request)
     assert set(world.desk.watchers) == {"carol"} and world.page.streams == {"carol": 1}
     request.processingFailed(Failure(ConnectionDone("the browser left")))
@@ -296,7 +302,14 @@ def test_connector_options_for_the_pairing_page(world, tmp_path):
     options.parseOptions(["--backend", "http://intranet.local:8090", *data_dir, "--web", "tcp:0:interface=127.0.0.1",
                           "--web-user-header", "X-Remote-User"])
     [web] = [s for s in tap.makeService(options, MemoryReactorClock()) if isinstance(s, PairingWebService)]
-    assert web.user_header == "X-Remote-User"
+    assert web.user_header == "X-Remote-User" and web.hosts == ()
+    options = tap.Options()
+    options.parseOptions(["--backend", "http://intranet.local:8090", *data_dir, "--web", "tcp:0:interface=127.0.0.1",
+                          "--web-host", "pair.corp.example", "--web-host", "[2001:db8::1]"])
+    [web] = [s for s in tap.makeService(options, MemoryReactorClock()) if isinstance(s, PairingWebService)]
+    assert web.hosts == ("pair.corp.example", "2001:db8::1")
+    with pytest.raises(usage.UsageError, match="web-host"):
+        tap.Options().parseOptions(["--backend", "http://x", "--web-host", "https://pair.corp.example/"])
     with pytest.raises(usage.UsageError, match="web-user-header"):
         tap.Options().parseOptions(["--backend", "http://x", "--web-user-header", "X User"])
 
@@ -327,3 +340,56 @@ def test_pairs_made_at_once_stay_within_the_pending_bound(world):
     assert len(world.api.devices) == MAX_PENDING_PER_USER
     assert all(d.called for d in outcomes) and len(rows(world.call("GET")[1])) == MAX_PENDING_PER_USER
     assert world.desk._creating == {}
+
+
+@pytest.mark.parametrize("host", ["evil.example", "evil.example:80", "pairing.intranet.evil.example",
+                                  "127.0.0.2", "[::2]:80", "", "pairing.intranet, evil.example"])
+def test_a_host_the_page_does_not_serve_gets_421_and_no_token(world, host):
+    """Before: any Host was answered, so a DNS-rebinding page (or anyone
+    who reached the port) read the CSRF token and paired as any user."""
+    for method, path in (("GET", ""), ("GET", "devices"), ("GET", "events"), ("GET", "static/pairing.css"),
+                         ("POST", "pair")):
+        response, body = world.call(method, path, headers={"Host": host})
+        assert response.code == 421, (method, path)
+        assert "csrf_token" not in body
+    assert world.api.devices == {}
+
+
+@pytest.mark.parametrize("host", ["pairing.intranet", "PAIRING.INTRANET:8443", "pairing.intranet.",
+                                  "localhost", "localhost:8091"])
+def test_the_names_the_page_serves_are_answered(world, host):
+    response, body = world.call("GET", headers={"Host": host})
+    assert response.code == 200 and "csrf_token" in body
+
+
+def test_the_listening_address_is_served():
+    from linchpin_connector.web.site import host_name
+
+    assert host_name(b"[::1]:8091") == "::1" and host_name(b"127.0.0.1:8091") == "127.0.0.1"
+    assert host_name(b"[::1") is None and host_name(None) is None
+    request = DummyRequest([b""])
+    request.requestHeaders.setRawHeaders(b"Host", [b"192.0.2.5:8091"])
+    request.client = None
+    from twisted.internet.address import IPv4Address
+
+    request.getHost = lambda: IPv4Address("TCP", "192.0.2.5", 8091)
+    page = PairingPage(None, "X-Forwarded-User")
+    assert page._host_ok(request)
+    request.requestHeaders.setRawHeaders(b"Host", [b"192.0.2.6:8091"])
+    assert not page._host_ok(request)
+
+
+def test_event_streams_are_capped_in_all(world, monkeypatch):
+    from linchpin_connector.web import site
+
+    monkeypatch.setattr(site, "MAX_STREAMS", 3)
+    requests = [events_request(user) for user in ("u1", "u2", "u3", "u4")]
+    for request in requests[:3]:
+        world.page.render(request)
+    world.page.render(requests[3])
+    assert requests[3].responseCode == 503 and requests[3].responseHeaders.getRawHeaders(b"Retry-After") == [b"30"]
+    assert sum(world.page.streams.values()) == 3
+    requests[0].processingFailed(Failure(ConnectionDone("left")))
+    again = events_request("u4")
+    world.page.render(again)
+    assert again.responseCode != 503 and world.page.streams.get("u4") == 1

@@ -24,10 +24,11 @@ class PairingWebService(service.Service):
 
     log = Logger()
 
-    def __init__(self, connector, endpoint, user_header: str = "X-Forwarded-User"):
+    def __init__(self, connector, endpoint, user_header: str = "X-Forwarded-User", hosts: tuple[str, ...] = ()):
         self.connector = connector
         self.endpoint = endpoint
         self.user_header = user_header
+        self.hosts = hosts
         self.desk: PairingDesk | None = None
         self.port = None
         self._listening = None
@@ -38,7 +39,8 @@ class PairingWebService(service.Service):
         public_key = e2e.public_raw(connector.channels.static_private)
         self.desk = PairingDesk(connector.state, connector.api, public_key, connector.reactor)
         connector.observers.append(self.desk)
-        d = self._listening = self.endpoint.listen(make_site(self.desk, self.user_header, connector.reactor))
+        d = self._listening = self.endpoint.listen(make_site(self.desk, self.user_header, connector.reactor,
+                                                                   self.hosts))
 
         def listening(port):
             self._listening = None

@@ -41,6 +41,25 @@ SECURITY_HEADERS = {
 }
 HEARTBEAT = 25.0  # seconds between SSE comments, so proxies keep the stream open
 MAX_STREAMS_PER_USER = 8
+# Event streams open in all: each holds a socket for as long as a page is
+# open, and the connector's unit allows 1,024 open files for everything.
+MAX_STREAMS = 256
+
+
+def host_name(header: bytes | None) -> str | None:
+    """The name of a ``Host`` header, lower case, without its port or a
+    final dot; None when there is none or it cannot be read."""
+    if not header:
+        return None
+    try:
+        text = header.decode("ascii").strip().lower()
+    except UnicodeDecodeError:
+        return None
+    if text.startswith("["):  # an IPv6 literal
+        name, bracket, _ = text[1:].partition("]")
+        return name if bracket else None
+    name = text.rsplit(":", 1)[0] if text.count(":") == 1 else text
+    return name.rstrip(".") or None
 STATE_TEXT = {"pending": "waiting to be paired", "paired": "paired", "connected": "connected now"}
 STATIC = {
     b"pairing.css": b"text/css; charset=utf-8",
@@ -97,9 +116,14 @@ class PairingPage(resource.Resource):
 
     log = Logger()
 
-    def __init__(self, desk: PairingDesk, user_header: str = "X-Forwarded-User", clock=None, csrf: Csrf | None = None):
+    def __init__(self, desk: PairingDesk, user_header: str = "X-Forwarded-User", clock=None, csrf: Csrf | None = None,
+                 hosts: tuple[str, ...] = ()):
         super().__init__()
         self.desk = desk
+        # Host names the page answers besides its listening address and
+        # localhost (--web-host): any other is a DNS-rebinding page, or
+        # someone who should not be here.
+        self.hosts = frozenset(["localhost"] + [h.lower().rstrip(".") for h in hosts])
         self.user_header = user_header.encode("ascii")
         self.clock = clock
         self.csrf = csrf or Csrf()
@@ -111,6 +135,9 @@ class PairingPage(resource.Resource):
         return self
 
     def render(self, request):
+        if not self._host_ok(request):
+            return _message_page(request, 421, "Wrong address",
+                                 "This page is not served under that name.", back=False)
         user = self._user(request)
         if user is None:
             return _message_page(request, 401, "Sign-in required",
@@ -138,6 +165,13 @@ class PairingPage(resource.Resource):
         return handler(request, user)
 
     # -- who and whether ---------------------------------------------------------------
+
+    def _host_ok(self, request) -> bool:
+        raw = request.requestHeaders.getRawHeaders(b"host")
+        name = host_name(raw[0]) if raw and len(raw) == 1 else None
+        if name is None:
+            return False
+        return name in self.hosts or name == getattr(request.getHost(), "host", None)
 
     def _user(self, request) -> str | None:
         raw = request.requestHeaders.getRawHeaders(self.user_header)
@@ -265,6 +299,10 @@ class PairingPage(resource.Resource):
     def _events(self, request, user: str):
         if self.streams.get(user, 0) >= MAX_STREAMS_PER_USER:
             return _message_page(request, 429, "Too many open pages", "Close a few pages of this site.")
+        if sum(self.streams.values()) >= MAX_STREAMS:
+            request.setHeader(b"Retry-After", b"30")
+            return _message_page(request, 503, "Busy", "Too many pages are open on this service; "
+                                                       "this one will update when you reload it.")
         self.streams[user] = self.streams.get(user, 0) + 1
         _headers(request, b"text/event-stream", b"no-store")
         request.setHeader(b"X-Accel-Buffering", b"no")  # proxies: do not hold the stream back
@@ -292,7 +330,8 @@ class PairingPage(resource.Resource):
         return server.NOT_DONE_YET
 
 
-def make_site(desk: PairingDesk, user_header: str = "X-Forwarded-User", clock=None) -> server.Site:
-    site = server.Site(PairingPage(desk, user_header, clock))
+def make_site(desk: PairingDesk, user_header: str = "X-Forwarded-User", clock=None,
+              hosts: tuple[str, ...] = ()) -> server.Site:
+    site = server.Site(PairingPage(desk, user_header, clock, hosts=hosts))
     site.displayTracebacks = False
     return site
