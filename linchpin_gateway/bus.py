@@ -13,6 +13,11 @@ whose value is ``b"<node> <epoch>"``:
   epoch holds;
 - ``release``: delete a key only while it is still ours.
 
+A principal's epoch counter lives ``EPOCH_TTL`` past the last claim or
+hold that used it: far longer than any ownership key (whose holder refreshes
+both), so a live session's epoch never goes back, and the counters of
+principals long gone (or deleted: ``delete``) do not pile up in Redis.
+
 While the bus is down every publish is dropped at once (``publish`` returns
 False) and every other call fails with :class:`NotConnected`; nothing is
 queued. The Redis client is txredisapi under a thin adapter of ours
@@ -32,8 +37,11 @@ from zope.interface import Attribute, Interface, implementer
 from .config import redact_url
 from .redis_client import CommandProtocol, Factory, NotConnected, SubscriberProtocol
 
+EPOCH_TTL_MS = 24 * 3600 * 1000  # an epoch counter outlives its last claim or hold by a day
+
 _CLAIM = b"""
 local e = redis.call('INCR', KEYS[2])
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
 local old = redis.call('GET', KEYS[1])
 redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. e, 'PX', ARGV[2])
 return {e, old or ''}
@@ -41,6 +49,7 @@ return {e, old or ''}
 
 _HOLD = b"""
 local lost = {}
+local ettl = ARGV[#ARGV]
 for i = 1, #KEYS, 2 do
   local j = (i + 1) / 2
   local want = ARGV[j + 1]
@@ -51,7 +60,8 @@ for i = 1, #KEYS, 2 do
   if v == want or theirs < mine then
     redis.call('SET', KEYS[i], want, 'PX', ARGV[1])
     local cur = tonumber(redis.call('GET', KEYS[i + 1]) or '0')
-    if cur < mine then redis.call('SET', KEYS[i + 1], mine) end
+    if cur < mine then redis.call('SET', KEYS[i + 1], mine, 'PX', ettl)
+    else redis.call('PEXPIRE', KEYS[i + 1], ettl) end
   else
     table.insert(lost, j)
   end
@@ -103,6 +113,9 @@ class IBus(Interface):
 
     def get(key):
         """Deferred[bytes | None]."""
+
+    def delete(keys):
+        """Deferred: these keys are gone."""
 
     def exists(keys):
         """Deferred[list[bool]]."""
@@ -204,7 +217,7 @@ class RedisBus:
         return defer.maybeDeferred(proto.execute_command, *args)
 
     def claim(self, own_key, epoch_key, node, ttl_ms):
-        d = self._call(b"EVAL", _CLAIM, 2, own_key, epoch_key, node, int(ttl_ms))
+        d = self._call(b"EVAL", _CLAIM, 2, own_key, epoch_key, node, int(ttl_ms), EPOCH_TTL_MS)
         return d.addCallback(lambda r: (int(r[0]), r[1] or None))
 
     def hold(self, entries, ttl_ms):
@@ -212,7 +225,7 @@ class RedisBus:
         for start in range(0, len(entries), HOLD_BATCH):
             batch = entries[start:start + HOLD_BATCH]
             keys = [k for own, ep, _ in batch for k in (own, ep)]
-            d = self._call(b"EVAL", _HOLD, len(keys), *keys, int(ttl_ms), *[v for _, _, v in batch])
+            d = self._call(b"EVAL", _HOLD, len(keys), *keys, int(ttl_ms), *[v for _, _, v in batch], EPOCH_TTL_MS)
             calls.append(d.addCallback(lambda lost, start=start: [start + j - 1 for j in lost]))
         d = defer.gatherResults(calls, consumeErrors=True)
         d.addErrback(lambda f: f.value.subFailure)
@@ -223,6 +236,9 @@ class RedisBus:
 
     def get(self, key):
         return self._call(b"GET", key)
+
+    def delete(self, keys):
+        return self._call(b"DEL", *keys) if keys else defer.succeed(0)
 
     def exists(self, keys):
         if not keys:
@@ -333,7 +349,7 @@ class MemoryBus:
         self._check()
         hub = self.hub
         epoch = int(hub.get(epoch_key) or 0) + 1
-        hub.set(epoch_key, b"%d" % epoch)
+        hub.set(epoch_key, b"%d" % epoch, EPOCH_TTL_MS)
         old = hub.get(own_key)
         hub.set(own_key, node + b" %d" % epoch, ttl_ms)
         return epoch, old
@@ -351,8 +367,7 @@ class MemoryBus:
             theirs = epoch_of(value) if value else 0
             if value == want or theirs < mine:
                 hub.set(own, want, ttl_ms)
-                if int(hub.get(ep) or 0) < mine:
-                    hub.set(ep, b"%d" % mine)
+                hub.set(ep, b"%d" % max(mine, int(hub.get(ep) or 0)), EPOCH_TTL_MS)
             else:
                 lost.append(i)
         return lost
@@ -367,6 +382,13 @@ class MemoryBus:
 
     def get(self, key):
         return defer.maybeDeferred(lambda: self._check() or self.hub.get(key))
+
+    def delete(self, keys):
+        def delete():
+            self._check()
+            return sum(self.hub.keys.pop(k, None) is not None for k in keys)
+
+        return defer.maybeDeferred(delete)
 
     def exists(self, keys):
         return defer.maybeDeferred(lambda: self._check() or [self.hub.get(k) is not None for k in keys])

@@ -132,6 +132,7 @@ class Cluster:
         self.limiters = limiters or {}
         self.node = node or os.urandom(8).hex().encode()
         self.stats = ClusterStats()
+        self.on_bus_back = None  # called when the bus is back after being away
         self.held: dict[str, _Held] = {}
         self.remote: dict[str, _Remote] = {}  # instance -> its connector elsewhere (instances of our devices)
         self.interest: dict[str, set[str]] = {}  # instance -> ids of its devices held here
@@ -486,9 +487,17 @@ class Cluster:
 
     def revoked(self, instance_id: str, device_id: str) -> None:
         self._broadcast({"op": "revoke", "i": instance_id, "d": device_id})
+        self._forget_epochs([device_id])
 
     def instance_deleted(self, instance_id: str, device_ids) -> None:
         self._broadcast({"op": "drop", "i": instance_id, "d": list(device_ids)})
+        self._forget_epochs([instance_id, *device_ids])
+
+    def _forget_epochs(self, principal_ids) -> None:
+        """The epoch counters of principals that are gone (they would
+        otherwise expire a day after their last use)."""
+        if self.bus.connected:
+            self.bus.delete([_epoch_key(pid) for pid in principal_ids]).addErrback(lambda f: None)
 
     def password_changed(self, instance_id: str) -> None:
         self._broadcast({"op": "forget", "i": instance_id})
@@ -611,6 +620,9 @@ class Cluster:
             self._present(instance_id)
             if instance_id in self.remote:
                 self._learn(instance_id)
+        # What happened elsewhere while the bus was away did not reach here.
+        if self.on_bus_back is not None:
+            self.on_bus_back()
 
     # -- queries ----------------------------------------------------------------
 

@@ -68,6 +68,7 @@ class GatewayConfig:
     store_queue: int = 1024  # store operations queued at most; beyond, HTTP 503 / CONNACK 3
     # Housekeeping.
     purge_interval: float = 3600.0  # seconds between purges of expired pending devices
+    revalidate_interval: int = 60  # seconds between checks of live sessions against a shared store
     http_idle_timeout: int = 60  # seconds an HTTP connection may sit idle before the upgrade
     drain_timeout: float = 5.0  # seconds SIGTERM waits for sessions to close
 
@@ -81,7 +82,7 @@ class GatewayConfig:
         for name in ("max_outbound", "max_sessions", "max_pending_logins", "hash_queue", "hash_wait",
                      "connections_per_address",
                      "pending_logins_per_address", "login_checks_per_address", "request_deadline", "max_devices",
-                     "max_pending_devices", "max_instance_sessions", "store_queue"):
+                     "max_pending_devices", "max_instance_sessions", "store_queue", "revalidate_interval"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be positive")
         for name in ("rest_limit", "login_limit", "instance_rest_limit"):
@@ -146,6 +147,8 @@ SETTINGS: list[tuple[str, str]] = [
     ("instance-rest-limit", "Authenticated REST calls per instance and minute (burst the same); 0: no limit."),
     ("max-instance-sessions", "Live device sessions per instance; beyond, CONNACK 3."),
     ("store-queue", "Store operations queued at most; beyond, HTTP 503 / CONNACK 3 at once."),
+    ("revalidate-interval", "With a shared store (PostgreSQL) or a bus: seconds between checks of every live "
+                            "session against the store (also run when the bus or the store comes back)."),
 ]
 
 _TYPES = {f.name: f.type for f in fields(GatewayConfig)}

@@ -120,6 +120,10 @@ class Router:
         inst = self._instances.get(instance_id)
         return inst is not None and inst.connector is not None
 
+    def principals(self) -> list[Principal]:
+        """Who has a live session on this node."""
+        return [c.principal for c in self._clients.values()]
+
     def count(self, role: str) -> int:
         return sum(1 for c in self._clients.values() if c.principal.role == role)
 

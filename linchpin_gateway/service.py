@@ -20,6 +20,7 @@ from .edge import GuardedSite
 from .hashing import Hasher
 from .metrics import GatewayCollector, Stats
 from .ratelimit import RateLimiter, Unlimited
+from .revalidate import SessionCheck
 from .router import Router
 from .session import Limits, MQTTWebSocketFactory
 
@@ -43,7 +44,10 @@ class Gateway(service.MultiService):
         self.stats = Stats()
         self.hasher = Hasher(reactor, config.pbkdf2_iterations, worker=hash_worker, max_pending=config.hash_queue,
                              max_wait=config.hash_wait)
-        self.authenticator = Authenticator(store, self.hasher, reactor, revalidate=bus is not None)
+        # A store other nodes (or tools) write to: cached logins are checked
+        # against it, and live sessions are re-validated now and then.
+        shared = bus is not None or bool(config.store)
+        self.authenticator = Authenticator(store, self.hasher, reactor, revalidate=shared)
         self.router = Router(reactor, stats=self.stats)
         self.rest_limiter = _limiter(reactor, config.rest_limit, "rate_limit_tripped", "unauthenticated REST calls")
         self.login_limiter = _limiter(reactor, config.login_limit, "auth_failure_burst",
@@ -63,6 +67,9 @@ class Gateway(service.MultiService):
                                              "login-user": user_limiter,
                                              **({"instance": instance_limiter} if instance_limiter else {})})
             self.router.cluster = self.cluster
+        self.session_check = SessionCheck(self.router, store, self.authenticator)
+        if self.cluster is not None:
+            self.cluster.on_bus_back = lambda: self.session_check.run("bus back")
         self.accounts = Accounts(store, self.hasher, self.authenticator, self.router, reactor,
                                  setup_key_ttl=config.setup_key_ttl, registration_token=config.registration_token,
                                  max_devices=config.max_devices, max_pending_devices=config.max_pending_devices,
@@ -88,6 +95,10 @@ class Gateway(service.MultiService):
         check = internet.TimerService(STORE_CHECK, lambda: self._ping_store().addErrback(lambda f: None))
         check.clock = reactor
         check.setServiceParent(self)
+        if shared:
+            recheck = internet.TimerService(config.revalidate_interval, self.session_check.run)
+            recheck.clock = reactor
+            recheck.setServiceParent(self)
 
     def listen(self, endpoint, description: str, site=None) -> None:
         svc = internet.StreamServerEndpointService(_Announced(endpoint, description), site or self.site)
@@ -98,10 +109,14 @@ class Gateway(service.MultiService):
         self.listen(endpoint, f"metrics {description}", metrics_site(GatewayCollector(self)))
 
     def _ping_store(self):
-        """Deferred: the store answered (and ``store_up`` says so for metrics)."""
+        """Deferred: the store answered (and ``store_up`` says so for metrics);
+        when it answers again after failing, live sessions are re-validated."""
+        shared_store = self.authenticator.revalidate
         d = defer.maybeDeferred(self.store.ping)
 
         def up(result):
+            if not self.store_up and shared_store:
+                self.session_check.run("store back")
             self.store_up = True
             return result
 

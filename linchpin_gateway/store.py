@@ -14,6 +14,7 @@ import os
 import sqlite3
 from importlib import resources
 
+from twisted.internet import defer
 from zope.interface import Interface, implementer
 
 from linchpin_common.files import ensure_private_dir
@@ -79,6 +80,9 @@ class IStore(Interface):
     def list_devices(instance_id):
         """Deferred[list[(device_id, state)]]."""
 
+    def present(instance_ids, device_ids):
+        """Deferred[(existing instance ids, active device ids)] among those given."""
+
     def delete_device(instance_id, device_id):
         """Deferred[bool]: False when the device is not this instance's."""
 
@@ -139,6 +143,24 @@ class Statements:
             (instance_id,),
         )
         return d.addCallback(lambda rows: [tuple(r) for r in rows])
+
+    def present(self, instance_ids, device_ids):
+        """Deferred[(set of these instances that exist, set of these devices
+        that are active)]: one read for a batch of live sessions."""
+        instance_ids, device_ids = list(instance_ids), list(device_ids)
+        parts, args = [], []
+        if instance_ids:
+            parts.append("SELECT 'i', instance_id FROM instances WHERE instance_id IN (%s)"
+                         % ", ".join("?" * len(instance_ids)))
+            args += instance_ids
+        if device_ids:
+            parts.append("SELECT 'd', device_id FROM devices WHERE state = 'active' AND device_id IN (%s)"
+                         % ", ".join("?" * len(device_ids)))
+            args += device_ids
+        if not parts:
+            return defer.succeed((set(), set()))
+        d = self._all(" UNION ALL ".join(parts), tuple(args))
+        return d.addCallback(lambda rows: ({r[1] for r in rows if r[0] == "i"}, {r[1] for r in rows if r[0] == "d"}))
 
     def delete_device(self, instance_id, device_id):
         d = self._execute("DELETE FROM devices WHERE device_id = ? AND instance_id = ?", (device_id, instance_id))

@@ -6,6 +6,7 @@ Waits are on events (a message, a log line, a closed session) with generous
 timeouts; the 15 s bound for offline detection is the requirement itself.
 """
 
+import os
 import threading
 
 import pytest
@@ -48,7 +49,16 @@ def connect_pair(a, b, inst, dev):
     return c, d
 
 
-def test_register_on_one_node_pair_on_another_relay_presence_takeover_revocation(cluster):
+def redis_cli(server, *args) -> str:
+    """One command to the test's Redis (the password through the environment)."""
+    import subprocess
+
+    out = subprocess.run(["redis-cli", "--no-auth-warning", "-p", str(server.port), *args], capture_output=True,
+                         text=True, check=True, timeout=30, env={**os.environ, "REDISCLI_AUTH": server.password})
+    return out.stdout.strip()
+
+
+def test_register_on_one_node_pair_on_another_relay_presence_takeover_revocation(cluster, redis_server):
     a, b, c3 = cluster(3, metrics=True)
     inst = World(a.url).register()
     dev = World(b.url).pair(inst)  # key made on a, redeemed on b
@@ -77,9 +87,12 @@ def test_register_on_one_node_pair_on_another_relay_presence_takeover_revocation
     assert [e.split(b'"')[3] for e in events(conn, 2)] == [b"device_disconnected", b"device_connected"]
     conn.publish(f"devices/{dev[0]}/down", b"to the newer one")
     assert newer.next_matching(f"devices/{dev[0]}/down")[1] == b"to the newer one"
+    # epoch counters expire a day after their last use (before: never)
+    assert 0 < int(redis_cli(redis_server, "PTTL", f"lm:epoch:{dev[0]}")) <= 24 * 3600 * 1000
     # revocation through a cuts the session on c3 (and the cached credentials everywhere)
     World(a.url).revoke(inst, dev[0])
     newer.wait_closed()
+    assert redis_cli(redis_server, "EXISTS", f"lm:epoch:{dev[0]}") == "0"  # gone with the device
     for node in (a, b, c3):
         assert Paho(node.port, *dev).result != "Success"
     # the connector's own takeover across nodes: its devices are not told it went offline
