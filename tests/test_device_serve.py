@@ -62,16 +62,30 @@ class _Req:
 
 
 @pytest.mark.parametrize("method, headers, refused", [
-    (b"GET", {"origin": b"http://evil.example", "sec_fetch_site": b"cross-site"}, False),
+    # Before: any local page could make GETs as the paired user (<img>, <script>).
+    (b"GET", {"origin": b"http://evil.example", "sec_fetch_site": b"cross-site"}, True),
+    (b"GET", {"sec_fetch_site": b"cross-site", "sec_fetch_mode": b"no-cors", "sec_fetch_dest": b"image"}, True),
+    (b"GET", {"sec_fetch_site": b"same-site", "sec_fetch_mode": b"navigate"}, True),  # another port: same site
+    (b"GET", {"sec_fetch_site": b"none", "sec_fetch_mode": b"navigate"}, False),  # typed or a bookmark
+    (b"GET", {"sec_fetch_site": b"none", "sec_fetch_mode": b"no-cors"}, True),
+    (b"GET", {"sec_fetch_site": b"same-origin", "sec_fetch_mode": b"no-cors"}, False),
+    (b"GET", {}, False),  # curl
+    (b"GET", {"referer": b"http://127.0.0.1:3000/page"}, True),  # an old browser, from another port
+    (b"GET", {"referer": b"http://127.0.0.1:8088/page"}, False),
+    (b"HEAD", {"origin": b"http://127.0.0.1:9999"}, True),
     (b"POST", {}, False),
     (b"POST", {"origin": b"http://127.0.0.1:8088", "sec_fetch_site": b"same-origin"}, False),
-    (b"POST", {"sec_fetch_site": b"none"}, False),
+    (b"POST", {"sec_fetch_site": b"none"}, True),
     (b"POST", {"origin": b"http://evil.example"}, True),
     (b"POST", {"origin": b"null"}, True),
     (b"DELETE", {"sec_fetch_site": b"same-site"}, True),
     (b"PUT", {"sec_fetch_site": b"cross-site", "origin": b"http://127.0.0.1:8088"}, True),
+    # Before: a CORS preflight went to the app as the paired user.
+    (b"OPTIONS", {"origin": b"http://evil.example", "access_control_request_method": b"PUT"}, True),
+    (b"OPTIONS", {"sec_fetch_site": b"same-origin", "access_control_request_method": b"PUT"}, True),
+    (b"OPTIONS", {}, False),
 ])
-def test_cross_site_state_changing_requests(method, headers, refused):
+def test_requests_other_sites_made_are_refused_whatever_the_method(method, headers, refused):
     assert cross_site(_Req(method, **headers), b"127.0.0.1:8088") is refused
 
 
@@ -81,6 +95,14 @@ def test_cross_site_state_changing_requests(method, headers, refused):
     ("/already/a/path", "/already/a/path"),
     ("relative", "relative"),
     ("mailto:someone@example.com", "mailto:someone@example.com"),
+    # Before: these reached the browser as they were, and it left for evil.example.
+    ("//evil.example/x", "/x"),
+    ("/\\evil.example", "/"),
+    ("\\\\evil.example", "/"),
+    ("/\t/evil.example", "/"),
+    ("  //evil.example", "/"),
+    ("http://intranet.local//evil.example/p?q=1", "/evil.example/p?q=1"),
+    ("http://intranet.local/\\evil.example", "/evil.example"),
 ])
 def test_location_to_the_app_becomes_a_path(value, expected):
     assert rewrite_location(value) == expected
@@ -178,7 +200,9 @@ def test_a_request_goes_through_with_method_path_headers_and_body(local):
     assert ("Content-Type", "application/x-www-form-urlencoded") in headers
     assert response.code == 303 and body == b"part1part2"
     assert response.headers.getRawHeaders("location") == ["/notes"]
-    assert response.headers.getRawHeaders("set-cookie") == ["sid=1; Path=/; HttpOnly"]
+    [cookie] = response.headers.getRawHeaders("set-cookie")
+    assert cookie.startswith("lm8088_sid=") and cookie.endswith("; Path=/; HttpOnly") and "Domain" not in cookie
+    assert "=1;" not in cookie  # sealed: another port on 127.0.0.1 receives nothing it can use
     assert response.headers.getRawHeaders("x-app") == ["yes"]
 
 
@@ -397,3 +421,41 @@ def test_serve_relays_and_says_which_part_is_away(tmp_path):
         assert serve.terminate() == 0
     finally:
         system.stop()
+
+
+def test_cookies_are_sealed_for_this_server_and_opened_for_the_app(local):
+    """Before: the app's cookies, Domain stripped, were sent by the browser to
+    every other port on 127.0.0.1 in clear, and any cookie of another local
+    server was passed on to the app."""
+    link, stub = local
+    link.answer = FakeResponse(200, [("Set-Cookie", "sid=s3cret; Path=/; HttpOnly; SameSite=Lax"),
+                                     ("Set-Cookie", "theme=dark")], [b"ok"])
+    response, _ = fetch(stub, "GET", "http://127.0.0.1:8088/")
+    jar = [c.split(";")[0] for c in response.headers.getRawHeaders("set-cookie")]
+    assert all(c.startswith("lm8088_") for c in jar) and not any("s3cret" in c for c in jar)
+    other_server = "lm9999_sid=" + jar[0].split("=", 1)[1]  # another lmdevice serve's name for it
+    fetch(stub, "GET", "http://127.0.0.1:8088/next",
+          headers={"Cookie": "; ".join(jar + ["local_dev=1", other_server, "lm8088_forged=abc"])})
+    cookies = [v for k, v in link.seen[-1][2] if k.lower() == "cookie"]
+    assert cookies == ["sid=s3cret; theme=dark"]
+    fetch(stub, "GET", "http://127.0.0.1:8088/bare", headers={"Cookie": "local_dev=1"})
+    assert [v for k, v in link.seen[-1][2] if k.lower() == "cookie"] == []
+
+
+def test_a_cookie_sealed_by_another_serve_does_not_open_here():
+    from linchpin_connector.device.serve_policy import CookieSeal
+
+    mine, theirs = CookieSeal(8088), CookieSeal(8088)  # same port, another process
+    sealed = theirs.set_cookie("sid=1").split(";")[0]
+    assert mine.cookie_header(sealed) is None and theirs.cookie_header(sealed) == "sid=1"
+    assert mine.set_cookie("no equals sign") == "no equals sign"
+
+
+def test_a_preflight_and_an_image_from_another_page_never_reach_the_device(local):
+    link, stub = local
+    response, body = fetch(stub, "OPTIONS", "http://127.0.0.1:8088/api",
+                           headers={"Origin": "http://127.0.0.1:3000", "Access-Control-Request-Method": "PUT"})
+    assert response.code == 403 and not response.headers.getRawHeaders("access-control-allow-origin")
+    response, _ = fetch(stub, "GET", "http://127.0.0.1:8088/avatar.png",
+                        headers={"Sec-Fetch-Site": "same-site", "Sec-Fetch-Mode": "no-cors", "Sec-Fetch-Dest": "image"})
+    assert response.code == 403 and link.seen == []

@@ -4,17 +4,11 @@ A small HTTP server on the device (loopback by default).  Every request a
 browser sends it travels through the end-to-end channel to the intranet app,
 as the paired user, and the app's answer comes back as the app sent it:
 status, headers and a streamed body.  Only these changes are made on the
-way back: hop-by-hop headers go, a ``Location`` pointing at an absolute
-``http(s)`` URL becomes a path on this server (the tunnel only reaches the
-intranet app), and a ``Domain`` attribute leaves ``Set-Cookie`` so the
-browser keeps the cookie for this server.
-
-It protects the paired user from other web pages the browser has open:
-- a request whose ``Host`` is not the address it listens on is refused
-  (403), so a DNS-rebinding page cannot read the intranet through it;
-- a state-changing request (anything but GET, HEAD, OPTIONS) that a browser
-  marks as coming from another site (``Sec-Fetch-Site``, ``Origin``) is
-  refused (403).
+way back: hop-by-hop headers go, a ``Location`` that would leave this
+server becomes a path on it (the tunnel only reaches the intranet app), and
+cookies are renamed and sealed for this server alone.  What it lets through
+and how it rewrites is :mod:`.serve_policy`: a ``Host`` other than its own,
+a request another site made (any method) and a CORS preflight get 403.
 
 A request body larger than one message (or of unknown length) streams: the
 relayed request starts once the browser's headers are in, and the body
@@ -32,9 +26,6 @@ from __future__ import annotations
 
 import html
 import io
-import ipaddress
-import re
-from urllib.parse import urlsplit, urlunsplit
 
 from twisted.internet import defer, endpoints
 from twisted.internet.interfaces import IPushProducer
@@ -46,6 +37,7 @@ from zope.interface import implementer
 from linchpin_common.contract import e2e
 
 from .client import BodyStream
+from .serve_policy import CookieSeal, HostCheck, cross_site, rewrite_location
 from .errors import (ConnectorOffline, DeviceError, DeviceNotAccepted, GatewayUnreachable, PairingRejected, RequestRefused,
                      RequestTimeout, SessionLost)
 
@@ -55,8 +47,7 @@ SAFE_METHODS = (b"GET", b"HEAD", b"OPTIONS")
 # connector sets itself.
 HOP_BY_HOP = frozenset(("connection", "keep-alive", "proxy-connection", "proxy-authenticate",
                         "proxy-authorization", "te", "trailer", "transfer-encoding", "upgrade"))
-REQUEST_DROPPED = HOP_BY_HOP | {"host", "content-length", "origin"}
-_COOKIE_DOMAIN = re.compile(r";\s*domain=[^;]*", re.IGNORECASE)
+REQUEST_DROPPED = HOP_BY_HOP | {"host", "content-length", "origin", "cookie"}
 
 # What went wrong -> (HTTP status, page title). The connector's `err` codes first.
 _REFUSALS = {
@@ -101,63 +92,6 @@ def render_error(request, status: int, title: str, text: str) -> bytes:
             f"<p id=\"reason\">{html.escape(text)}</p></body></html>").encode()
 
 
-class HostCheck:
-    """Which ``Host`` values name this server (a defence against DNS rebinding).
-
-    Only the address it listens on, with its port; ``localhost`` too when
-    that address is loopback; any IP address when it listens on all
-    interfaces (a DNS name is never accepted: rebinding needs one).
-    """
-
-    def __init__(self, host: str, port: int):
-        self.port = port
-        address = ipaddress.ip_address(host)
-        self.any_address = address.is_unspecified
-        self.loopback = address.is_loopback
-        self.names = {address.compressed}
-        if address.is_loopback:
-            self.names.add("localhost")
-
-    def __call__(self, value: bytes | None) -> bool:
-        if not value:
-            return False
-        try:
-            parts = urlsplit("//" + value.decode("ascii"))
-            name, port = parts.hostname, parts.port
-        except (UnicodeDecodeError, ValueError):
-            return False
-        if port is None:
-            port = 80
-        if name is None or port != self.port or parts.path or parts.username is not None:
-            return False
-        if name in self.names:
-            return True
-        try:
-            ipaddress.ip_address(name)
-        except ValueError:
-            return False
-        return self.any_address
-
-
-def cross_site(request, host: bytes) -> bool:
-    """True for a state-changing request a browser says another site made."""
-    if request.method in SAFE_METHODS:
-        return False
-    fetch_site = request.getHeader(b"sec-fetch-site")
-    if fetch_site is not None and fetch_site not in (b"same-origin", b"none"):
-        return True
-    origin = request.getHeader(b"origin")
-    return origin is not None and origin != b"http://" + host
-
-
-def rewrite_location(value: str) -> str:
-    """An absolute http(s) URL becomes its path (and query) on this server."""
-    parts = urlsplit(value)
-    if parts.scheme.lower() in ("http", "https") and parts.netloc:
-        return urlunsplit(("", "", parts.path or "/", parts.query, parts.fragment))
-    return value
-
-
 class LocalProxy(resource.Resource):
     """Every path, every method: through the device to the intranet app."""
 
@@ -170,6 +104,7 @@ class LocalProxy(resource.Resource):
         super().__init__()
         self.device = device
         self.host_check = host_check
+        self.cookies = CookieSeal(host_check.port)
 
     def begin(self, request) -> BodyStream | None:
         """A :class:`StreamingRequest`'s headers are in: start relaying it, and
@@ -195,7 +130,8 @@ class LocalProxy(resource.Resource):
                                 "this local server answers only to the address it listens on")
         if cross_site(request, host):
             return render_error(request, 403, "Cross-site request refused",
-                                "another web site tried to send this request through your device")
+                                "another web site (or a page opened from elsewhere) tried to send this request "
+                                "through your device; open the address yourself")
         defer.ensureDeferred(self._forward(request)).addErrback(
             lambda f: self.log.failure("relaying a request failed", f))
         return server.NOT_DONE_YET
@@ -207,6 +143,10 @@ class LocalProxy(resource.Resource):
         headers = [(k.decode("latin-1"), v.decode("latin-1"))
                    for k, values in request.requestHeaders.getAllRawHeaders() for v in values
                    if k.decode("latin-1").lower() not in REQUEST_DROPPED]
+        for value in request.requestHeaders.getRawHeaders(b"cookie", []):
+            opened = self.cookies.cookie_header(value.decode("latin-1"))
+            if opened is not None:
+                headers.append(("Cookie", opened))
         try:
             # Bytes as they came: the connector refuses a path that is not printable ASCII.
             response = await self.device.request(request.method.decode("latin-1"), request.uri.decode("latin-1"),
@@ -237,7 +177,7 @@ class LocalProxy(resource.Resource):
             if lower == "location":
                 value = rewrite_location(value)
             elif lower == "set-cookie":
-                value = _COOKIE_DOMAIN.sub("", value)
+                value = self.cookies.set_cookie(value)
             request.responseHeaders.addRawHeader(name.encode("latin-1"), value.encode("latin-1", "replace"))
 
         def write(part: bytes) -> None:
@@ -346,4 +286,5 @@ async def listen(reactor, device, endpoint: str = DEFAULT_LISTEN):
     port = await endpoints.serverFromString(reactor, endpoint).listen(site)
     address = port.getHost()  # port 0 picks one: the Host check needs the real one
     proxy.host_check = HostCheck(address.host, address.port)
+    proxy.cookies = CookieSeal(address.port)
     return port
