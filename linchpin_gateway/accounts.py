@@ -13,7 +13,6 @@ from __future__ import annotations
 import hmac
 from dataclasses import dataclass
 
-from twisted.internet import defer
 
 from linchpin_common.contract.ids import is_hex_id, new_id, new_secret
 
@@ -85,7 +84,6 @@ class Accounts:
         self.setup_key_ttl = setup_key_ttl
         self.max_devices = max_devices
         self.max_pending_devices = max_pending_devices
-        self._adding: dict[str, defer.DeferredLock] = {}  # instance -> its device additions, one at a time
         self._token = registration_token.encode("utf-8") if registration_token else None
 
     def authorize_registration(self, token: str | None) -> None:
@@ -125,31 +123,18 @@ class Accounts:
 
     async def add_device(self, instance_id: str) -> NewDevice:
         """Raises :class:`LimitReached` when the instance has its most devices
-        (or pending devices): one tenant cannot fill the store.  One instance's
-        additions run one at a time on this node, so parallel calls cannot
-        all pass the count before any of them is written."""
-        if self.max_devices is None and self.max_pending_devices is None:
-            return await self._add_device(instance_id)
-        lock = self._adding.setdefault(instance_id, defer.DeferredLock())
-        await lock.acquire()
-        try:
-            rows = await self.store.list_devices(instance_id)
-            if self.max_devices is not None and len(rows) >= self.max_devices:
-                raise LimitReached(f"an instance may have {self.max_devices} devices")
-            pending = sum(1 for _, state in rows if state == "pending")
-            if self.max_pending_devices is not None and pending >= self.max_pending_devices:
-                raise LimitReached(f"an instance may have {self.max_pending_devices} devices waiting to be paired")
-            return await self._add_device(instance_id)
-        finally:
-            lock.release()
-            if not lock.locked and not lock.waiting:
-                self._adding.pop(instance_id, None)
-
-    async def _add_device(self, instance_id: str) -> NewDevice:
+        (or pending devices): one tenant cannot fill the store.  The store
+        counts and inserts in one transaction that holds the instance, so
+        parallel calls, on this node or on several, never pass the caps."""
         device_id, setup_key = new_id(), new_secret()
         now = self.clock.seconds()
         expires_at = int(now) + self.setup_key_ttl
-        await self.store.create_device(device_id, instance_id, sha256_hex(setup_key), expires_at, now)
+        full = await self.store.create_device_capped(device_id, instance_id, sha256_hex(setup_key), expires_at, now,
+                                                     self.max_devices, self.max_pending_devices)
+        if full == "devices":
+            raise LimitReached(f"an instance may have {self.max_devices} devices")
+        if full == "pending":
+            raise LimitReached(f"an instance may have {self.max_pending_devices} devices waiting to be paired")
         audit("device_created", device_id=device_id, instance_id=instance_id)
         return NewDevice(device_id, setup_key, expires_at)
 

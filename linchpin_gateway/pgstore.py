@@ -114,6 +114,18 @@ class PostgreSQLStore(Statements):
 
         return self._run(txn)
 
+    def create_device_capped(self, device_id, instance_id, setup_key_hash, expires_at, now, max_devices,
+                             max_pending):
+        def txn(c):
+            # The instance's row locked: nodes adding devices to it at once
+            # count and insert one after another (READ COMMITTED alone would
+            # let each count before any insert is committed).
+            c.execute("SELECT 1 FROM instances WHERE instance_id = %s FOR UPDATE", (instance_id,))
+            return self._add_capped(c, "%s", device_id, instance_id, setup_key_hash, expires_at, now, max_devices,
+                                    max_pending)
+
+        return self._run(txn)
+
     def activate_device(self, device_id, setup_key_hash, password_hash, now):
         # One statement: of two nodes redeeming the same key at once, the
         # second waits on the row lock, re-checks the WHERE and matches nothing.

@@ -64,6 +64,12 @@ class IStore(Interface):
     def delete_instance(instance_id):
         """Deferred[list[str] | None]: ids of the devices deleted with it, None if unknown."""
 
+    def create_device_capped(device_id, instance_id, setup_key_hash, expires_at, now, max_devices, max_pending):
+        """Deferred[None | "devices" | "pending"]: the device is created unless
+        the instance already has ``max_devices`` devices or ``max_pending``
+        pending ones (None: no cap), checked and written in one transaction
+        that no other node's can interleave with."""
+
     def create_device(device_id, instance_id, setup_key_hash, expires_at, now):
         """Deferred[None]: a pending device."""
 
@@ -122,6 +128,22 @@ class Statements:
             " VALUES (?, ?, 'pending', ?, ?, ?)",
             (device_id, instance_id, setup_key_hash, int(expires_at), int(now)),
         )
+
+    @staticmethod
+    def _add_capped(c, p, device_id, instance_id, setup_key_hash, expires_at, now, max_devices, max_pending):
+        """The checks and the insert of :meth:`create_device_capped`, in the
+        caller's transaction (which holds the instance); ``p`` is the
+        engine's placeholder."""
+        counts = dict(c.execute(f"SELECT state, count(*) FROM devices WHERE instance_id = {p} GROUP BY state",
+                                (instance_id,)).fetchall())
+        if max_devices is not None and sum(counts.values()) >= max_devices:
+            return "devices"
+        if max_pending is not None and counts.get("pending", 0) >= max_pending:
+            return "pending"
+        c.execute("INSERT INTO devices (device_id, instance_id, state, setup_key_hash, expires_at, created_at)"
+                  f" VALUES ({p}, {p}, 'pending', {p}, {p}, {p})",
+                  (device_id, instance_id, setup_key_hash, int(expires_at), int(now)))
+        return None
 
     def find_setup_key(self, setup_key_hash, now):
         d = self._one(
@@ -271,6 +293,12 @@ class SQLiteStore(Statements):
             return ids
 
         return self._write(txn)
+
+    def create_device_capped(self, device_id, instance_id, setup_key_hash, expires_at, now, max_devices,
+                             max_pending):
+        # BEGIN IMMEDIATE: one writer at a time, so the count cannot go stale.
+        return self._write(self._add_capped, "?", device_id, instance_id, setup_key_hash, expires_at, now,
+                           max_devices, max_pending)
 
     def activate_device(self, device_id, setup_key_hash, password_hash, now):
         def txn(c):

@@ -252,3 +252,40 @@ def test_postgresql_unreachable_fails_fast_and_redacts(postgresql, where):
     with pytest.raises(StoreError) as info:
         PostgreSQLStore(None, url, worker=InlineWorker(), timeout=1).start()
     assert "hunter2" not in str(info.value) and "postgresql://127.0.0.1:" in str(info.value)
+
+
+def test_device_caps_hold_in_the_store(store):
+    result(store.create_instance(I, "h", 0))
+    made = [result(store.create_device_capped(f"{n:032x}", I, f"k{n}", 1000, 0, 3, 2)) for n in range(4)]
+    assert made == [None, None, "pending", "pending"]  # two pending at most
+    assert result(store.activate_device("0" * 32, "k0", "pw", 10)) == I
+    assert result(store.create_device_capped("9" * 32, I, "k9", 1000, 0, 3, 2)) is None
+    assert result(store.create_device_capped("8" * 32, I, "k8", 1000, 0, 3, None)) == "devices"  # three in all
+    assert len(result(store.list_devices(I))) == 3
+
+
+def test_postgresql_device_caps_hold_across_nodes(postgresql):
+    """Before: each node counted, then wrote, so 3 nodes made 6 devices
+    against a cap of 5."""
+    import threading
+
+    db = postgresql.create_database()
+    nodes = [_pg_store(postgresql, db) for _ in range(3)]
+    result(nodes[0].create_instance(I, "h", 0))
+    outcomes = []
+    go = threading.Barrier(6)
+
+    def add(store, n):
+        go.wait()
+        for i in range(4):
+            outcomes.append(result(store.create_device_capped(f"{n:02x}{i:030x}", I, f"k{n}-{i}", 1000, 0, 5, None)))
+
+    threads = [threading.Thread(target=add, args=(nodes[n % 3], n)) for n in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert outcomes.count(None) == 5 and outcomes.count("devices") == 19
+    assert len(result(nodes[1].list_devices(I))) == 5
+    for s in nodes:
+        s.stop()
