@@ -231,9 +231,12 @@ class ApiV1(_AsyncResource):
     log = Logger(namespace="lmgateway")
 
     def __init__(self, accounts: Accounts, logins, *, rest_limiter, stats, public_url: str | None = None,
-                 instance_limiter=None):
+                 instance_limiter=None, shared_budget=None):
         """``instance_limiter`` counts every authenticated call per instance,
-        so one tenant cannot keep the store busy for the others."""
+        so one tenant cannot keep the store busy for the others;
+        ``shared_budget(key)``: Deferred[bool], the unauthenticated budget
+        of ``key`` that several nodes share (None: this node alone)."""
+        self.shared_budget = shared_budget
         super().__init__()
         self.accounts = accounts
         self.logins = logins
@@ -272,17 +275,17 @@ class ApiV1(_AsyncResource):
             parts = None
         route = self._route(parts) if parts is not None else None
         if route is None:
-            self._charge(host)
+            await self._charge(host)
             raise ApiError(404, *NOT_FOUND)
         methods, args = route
         method = request.method.decode("ascii", "replace")
         handler = methods.get(method)
         if handler is None:
-            self._charge(host)
+            await self._charge(host)
             raise ApiError(405, "method_not_allowed", f"{method} is not allowed here",
                            {"Allow": ", ".join(sorted(methods))})
         if handler.__name__ in self.OPEN:
-            self._charge(host)
+            await self._charge(host)
         body = _body(request)
         if getattr(request, "body_too_large", False) or len(body) > MAX_BODY:
             raise ApiError(413, "payload_too_large", f"request body over {MAX_BODY} bytes")
@@ -294,10 +297,15 @@ class ApiV1(_AsyncResource):
 
     # -- helpers ------------------------------------------------------------
 
-    def _charge(self, host: str) -> None:
+    async def _charge(self, host: str) -> None:
+        """An unauthenticated call costs a token of its address, before it is
+        answered: this node's bucket first, then (with several nodes) the
+        bucket the nodes share, so a burst spread over nodes gets no more."""
         key = address_key(host)
         if not self.rest_limiter.charge(key):
             self._limited(self.rest_limiter.retry_after(key))
+        if self.shared_budget is not None and not await self.shared_budget(key):
+            self._limited(self.rest_limiter.retry_after(key) or 1)
 
     def _limited(self, retry: int):
         self.stats.rate_limited += 1

@@ -69,6 +69,28 @@ end
 return lost
 """
 
+# A token bucket every node charges: KEYS[1] a hash (tokens, time);
+# ARGV burst, tokens per second.  Redis's own clock, so nodes' clocks do
+# not matter.  Returns 1 when a token was taken.
+_TAKE = b"""
+local burst = tonumber(ARGV[1])
+local rate = tonumber(ARGV[2])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local v = redis.call('HMGET', KEYS[1], 'tk', 'ts')
+local tokens = tonumber(v[1]) or burst
+local ts = tonumber(v[2]) or now
+tokens = math.min(burst, tokens + math.max(0, now - ts) * rate)
+local ok = 0
+if tokens >= 1 then
+  tokens = tokens - 1
+  ok = 1
+end
+redis.call('HSET', KEYS[1], 'tk', tostring(tokens), 'ts', tostring(now))
+redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
+return ok
+"""
+
 _RELEASE = b"""
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
@@ -116,6 +138,9 @@ class IBus(Interface):
 
     def delete(keys):
         """Deferred: these keys are gone."""
+
+    def take(key, burst, per_second):
+        """Deferred[bool]: a token taken from the shared bucket ``key``."""
 
     def exists(keys):
         """Deferred[list[bool]]."""
@@ -240,6 +265,9 @@ class RedisBus:
     def delete(self, keys):
         return self._call(b"DEL", *keys) if keys else defer.succeed(0)
 
+    def take(self, key, burst, per_second):
+        return self._call(b"EVAL", _TAKE, 1, key, burst, repr(float(per_second))).addCallback(lambda r: r == 1)
+
     def exists(self, keys):
         if not keys:
             return defer.succeed([])
@@ -269,6 +297,7 @@ class MemoryHub:
     def __init__(self, clock):
         self.clock = clock
         self.keys: dict[bytes, tuple[bytes, float | None]] = {}
+        self.buckets: dict[bytes, tuple[float, float]] = {}  # take(): tokens, when
         self.buses: list[MemoryBus] = []
         self.queue: deque = deque()
 
@@ -389,6 +418,18 @@ class MemoryBus:
             return sum(self.hub.keys.pop(k, None) is not None for k in keys)
 
         return defer.maybeDeferred(delete)
+
+    def take(self, key, burst, per_second):
+        def take():
+            self._check()
+            now = self.hub.clock.seconds()
+            tokens, at = self.hub.buckets.get(key, (float(burst), now))
+            tokens = min(float(burst), tokens + (now - at) * per_second)
+            ok = tokens >= 1
+            self.hub.buckets[key] = (tokens - 1 if ok else tokens, now)
+            return ok
+
+        return defer.maybeDeferred(take)
 
     def exists(self, keys):
         return defer.maybeDeferred(lambda: self._check() or [self.hub.get(k) is not None for k in keys])

@@ -83,7 +83,8 @@ class Gateway(service.MultiService):
                                                max_unauthenticated=config.max_pending_logins,
                                                pending_per_address=config.pending_logins_per_address)
         api = ApiV1(self.accounts, self.logins, rest_limiter=self.rest_limiter, stats=self.stats,
-                    public_url=config.public_base, instance_limiter=instance_limiter)
+                    public_url=config.public_base, instance_limiter=instance_limiter,
+                    shared_budget=self._rest_budget())
         probes = [("store", self._ping_store)]
         ready = probes + ([("bus", self.cluster.check)] if self.cluster is not None else [])
         self.site = GuardedSite(Root(api, self.ws_factory, live=probes, ready=ready), reactor=reactor,
@@ -107,6 +108,11 @@ class Gateway(service.MultiService):
 
     def serve_metrics(self, endpoint, description: str) -> None:
         self.listen(endpoint, f"metrics {description}", metrics_site(GatewayCollector(self)))
+
+    def _rest_budget(self):
+        if self.cluster is None or not hasattr(self.rest_limiter, "rate"):
+            return None  # one node, or no limit
+        return lambda key: self.cluster.shared_budget("rest", key)
 
     def _ping_store(self):
         """Deferred: the store answered (and ``store_up`` says so for metrics);

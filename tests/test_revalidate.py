@@ -116,3 +116,35 @@ def test_a_node_checks_its_sessions_when_the_store_answers_again(world):
     assert gw.store_up and gw.session_check.runs == runs + 1
     run(gw._ping_store())
     assert gw.session_check.runs == runs + 1  # only when it came back
+
+
+def test_a_rest_burst_spread_over_two_nodes_gets_one_budget(tmp_path):
+    """Before: each node charged its own bucket and told the other later, so
+    49 calls spread over 2 nodes got 49 answers against a budget of 30."""
+    from treq.testing import StubTreq
+
+    clock = Clock()
+    clock.advance(1_800_000_000)
+    hub = MemoryHub(clock)
+    nodes = []
+    for name in "ab":
+        store = SQLiteStore(clock, str(tmp_path / name), worker=InlineWorker())
+        gw = Gateway(clock, store, GatewayConfig(rest_limit=30), hash_worker=InlineWorker(), bus=MemoryBus(hub))
+        gw.startService()
+        nodes.append(gw)
+    try:
+        stubs = [StubTreq(gw.site.resource) for gw in nodes]
+        codes = []
+        for n in range(49):  # nothing between the nodes arrives meanwhile (no hub flush)
+            stub = stubs[n % 2]
+            d = stub.post("http://gw.test/api/v1/devices/setup", json={"device_setup_key": "x" * 22})
+            stub.flush()
+            codes.append(d.result.code)
+        assert codes.count(429) == 19 and len([c for c in codes if c != 429]) == 30
+        hub.buses[0].set_connected(False)  # the bus away: each node on its own budget
+        d = stubs[0].post("http://gw.test/api/v1/devices/setup", json={"device_setup_key": "x" * 22})
+        stubs[0].flush()
+        assert d.result.code == 404  # answered from this node's own bucket (5 of its 30 were left)
+    finally:
+        for gw in nodes:
+            gw.stopService()

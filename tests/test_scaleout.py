@@ -58,6 +58,19 @@ def redis_cli(server, *args) -> str:
     return out.stdout.strip()
 
 
+def test_the_shared_rest_budget_is_one_bucket_in_redis(redis_server):
+    """The script every node runs for an address's REST budget (bus._TAKE):
+    5 tokens, then none, whatever node asks; another address has its own."""
+    from linchpin_gateway.bus import _TAKE
+
+    def take(key):
+        return redis_cli(redis_server, "EVAL", _TAKE.decode(), "1", key, "5", "0.01")
+
+    assert [take("lm:rl:rest:192.0.2.1") for _ in range(7)] == ["1"] * 5 + ["0"] * 2
+    assert take("lm:rl:rest:192.0.2.2") == "1"
+    assert 0 < int(redis_cli(redis_server, "PTTL", "lm:rl:rest:192.0.2.1")) <= 501_000
+
+
 def test_register_on_one_node_pair_on_another_relay_presence_takeover_revocation(cluster, redis_server):
     a, b, c3 = cluster(3, metrics=True)
     inst = World(a.url).register()
