@@ -13,6 +13,7 @@ set -euo pipefail
 declare -A NEEDED=(
   [initdb]=postgresql          # PostgreSQL store tests (a private cluster per run)
   [redis-server]=redis-server  # the cross-node bus
+  [redis-cli]=redis-tools      # the tests read the bus's keys (TTLs) as an operator would
   [haproxy]=haproxy            # several gateway nodes behind a load balancer
   [tinyproxy]=tinyproxy        # the connector behind an HTTP proxy
   [chromium]=chromium          # pairing page and `lmdevice serve` in a real browser
