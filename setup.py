@@ -47,7 +47,7 @@ setup(
     },
     install_requires=[
         "twisted[tls]>=23.10.0",
-        "autobahn>=23.6.2",
+        "autobahn>=23.6.2,<27",  # linchpin_common/wsframes.py uses its internals (tests/test_autobahn_canary.py)
         "service-identity>=21.1.0",
         "pyopenssl>=23.2.0",
         "cryptography>=41.0.0",
