@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+
 import sys
 
 from twisted.internet import defer, error, task
@@ -27,13 +29,24 @@ def run(command) -> None:
     task.react(main)
 
 
-def add_proxy_options(parser) -> None:
+def add_proxy_options(parser, **defaults) -> None:
     """``--proxy URL`` and ``--proxy-password-file FILE`` on an argparse parser."""
     parser.add_argument("--proxy", metavar="URL",
                         help="HTTP proxy to the gateway, http://[user@]host:port ('' for none; default: "
-                             "https_proxy, http_proxy, all_proxy and no_proxy as curl reads them)")
+                             "https_proxy, http_proxy, all_proxy and no_proxy as curl reads them)", **defaults)
     parser.add_argument("--proxy-password-file", metavar="FILE",
-                        help=f"file whose first line is the proxy password (or set {PASSWORD_ENV})")
+                        help=f"file whose first line is the proxy password (or set {PASSWORD_ENV})", **defaults)
+
+
+def shared_options(parser, commands, add) -> None:
+    """Options of the whole command, accepted before its subcommand and
+    after it, as people type them (``lmconnector register --gateway URL
+    --proxy URL``).  ``add(parser, **defaults)`` declares them; after the
+    subcommand they have no default of their own, so they replace the value
+    given before the subcommand only when given."""
+    add(parser)
+    for command in commands:
+        add(command, default=argparse.SUPPRESS)
 
 
 def parse_command_line(parser, argv, prog: str):

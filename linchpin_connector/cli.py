@@ -132,9 +132,6 @@ def _parser() -> argparse.ArgumentParser:
         epilog="Exit status: 0 done, 1 refused (the message says why), 2 bad usage or local files, "
         "3 gateway or proxy unreachable.")
     p.add_argument("--version", action="version", version=f"lmconnector {__version__}")
-    p.add_argument("--data-dir", metavar="DIR", default=DEFAULT_DATA_DIR, help="state folder (default %(default)s)")
-    p.add_argument("--ca-file", metavar="PEM", help="PEM of a private CA that signed the gateway's certificate")
-    console.add_proxy_options(p)
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("register", help="register this connector with a gateway")
     r.add_argument("--gateway", metavar="URL", required=True, help="gateway base URL, e.g. https://gw.example.com")
@@ -152,11 +149,21 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--qr-png", help="also write the QR code as a PNG file")
     a.add_argument("--qr-svg", help="also write the QR code as an SVG file")
     a.set_defaults(run=device_add)
-    dsub.add_parser("list", help="list devices: id, user, state").set_defaults(run=device_list)
+    listing = dsub.add_parser("list", help="list devices: id, user, state")
+    listing.set_defaults(run=device_list)
     v = dsub.add_parser("revoke", help="revoke a device at the gateway and forget its keys")
     v.add_argument("device_id")
     v.set_defaults(run=device_revoke)
+    console.shared_options(p, [r, a, listing, v], _global_options)
     return p
+
+
+def _global_options(parser, **defaults) -> None:
+    parser.add_argument("--data-dir", metavar="DIR", help="state folder (default %s)" % DEFAULT_DATA_DIR,
+                        **{"default": DEFAULT_DATA_DIR, **defaults})
+    parser.add_argument("--ca-file", metavar="PEM", help="PEM of a private CA that signed the gateway's certificate",
+                        **defaults)
+    console.add_proxy_options(parser, **defaults)
 
 
 def main(argv=None) -> None:

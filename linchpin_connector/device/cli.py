@@ -29,10 +29,6 @@ def _parser() -> argparse.ArgumentParser:
         "3 gateway or proxy unreachable, 4 connector offline, 5 pairing rejected, 6 timeout, "
         "7 session lost mid-request, 8 the connector refused the request.")
     p.add_argument("--version", action="version", version=f"lmdevice {__version__}")
-    p.add_argument("--state", metavar="FILE", default=DEFAULT_STATE, help="device state file (default %(default)s)")
-    p.add_argument("--ca-file", metavar="PEM", help="PEM of a private CA that signed the gateway's certificate")
-    console.add_proxy_options(p)
-    p.add_argument("--timeout", metavar="SECONDS", type=float, default=DEFAULT_TIMEOUT, help="seconds to wait (default %(default)s)")
     sub = p.add_subparsers(dest="command", required=True)
     pp = sub.add_parser("pair", help="pair with the URI from the QR code ('-' reads it from stdin)")
     pp.add_argument("uri")
@@ -46,7 +42,18 @@ def _parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("serve", help="serve the intranet app to a browser on this machine")
     sp.add_argument("--listen", default=serve.DEFAULT_LISTEN,
                     help="Twisted server endpoint (default %(default)s; loopback only unless told otherwise)")
+    console.shared_options(p, [pp, rp, sp], _global_options)
     return p
+
+
+def _global_options(parser, **defaults) -> None:
+    parser.add_argument("--state", metavar="FILE", help="device state file (default %s)" % DEFAULT_STATE,
+                        **{"default": DEFAULT_STATE, **defaults})
+    parser.add_argument("--ca-file", metavar="PEM", help="PEM of a private CA that signed the gateway's certificate",
+                        **defaults)
+    console.add_proxy_options(parser, **defaults)
+    parser.add_argument("--timeout", metavar="SECONDS", type=float, help="seconds to wait (default %s)" % DEFAULT_TIMEOUT,
+                        **{"default": DEFAULT_TIMEOUT, **defaults})
 
 
 async def _pair_command(reactor, args) -> int:
