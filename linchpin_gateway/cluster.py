@@ -5,21 +5,9 @@ sessions; when a message, an event or a presence change concerns a
 principal that is not here, it hands it to this node's :class:`Cluster`,
 which carries it over the bus to whichever node holds that principal.
 
-Channels (each node subscribes to those of what it holds):
-
-``lm:p:<principal>``
-    messages for one principal: ``U`` (a device's up message, to its
-    instance's connector), ``D`` (a connector's down message, to a device),
-    ``u`` and ``d`` (the same for a QoS 0 PUBLISH that is forwarded as it
-    was received, so the receiving node writes those bytes unchanged),
-    ``E`` (a ``$gateway/events`` event, to a connector), ``P`` (a device is
-    present, answering ``W``), ``T`` (a newer session took the principal).
-``lm:i:<instance>``
-    the instance's connector presence, ``O``, to the nodes holding its
-    devices; ``W`` asks them which devices are where.
-``lm:ctl``
-    every node: heartbeats, revocation, deletion, credential changes and
-    rate-limit charges.
+The channels, keys and messages between nodes, and their bytes, are
+:mod:`.busmessages`; this module decides what to say and what to do with
+what it hears.
 
 **Newest session wins.**  Attaching a principal ``claim``s its ownership
 key: an epoch from a per-principal counter (Redis INCR) plus this node's
@@ -44,44 +32,23 @@ instances it serves.
 
 from __future__ import annotations
 
-import json
 import os
 
 from twisted.internet import defer, task
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from linchpin_common.contract.topics import EVENT_CONNECTED, EVENT_DISCONNECTED
 
+from . import busmessages as bm
 from .bus import epoch_of
+from .peers import IClusterPeer
 from .router import CONNECTOR, DEVICE
 
 HEARTBEAT = 2.0
 DEAD_AFTER = 7.0
 OWN_TTL = 10.0
 PING_TIMEOUT = 5.0
-
-CTL = b"lm:ctl"
-
-
-def _chan(principal_id: str) -> bytes:
-    return b"lm:p:" + principal_id.encode()
-
-
-def _ichan(instance_id: str) -> bytes:
-    return b"lm:i:" + instance_id.encode()
-
-
-def _own(principal_id: str) -> bytes:
-    return b"lm:own:" + principal_id.encode()
-
-
-def _epoch_key(principal_id: str) -> bytes:
-    return b"lm:epoch:" + principal_id.encode()
-
-
-def _online_key(instance_id: str) -> bytes:
-    return b"lm:online:" + instance_id.encode()
-
 
 class ClusterStats:
     __slots__ = ("messages_out", "messages_in", "dropped", "rtt", "takeovers", "dead_nodes")
@@ -106,7 +73,7 @@ class _Held:
         self.waiters = []
         self.announcing = False  # a connector: its online announcement waits for the epoch
         self.newest_seen = 0  # highest epoch of a takeover heard before that
-        self.channel = _chan(client.principal.instance_id)  # where its instance's connector listens
+        self.channel = bm.principal_channel(client.principal.instance_id)  # where its instance's connector listens
 
 
 class _Remote:
@@ -121,6 +88,7 @@ class _Remote:
         self.known = False
 
 
+@implementer(IClusterPeer)
 class Cluster:
     log = Logger(namespace="lmgateway")
 
@@ -144,20 +112,20 @@ class Cluster:
         self._beat = task.LoopingCall(self.heartbeat)
         self._beat.clock = clock
         for name, limiter in self.limiters.items():
-            limiter.on_charge = lambda key, name=name: self._broadcast({"op": "charge", "l": name, "h": key})
-            limiter.on_refund = lambda key, name=name: self._broadcast({"op": "refund", "l": name, "h": key})
+            limiter.on_charge = lambda key, name=name: self._broadcast(bm.Charge(self.node, name, key))
+            limiter.on_refund = lambda key, name=name: self._broadcast(bm.Refund(self.node, name, key))
 
     # -- lifecycle -----------------------------------------------------------
 
     def start(self):
         self.bus.start(self._received, self._bus_state)
-        self.bus.subscribe(CTL)
+        self.bus.subscribe(bm.CONTROL)
         self._beat.start(HEARTBEAT, now=False)
 
     def stop(self):
         if self._beat.running:
             self._beat.stop()
-        self._broadcast({"op": "bye"})  # a clean stop: no one waits for this node's heartbeats
+        self._broadcast(bm.Bye(self.node))  # a clean stop: no one waits for this node's heartbeats
         return self.bus.stop()
 
     @property
@@ -178,7 +146,7 @@ class Cluster:
         h = _Held(client)
         client.held = h
         self.held[principal.id] = h
-        self.bus.subscribe(_chan(principal.id))
+        self.bus.subscribe(bm.principal_channel(principal.id))
         if principal.role == DEVICE:
             self._interest_add(principal.instance_id, principal.id)
             known = self.remote_devices.get(principal.instance_id, {}).pop(principal.id, None)
@@ -189,7 +157,7 @@ class Cluster:
 
     def _claim(self, h: _Held) -> None:
         pid = h.client.principal.id
-        d = self.bus.claim(_own(pid), _epoch_key(pid), self.node, int(OWN_TTL * 1000))
+        d = self.bus.claim(bm.own_key(pid), bm.epoch_key(pid), self.node, int(OWN_TTL * 1000))
         d.addCallbacks(self._claimed, self._claim_failed, callbackArgs=(h,), errbackArgs=(h,))
 
     def _claimed(self, answer, h: _Held) -> None:
@@ -197,12 +165,12 @@ class Cluster:
         h.epoch = epoch
         pid = h.client.principal.id
         if old is not None and old.split(b" ", 1)[0] != self.node:
-            self.bus.publish(_chan(pid), b"T%d" % epoch)
+            self.bus.publish(bm.principal_channel(pid), bm.Takeover(epoch).encode())
         waiters, h.waiters = h.waiters, []
         if self.held.get(pid) is not h:  # gone meanwhile: tell what it said, then let go
             for fn in waiters:
                 fn(epoch)
-            self.bus.release(_own(pid), self._value(epoch)).addErrback(lambda f: None)
+            self.bus.release(bm.own_key(pid), self._value(epoch)).addErrback(lambda f: None)
             return
         if h.newest_seen > epoch:
             self._taken_over(h)
@@ -233,9 +201,9 @@ class Cluster:
         if h is None or h.client is not client:
             return
         del self.held[principal.id]
-        self.bus.unsubscribe(_chan(principal.id))
+        self.bus.unsubscribe(bm.principal_channel(principal.id))
         if h.epoch is not None:
-            self.bus.release(_own(principal.id), self._value(h.epoch)).addErrback(lambda f: None)
+            self.bus.release(bm.own_key(principal.id), self._value(h.epoch)).addErrback(lambda f: None)
         if principal.role == DEVICE:
             self._interest_remove(principal.instance_id, principal.id)
         else:
@@ -246,9 +214,9 @@ class Cluster:
         """A device's message for its connector, which is not here; ``raw``:
         the QoS 0 PUBLISH as received, which the connector gets unchanged."""
         if raw is not None:
-            message = b"u" + raw
+            message = bm.UpRaw(raw).encode()
         else:
-            message = b"U%d%s%s" % (qos, client.principal.id.encode(), payload)
+            message = bm.Up(qos, client.principal.id, payload).encode()
         if self.bus.publish(client.held.channel, message):
             self.stats.messages_out += 1
         else:
@@ -258,10 +226,10 @@ class Cluster:
         """A connector's message for a device that is not here (``raw`` as
         for :meth:`send_up`)."""
         if raw is not None:
-            message = b"d" + client.principal.id.encode() + raw
+            message = bm.DownRaw(client.principal.id, raw).encode()
         else:
-            message = b"D%d%s%s" % (qos, client.principal.id.encode(), payload)
-        if self.bus.publish(_chan(device_id), message):
+            message = bm.Down(qos, client.principal.id, payload).encode()
+        if self.bus.publish(bm.principal_channel(device_id), message):
             self.stats.messages_out += 1
         else:
             self.stats.dropped += 1
@@ -269,8 +237,7 @@ class Cluster:
     def event(self, instance_id: str, event: str, device_id: str, client=None) -> None:
         """A ``$gateway/events`` event for a connector that is not here."""
         def send(epoch):
-            self.bus.publish(_chan(instance_id), b"E" + json.dumps(
-                {"e": event, "d": device_id, "n": self.node.decode(), "x": epoch}).encode())
+            self.bus.publish(bm.principal_channel(instance_id), bm.Event(event, device_id, self.node, epoch).encode())
 
         if client is not None:
             self._after_claim(client, send)
@@ -292,20 +259,19 @@ class Cluster:
                     return
                 value = self._value(epoch)
                 self.online_here[instance_id] = value
-                self.bus.set(_online_key(instance_id), value, int(OWN_TTL * 1000)).addErrback(lambda f: None)
+                self.bus.set(bm.online_key(instance_id), value, int(OWN_TTL * 1000)).addErrback(lambda f: None)
                 self._announce(instance_id, True, epoch)
-                self.bus.publish(_ichan(instance_id), b"W")
+                self.bus.publish(bm.instance_channel(instance_id), bm.WhoIsHere().encode())
 
             self._after_claim(client, announce)
         else:
             value = self.online_here.pop(instance_id, None)
             if value is not None:
-                self.bus.release(_online_key(instance_id), value).addErrback(lambda f: None)
+                self.bus.release(bm.online_key(instance_id), value).addErrback(lambda f: None)
                 self._announce(instance_id, False, epoch_of(value))
 
     def _announce(self, instance_id, online, epoch):
-        self.bus.publish(_ichan(instance_id), b"O" + json.dumps(
-            {"n": self.node.decode(), "x": epoch, "on": online}).encode())
+        self.bus.publish(bm.instance_channel(instance_id), bm.Presence(self.node, epoch, online).encode())
 
     def remote_online(self, instance_id: str):
         """True/False: whether the instance's connector is online on another
@@ -322,7 +288,7 @@ class Cluster:
         if devices is None:
             devices = self.interest[instance_id] = set()
             self.remote[instance_id] = _Remote()
-            self.bus.subscribe(_ichan(instance_id))
+            self.bus.subscribe(bm.instance_channel(instance_id))
             self._learn(instance_id)
         devices.add(device_id)
 
@@ -334,7 +300,7 @@ class Cluster:
         if not devices:
             del self.interest[instance_id]
             self.remote.pop(instance_id, None)
-            self.bus.unsubscribe(_ichan(instance_id))
+            self.bus.unsubscribe(bm.instance_channel(instance_id))
 
     def _learn(self, instance_id: str) -> None:
         r = self.remote[instance_id]
@@ -356,7 +322,7 @@ class Cluster:
             if self.remote.get(instance_id) is r and not r.known:
                 self._set_remote(instance_id, r, None, 0, False, force=True)
 
-        self.bus.get(_online_key(instance_id)).addCallbacks(got, failed)
+        self.bus.get(bm.online_key(instance_id)).addCallbacks(got, failed)
 
     def _set_remote(self, instance_id, r: _Remote, node, epoch, online, force=False) -> None:
         if not force and r.known and epoch < r.epoch:
@@ -373,37 +339,34 @@ class Cluster:
     def _received(self, channel: bytes, data: bytes) -> None:
         try:
             if channel.startswith(b"lm:p:"):
-                kind = data[:1]
-                if kind == b"u":  # the hot path: no more than this
-                    self.stats.messages_in += 1
-                    self.router.remote_up_raw(channel[5:].decode(), data[1:])
-                elif kind == b"d":
-                    self.stats.messages_in += 1
-                    self.router.remote_down_raw(channel[5:].decode(), data[1:33].decode(), data[33:])
-                else:
-                    self._for_principal(channel[5:].decode(), data)
+                self._for_principal(channel[5:].decode(), bm.decode_principal(data))
             elif channel.startswith(b"lm:i:"):
-                self._for_instance(channel[5:].decode(), data)
-            elif channel == CTL:
-                self._control(json.loads(data))
+                self._for_instance(channel[5:].decode(), bm.decode_instance(data))
+            elif channel == bm.CONTROL:
+                self._control(bm.decode_control(data))
         except Exception:
             self.log.failure("bad bus message on {channel}", channel=channel[:5])
 
-    def _for_principal(self, pid: str, data: bytes) -> None:
-        kind = data[:1]
-        if kind == b"U":
+    def _for_principal(self, pid: str, m) -> None:
+        kind = type(m)
+        if kind is bm.UpRaw:  # the hot path: no more than this
             self.stats.messages_in += 1
-            self.router.remote_up(pid, data[2:34].decode(), data[34:], data[1] - 48)
-        elif kind == b"D":
+            self.router.remote_up_raw(pid, m.raw)
+        elif kind is bm.DownRaw:
             self.stats.messages_in += 1
-            self.router.remote_down(pid, data[2:34].decode(), data[34:], data[1] - 48)
-        elif kind == b"T":
-            self._takeover_heard(pid, int(data[1:]))
-        elif kind == b"E":
-            self._remote_event(pid, json.loads(data[1:]))
-        elif kind == b"P":
-            m = json.loads(data[1:])
-            self._remote_present(pid, m["d"], m["n"].encode(), m["x"])
+            self.router.remote_down_raw(pid, m.connector_id, m.raw)
+        elif kind is bm.Up:
+            self.stats.messages_in += 1
+            self.router.remote_up(pid, m.device_id, m.payload, m.qos)
+        elif kind is bm.Down:
+            self.stats.messages_in += 1
+            self.router.remote_down(pid, m.connector_id, m.payload, m.qos)
+        elif kind is bm.Takeover:
+            self._takeover_heard(pid, m.epoch)
+        elif kind is bm.Event:
+            self._remote_event(pid, m)
+        elif kind is bm.Present:
+            self._remote_present(pid, m.device_id, m.node, m.epoch)
 
     def _takeover_heard(self, pid: str, epoch: int) -> None:
         h = self.held.get(pid)
@@ -420,8 +383,8 @@ class Cluster:
                       role=h.client.principal.role, id=h.client.principal.id)
         self.router.taken_over(h.client)
 
-    def _remote_event(self, instance_id: str, m: dict) -> None:
-        event, device_id, node, epoch = m["e"], m["d"], m["n"].encode(), m["x"]
+    def _remote_event(self, instance_id: str, m: bm.Event) -> None:
+        event, device_id, node, epoch = m
         if not self.router.has_connector(instance_id):
             return  # our connector has just gone
         devices = self.remote_devices.setdefault(instance_id, {})
@@ -460,30 +423,25 @@ class Cluster:
             lost.discard(device_id)
             self.router.emit_event(instance_id, EVENT_CONNECTED, device_id)
 
-    def _for_instance(self, instance_id: str, data: bytes) -> None:
-        kind = data[:1]
-        if kind == b"O":
-            m = json.loads(data[1:])
-            node = m["n"].encode()
+    def _for_instance(self, instance_id: str, m) -> None:
+        if type(m) is bm.Presence:
             r = self.remote.get(instance_id)
-            if r is None or node == self.node:
+            if r is None or m.node == self.node:
                 return
-            self._set_remote(instance_id, r, node, m["x"], m["on"])
-        elif kind == b"W":
+            self._set_remote(instance_id, r, m.node, m.epoch, m.online)
+        else:  # WhoIsHere
             self._present(instance_id)
 
     def _present(self, instance_id: str) -> None:
         for device_id in self.interest.get(instance_id, ()):
             h = self.held.get(device_id)
             if h is not None and h.epoch is not None:
-                self.bus.publish(_chan(instance_id), b"P" + json.dumps(
-                    {"d": device_id, "n": self.node.decode(), "x": h.epoch}).encode())
+                self.bus.publish(bm.principal_channel(instance_id), bm.Present(device_id, self.node, h.epoch).encode())
 
     # -- control: what every node must do ------------------------------------------
 
-    def _broadcast(self, message: dict) -> None:
-        message["n"] = self.node.decode()
-        self.bus.publish(CTL, json.dumps(message).encode())
+    def _broadcast(self, message) -> None:
+        self.bus.publish(bm.CONTROL, message.encode())
 
     def shared_budget(self, name: str, key: str) -> defer.Deferred:
         """Deferred[bool]: a token of ``key`` from the budget ``name`` that
@@ -491,50 +449,49 @@ class Cluster:
         down each node is on its own, as for everything else, so the answer
         is then this node's."""
         limiter = self.limiters[name]
-        d = self.bus.take(b"lm:rl:" + name.encode() + b":" + key.encode(), int(limiter.burst), limiter.rate)
+        d = self.bus.take(bm.budget_key(name, key), int(limiter.burst), limiter.rate)
         return d.addErrback(lambda f: True)
 
     def revoked(self, instance_id: str, device_id: str) -> None:
-        self._broadcast({"op": "revoke", "i": instance_id, "d": device_id})
+        self._broadcast(bm.Revoke(self.node, instance_id, device_id))
         self._forget_epochs([device_id])
 
     def instance_deleted(self, instance_id: str, device_ids) -> None:
-        self._broadcast({"op": "drop", "i": instance_id, "d": list(device_ids)})
+        self._broadcast(bm.Drop(self.node, instance_id, tuple(device_ids)))
         self._forget_epochs([instance_id, *device_ids])
 
     def _forget_epochs(self, principal_ids) -> None:
         """The epoch counters of principals that are gone (they would
         otherwise expire a day after their last use)."""
         if self.bus.connected:
-            self.bus.delete([_epoch_key(pid) for pid in principal_ids]).addErrback(lambda f: None)
+            self.bus.delete([bm.epoch_key(pid) for pid in principal_ids]).addErrback(lambda f: None)
 
     def password_changed(self, instance_id: str) -> None:
-        self._broadcast({"op": "forget", "i": instance_id})
+        self._broadcast(bm.Forget(self.node, instance_id))
 
-    def _control(self, m: dict) -> None:
-        node = m["n"].encode()
-        if node == self.node:
+    def _control(self, m) -> None:
+        if m.node == self.node:
             return
-        op = m["op"]
-        if op == "hb":
-            self.last_seen[node] = self.clock.seconds()
-        elif op == "bye":
-            self.last_seen.pop(node, None)
-        elif op in ("charge", "refund"):
-            limiter = self.limiters.get(m["l"])
+        kind = type(m)
+        if kind is bm.Heartbeat:
+            self.last_seen[m.node] = self.clock.seconds()
+        elif kind is bm.Bye:
+            self.last_seen.pop(m.node, None)
+        elif kind in (bm.Charge, bm.Refund):
+            limiter = self.limiters.get(m.limiter)
             if limiter is not None:
-                getattr(limiter, op)(m["h"], remote=True)
-        elif op == "revoke":
+                (limiter.charge if kind is bm.Charge else limiter.refund)(m.key, remote=True)
+        elif kind is bm.Revoke:
             if self.authenticator is not None:
-                self.authenticator.forget(m["d"])
-            self.router.revoke_device(m["i"], m["d"], announce=False)
-        elif op == "drop":
+                self.authenticator.forget(m.device_id)
+            self.router.revoke_device(m.instance_id, m.device_id, announce=False)
+        elif kind is bm.Drop:
             if self.authenticator is not None:
-                self.authenticator.forget(m["i"], *m["d"])
-            self.router.drop_instance(m["i"])
-        elif op == "forget":
+                self.authenticator.forget(m.instance_id, *m.device_ids)
+            self.router.drop_instance(m.instance_id)
+        elif kind is bm.Forget:
             if self.authenticator is not None:
-                self.authenticator.forget(m["i"])
+                self.authenticator.forget(m.instance_id)
 
     # -- heartbeat, liveness, ownership refresh --------------------------------------
 
@@ -545,8 +502,8 @@ class Cluster:
                 self._node_dead(node)
         if not self.bus.connected:
             return
-        self._broadcast({"op": "hb"})
-        self.bus.set(b"lm:node:" + self.node, b"1", int(3 * HEARTBEAT * 1000)).addErrback(lambda f: None)
+        self._broadcast(bm.Heartbeat(self.node))
+        self.bus.set(bm.node_key(self.node), b"1", int(3 * HEARTBEAT * 1000)).addErrback(lambda f: None)
         self._ping(now)
         self._hold()
 
@@ -573,10 +530,10 @@ class Cluster:
         entries, owners = [], []
         for pid, h in self.held.items():
             if h.epoch is not None:
-                entries.append((_own(pid), _epoch_key(pid), self._value(h.epoch)))
+                entries.append((bm.own_key(pid), bm.epoch_key(pid), self._value(h.epoch)))
                 owners.append(("session", pid, h))
         for instance_id, value in self.online_here.items():
-            entries.append((_online_key(instance_id), _epoch_key(instance_id), value))
+            entries.append((bm.online_key(instance_id), bm.epoch_key(instance_id), value))
             owners.append(("online", instance_id, value))
         if not entries:
             return defer.succeed(None)
@@ -621,10 +578,10 @@ class Cluster:
             if h.epoch is None:
                 self._claim(h)
         self._hold()
-        self._broadcast({"op": "hb"})
+        self._broadcast(bm.Heartbeat(self.node))
         for instance_id, value in self.online_here.items():
             self._announce(instance_id, True, epoch_of(value))
-            self.bus.publish(_ichan(instance_id), b"W")
+            self.bus.publish(bm.instance_channel(instance_id), bm.WhoIsHere().encode())
         for instance_id in list(self.interest):
             self._present(instance_id)
             if instance_id in self.remote:
@@ -638,7 +595,7 @@ class Cluster:
     def connected(self, principal_ids) -> defer.Deferred:
         """Deferred[set]: which of these principals have a session on some node."""
         ids = list(principal_ids)
-        d = self.bus.exists([_own(pid) for pid in ids])
+        d = self.bus.exists([bm.own_key(pid) for pid in ids])
         return d.addCallback(lambda flags: {pid for pid, yes in zip(ids, flags) if yes})
 
 

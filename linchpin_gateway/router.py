@@ -33,6 +33,7 @@ from linchpin_common.contract.topics import (EVENT_CONNECTED, EVENT_DISCONNECTED
                                              status_payload, up_topic)
 
 from .metrics import Stats
+from .peers import LOCAL_ONLY, IClusterPeer
 
 DEVICE = "device"
 CONNECTOR = "connector"
@@ -97,7 +98,7 @@ class Router:
         self._instances: dict[str, _Instance] = {}
         # With several nodes: the cross-node side (cluster.Cluster), told of
         # what concerns principals held elsewhere.  None: this node is alone.
-        self.cluster = None
+        self.cluster: IClusterPeer = LOCAL_ONLY
 
     # -- queries -----------------------------------------------------------
 
@@ -137,8 +138,7 @@ class Router:
         inst = self._instances.setdefault(principal.instance_id, _Instance())
         client = Client(principal, session)
         self._clients[principal.id] = client
-        if self.cluster is not None:
-            self.cluster.attached(client)
+        self.cluster.attached(client)
         if principal.role == CONNECTOR:
             inst.connector = client
         else:
@@ -169,8 +169,7 @@ class Router:
             del self._clients[principal.id]
         inst = self._instances.get(principal.instance_id)
         if inst is None:
-            if self.cluster is not None:
-                self.cluster.detached(client)
+            self.cluster.detached(client)
             return
         if principal.role == CONNECTOR:
             if inst.connector is client:
@@ -183,8 +182,7 @@ class Router:
             inst.pending_status.discard(client)
             self._event(principal.instance_id, inst, EVENT_DISCONNECTED, principal.id, client)
         self._update_presence(principal.instance_id, inst)
-        if self.cluster is not None:
-            self.cluster.detached(client)
+        self.cluster.detached(client)
 
     # -- subscriptions -------------------------------------------------------
 
@@ -212,8 +210,7 @@ class Router:
         if client.principal.role == CONNECTOR and UP_FILTER in filters and UP_FILTER in client.subs:
             self._update_presence(client.principal.instance_id, inst)
         if client.principal.role == DEVICE and STATUS in filters and STATUS in client.subs:
-            online = inst.online or (self.cluster.remote_online(client.principal.instance_id)
-                                     if self.cluster is not None else False)
+            online = inst.online or self.cluster.remote_online(client.principal.instance_id)
             if online is None:  # the other nodes have not answered yet
                 inst.pending_status.add(client)
                 return
@@ -250,7 +247,7 @@ class Router:
                 if sub_qos is not None:
                     self._count(payload)
                     target.session.deliver(client.up_wire, payload, min(qos, sub_qos), raw)
-            elif self.cluster is not None:
+            else:
                 self.cluster.send_up(client, payload, qos, raw)
             return True
         device_id = down_topic_id(topic)
@@ -264,8 +261,8 @@ class Router:
         if device_id is None or not is_hex_id(device_id):
             self.log.info("connector {id} published to a forbidden topic; closing", id=principal.id)
             return False
-        if self.cluster is not None:  # perhaps on another node (which checks it is this instance's)
-            self.cluster.send_down(client, device_id, payload, qos, raw)
+        # perhaps on another node (which checks it is this instance's)
+        self.cluster.send_down(client, device_id, payload, qos, raw)
         return True  # not (or no longer) its device, or absent: dropped
 
     def _count(self, payload: bytes) -> None:
@@ -325,8 +322,7 @@ class Router:
         for client in victims:
             client.attached = False
             self._clients.pop(client.principal.id, None)
-            if self.cluster is not None:
-                self.cluster.detached(client)
+            self.cluster.detached(client)
             client.session.close("instance deleted")
 
     def close_all(self, reason: str) -> None:
@@ -365,8 +361,7 @@ class Router:
                 instance_id=instance_id,
                 state="online" if online else "offline",
             )
-            if self.cluster is not None:
-                self.cluster.connector_presence(instance_id, online, connector)
+            self.cluster.connector_presence(instance_id, online, connector)
         self._show(instance_id, inst)
         if connector is None and not inst.devices and inst.grace is None:
             self._instances.pop(instance_id, None)
@@ -375,7 +370,7 @@ class Router:
         """Tell this node's devices when their connector's presence, here or
         on another node, changed (and those still waiting for it)."""
         online = inst.online
-        if not online and self.cluster is not None:
+        if not online:
             online = self.cluster.remote_online(instance_id)
             if online is None:
                 return  # not known yet
@@ -394,7 +389,7 @@ class Router:
             if EVENTS in connector.subs:
                 payload = event_payload(event, device_id)
                 connector.session.deliver(_EVENTS_TOPIC, payload, 0)
-        elif self.cluster is not None:
+        else:
             self.cluster.event(instance_id, event, device_id, client)
 
     # -- what the cluster brings from other nodes ----------------------------------

@@ -10,6 +10,7 @@ from twisted.internet.task import Clock
 
 from linchpin_common.contract import wire
 from linchpin_gateway.bus import MemoryBus, MemoryHub
+from linchpin_gateway.busmessages import Event
 from linchpin_gateway.cluster import DEAD_AFTER, HEARTBEAT, Cluster
 from linchpin_gateway.ratelimit import RateLimiter
 from linchpin_gateway.router import CONNECTOR, DEVICE, Principal, Router
@@ -179,8 +180,8 @@ def test_late_disconnect_of_an_older_session_does_not_override(nodes, hub):
     a, b, c = nodes
     conn, cs = c.connector()
     pump(hub)
-    c.cluster._remote_event(I, {"e": "device_connected", "d": D1, "n": "B", "x": 7})
-    c.cluster._remote_event(I, {"e": "device_disconnected", "d": D1, "n": "A", "x": 6})
+    c.cluster._remote_event(I, Event("device_connected", D1, b"B", 7))
+    c.cluster._remote_event(I, Event("device_disconnected", D1, b"A", 6))
     assert cs.events() == [("device_connected", D1)]
 
 
@@ -329,7 +330,8 @@ def test_a_node_alone_loads_no_bus_code(tmp_path):
             "options = tap.Options()\n"
             f"options.parseOptions(['--data-dir', {str(tmp_path / 'gw')!r}, '--listen', 'tcp:0'])\n"
             "gateway = tap.makeService(options, MemoryReactorClock())\n"
-            "assert gateway.cluster is None and gateway.router.cluster is None\n"
+            "from linchpin_gateway.peers import LOCAL_ONLY\n"
+            "assert gateway.cluster is None and gateway.router.cluster is LOCAL_ONLY\n"
             "loaded = [m for m in ('linchpin_gateway.bus', 'linchpin_gateway.cluster', 'linchpin_gateway.redis_client',\n"
             "                      'txredisapi', 'hiredis', 'psycopg', 'psycopg_pool') if m in sys.modules]\n"
             "assert not loaded, loaded\n")
@@ -360,3 +362,13 @@ def test_a_connector_offline_again_before_its_claim_is_answered_is_not_announced
     a.router.subscribed(conn, [("devices/+/up", 1)])
     pump(hub)
     assert ds.statuses() == ["offline", "online"]
+
+
+def test_the_cluster_and_the_local_only_peer_provide_the_router_seam(nodes):
+    from zope.interface.verify import verifyObject
+
+    from linchpin_gateway.peers import LOCAL_ONLY, IClusterPeer
+
+    assert verifyObject(IClusterPeer, nodes[0].cluster)
+    assert verifyObject(IClusterPeer, LOCAL_ONLY)
+    assert Router(Clock()).cluster is LOCAL_ONLY
