@@ -61,6 +61,7 @@ Decisions where PROTOCOL.md leaves room:
 
 from __future__ import annotations
 
+import enum
 import re
 from collections import deque
 
@@ -73,6 +74,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
 from zope.interface import implementer
 
+from linchpin_common.machine import IllegalTransition, Transitions
 from linchpin_common.contract.channel import ReceiveWindow, SendWindow
 from linchpin_common.contract.e2e import MAX_BODY_CHUNK, MAX_IN_FLIGHT, MessageError, encode_message
 from linchpin_common.slots import Slots
@@ -406,27 +408,32 @@ class _ResponseBody(Protocol):
         self.request.on_backend_end(reason)
 
 
-# A proxied request's life cycle: (phase, input) -> next phase.  A pair not
-# listed is a bug and raises RequestStateError.  Backend callbacks that come
+# A proxied request's life cycle (the project's one machine idiom,
+# linchpin_common.machine): (phase, input) -> next phase.  A pair not
+# listed is a bug and raises IllegalTransition.  Backend callbacks that come
 # after the request ended (a cancelled connection reporting its loss, data
 # already in flight) are expected and dropped where they arrive.
-WAITING = "waiting"  # sent to the backend, no response yet (the upload may go on)
-HEADERS = "headers"  # the backend's status and headers are in, the res not sent yet
-STREAMING = "streaming"  # res sent; body messages follow within the device's window
-DONE = "done"  # ended: completed, failed (err sent) or aborted (nothing sent)
+class Phase(enum.Enum):
+    WAITING = "waiting"  # sent to the backend, no response yet (the upload may go on)
+    HEADERS = "headers"  # the backend's status and headers are in, the res not sent yet
+    STREAMING = "streaming"  # res sent; body messages follow within the device's window
+    DONE = "done"  # ended: completed, failed (err sent) or aborted (nothing sent)
 
-_REQUEST_NEXT = {
+
+WAITING, HEADERS, STREAMING, DONE = Phase
+
+#   WAITING --response--> HEADERS --res_sent--> STREAMING
+#      '---------------------'--------------------'--end--> DONE (end in DONE: stays)
+_REQUEST = Transitions("proxied request", Phase, {
     (WAITING, "response"): HEADERS,
     (HEADERS, "res_sent"): STREAMING,
     (WAITING, "end"): DONE,
     (HEADERS, "end"): DONE,
     (STREAMING, "end"): DONE,
     (DONE, "end"): DONE,  # e.g. a cancel racing the last body
-}
+})
 
-
-class RequestStateError(Exception):
-    """An input arrived in a phase where it cannot happen."""
+RequestStateError = IllegalTransition  # the name callers knew
 
 
 class _Request:
@@ -462,12 +469,9 @@ class _Request:
         self.paused = False          # the backend transport is paused (window full)
         self.pumping = False         # pump_down is on the stack
 
-    def _go(self, event: str) -> str:
+    def _go(self, event: str) -> Phase:
         before = self.phase
-        try:
-            self.phase = _REQUEST_NEXT[before, event]
-        except KeyError:
-            raise RequestStateError(f"{event!r} cannot happen to request {self.id} while {before}") from None
+        self.phase = _REQUEST.next(before, event)
         return before
 
     @property

@@ -9,6 +9,7 @@ only moves WebSocket messages in and out of it.
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
@@ -19,6 +20,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from linchpin_common.contract import wire
+from linchpin_common.machine import IllegalTransition, Transitions
 from linchpin_common.slots import Slots
 from linchpin_common.wsframes import LeanReceive
 
@@ -30,14 +32,26 @@ from .ratelimit import address_key
 from .router import DEVICE
 from .store import StoreUnavailable
 
-AWAIT_CONNECT, AUTHENTICATING, CONNECTED, CLOSED = range(4)
-STATE_NAMES = ("AWAIT_CONNECT", "AUTHENTICATING", "CONNECTED", "CLOSED")
+class State(enum.Enum):
+    AWAIT_CONNECT = "await_connect"  # WebSocket open, no CONNECT yet
+    AUTHENTICATING = "authenticating"  # a CONNECT is being checked; reading paused
+    CONNECTED = "connected"  # CONNACK 0 sent: relaying
+    CLOSED = "closed"
 
-# The session's life cycle.  Each (state, input) pair that may happen maps to
-# the next state; a pair not listed is a bug and raises SessionStateError.
-# Packets of an established session are not inputs here: the relay path
-# only reads ``state``.
-_NEXT = {
+
+AWAIT_CONNECT, AUTHENTICATING, CONNECTED, CLOSED = State
+
+# The session's life cycle (the project's one machine idiom,
+# linchpin_common.machine)::
+#
+#   AWAIT_CONNECT --connect--> AUTHENTICATING --accept--> CONNECTED --close--> CLOSED
+#        |                          |
+#        '--refuse / close--> CLOSED <--refuse / close--'      (accept/refuse in CLOSED: stay)
+#
+# A pair not listed is a bug and raises IllegalTransition.  Packets of an
+# established session are not inputs here: the relay path only reads
+# ``state``.
+_LIFE = Transitions("MQTT session", State, {
     (AWAIT_CONNECT, "connect"): AUTHENTICATING,  # a CONNECT worth checking; reading paused
     (AWAIT_CONNECT, "refuse"): CLOSED,  # CONNACK 1/2/3/5 without a password check
     (AUTHENTICATING, "accept"): CONNECTED,  # CONNACK 0, reading resumed
@@ -47,7 +61,7 @@ _NEXT = {
     (AWAIT_CONNECT, "close"): CLOSED,
     (AUTHENTICATING, "close"): CLOSED,
     (CONNECTED, "close"): CLOSED,
-}
+})
 
 DEAD_AFTER = 450.0  # silence allowed for keep-alive 0 or > 300
 MAX_KEEP_ALIVE = 300
@@ -59,8 +73,7 @@ PRE_LOGIN_MESSAGE = 64 * 1024
 MAX_QUEUED = 64  # packets pipelined behind a CONNECT that is being checked
 
 
-class SessionStateError(Exception):
-    """An input arrived in a state where it cannot happen."""
+SessionStateError = IllegalTransition  # the name tests and callers knew
 
 
 @dataclass
@@ -117,19 +130,16 @@ class MQTTSession:
         deadline = self.limits.connect_timeout if connect_deadline is None else max(0.0, connect_deadline)
         self._timer = clock.callLater(deadline, self._check_alive)
 
-    def _go(self, event: str) -> int:
+    def _go(self, event: str) -> State:
         """Take the transition for ``event``; returns the state it left."""
         before = self.state
-        try:
-            self.state = _NEXT[before, event]
-        except KeyError:
-            raise SessionStateError(f"{event!r} cannot happen in state {STATE_NAMES[before]}") from None
+        self.state = _LIFE.next(before, event)
         return before
 
     # -- input ---------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
-        if self.state != CONNECTED:
+        if self.state is not CONNECTED:
             self._data_before_connack(data)
             return
         # The relay path: nothing here but what every message needs.
@@ -139,7 +149,7 @@ class MQTTSession:
         if packets:
             self._last_seen = self.clock.seconds()
         self._handle_all(packets)
-        if error is not None and self.state != CLOSED:
+        if error is not None and self.state is not CLOSED:
             self._malformed(error)
 
     def _malformed(self, error) -> None:
@@ -148,9 +158,9 @@ class MQTTSession:
 
     def _data_before_connack(self, data: bytes) -> None:
         state = self.state
-        if state == CLOSED:
+        if state is CLOSED:
             return
-        if state == AUTHENTICATING:
+        if state is AUTHENTICATING:
             self._pre_auth += len(data)
             if self._pre_auth > self.limits.max_pre_auth:
                 self._too_much_before_connack()
@@ -158,7 +168,7 @@ class MQTTSession:
         packets, error = self.parser.feed_to_error(data)
         if packets:
             self._last_seen = self.clock.seconds()
-        if state == AWAIT_CONNECT and packets and type(packets[0]) is wire.Connect:
+        if state is AWAIT_CONNECT and packets and type(packets[0]) is wire.Connect:
             # What came with the CONNECT (whole packets or the start of one)
             # counts towards the bytes allowed before CONNACK.
             after = self.parser.buffered
@@ -168,9 +178,9 @@ class MQTTSession:
                 after += len(wire.encode(packet))
             self._pre_auth = after
         self._handle_all(packets)
-        if error is not None and self.state != CLOSED:
+        if error is not None and self.state is not CLOSED:
             self._malformed(error)
-        elif self.state == AUTHENTICATING and self._pre_auth > self.limits.max_pre_auth:
+        elif self.state is AUTHENTICATING and self._pre_auth > self.limits.max_pre_auth:
             self._too_much_before_connack()
 
     def _too_much_before_connack(self) -> None:
@@ -180,9 +190,9 @@ class MQTTSession:
 
     def _handle_all(self, packets) -> None:
         for packet in packets:
-            if self.state == CLOSED:
+            if self.state is CLOSED:
                 return
-            if self.state == AUTHENTICATING:
+            if self.state is AUTHENTICATING:
                 if len(self._queued) >= MAX_QUEUED:  # 4 KiB of tiny packets is still many objects
                     self._too_much_before_connack()
                     return
@@ -191,7 +201,7 @@ class MQTTSession:
                 self._handle(packet)
 
     def _handle(self, packet) -> None:
-        if self.state == AWAIT_CONNECT:
+        if self.state is AWAIT_CONNECT:
             if isinstance(packet, wire.Connect):
                 self._on_connect(packet)
             else:
@@ -253,7 +263,7 @@ class MQTTSession:
         self._refuse(wire.CONNACK_SERVER_UNAVAILABLE, "overloaded")
 
     def _auth_error(self, failure) -> None:
-        if self.state == CLOSED:
+        if self.state is CLOSED:
             return
         if failure.check(Overloaded):
             self._overloaded()
@@ -270,20 +280,20 @@ class MQTTSession:
 
     def _authenticated(self, principal) -> None:
         if principal is None:
-            if self.state != CLOSED:
+            if self.state is not CLOSED:
                 self.stats.auth_failures += 1
                 self.log.debug("auth failure from {peer}", peer=self.peer)
             self._refuse(wire.CONNACK_BAD_CREDENTIALS, "bad credentials")
             return
         cap = self.limits.max_instance_sessions
-        if (cap is not None and principal.role == DEVICE and self.state != CLOSED
+        if (cap is not None and principal.role == DEVICE and self.state is not CLOSED
                 and not self.router.may_attach(principal, cap)):
             self.stats.rate_limited += 1
             self.log.info("instance {instance} has {n} live device sessions; refusing {peer}",
                           instance=principal.instance_id, n=cap, peer=self.peer)
             self._refuse(wire.CONNACK_SERVER_UNAVAILABLE, "too many sessions for this instance")
             return
-        if self._go("accept") == CLOSED:
+        if self._go("accept") is CLOSED:
             return
         if self.on_accepted is not None:
             self.on_accepted()
@@ -298,15 +308,15 @@ class MQTTSession:
         queued, self._queued = self._queued, []
         self._pre_auth = 0
         for packet in queued:
-            if self.state != CONNECTED:
+            if self.state is not CONNECTED:
                 return
             self._handle(packet)
-        if self.state == CONNECTED and not self._held:
+        if self.state is CONNECTED and not self._held:
             self.transport.resume_reading()
 
     def _refuse(self, code: int, reason: str) -> None:
         """CONNACK ``code`` and close, before the session was accepted."""
-        if self.state == CLOSED:
+        if self.state is CLOSED:
             self._go("refuse")  # the client left while its password was checked
             return
         self._write(wire.encode(wire.Connack(code)))
@@ -331,13 +341,13 @@ class MQTTSession:
 
     def _check_alive(self) -> None:
         self._timer = None
-        if self.state == CLOSED:
+        if self.state is CLOSED:
             return
-        if self.state == AWAIT_CONNECT:
+        if self.state is AWAIT_CONNECT:
             self.log.info("no CONNECT from {peer} in time", peer=self.peer)
             self.close("no CONNECT")
             return
-        if self.state == AUTHENTICATING or self._held:
+        if self.state is AUTHENTICATING or self._held:
             # Waiting for its password check (a bounded queue) or not read
             # by us: either way the silence is ours, not the client's.
             self._timer = self.clock.callLater(self._dead_after, self._check_alive)
@@ -359,7 +369,7 @@ class MQTTSession:
     def deliver(self, topic: bytes, payload: bytes, qos: int, raw: bytes | None = None) -> None:
         """Send a PUBLISH; ``raw``, when given, is that same QoS 0 packet
         already encoded (the one received, forwarded as it is)."""
-        if self.state != CONNECTED:
+        if self.state is not CONNECTED:
             return
         if raw is not None and qos == 0:
             self._write(raw)
@@ -371,7 +381,7 @@ class MQTTSession:
         self._write(wire.encode_publish(topic, payload, qos, packet_id))
 
     def close(self, reason: str, abort: bool = False) -> None:
-        if self.state == CLOSED:
+        if self.state is CLOSED:
             return
         self._end(self._go("close"), reason, abort)
 
@@ -380,12 +390,12 @@ class MQTTSession:
         self._cancel_timer()
         if self.client is not None:
             self.router.detach(self.client)
-        if before == AUTHENTICATING:
+        if before is AUTHENTICATING:
             self.transport.resume_reading()  # let the transport see the close
         self.transport.disconnect(reason, abort)
 
     def connection_lost(self) -> None:
-        if self.state == CLOSED:
+        if self.state is CLOSED:
             return
         if self.client is not None:
             p = self.client.principal
@@ -393,7 +403,7 @@ class MQTTSession:
         self.close("connection lost")
 
     def _write(self, data: bytes) -> None:
-        if self.state == CLOSED:
+        if self.state is CLOSED:
             return
         if self._out_paused:
             self._out_queued += len(data)
@@ -427,7 +437,7 @@ class MQTTSession:
 
     def hold(self) -> None:
         """Stop reading from this client (its connector cannot take more)."""
-        if not self._held and self.state != CLOSED:
+        if not self._held and self.state is not CLOSED:
             self._held = True
             self.transport.pause_reading()
 
@@ -435,7 +445,7 @@ class MQTTSession:
         if self._held:
             self._held = False
             self._last_seen = self.clock.seconds()
-            if self.state != CLOSED:
+            if self.state is not CLOSED:
                 self.transport.resume_reading()
 
 

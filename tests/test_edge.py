@@ -16,6 +16,7 @@ from twisted.internet.testing import StringTransport
 
 from linchpin_common.contract import wire
 from linchpin_gateway.edge import GuardedSite
+from linchpin_gateway.session import State
 from tests.support import connect_packet
 
 HEAD = b"GET /healthz HTTP/1.1\r\nHost: gw\r\n\r\n"
@@ -141,7 +142,7 @@ def test_a_websocket_keeps_its_slot_and_its_accept_time(make_gateway):
     second.dataReceived(HEAD)
     assert sock2.aborted  # the WebSocket still holds the address's one slot
     gw.reactor.advance(2.5)  # ...leaves 2 s of the 10 s for the CONNECT
-    assert ws.mqtt.state == 3  # CLOSED: no CONNECT within 10 s of the accept
+    assert ws.mqtt.state is State.CLOSED  # no CONNECT within 10 s of the accept
     ws.connectionLost(Failure(ConnectionDone()))
     third, sock3 = connect(gw)
     third.dataReceived(HEAD)
@@ -173,7 +174,7 @@ def test_an_accepted_login_frees_its_pending_slot(make_gateway):
     upgrade(channel)
     (ws,) = gw.ws_factory.live
     ws.mqtt.data_received(connect_packet(inst["instance_id"], inst["instance_password"]))
-    assert ws.mqtt.state == 2  # CONNECTED
+    assert ws.mqtt.state is State.CONNECTED
     assert wire.CONNACK_ACCEPTED == 0 and gw.ws_factory.pending_per_address.held("192.0.2.10") == 0
     channel2, sock2 = connect(gw)
     upgrade(channel2)
@@ -252,5 +253,5 @@ def test_before_login_a_websocket_message_is_capped_small_then_whole(make_gatewa
     (ws,) = gw.ws_factory.live
     sock.protocol.dataReceived(client_frame(connect_packet(inst["instance_id"], inst["instance_password"]),
                                             new_key()))
-    assert ws.mqtt.state == 2  # CONNECTED: the whole cap from now on
+    assert ws.mqtt.state is State.CONNECTED  # the whole cap from now on
     assert ws._frames.max_message == gw.ws_factory.maxMessagePayloadSize

@@ -288,7 +288,7 @@ def test_partial_packet_behind_connect_counts(auth, logins, clock):
 def test_an_input_that_cannot_happen_is_a_loud_error(clock):
     router = Router(clock)
     s = MQTTSession(router, None, clock, Peer.__new__(Peer), limits=Limits())
-    with pytest.raises(SessionStateError, match="'accept' cannot happen in state AWAIT_CONNECT"):
+    with pytest.raises(SessionStateError, match="input 'accept' is not allowed in state AWAIT_CONNECT"):
         s._go("accept")
     s.state = CLOSED
     assert s._go("accept") == CLOSED  # a check finishing after the client left: allowed

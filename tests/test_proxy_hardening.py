@@ -11,7 +11,7 @@ from twisted.web.http_headers import Headers
 
 from linchpin_common.contract.e2e import CREDIT_WINDOW, MAX_BODY_CHUNK
 from linchpin_common.slots import Slots
-from linchpin_connector.proxy import DONE, RequestStateError, _Request
+from linchpin_connector.proxy import DONE, Phase, RequestStateError, _Request
 from tests.test_proxy import USER, Device, held_proxy, req
 
 TIMEOUT = 60
@@ -205,7 +205,7 @@ def test_the_request_life_cycle_refuses_what_cannot_happen():
     proxy, agent = held_proxy(device, task.Clock())
     proxy.handle(req(1), b"")
     (request,) = proxy._requests.values()
-    with pytest.raises(RequestStateError, match="'res_sent' cannot happen to request 1 while waiting"):
+    with pytest.raises(RequestStateError, match="input 'res_sent' is not allowed in state WAITING"):
         request._go("res_sent")
     request.abort()
     assert request.phase is DONE
@@ -215,15 +215,22 @@ def test_the_request_life_cycle_refuses_what_cannot_happen():
     assert device.sent == []
 
 
+def test_the_request_table_reaches_every_phase():
+    from linchpin_connector.proxy import _REQUEST
+
+    assert _REQUEST.reachable(Phase.WAITING) == set(Phase)
+    assert _REQUEST.inputs() == {"response", "res_sent", "end"}
+
+
 def test_phases_of_a_normal_request():
     device = Device()
     proxy, agent = held_proxy(device, task.Clock())
     proxy.handle(req(1), b"")
     (request,) = proxy._requests.values()
-    assert isinstance(request, _Request) and request.phase == "waiting"
+    assert isinstance(request, _Request) and request.phase is Phase.WAITING
     response = Response()
     agent.calls[0].d.callback(response)
-    assert request.phase == "streaming"
+    assert request.phase is Phase.STREAMING
     response.end()
     assert request.phase is DONE and proxy.in_flight == 0
 
