@@ -24,7 +24,8 @@ from linchpin_common.metrics import metrics_site
 from linchpin_common.slots import Slots
 from linchpin_common.workers import ThreadWorker
 
-from .proxy import USER_IN_FLIGHT, RequestProxy
+from .config import USER_HEADER, USER_IN_FLIGHT
+from .proxy import RequestProxy
 from .state import AsyncState, ConnectorState
 
 MAX_QUEUED_HELLOS = 4  # per device, behind the one being answered
@@ -262,7 +263,7 @@ class ConnectorService(service.MultiService):
 
     log = Logger()
 
-    def __init__(self, reactor, data_dir: str, backend_url: str, *, user_header: str = "X-Forwarded-User",
+    def __init__(self, reactor, data_dir: str, backend_url: str, *, user_header: str = USER_HEADER,
                  allow_paths=("/",), ca_file: str | None = None, keep_alive: int = 30,
                  response_timeout: float = 60.0, metrics_endpoint=None, proxy=None, connect=None,
                  gateway_http=None, worker=None, public_host: str | None = None,

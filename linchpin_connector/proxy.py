@@ -79,6 +79,8 @@ from linchpin_common.contract.channel import ReceiveWindow, SendWindow
 from linchpin_common.contract.e2e import MAX_BODY_CHUNK, MAX_IN_FLIGHT, MessageError, encode_message
 from linchpin_common.slots import Slots
 
+from .config import TOKEN, USER_HEADER, check_public_host
+
 __all__ = ["RequestProxy", "path_allowed", "MAX_ID"]
 
 MAX_ID = 2**53 - 1
@@ -90,9 +92,7 @@ FORWARDING = frozenset({
     "cf-connecting-ip", "fastly-client-ip", "x-original-forwarded-for", "x-original-host", "x-original-url",
     "x-rewrite-url", "x-host", "x-proxyuser-ip", "via",
 })
-USER_IN_FLIGHT = 32  # requests in flight per user across that user's devices
 
-TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # an HTTP token (RFC 9110): methods, header names
 _BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # controls except HTAB
 _PATH_CHARS = re.compile(r"[\x21-\x7e]+")
 _ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
@@ -203,7 +203,7 @@ class RequestProxy:
     """All requests of ONE E2E session of one device."""
 
     def __init__(self, *, http_client, backend_url: str, user: str, send, clock,
-                 allow_paths=("/",), user_header: str = "X-Forwarded-User",
+                 allow_paths=("/",), user_header: str = USER_HEADER,
                  response_timeout: float = 60.0, user_slots: Slots | None = None,
                  public_host: str | None = None):
         """``user_slots`` is shared by every session of the connector, so one
@@ -229,9 +229,7 @@ class RequestProxy:
         self._prefixes = tuple(prefixes)
         self.response_timeout = response_timeout
         self._user_slots = user_slots if user_slots is not None else Slots(MAX_IN_FLIGHT)
-        if public_host is not None and (not public_host or _BAD_VALUE.search(public_host)
-                                        or any(c in public_host for c in " /\\")):
-            raise ValueError("public_host must be a host name, optionally with :port")
+        check_public_host(public_host)
         self._set_headers = [(b"X-Forwarded-Proto", b"https")]
         if public_host:
             self._set_headers.append((b"X-Forwarded-Host", public_host.encode("ascii")))

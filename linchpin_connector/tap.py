@@ -18,8 +18,8 @@ from linchpin_common.http_proxy import ProxySettingsError
 from linchpin_common.tls import CAFileError, trust_root
 
 from .connector import ConnectorService
-from .proxy import TOKEN, USER_IN_FLIGHT
-from .state import DB_NAME, DEFAULT_DATA_DIR
+from .config import DEFAULTS, ConnectorConfig
+from .state import DB_NAME
 from .web import PairingWebService
 
 
@@ -27,16 +27,16 @@ class Options(usage.Options):
     synopsis = "--backend URL [options]"
     longdesc = "Linchpin connector: keeps one session to the gateway and proxies paired devices to the backend."
     optParameters = [
-        ["data-dir", None, DEFAULT_DATA_DIR, "Connector state folder (made by 'lmconnector register')."],
+        ["data-dir", None, DEFAULTS.data_dir, "Connector state folder (made by 'lmconnector register')."],
         ["backend", None, None, "Base URL of the intranet app, e.g. http://intranet.local:8090."],
-        ["user-header", None, "X-Forwarded-User", "Header that carries the paired user to the backend."],
+        ["user-header", None, DEFAULTS.user_header, "Header that carries the paired user to the backend."],
         ["ca-file", None, None, "PEM file of a private CA that signed the gateway's certificate."],
-        ["keep-alive", None, 30, "MQTT keep-alive in seconds (1-300).", int],
-        ["response-timeout", None, 60.0, "Seconds a proxied request may make no progress (response headers, "
+        ["keep-alive", None, DEFAULTS.keep_alive, "MQTT keep-alive in seconds (1-300).", int],
+        ["response-timeout", None, DEFAULTS.response_timeout, "Seconds a proxied request may make no progress (response headers, "
                                          "request or response body).", float],
         ["public-host", None, None, "Host (and :port) the backend should build links for: sent as "
                                     "X-Forwarded-Host. Device-sent forwarding headers are always dropped."],
-        ["user-in-flight", None, USER_IN_FLIGHT, "Requests in flight per user across all of that user's "
+        ["user-in-flight", None, DEFAULTS.user_in_flight, "Requests in flight per user across all of that user's "
                                                  "devices.", int],
         ["metrics", None, None, "Endpoint serving Prometheus metrics (lmconnector_*) at /metrics."],
         ["proxy", None, None, "HTTP proxy to the gateway, http://[user@]host:port ('' for none); "
@@ -45,7 +45,7 @@ class Options(usage.Options):
                                             "(or set LINCHPIN_PROXY_PASSWORD)."],
         ["web", None, None, "Endpoint of the self-service pairing page, e.g. tcp:8091:interface=127.0.0.1 "
                             "(put it behind the SSO reverse proxy)."],
-        ["web-user-header", None, "X-Forwarded-User", "Header in which the SSO proxy names the pairing page's user."],
+        ["web-user-header", None, DEFAULTS.web_user_header, "Header in which the SSO proxy names the pairing page's user."],
     ]
 
     def __init__(self):
@@ -69,15 +69,16 @@ class Options(usage.Options):
         print_version("lmconnector")
 
     def postOptions(self):
-        if not self["backend"]:
-            raise usage.UsageError("--backend URL is required")
-        if not self["backend"].startswith(("http://", "https://")):
-            raise usage.UsageError("--backend must be an http:// or https:// URL")
-        for option in ("user-header", "web-user-header"):
-            if not TOKEN.fullmatch(self[option]):
-                raise usage.UsageError(f"--{option} must be an HTTP header name")
-        if not 1 <= self["keep-alive"] <= 300:
-            raise usage.UsageError("--keep-alive must be 1-300 seconds")
+        try:
+            self.config = ConnectorConfig(
+                backend=self["backend"] or "", data_dir=self["data-dir"], user_header=self["user-header"],
+                allow_paths=tuple(self["allow-path"]) or DEFAULTS.allow_paths, ca_file=self["ca-file"],
+                keep_alive=self["keep-alive"], response_timeout=self["response-timeout"],
+                public_host=self["public-host"], user_in_flight=self["user-in-flight"], metrics=self["metrics"],
+                web=self["web"], web_user_header=self["web-user-header"], web_hosts=tuple(self["web-host"]))
+        except ValueError as e:
+            raise usage.UsageError(str(e))
+        self["allow-path"] = list(self.config.allow_paths)
         if self["ca-file"]:
             try:
                 trust_root(self["ca-file"])
@@ -88,38 +89,31 @@ class Options(usage.Options):
                                                                 proxy_password_file=self["proxy-password-file"]))
         except ProxySettingsError as e:
             raise usage.UsageError(str(e))
-        if self["public-host"] is not None and not re.fullmatch(r"[A-Za-z0-9.\-\[\]:]+", self["public-host"]):
-            raise usage.UsageError("--public-host must be a host name, optionally with :port")
-        if self["user-in-flight"] < 1:
-            raise usage.UsageError("--user-in-flight must be positive")
-        self["allow-path"] = self["allow-path"] or ["/"]
-        for prefix in self["allow-path"]:
-            if not prefix.startswith("/") or "?" in prefix or "\\" in prefix:
-                raise usage.UsageError(f"--allow-path {prefix!r}: a path prefix starts with / and has no query")
 
 
-def makeService(config, reactor=default_reactor):
-    if not os.path.exists(os.path.join(config["data-dir"], DB_NAME)):
+def makeService(options, reactor=default_reactor):
+    config: ConnectorConfig = options.config
+    if not os.path.exists(os.path.join(config.data_dir, DB_NAME)):
         # One line saying what to do, rather than a traceback from startService.
-        sys.exit(f"lmconnector: no connector registered in {config['data-dir']}: run "
-                 f"'lmconnector --data-dir {config['data-dir']} register --gateway URL' first")
+        sys.exit(f"lmconnector: no connector registered in {config.data_dir}: run "
+                 f"'lmconnector --data-dir {config.data_dir} register --gateway URL' first")
     reactor.callWhenRunning(exit_zero_on_sigterm, reactor)
     keep_large_buffers()
     connector = ConnectorService(
         reactor,
-        config["data-dir"],
-        config["backend"],
-        user_header=config["user-header"],
-        allow_paths=config["allow-path"],
-        ca_file=config["ca-file"],
-        keep_alive=config["keep-alive"],
-        response_timeout=config["response-timeout"],
-        public_host=config["public-host"],
-        user_in_flight=config["user-in-flight"],
-        metrics_endpoint=serverFromString(reactor, config["metrics"]) if config["metrics"] else None,
-        proxy=config.get("proxy-config"),
+        config.data_dir,
+        config.backend,
+        user_header=config.user_header,
+        allow_paths=list(config.allow_paths),
+        ca_file=config.ca_file,
+        keep_alive=config.keep_alive,
+        response_timeout=config.response_timeout,
+        public_host=config.public_host,
+        user_in_flight=config.user_in_flight,
+        metrics_endpoint=serverFromString(reactor, config.metrics) if config.metrics else None,
+        proxy=options.get("proxy-config"),
     )
-    if config["web"]:
-        PairingWebService(connector, serverFromString(reactor, config["web"]), config["web-user-header"],
-                          tuple(config["web-host"])).setServiceParent(connector)
+    if config.web:
+        PairingWebService(connector, serverFromString(reactor, config.web), config.web_user_header,
+                          config.web_hosts).setServiceParent(connector)
     return connector

@@ -12,6 +12,7 @@ from twisted.logger import Logger
 
 from linchpin_common.contract import e2e
 
+from ..config import USER_HEADER
 from .desk import PairingDesk
 from .site import make_site
 
@@ -24,7 +25,7 @@ class PairingWebService(service.Service):
 
     log = Logger()
 
-    def __init__(self, connector, endpoint, user_header: str = "X-Forwarded-User", hosts: tuple[str, ...] = ()):
+    def __init__(self, connector, endpoint, user_header: str = USER_HEADER, hosts: tuple[str, ...] = ()):
         self.connector = connector
         self.endpoint = endpoint
         self.user_header = user_header

@@ -29,6 +29,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.web import resource, server
 
+from ..config import USER_HEADER
 from ..enrolment import valid_user
 from .desk import NotYourDevice, Pairing, PairingDesk, TooManyPending
 
@@ -116,7 +117,7 @@ class PairingPage(resource.Resource):
 
     log = Logger()
 
-    def __init__(self, desk: PairingDesk, user_header: str = "X-Forwarded-User", clock=None, csrf: Csrf | None = None,
+    def __init__(self, desk: PairingDesk, user_header: str = USER_HEADER, clock=None, csrf: Csrf | None = None,
                  hosts: tuple[str, ...] = ()):
         super().__init__()
         self.desk = desk
@@ -330,7 +331,7 @@ class PairingPage(resource.Resource):
         return server.NOT_DONE_YET
 
 
-def make_site(desk: PairingDesk, user_header: str = "X-Forwarded-User", clock=None,
+def make_site(desk: PairingDesk, user_header: str = USER_HEADER, clock=None,
               hosts: tuple[str, ...] = ()) -> server.Site:
     site = server.Site(PairingPage(desk, user_header, clock, hosts=hosts))
     site.displayTracebacks = False
