@@ -13,17 +13,12 @@ from linchpin_gateway.router import CONNECTOR, DEVICE, Principal
 from linchpin_gateway.service import Gateway
 from linchpin_gateway.store import SQLiteStore
 from tests.test_router import FakeSession
-from tests.test_shared_store_cache import Node, run
+from tests.test_shared_store_cache import Node, run, shared_store  # noqa: F401  (fixture)
 
 
 @pytest.fixture
-def world(tmp_path):
-    clock = Clock()
-    clock.advance(1_800_000_000)
-    store = SQLiteStore(clock, str(tmp_path / "shared"), worker=InlineWorker())
-    store.start()
-    yield store, clock
-    store.stop()
+def world(shared_store):
+    return shared_store
 
 
 def paired(accounts, instance_id):

@@ -39,13 +39,20 @@ class Node:
 
 
 @pytest.fixture
-def nodes(tmp_path):
+def shared_store(tmp_path):
+    """One store several nodes use, on a clock of its own: (store, clock)."""
     clock = Clock()
     clock.advance(1_800_000_000)
     store = SQLiteStore(clock, str(tmp_path / "shared"), worker=InlineWorker())
     store.start()
-    yield [Node(store, clock, revalidate=True) for _ in range(2)], clock
+    yield store, clock
     store.stop()
+
+
+@pytest.fixture
+def nodes(shared_store):
+    store, clock = shared_store
+    return [Node(store, clock, revalidate=True) for _ in range(2)], clock
 
 
 def run(d):
