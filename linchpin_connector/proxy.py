@@ -75,6 +75,7 @@ from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
 from zope.interface import implementer
 
 from linchpin_common.machine import IllegalTransition, Transitions
+from linchpin_common.contract import messages
 from linchpin_common.contract.channel import ReceiveWindow, SendWindow
 from linchpin_common.contract.e2e import MAX_BODY_CHUNK, MAX_IN_FLIGHT, MessageError, encode_message
 from linchpin_common.slots import Slots
@@ -244,21 +245,21 @@ class RequestProxy:
         """One message from the device: ``req``, ``body``, ``ack`` or ``cancel``."""
         if self._closed:
             return
-        kind = header.get("t")
-        if kind == "req":
+        kind = messages.kind(header)
+        if kind == messages.REQ:
             self._on_req(header, body)
             return
-        if kind not in ("body", "ack", "cancel"):
+        if kind not in (messages.BODY, messages.ACK, messages.CANCEL):
             log.debug("message of an unexpected type ignored")
             return
         rid = header.get("id")
         request = self._requests.get(rid) if _is_id(rid) else None
         if request is None:
             log.debug("{kind} for unknown request {id} ignored", kind=kind, id=rid if _is_id(rid) else None)
-        elif kind == "cancel":
+        elif kind == messages.CANCEL:
             log.debug("request {id} cancelled by the device", id=rid)
             request.abort()
-        elif kind == "ack":
+        elif kind == messages.ACK:
             request.on_ack(header)
         else:
             request.on_body(header, body)
@@ -278,7 +279,7 @@ class RequestProxy:
 
     def _send_err(self, rid: int, code: str, message: str) -> None:
         log.info("request {id}: err {code}", id=rid, code=code)
-        self._send({"t": "err", "id": rid, "code": code, "message": message})
+        self._send(messages.err(rid, code, message))
 
     def _on_req(self, header: dict, body: bytes) -> None:
         rid = header.get("id")
@@ -288,21 +289,21 @@ class RequestProxy:
         existing = self._requests.get(rid)
         if existing is not None:
             existing.abort()
-            self._send_err(rid, "bad_request", "this id is already in flight")
+            self._send_err(rid, messages.BAD_REQUEST, "this id is already in flight")
             return
         problem = _check_req(header, body)
         if problem is not None:
-            self._send_err(rid, "bad_request", problem)
+            self._send_err(rid, messages.BAD_REQUEST, problem)
             return
         if len(self._requests) >= MAX_IN_FLIGHT:
-            self._send_err(rid, "busy", f"at most {MAX_IN_FLIGHT} requests may be in flight")
+            self._send_err(rid, messages.BUSY, f"at most {MAX_IN_FLIGHT} requests may be in flight")
             return
         path = header["path"]
         if not path_allowed(path, self._prefixes):
-            self._send_err(rid, "forbidden", "this path is not allowed")
+            self._send_err(rid, messages.FORBIDDEN, "this path is not allowed")
             return
         if not self._user_slots.acquire(self._user):
-            self._send_err(rid, "busy", f"at most {self._user_slots.per_key} requests of this user may be in flight")
+            self._send_err(rid, messages.BUSY, f"at most {self._user_slots.per_key} requests of this user may be in flight")
             return
         request = _Request(self, rid, header["method"])
         self._requests[rid] = request
@@ -549,35 +550,35 @@ class _Request:
 
     def on_up_timeout(self) -> None:
         self.up_idle = None
-        self.fail("timeout", f"the request body made no progress for {self.proxy.response_timeout:g} s")
+        self.fail(messages.TIMEOUT, f"the request body made no progress for {self.proxy.response_timeout:g} s")
 
     def on_down_timeout(self) -> None:
         self.down_idle = None
         if self.phase is WAITING:
-            self.fail("timeout", f"no response from the backend within {self.proxy.response_timeout:g} s")
+            self.fail(messages.TIMEOUT, f"no response from the backend within {self.proxy.response_timeout:g} s")
         else:
-            self.fail("timeout", f"the response made no progress for {self.proxy.response_timeout:g} s")
+            self.fail(messages.TIMEOUT, f"the response made no progress for {self.proxy.response_timeout:g} s")
 
     def on_request_failed(self, failure) -> None:
         if self.phase is DONE:
             return  # we cancelled it
         log.info("request {id}: backend failed before the response ({error})",
                  id=self.id, error=failure.type.__name__)
-        self.fail("backend_unreachable", "the backend could not be reached")
+        self.fail(messages.BACKEND_UNREACHABLE, "the backend could not be reached")
 
     def on_bug(self, failure) -> None:
         log.failure("request {id}: proxying failed", failure, id=self.id)
-        self.fail("backend_unreachable", "the connector failed to proxy this request")
+        self.fail(messages.BACKEND_UNREACHABLE, "the connector failed to proxy this request")
 
     # -- device -> backend ---------------------------------------------------
 
     def on_body(self, header: dict, body: bytes) -> None:
         end = header.get("end")
         if not isinstance(end, bool) or self.up_end or len(body) > MAX_BODY_CHUNK:
-            self.fail("bad_request", "unexpected or malformed body message")
+            self.fail(messages.BAD_REQUEST, "unexpected or malformed body message")
             return
         if not self.up_window.received(len(body)):
-            self.fail("too_large", "more than 1 MiB of request body was sent without an ack")
+            self.fail(messages.TOO_LARGE, "more than 1 MiB of request body was sent without an ack")
             return
         if body:
             self.up_queue.append(body)
@@ -602,7 +603,7 @@ class _Request:
             self._upload_progress()
         ack = self.up_window.consumed(written)
         if ack:
-            self.proxy._send({"t": "ack", "id": self.id, "bytes": ack})
+            self.proxy._send(messages.ack(self.id, ack))
         if self.up_end and not self.up_queue and p.finished is not None and not p.finished.called:
             self._stop(self.up_idle)
             self.up_idle = None
@@ -620,10 +621,9 @@ class _Request:
         response.deliverBody(self.reader)
         if self.phase is DONE:
             return
-        res = {"t": "res", "id": self.id, "status": response.code,
-               "headers": _response_headers(response, self.method), "end": False}
+        res = messages.res(self.id, response.code, _response_headers(response, self.method), False)
         if not _fits(res):
-            self.fail("backend_unreachable", "the backend's response headers are too large")
+            self.fail(messages.BACKEND_UNREACHABLE, "the backend's response headers are too large")
             return
         self.res = res
         self._go("response")
@@ -645,12 +645,12 @@ class _Request:
         else:
             log.info("request {id}: backend failed during the response ({error})",
                      id=self.id, error=reason.type.__name__)
-            self.fail("backend_unreachable", "the backend connection failed during the response")
+            self.fail(messages.BACKEND_UNREACHABLE, "the backend connection failed during the response")
 
     def on_ack(self, header: dict) -> None:
         n = header.get("bytes")
         if not self.down_window.acked(n):
-            self.fail("bad_request", "ack for more response bytes than were sent")
+            self.fail(messages.BAD_REQUEST, "ack for more response bytes than were sent")
             return
         if n:
             self._download_progress()
@@ -671,7 +671,7 @@ class _Request:
                 chunk = self.down_buf.take(n)
                 self.down_window.sent(n)
                 if self.phase is STREAMING:
-                    header = {"t": "body", "id": self.id, "end": end}
+                    header = messages.body(self.id, end)
                 else:
                     header = dict(self.res, end=end)
                     self._go("res_sent")

@@ -32,6 +32,43 @@ def topic_literals(path: str) -> list[str]:
     return found
 
 
+def message_literals(path: str) -> list[str]:
+    """End-to-end message headers built by hand, and err codes written out,
+    outside linchpin_common.contract.messages."""
+    from linchpin_common.contract import messages
+
+    tree = ast.parse(open(os.path.join(ROOT, path), encoding="utf-8").read())
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Dict) and any(isinstance(k, ast.Constant) and k.value == "t" for k in node.keys):
+            found.append(f"{path}:{node.lineno} a message header written by hand")
+        elif isinstance(node, ast.Compare) and any(
+                isinstance(c, ast.Constant) and c.value in messages.KINDS | messages.ERROR_CODES
+                for c in node.comparators):
+            found.append(f"{path}:{node.lineno} a message kind or err code written out")
+        elif isinstance(node, ast.Call) and any(
+                isinstance(a, ast.Constant) and a.value in messages.ERROR_CODES for a in node.args):
+            found.append(f"{path}:{node.lineno} an err code written out")
+        elif isinstance(node, ast.Dict) and any(
+                isinstance(k, ast.Constant) and k.value in messages.ERROR_CODES for k in node.keys):
+            found.append(f"{path}:{node.lineno} an err code written out")
+    return found
+
+
+def test_no_message_literal_outside_the_contract():
+    assert [hit for path in CHECKED for hit in message_literals(path)] == []
+
+
+def test_the_check_finds_a_hand_made_message(tmp_path):
+    global ROOT
+    saved, ROOT = ROOT, str(tmp_path)
+    try:
+        (tmp_path / "x.py").write_text('h = {"t": "ack", "id": 1}\nif k == "cancel": pass\nf("busy", "x")\n')
+        assert [hit.split(" ", 1)[0] for hit in message_literals("x.py")] == ["x.py:1", "x.py:2", "x.py:3"]
+    finally:
+        ROOT = saved
+
+
 def test_no_topic_literal_outside_the_contract():
     assert "linchpin_connector/connector.py" in CHECKED and "linchpin_connector/device/client.py" in CHECKED
     assert [hit for path in CHECKED for hit in topic_literals(path)] == []

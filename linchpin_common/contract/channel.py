@@ -26,14 +26,14 @@ import hashlib
 from collections import OrderedDict
 from typing import Optional
 
-from . import e2e
+from . import e2e, messages
 
 __all__ = [
     "CONFIRM", "Outcome", "Received", "ChannelError", "ChannelEndpoint",
     "SendWindow", "ReceiveWindow", "ACK_BATCH", "AnsweredHellos",
 ]
 
-CONFIRM = {"t": "confirm"}
+CONFIRM = messages.confirm()
 # A receiver acks consumed body bytes in batches of a quarter of the window,
 # so the sender always hears from it before its window fills.
 ACK_BATCH = e2e.CREDIT_WINDOW // 4
@@ -73,7 +73,7 @@ class Received:
         return self.outcome in _ENDING
 
     def __repr__(self) -> str:  # never show bodies
-        t = self.header.get("t") if isinstance(self.header, dict) else None
+        t = messages.kind(self.header)
         return f"<Received {self.outcome.value} t={t!r} body={len(self.body)} {self.reason}>"
 
 
@@ -154,7 +154,7 @@ class ChannelEndpoint:
         except e2e.MessageError as e:
             return Received(Outcome.MALFORMED, reason=str(e))
         if not self.confirmed and not self.is_device:
-            if header.get("t") != "confirm":
+            if messages.kind(header) != messages.CONFIRM:
                 self.live = False
                 return Received(Outcome.NOT_CONFIRMED, header, reason="the first message was not the confirm")
             self.confirmed = True

@@ -81,6 +81,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from . import messages
 from .ids import b64u_decode, b64u_encode, is_hex_id  # noqa: F401 (re-exported)
 
 __all__ = [
@@ -120,7 +121,7 @@ MAX_BODY_CHUNK = 262144    # body bytes per message (256 KiB)
 CREDIT_WINDOW = 1048576    # un-acked body bytes per request and direction
 MAX_IN_FLIGHT = 64         # requests in flight per session
 
-BODY_TYPES = frozenset({"req", "res", "body"})
+BODY_TYPES = frozenset({messages.REQ, messages.RES, messages.BODY})  # the messages that carry body bytes
 
 _KEY_LEN = 32
 _NONCE_LEN = 12

@@ -28,7 +28,7 @@ from twisted.internet import defer, threads
 from twisted.logger import Logger
 
 from linchpin_common import console, mqtt_client
-from linchpin_common.contract import e2e, topics
+from linchpin_common.contract import e2e, messages, topics
 from linchpin_common.contract.channel import ACK_BATCH, ChannelEndpoint, ReceiveWindow, SendWindow
 from linchpin_common.contract.channel import Outcome as ChannelOutcome
 from linchpin_common.contract.pairing import parse_pairing_uri
@@ -158,7 +158,7 @@ class Response:
         if self._ended:
             return
         request = self._request
-        request.channel.send({"t": "cancel", "id": request.id})
+        request.channel.send(messages.cancel(request.id))
         request.channel.requests.pop(request.id, None)
         self._parts = []
         self._end(error)
@@ -268,7 +268,7 @@ class BodyStream:
         self._close()
         request = self._request
         if request is not None and request.channel.requests.pop(request.id, None) is not None:
-            request.channel.send({"t": "cancel", "id": request.id})
+            request.channel.send(messages.cancel(request.id))
             request.fail(DeviceError("the request was abandoned"))
 
     def _attach(self, request: _Request) -> None:
@@ -302,12 +302,12 @@ class BodyStream:
             self.held -= n
             window.sent(n)
             last = self._ended and not self._held
-            request.channel.send({"t": "body", "id": request.id, "end": last}, part)
+            request.channel.send(messages.body(request.id, last), part)
             request.progress()
             if last:
                 self._closed = True
         if self._ended and not self._held and not self._closed:
-            request.channel.send({"t": "body", "id": request.id, "end": True})
+            request.channel.send(messages.body(request.id, True))
             self._closed = True
         self._pace()
 
@@ -379,7 +379,7 @@ class _Request:
         self.stream: BodyStream | None = None
 
     def ack(self, n: int) -> None:
-        self.channel.send({"t": "ack", "id": self.id, "bytes": n})
+        self.channel.send(messages.ack(self.id, n))
 
     def progress(self) -> None:
         """Upload bytes moved: the wait for the response starts again (a slow
@@ -432,8 +432,8 @@ class _Session:
         request = self.requests.get(header.get("id"))
         if request is None:
             return
-        kind = header.get("t")
-        if kind == "res":
+        kind = messages.kind(header)
+        if kind == messages.RES:
             if request.started.called:
                 return
             if request.timeout is not None and request.timeout.active():
@@ -445,16 +445,16 @@ class _Session:
             request.response = Response(request, status, [tuple(h) for h in headers if isinstance(h, list)])
             request.started.callback(request.response)
             self._body(request, header, body)
-        elif kind == "body" and request.response is not None:
+        elif kind == messages.BODY and request.response is not None:
             self._body(request, header, body)
-        elif kind == "ack":
+        elif kind == messages.ACK:
             request.credit(header.get("bytes"))
-        elif kind == "err":
+        elif kind == messages.ERR:
             self._finish(request, RequestRefused(str(header.get("code")), str(header.get("message", ""))))
 
     def _body(self, request: _Request, header: dict, body: bytes) -> None:
         if not request.response._part(body):
-            self.send({"t": "cancel", "id": request.id})
+            self.send(messages.cancel(request.id))
             self._finish(request, RequestRefused("bad_response", "the connector overran the flow-control window"))
         elif header.get("end"):
             self._finish(request)
@@ -681,8 +681,7 @@ class Device:
         request.idle = self.timeout
         request.timeout = self.reactor.callLater(
             self.timeout, lambda: self._timed_out(channel, request))
-        header = {"t": "req", "id": request_id, "method": method, "path": path,
-                  "headers": [[k, v] for k, v in headers], "end": False}
+        header = messages.req(request_id, method, path, [[k, v] for k, v in headers], False)
         if body is None:
             body = b""
         if isinstance(body, (bytes, bytearray, memoryview)) and len(body) <= READ_CHUNK:
@@ -705,7 +704,7 @@ class Device:
 
     def _timed_out(self, channel: _Session, request: _Request) -> None:
         if channel.requests.pop(request.id, None) is not None:
-            channel.send({"t": "cancel", "id": request.id})
+            channel.send(messages.cancel(request.id))
             request.fail(RequestTimeout(f"no response within {self.timeout:.0f} s"))
 
     async def _with_timeout(self, d: defer.Deferred, message: str):

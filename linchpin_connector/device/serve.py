@@ -34,7 +34,7 @@ from twisted.web import resource, server
 from twisted.web.http import RESPONSES
 from zope.interface import implementer
 
-from linchpin_common.contract import e2e
+from linchpin_common.contract import e2e, messages
 
 from .client import BodyStream
 from .serve_policy import CookieSeal, HostCheck, cross_site, rewrite_location
@@ -51,12 +51,12 @@ REQUEST_DROPPED = HOP_BY_HOP | {"host", "content-length", "origin", "cookie"}
 
 # What went wrong -> (HTTP status, page title). The connector's `err` codes first.
 _REFUSALS = {
-    "forbidden": (403, "The intranet connector refused this address"),
-    "bad_request": (400, "The intranet connector refused this request"),
-    "backend_unreachable": (502, "The intranet app cannot be reached"),
-    "timeout": (504, "The intranet app did not answer in time"),
-    "too_large": (413, "The request is too large"),
-    "busy": (503, "Too many requests at once"),
+    messages.FORBIDDEN: (403, "The intranet connector refused this address"),
+    messages.BAD_REQUEST: (400, "The intranet connector refused this request"),
+    messages.BACKEND_UNREACHABLE: (502, "The intranet app cannot be reached"),
+    messages.TIMEOUT: (504, "The intranet app did not answer in time"),
+    messages.TOO_LARGE: (413, "The request is too large"),
+    messages.BUSY: (503, "Too many requests at once"),
 }
 
 
