@@ -32,12 +32,14 @@ instances it serves.
 
 from __future__ import annotations
 
+import enum
 import os
 
 from twisted.internet import defer, task
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from linchpin_common.machine import Transitions
 from linchpin_common.contract.topics import EVENT_CONNECTED, EVENT_DISCONNECTED
 
 from . import busmessages as bm
@@ -62,14 +64,31 @@ class ClusterStats:
         self.dead_nodes = 0
 
 
+class Ownership(enum.Enum):
+    CLAIMING = "claiming"  # the claim is asked (or the bus was down: asked again when it is back)
+    HELD = "held"  # claimed: the epoch is known, the key refreshed by every heartbeat
+    RELEASED = "released"  # the session left this node; a late claim answer lets the key go
+
+
+#   CLAIMING --claimed--> HELD --release--> RELEASED
+#      '--------------release-----------------^   (claimed in RELEASED: stays; release again: ignored)
+_OWNERSHIP = Transitions("node ownership", Ownership, {
+    (Ownership.CLAIMING, "claimed"): Ownership.HELD,
+    (Ownership.CLAIMING, "release"): Ownership.RELEASED,
+    (Ownership.HELD, "release"): Ownership.RELEASED,
+    (Ownership.RELEASED, "claimed"): Ownership.RELEASED,
+}, ignored=[(Ownership.RELEASED, "release")])
+
+
 class _Held:
     """A local session whose ownership this node holds (or is claiming)."""
 
-    __slots__ = ("client", "epoch", "waiters", "newest_seen", "channel", "announcing")
+    __slots__ = ("client", "state", "epoch", "waiters", "newest_seen", "channel", "announcing")
 
     def __init__(self, client):
         self.client = client
-        self.epoch = None  # known once the claim is answered
+        self.state = Ownership.CLAIMING
+        self.epoch = None  # known once the claim is answered (HELD)
         self.waiters = []
         self.announcing = False  # a connector: its online announcement waits for the epoch
         self.newest_seen = 0  # highest epoch of a takeover heard before that
@@ -145,6 +164,9 @@ class Cluster:
         principal = client.principal
         h = _Held(client)
         client.held = h
+        older = self.held.get(principal.id)
+        if older is not None:  # (the router detaches an older session first)
+            self._release(older)
         self.held[principal.id] = h
         self.bus.subscribe(bm.principal_channel(principal.id))
         if principal.role == DEVICE:
@@ -163,11 +185,12 @@ class Cluster:
     def _claimed(self, answer, h: _Held) -> None:
         epoch, old = answer
         h.epoch = epoch
+        h.state = _OWNERSHIP.next(h.state, "claimed")
         pid = h.client.principal.id
         if old is not None and old.split(b" ", 1)[0] != self.node:
             self.bus.publish(bm.principal_channel(pid), bm.Takeover(epoch).encode())
         waiters, h.waiters = h.waiters, []
-        if self.held.get(pid) is not h:  # gone meanwhile: tell what it said, then let go
+        if h.state is Ownership.RELEASED:  # gone meanwhile: tell what it said, then let go
             for fn in waiters:
                 fn(epoch)
             self.bus.release(bm.own_key(pid), self._value(epoch)).addErrback(lambda f: None)
@@ -190,10 +213,17 @@ class Cluster:
         h = getattr(client, "held", None)
         if h is None:
             return
-        if h.epoch is not None:
+        if h.state is Ownership.HELD:
             fn(h.epoch)
-        else:
+        elif h.state is Ownership.CLAIMING:
             h.waiters.append(fn)
+
+    def _release(self, h: _Held) -> None:
+        if _OWNERSHIP.ignores(h.state, "release"):
+            return
+        before, h.state = h.state, _OWNERSHIP.next(h.state, "release")
+        if before is Ownership.HELD:
+            self.bus.release(bm.own_key(h.client.principal.id), self._value(h.epoch)).addErrback(lambda f: None)
 
     def detached(self, client) -> None:
         principal = client.principal
@@ -202,8 +232,7 @@ class Cluster:
             return
         del self.held[principal.id]
         self.bus.unsubscribe(bm.principal_channel(principal.id))
-        if h.epoch is not None:
-            self.bus.release(bm.own_key(principal.id), self._value(h.epoch)).addErrback(lambda f: None)
+        self._release(h)
         if principal.role == DEVICE:
             self._interest_remove(principal.instance_id, principal.id)
         else:
@@ -372,7 +401,7 @@ class Cluster:
         h = self.held.get(pid)
         if h is None:
             return
-        if h.epoch is None:
+        if h.state is Ownership.CLAIMING:
             h.newest_seen = max(h.newest_seen, epoch)
         elif h.epoch < epoch:
             self._taken_over(h)
@@ -435,7 +464,7 @@ class Cluster:
     def _present(self, instance_id: str) -> None:
         for device_id in self.interest.get(instance_id, ()):
             h = self.held.get(device_id)
-            if h is not None and h.epoch is not None:
+            if h is not None and h.state is Ownership.HELD:
                 self.bus.publish(bm.principal_channel(instance_id), bm.Present(device_id, self.node, h.epoch).encode())
 
     # -- control: what every node must do ------------------------------------------
@@ -529,7 +558,7 @@ class Cluster:
     def _hold(self) -> defer.Deferred:
         entries, owners = [], []
         for pid, h in self.held.items():
-            if h.epoch is not None:
+            if h.state is Ownership.HELD:
                 entries.append((bm.own_key(pid), bm.epoch_key(pid), self._value(h.epoch)))
                 owners.append(("session", pid, h))
         for instance_id, value in self.online_here.items():
@@ -575,7 +604,7 @@ class Cluster:
             return
         # Back: take what we hold again, say what we have, ask what others have.
         for h in list(self.held.values()):
-            if h.epoch is None:
+            if h.state is Ownership.CLAIMING:
                 self._claim(h)
         self._hold()
         self._broadcast(bm.Heartbeat(self.node))

@@ -372,3 +372,23 @@ def test_the_cluster_and_the_local_only_peer_provide_the_router_seam(nodes):
     assert verifyObject(IClusterPeer, nodes[0].cluster)
     assert verifyObject(IClusterPeer, LOCAL_ONLY)
     assert Router(Clock()).cluster is LOCAL_ONLY
+
+
+def test_ownership_has_one_table():
+    from linchpin_gateway.cluster import _OWNERSHIP, Ownership
+
+    assert _OWNERSHIP.reachable(Ownership.CLAIMING) == set(Ownership)
+    assert _OWNERSHIP.ignores(Ownership.RELEASED, "release")
+
+
+def test_a_claim_answered_after_the_session_left_lets_the_key_go(nodes, hub):
+    a, _, _ = nodes
+    a.bus.set_connected(False)
+    dev, _ = a.device()  # the claim fails: CLAIMING
+    h = dev.held
+    a.router.detach(dev)
+    from linchpin_gateway.cluster import Ownership
+
+    assert h.state is Ownership.RELEASED
+    a.bus.set_connected(True)  # nothing is claimed again for a session that left
+    assert hub.get(b"lm:own:" + D1.encode()) is None
