@@ -30,7 +30,7 @@ from twisted.logger import Logger
 from linchpin_common import console, mqtt_client
 from linchpin_common.contract import e2e, messages, topics
 from linchpin_common.contract.channel import ACK_BATCH, ChannelEndpoint, ReceiveWindow, SendWindow
-from linchpin_common.contract.channel import Outcome as ChannelOutcome
+from linchpin_common.contract.channel import Outcome
 from linchpin_common.contract.pairing import parse_pairing_uri
 from linchpin_common.gateway_client import GatewayAPI, GatewayError, InsecureURL, check_gateway_url, make_http_client
 from linchpin_common.http_proxy import ProxyConfig, ProxyError
@@ -38,7 +38,7 @@ from linchpin_common.workers import InlineWorker
 
 from .errors import (ConnectorOffline, DeviceError, DeviceNotAccepted, GatewayUnreachable, PairingRejected,
                      RequestRefused, RequestTimeout, SessionLost)
-from .handshake import Handshake, Outcome, Phase
+from .handshake import Handshake, Phase, SharedResult
 from .state import DeviceState
 
 DEFAULT_TIMEOUT = 60.0
@@ -368,7 +368,7 @@ class _Feeder:
 
 
 class _Request:
-    def __init__(self, channel: _Session, request_id: int):
+    def __init__(self, channel: _LiveRequests, request_id: int):
         self.channel = channel
         self.id = request_id
         self.started: defer.Deferred = defer.Deferred()  # fires with the Response
@@ -406,7 +406,7 @@ class _Request:
             self.stream._close()
 
 
-class _Session:
+class _LiveRequests:
     """One live E2E session with the connector, and its requests in flight."""
 
     def __init__(self, device: Device, endpoint: ChannelEndpoint):
@@ -489,9 +489,9 @@ class Device:
         self._reopening = defer.DeferredLock()  # requests find the connection gone: one of them reopens it
         self.client: mqtt_client.MQTTClient | None = None
         self.online: bool | None = None
-        self._status_known = Outcome()
+        self._status_known = SharedResult()
         self._hs = Handshake()
-        self._session: _Session | None = None  # the requests of the live session (phase LIVE)
+        self._session: _LiveRequests | None = None  # the requests of the live session (phase LIVE)
         self._next_id = 0
         self.down_topic = topics.down_topic(state.device_id)
         self.up_topic = topics.up_topic(state.device_id)
@@ -510,7 +510,7 @@ class Device:
         :meth:`request` calls it again by itself after the connection was
         lost (gateway restart, network change).
         """
-        self._status_known = Outcome()
+        self._status_known = SharedResult()
         try:
             gateway_url = check_gateway_url(self.state.gateway_url, self.state.insecure)
         except InsecureURL as e:
@@ -578,7 +578,7 @@ class Device:
         if session is None:
             return
         received = session.endpoint.receive(env)
-        if received.outcome is ChannelOutcome.MESSAGE:
+        if received.outcome is Outcome.MESSAGE:
             session.received(received.header, received.body)
         elif received.ends_session:
             self._fail(SessionLost("messages were lost between connector and device; request not replayed"))
@@ -638,7 +638,7 @@ class Device:
         self._worker.run(paired.save).addCallbacks(saved, not_saved)
 
     def _start_session(self) -> None:
-        self._session = _Session(self, self._hs.endpoint)
+        self._session = _LiveRequests(self, self._hs.endpoint)
         self._publish(self._hs.confirm())
         self._hs.done.callback(None)
 
@@ -702,7 +702,7 @@ class Device:
             feed(reader, source, body).addErrback(lambda f, stream=body: stream.abort())
         return await request.started
 
-    def _timed_out(self, channel: _Session, request: _Request) -> None:
+    def _timed_out(self, channel: _LiveRequests, request: _Request) -> None:
         if channel.requests.pop(request.id, None) is not None:
             channel.send(messages.cancel(request.id))
             request.fail(RequestTimeout(f"no response within {self.timeout:.0f} s"))

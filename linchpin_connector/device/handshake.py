@@ -56,10 +56,10 @@ TRANSITIONS = Transitions("handshake", Phase, {
     + [(phase, "reject") for phase in Phase if phase is not Phase.AWAITING_WELCOME]
     + [(Phase.IDLE, "fail"), (Phase.ABANDONED, "fail")])
 
-__all__ = ["IllegalTransition", "Phase", "TRANSITIONS", "Handshake", "Outcome"]
+__all__ = ["IllegalTransition", "Phase", "TRANSITIONS", "Handshake", "SharedResult"]
 
 
-class Outcome:
+class SharedResult:
     """A result many may wait for; each waiter gets its own Deferred, so one
     waiter giving up (a timeout cancels it) does not disturb the others."""
 
@@ -103,10 +103,10 @@ class Handshake:
     def __init__(self):
         self.phase = Phase.IDLE
         self.endpoint: ChannelEndpoint | None = None  # in LIVE
-        self.done: Outcome | None = None     # fires when a handshake under way ends (LIVE or failed)
+        self.done: SharedResult | None = None     # fires when a handshake under way ends (LIVE or failed)
         self._hs: e2e.DeviceHandshake | None = None
         self._result: e2e.HandshakeResult | None = None
-        self._written: Outcome | None = None  # SAVING_KEY / ABANDONED: the key write ended
+        self._written: SharedResult | None = None  # SAVING_KEY / ABANDONED: the key write ended
 
     def __repr__(self) -> str:
         return f"<Handshake {self.phase.value}>"
@@ -131,7 +131,7 @@ class Handshake:
         """Begin a handshake; returns the HELLO to publish."""
         hs = e2e.DeviceHandshake.start(device_id, key, key_kind, connector_key)
         self._go("start")
-        self._hs, self.done = hs, Outcome()
+        self._hs, self.done = hs, SharedResult()
         return hs.hello
 
     def welcome_envelope(self, env: e2e.Welcome) -> e2e.HandshakeResult | None:
@@ -151,7 +151,7 @@ class Handshake:
             self._live(result)
         else:
             self._go("new_key")
-            self._result, self._written = result, Outcome()
+            self._result, self._written = result, SharedResult()
         return result
 
     def saved(self) -> bool:
