@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo bench install clean system-packages
+.PHONY: test demo bench install lock clean system-packages
 
 # Debian's Python makes no virtualenv with pip without python3.X-venv
 # (installed by tools/venv-module.sh as root). A half-made .venv is removed,
@@ -13,11 +13,28 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || { rm -rf $(VENV); exit 1; }
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-$(STAMP): $(BIN)/python setup.py
-	$(BIN)/python -m pip install --quiet -e '.[test]' --config-settings editable_mode=compat
+# The dependencies come from requirements.lock, the exact versions (and
+# their files' hashes) that CI tested; then this checkout, editable, without
+# its dependencies. `pip check` catches a requirement of setup.py that the
+# lock lacks (run `make lock` after changing setup.py).
+$(STAMP): $(BIN)/python setup.py requirements.lock
+	$(BIN)/python -m pip install --quiet --require-hashes -r requirements.lock
+	$(BIN)/python -m pip install --quiet --no-deps -e . --config-settings editable_mode=compat
+	$(BIN)/python -m pip check
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# Re-resolve requirements.lock from setup.py (install_requires and the test
+# extra) with pip-tools, installed into .venv for this only: by default every
+# package goes to the newest version setup.py allows; LOCK_FLAGS= keeps the
+# current pins and only adds or drops what setup.py changed, and
+# LOCK_FLAGS='--upgrade-package NAME' moves one package.
+LOCK_FLAGS ?= --upgrade
+lock: $(BIN)/python
+	$(BIN)/python -m pip install --quiet --upgrade pip-tools
+	CUSTOM_COMPILE_COMMAND="make lock" $(BIN)/pip-compile --quiet --generate-hashes --strip-extras --extra test \
+		--no-emit-index-url --no-emit-find-links $(LOCK_FLAGS) --output-file requirements.lock setup.py
 
 # The Debian packages the tests start on loopback (the list is in
 # tools/system-packages.sh): installed when missing and running as root,

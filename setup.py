@@ -71,6 +71,7 @@ setup(
             "zxing-cpp>=2.2",  # reads the pairing page's QR code from a browser screenshot
             "build>=1.0",
             "wheel>=0.41",  # python -m build --no-isolation (the packaging test) builds the wheel offline
+            "packaging>=23.0",  # the lock's pins checked against setup.py's specifiers (tests/test_tooling.py)
         ],
     },
     entry_points={

@@ -69,8 +69,8 @@ def test_sdist_carries_docs_service_files_and_tests(dist):
     sdist, _ = dist
     with tarfile.open(sdist) as tar:
         names = {name.split("/", 1)[1] for name in tar.getnames() if "/" in name}
-    for expected in ["README.md", "LICENSE", "docs/getting-started.md", "docs/operations.md",
-                     "deploy/systemd/lmgateway.service", "deploy/systemd/lmconnector.service",
+    for expected in ["README.md", "LICENSE", "Makefile", "requirements.lock", "docs/getting-started.md",
+                     "docs/operations.md", "deploy/systemd/lmgateway.service", "deploy/systemd/lmconnector.service",
                      "deploy/nginx/gateway-tls.conf", "deploy/nginx/pairing-page-sso.conf", "deploy/README.md",
                      "linchpin_gateway/db-schemas/v1.sql", "linchpin_connector/db-schemas/v1.sql",
                      "twisted/plugins/lmgateway_plugin.py", "tests/test_packaging.py"]:

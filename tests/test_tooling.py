@@ -1,6 +1,7 @@
 """The set-up tells the truth: what the docs tell an operator to type exists,
 and `make test` installs everything the tests use on a fresh machine (Python
-packages from setup.py into .venv, commands from tools/system-packages.sh).
+packages from setup.py into .venv, at the versions requirements.lock pins,
+commands from tools/system-packages.sh).
 
 A package or command missing from those lists passes on a machine where it
 happens to be installed and breaks the first fresh run of CI; these checks
@@ -149,3 +150,60 @@ def test_system_packages_installs_every_command_the_tests_run():
                if command not in needed and command not in ESSENTIAL and not (venv / command).exists()
                and not (command in postgres and "initdb" in needed)}
     assert not missing, f"run by the tests, not installed by tools/system-packages.sh: {missing}"
+
+
+LOCK = ROOT / "requirements.lock"
+
+
+def locked() -> dict[str, tuple[str, list[str]]]:
+    """Package -> (pinned version, sha256 hashes), from requirements.lock."""
+    pins: dict[str, tuple[str, list[str]]] = {}
+    for entry in re.split(r"\n(?=\S)", re.sub(r"(?m)^\s*#.*\n?", "", LOCK.read_text())):
+        match = re.match(r"([A-Za-z0-9._-]+)==(\S+)", entry)
+        if match:
+            pins[_normal(match.group(1))] = (match.group(2), re.findall(r"--hash=sha256:([0-9a-f]{64})", entry))
+    return pins
+
+
+def test_the_lock_pins_every_requirement_of_setup_py_within_its_bounds():
+    from packaging.requirements import Requirement
+
+    pins = locked()
+    assert {"twisted", "autobahn", "cryptography", "cffi", "pytest"} <= set(pins), pins  # the parse found them
+    for line in _setup_requirements():
+        requirement = Requirement(line)
+        name = _normal(requirement.name)
+        assert name in pins, f"setup.py requires {line}, requirements.lock has no pin for it: run `make lock`"
+        assert requirement.specifier.contains(pins[name][0], prereleases=True), \
+            f"setup.py requires {line}, requirements.lock pins {name}=={pins[name][0]}: run `make lock`"
+
+
+def test_every_pin_has_the_hashes_of_its_files():
+    for name, (version, hashes) in locked().items():
+        assert hashes, f"requirements.lock: {name}=={version} has no --hash"
+    # the wheels of a compiled package for more than this machine's platform
+    assert len(locked()["cffi"][1]) > 10 and len(locked()["cryptography"][1]) > 10
+
+
+def test_what_runs_the_tests_is_what_the_lock_pins():
+    """CI tests the versions in requirements.lock, not whatever is newest."""
+    wrong = {}
+    for name, (version, _) in locked().items():
+        try:
+            installed = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            installed = None
+        if installed != version:
+            wrong[name] = (version, installed)
+    assert not wrong, f"locked version, installed version (run `make install`): {wrong}"
+
+
+def test_make_install_installs_from_the_lock_with_hashes():
+    text = (ROOT / "Makefile").read_text()
+    recipe = re.search(r"(?m)^\$\(STAMP\):(.*)\n((?:\t.*\n)+)", text)
+    assert "requirements.lock" in recipe.group(1).split()  # a new lock reinstalls
+    commands = recipe.group(2)
+    assert "--require-hashes -r requirements.lock" in commands
+    assert re.search(r"pip install .*--no-deps -e \.", commands)  # this checkout adds nothing unlocked
+    assert "lock" in make_targets()
+    assert "\n#    make lock\n" in LOCK.read_text()  # the header says how to refresh it
