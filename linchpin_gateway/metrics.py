@@ -11,7 +11,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 
 class Stats:
-    __slots__ = ("messages_relayed", "bytes_relayed", "auth_failures", "rate_limited", "slow_consumers")
+    __slots__ = ("messages_relayed", "bytes_relayed", "auth_failures", "rate_limited", "slow_consumers",
+                 "untrusted_proxy_peers")
 
     def __init__(self):
         self.messages_relayed = 0
@@ -19,6 +20,7 @@ class Stats:
         self.auth_failures = 0
         self.rate_limited = 0
         self.slow_consumers = 0
+        self.untrusted_proxy_peers = 0
 
 
 class GatewayCollector:
@@ -50,6 +52,8 @@ class GatewayCollector:
                                   value=gw.logins.checks)
         yield CounterMetricFamily("lmgateway_connections_refused", "Connections closed for their address's cap",
                                   value=getattr(gw.site, "refused_connections", 0))
+        yield CounterMetricFamily("lmgateway_untrusted_proxy_peers", "Connections to a haproxy: listener closed: "
+                                  "the peer is not a --trusted-proxy", value=stats.untrusted_proxy_peers)
         store_worker = getattr(gw.store, "_worker", None)
         yield GaugeMetricFamily("lmgateway_store_queue_depth", "Store operations queued or running",
                                 value=getattr(store_worker, "pending", 0))

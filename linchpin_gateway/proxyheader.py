@@ -82,22 +82,22 @@ def is_trusted(host: str, trusted: tuple[Network, ...]) -> bool:
         address = ipaddress.ip_address(host.split("%", 1)[0])
     except ValueError:
         return False  # a UNIX socket's peer has no address: only trusted when nothing is named
-    mapped = getattr(address, "ipv4_mapped", None)
-    if mapped is not None:
-        address = mapped
-    return any(address in network for network in trusted)
+    mapped = getattr(address, "ipv4_mapped", None)  # an IPv4 peer on a dual-stack socket
+    return any(address in network or (mapped is not None and mapped in network) for network in trusted)
 
 
 class _TrustedPeersOnly(Factory):
     """Builds the listener's protocol only for a trusted peer; for any other
-    the answer is None, and Twisted closes the connection at once."""
+    the answer is None, and Twisted closes the connection at once (counted
+    in ``stats.untrusted_proxy_peers``)."""
 
     log = Logger(namespace="lmgateway")
 
-    def __init__(self, factory, trusted: tuple[Network, ...], description: str):
+    def __init__(self, factory, trusted: tuple[Network, ...], description: str, stats):
         self.factory = factory
         self.trusted = trusted
         self.description = description
+        self.stats = stats
 
     def logPrefix(self):
         return getattr(self.factory, "logPrefix", lambda: self.factory.__class__.__name__)()
@@ -112,24 +112,25 @@ class _TrustedPeersOnly(Factory):
         host = getattr(addr, "host", None)
         if host is None or is_trusted(host, self.trusted):
             return self.factory.buildProtocol(addr)
+        self.stats.untrusted_proxy_peers += 1
         audit("untrusted_proxy_peer", host=host, listener=self.description)
         return None
 
 
 @implementer(IStreamServerEndpoint)
 class _PeerFilter:
-    def __init__(self, endpoint, trusted: tuple[Network, ...], description: str):
-        self.endpoint, self.trusted, self.description = endpoint, trusted, description
+    def __init__(self, endpoint, trusted: tuple[Network, ...], description: str, stats):
+        self.endpoint, self.trusted, self.description, self.stats = endpoint, trusted, description, stats
 
     def listen(self, factory):
-        return self.endpoint.listen(_TrustedPeersOnly(factory, self.trusted, self.description))
+        return self.endpoint.listen(_TrustedPeersOnly(factory, self.trusted, self.description, self.stats))
 
 
-def server_endpoint(reactor, description: str, trusted: tuple[Network, ...], parse):
+def server_endpoint(reactor, description: str, trusted: tuple[Network, ...], parse, stats):
     """The endpoint for ``--listen description``: a ``haproxy:`` one believes
     PROXY headers only from ``trusted`` (loopback when none is named);
-    ``parse`` is ``serverFromString``."""
+    ``parse`` is ``serverFromString``, ``stats`` the gateway's counters."""
     if not description.startswith(PREFIX):
         return parse(reactor, description)
     inner = description[len(PREFIX):]
-    return proxyEndpoint(_PeerFilter(parse(reactor, inner), trusted or LOOPBACK, description))
+    return proxyEndpoint(_PeerFilter(parse(reactor, inner), trusted or LOOPBACK, description, stats))

@@ -32,8 +32,7 @@ class Options(usage.Options):
         self["listen"].append(endpoint)
 
     def opt_trusted_proxy(self, network):
-        """Address or ADDRESS/PREFIX of a load balancer whose PROXY headers haproxy: listeners believe
-        (repeatable); without it, a haproxy: listener must be bound to loopback."""
+        """Load balancer (ADDRESS[/PREFIX], repeatable) whose PROXY headers haproxy: listeners believe."""
         self["trusted-proxy"].append(network)
 
     def opt_version(self):
@@ -72,7 +71,7 @@ def makeService(options, reactor=default_reactor):
     keep_large_buffers()
     gateway = Gateway(reactor, _store(config, reactor), config, bus=_bus(config, reactor))
     for description in config.listen:
-        endpoint = server_endpoint(reactor, description, config.trusted_networks, serverFromString)
+        endpoint = server_endpoint(reactor, description, config.trusted_networks, serverFromString, gateway.stats)
         gateway.listen(endpoint, description)
     if config.metrics:
         gateway.serve_metrics(serverFromString(reactor, config.metrics), config.metrics)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import socket
 import struct
+import subprocess
 
 import pytest
 from twisted.internet import defer
@@ -11,8 +14,10 @@ from twisted.internet.testing import StringTransport
 from twisted.logger import capturedLogs
 from twisted.python import usage
 
+from linchpin_gateway.metrics import GatewayCollector
 from linchpin_gateway.proxyheader import LOOPBACK, is_trusted, loopback_only, parse_networks, server_endpoint
 from linchpin_gateway.tap import Options
+from tests.support import BIN, TIMEOUT, Process
 
 HEALTHZ = b"GET /healthz HTTP/1.1\r\nHost: gw\r\n\r\n"
 V2 = b"\r\n\r\n\x00\r\nQUIT\n"
@@ -36,7 +41,7 @@ class Captured:
 
 def listening(gw, description: str, trusted: tuple) -> object:
     captured = Captured()
-    server_endpoint(gw.reactor, description, trusted, lambda reactor, inner: captured).listen(gw.site)
+    server_endpoint(gw.reactor, description, trusted, lambda reactor, inner: captured, gw.stats).listen(gw.site)
     return captured.factory
 
 
@@ -79,6 +84,8 @@ def test_loopback_and_prefix_matching():
     assert is_trusted("10.0.0.200", trusted) and not is_trusted("10.0.1.1", trusted)
     assert is_trusted("2001:db8::99", trusted) and not is_trusted("2001:db9::1", trusted)
     assert is_trusted("::ffff:10.0.0.5", trusted)  # an IPv4 peer on a dual-stack socket
+    assert is_trusted("::ffff:10.0.0.5", parse_networks(["::ffff:10.0.0.0/120"]))  # named as it is seen
+    assert not is_trusted("::ffff:10.0.1.5", parse_networks(["::ffff:10.0.0.0/120"]))
     assert is_trusted("127.0.0.9", LOOPBACK) and not is_trusted("192.0.2.1", LOOPBACK)
 
 
@@ -91,6 +98,8 @@ def test_a_peer_not_trusted_is_closed_before_its_header_is_read(make_gateway):
     assert [(e.get("audit"), e.get("host")) for e in events if e.get("audit")] == [
         ("untrusted_proxy_peer", "203.0.113.9")]
     assert gw.site.connections.held("203.0.113.9") == 0
+    metrics = {family.name: family.samples[0].value for family in GatewayCollector(gw).collect()}
+    assert metrics["lmgateway_untrusted_proxy_peers"] == 1
 
 
 def test_a_trusted_load_balancer_names_the_client(make_gateway):
@@ -123,3 +132,32 @@ def test_v2_local_is_the_load_balancer_itself_and_tlvs_are_read_past(make_gatewa
     protocol.dataReceived(v2(1, bytes([192, 0, 2, 77]), tlvs=b"\x01\x00\x02h2\x04\x00\x03abc") + HEALTHZ)
     assert transport.value().startswith(b"HTTP/1.1 200")
     assert protocol.getPeer().host == "192.0.2.77"
+
+
+def answer(port: int, source: str, data: bytes) -> bytes:
+    """What the listener on ``port`` answers ``data`` sent from ``source``
+    (b"" when it closes the connection without a word)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT, source_address=(source, 0)) as sock:
+        try:
+            sock.sendall(data)
+            return sock.recv(64)
+        except (ConnectionResetError, BrokenPipeError):
+            return b""
+
+
+def test_twistd_believes_only_its_trusted_proxy(tmp_path):
+    """The real reactor and command line: an open haproxy: listener does not
+    start; on loopback with a --trusted-proxy, a PROXY header from any other
+    loopback address is not even answered."""
+    twistd = [os.path.join(BIN, "twistd"), "-n", "--pidfile=", "lmgateway", "--data-dir", str(tmp_path)]
+    refused = subprocess.run([*twistd, "--listen", "haproxy:tcp:0"], capture_output=True, text=True,
+                             timeout=TIMEOUT)
+    assert refused.returncode == 1 and "Traceback" not in refused.stdout + refused.stderr
+    assert "--trusted-proxy ADDRESS[/PREFIX]" in refused.stdout.splitlines()[-1]
+    gw = Process([*twistd, "--listen", "haproxy:tcp:0:interface=127.0.0.1", "--trusted-proxy", "127.0.0.2"])
+    port = int(gw.wait_for(r"lmgateway listening on haproxy:\S+ at 127\.0\.0\.1:(\d+)").group(1))
+    header = b"PROXY TCP4 198.18.0.1 127.0.0.1 40000 443\r\n"
+    assert answer(port, "127.0.0.1", header + HEALTHZ) == b""
+    gw.wait_for(r"audit untrusted_proxy_peer host=127\.0\.0\.1 ")
+    assert answer(port, "127.0.0.2", header + HEALTHZ).startswith(b"HTTP/1.1 200")
+    assert gw.stop() == 0
