@@ -50,8 +50,8 @@ def _interface(inner: str) -> str:
     undone), '' when it listens on every interface."""
     if inner.startswith("unix:"):
         return "unix"
-    match = _INTERFACE.search(inner)
-    return re.sub(r"\\(.)", r"\1", match.group(1)) if match else ""
+    found = _INTERFACE.findall(inner)  # Twisted binds the last one given
+    return re.sub(r"\\(.)", r"\1", found[-1]) if found else ""
 
 
 def loopback_only(inner: str) -> bool:
@@ -65,13 +65,18 @@ def loopback_only(inner: str) -> bool:
         return interface == "localhost"
 
 
+def is_haproxy(description: str) -> bool:
+    """Twisted reads an endpoint's type without regard to case: so do we."""
+    return description[:len(PREFIX)].lower() == PREFIX
+
+
 def check_listeners(listen: Iterable[str], trusted: tuple[Network, ...]) -> None:
     """Refuse (ValueError, one line) a ``haproxy:`` listener beyond loopback
     when no load balancer is named."""
     if trusted:
         return
     for description in listen:
-        if description.startswith(PREFIX) and not loopback_only(description[len(PREFIX):]):
+        if is_haproxy(description) and not loopback_only(description[len(PREFIX):]):
             raise ValueError(f"--listen {description} accepts PROXY headers from anywhere it can be reached: "
                              "name the load balancers with --trusted-proxy ADDRESS[/PREFIX], or bind it to "
                              "loopback (interface=127.0.0.1)")
@@ -130,7 +135,7 @@ def server_endpoint(reactor, description: str, trusted: tuple[Network, ...], par
     """The endpoint for ``--listen description``: a ``haproxy:`` one believes
     PROXY headers only from ``trusted`` (loopback when none is named);
     ``parse`` is ``serverFromString``, ``stats`` the gateway's counters."""
-    if not description.startswith(PREFIX):
+    if not is_haproxy(description):
         return parse(reactor, description)
     inner = description[len(PREFIX):]
     return proxyEndpoint(_PeerFilter(parse(reactor, inner), trusted or LOOPBACK, description, stats))

@@ -536,10 +536,14 @@ class MQTTServerProtocol(LeanReceive, WebSocketServerProtocol):
                                 host=self._host(), limits=limits, stats=f.stats, on_accepted=self._accepted,
                                 connect_deadline=deadline)
         self.start_lean_receive(max_message=min(PRE_LOGIN_MESSAGE, self.maxMessagePayloadSize))
+        # Nor may a packet that is not yet whole hold more before login.
+        self.mqtt.parser.max_remaining_length = min(PRE_LOGIN_MESSAGE, self.mqtt.limits.max_packet)
 
     def _accepted(self):
         if self._frames is not None:  # logged in: the whole message cap
             self._frames.max_message = self.maxMessagePayloadSize
+        if self.mqtt is not None:
+            self.mqtt.parser.max_remaining_length = self.mqtt.limits.max_packet
         if self._unauthenticated:
             self._unauthenticated = False
             self.factory.unauthenticated -= 1

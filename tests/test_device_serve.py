@@ -448,7 +448,10 @@ def test_a_cookie_sealed_by_another_serve_does_not_open_here():
     mine, theirs = CookieSeal(8088), CookieSeal(8088)  # same port, another process
     sealed = theirs.set_cookie("sid=1").split(";")[0]
     assert mine.cookie_header(sealed) is None and theirs.cookie_header(sealed) == "sid=1"
-    assert mine.set_cookie("no equals sign") == "no equals sign"
+    # Before: a nameless cookie (which Chromium keeps) was passed on in clear, Domain and all.
+    nameless = mine.set_cookie("nameless-secret; Domain=127.0.0.1")
+    assert nameless.startswith("lm8088_=") and "nameless-secret" not in nameless and "Domain" not in nameless
+    assert mine.cookie_header(nameless.split(";")[0]) == "nameless-secret"
 
 
 def test_a_preflight_and_an_image_from_another_page_never_reach_the_device(local):

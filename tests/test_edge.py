@@ -255,3 +255,20 @@ def test_before_login_a_websocket_message_is_capped_small_then_whole(make_gatewa
                                             new_key()))
     assert ws.mqtt.state is State.CONNECTED  # the whole cap from now on
     assert ws._frames.max_message == gw.ws_factory.maxMessagePayloadSize
+
+
+def test_before_login_the_mqtt_parser_holds_no_more_than_the_message_cap(make_gateway):
+    """Before: a first packet announcing 1 MiB, sent in 64 KiB messages, was
+    held whole by a connection that never logged in."""
+    from linchpin_common.rawws import client_frame, new_key
+    from linchpin_gateway.session import PRE_LOGIN_MESSAGE
+
+    gw = make_gateway()
+    channel, sock = connect(gw)
+    upgrade(channel)
+    (ws,) = gw.ws_factory.live
+    assert ws.mqtt.parser.max_remaining_length == PRE_LOGIN_MESSAGE
+    header = bytes([0x10, 0x80, 0x80, 0x40])  # CONNECT, remaining length 1 MiB
+    sock.protocol.dataReceived(client_frame(header + bytes(1000), new_key()))
+    assert sock.aborted or sock.disconnecting or ws.mqtt.state is State.CLOSED
+    assert ws.mqtt.parser.buffered == 0

@@ -161,3 +161,15 @@ def test_twistd_believes_only_its_trusted_proxy(tmp_path):
     gw.wait_for(r"audit untrusted_proxy_peer host=127\.0\.0\.1 ")
     assert answer(port, "127.0.0.2", header + HEALTHZ).startswith(b"HTTP/1.1 200")
     assert gw.stop() == 0
+
+
+def test_the_endpoint_type_is_read_without_regard_to_case(make_gateway):
+    """Before: `HAPROXY:tcp:8080` went to Twisted's own PROXY endpoint, past
+    both the start-up check and the peer filter."""
+    with pytest.raises(usage.UsageError):
+        Options().parseOptions(["--listen", "HAPROXY:tcp:8080"])
+    with pytest.raises(usage.UsageError):  # Twisted binds the last interface given
+        Options().parseOptions(["--listen", "haproxy:tcp:8080:interface=127.0.0.1:interface=0.0.0.0"])
+    gw = make_gateway()
+    factory = listening(gw, "Haproxy:tcp:0", parse_networks(["10.0.0.0/24"]))
+    assert connection(factory, "203.0.113.9")[0] is None

@@ -596,6 +596,15 @@ class Parser:
         self._error: ProtocolError | None = None
 
     @property
+    def max_remaining_length(self) -> int:
+        """The packet cap; it may be changed between calls to :meth:`feed`."""
+        return self._cap
+
+    @max_remaining_length.setter
+    def max_remaining_length(self, value: int) -> None:
+        self._cap = value
+
+    @property
     def buffered(self) -> int:
         """Number of bytes held for the packet that is not complete yet."""
         return len(self._buf)

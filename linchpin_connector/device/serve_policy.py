@@ -128,9 +128,9 @@ class CookieSeal:
         """A ``Set-Cookie`` of the app, as this server sends it on."""
         pair, sep, attributes = value.partition(";")
         name, eq, content = pair.partition("=")
+        if not eq:  # a browser keeps "value" as a cookie with an empty name
+            name, content = "", name
         name = name.strip()
-        if not eq or not name:
-            return value  # not a cookie a browser would keep either
         nonce = os.urandom(12)
         sealed = self._aead.encrypt(nonce, content.strip().encode("latin-1", "replace"), name.encode("latin-1"))
         token = base64.urlsafe_b64encode(nonce + sealed).rstrip(b"=").decode()
@@ -150,5 +150,5 @@ class CookieSeal:
                 content = self._aead.decrypt(raw[:12], raw[12:], original.encode("latin-1"))
             except (ValueError, InvalidTag):
                 continue
-            kept.append(f"{original}={content.decode('latin-1')}")
+            kept.append(f"{original}={content.decode('latin-1')}" if original else content.decode("latin-1"))
         return "; ".join(kept) or None
