@@ -103,6 +103,12 @@ def test_requests_other_sites_made_are_refused_whatever_the_method(method, heade
     ("  //evil.example", "/"),
     ("http://intranet.local//evil.example/p?q=1", "/evil.example/p?q=1"),
     ("http://intranet.local/\\evil.example", "/evil.example"),
+    # Before: these too, as a browser's URL parser reads http(s): with any slashes.
+    ("http:\\\\evil.example/x", "/x"),
+    ("http:/\\evil.example", "/"),
+    ("https:/evil.example", "/"),
+    ("https:evil.example", "/"),
+    ("HTTPS:evil.example/p", "/p"),
 ])
 def test_location_to_the_app_becomes_a_path(value, expected):
     assert rewrite_location(value) == expected

@@ -98,6 +98,7 @@ def cross_site(request, host: bytes) -> bool:
 
 
 _BLANKS = re.compile(r"[\t\n\r]")
+_HTTP_SCHEME = re.compile(r"https?:", re.IGNORECASE)
 
 
 def rewrite_location(value: str) -> str:
@@ -106,12 +107,17 @@ def rewrite_location(value: str) -> str:
     its path (and query); the tunnel only reaches the intranet app."""
     cleaned = _BLANKS.sub("", value).strip("\x00 \x01\x02\x03\x04\x05\x06\x07\x08\x0b\x0c\x0e\x0f"
                                             "\x10\x11\x12\x13\x14\x15\x16\x17\x18\x19\x1a\x1b\x1c\x1d\x1e\x1f")
-    scheme_relative = cleaned.replace("\\", "/").startswith("//")
-    parts = urlsplit(("http:" + cleaned.replace("\\", "/")) if scheme_relative else cleaned)
-    if scheme_relative or (parts.scheme.lower() in ("http", "https") and parts.netloc):
-        path = "/" + parts.path.replace("\\", "/").lstrip("/")
-        return urlunsplit(("", "", path, parts.query, parts.fragment))
-    return value
+    slashed = cleaned.replace("\\", "/")
+    special = _HTTP_SCHEME.match(slashed)
+    if special:
+        # A browser reads http(s): followed by any slashes (or none) as an
+        # authority: "https:evil", "http:/\\evil" and "http://evil" alike.
+        slashed = "//" + slashed[special.end():].lstrip("/")
+    if not slashed.startswith("//"):
+        return value
+    parts = urlsplit("http:" + slashed)
+    path = "/" + parts.path.lstrip("/")
+    return urlunsplit(("", "", path, parts.query, parts.fragment))
 
 
 _COOKIE_DOMAIN = re.compile(r";\s*domain=[^;]*", re.IGNORECASE)
