@@ -123,11 +123,8 @@ class Statements:
         return d.addCallback(lambda n: n == 1)
 
     def create_device(self, device_id, instance_id, setup_key_hash, expires_at, now):
-        return self._execute(
-            "INSERT INTO devices (device_id, instance_id, state, setup_key_hash, expires_at, created_at)"
-            " VALUES (?, ?, 'pending', ?, ?, ?)",
-            (device_id, instance_id, setup_key_hash, int(expires_at), int(now)),
-        )
+        d = self.create_device_capped(device_id, instance_id, setup_key_hash, expires_at, now, None, None)
+        return d.addCallback(lambda _: None)
 
     @staticmethod
     def _add_capped(c, p, device_id, instance_id, setup_key_hash, expires_at, now, max_devices, max_pending):
