@@ -116,7 +116,8 @@ class MQTTSession:
         self.limits = limits or Limits()
         self.stats = stats or Stats()
         self.on_accepted = on_accepted
-        self.parser = wire.Parser(self.limits.max_packet)
+        # Until CONNACK 0 a packet in progress holds no more than a message may.
+        self.parser = wire.Parser(min(PRE_LOGIN_MESSAGE, self.limits.max_packet))
         self.state = AWAIT_CONNECT
         self._out_paused = False
         self._out_queued = 0  # bytes written since the socket backed up
@@ -297,6 +298,7 @@ class MQTTSession:
             return
         if self.on_accepted is not None:
             self.on_accepted()
+        self.parser.max_remaining_length = self.limits.max_packet
         self.client = self.router.attach(principal, self)
         self.log.info(
             "{role} {id} connected from {peer}", role=principal.role, id=principal.id, peer=self.peer
@@ -536,14 +538,10 @@ class MQTTServerProtocol(LeanReceive, WebSocketServerProtocol):
                                 host=self._host(), limits=limits, stats=f.stats, on_accepted=self._accepted,
                                 connect_deadline=deadline)
         self.start_lean_receive(max_message=min(PRE_LOGIN_MESSAGE, self.maxMessagePayloadSize))
-        # Nor may a packet that is not yet whole hold more before login.
-        self.mqtt.parser.max_remaining_length = min(PRE_LOGIN_MESSAGE, self.mqtt.limits.max_packet)
 
     def _accepted(self):
         if self._frames is not None:  # logged in: the whole message cap
             self._frames.max_message = self.maxMessagePayloadSize
-        if self.mqtt is not None:
-            self.mqtt.parser.max_remaining_length = self.mqtt.limits.max_packet
         if self._unauthenticated:
             self._unauthenticated = False
             self.factory.unauthenticated -= 1

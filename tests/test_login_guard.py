@@ -277,9 +277,19 @@ def test_more_than_4_kib_before_connack_is_cut(auth, logins, clock, split):
 def test_partial_packet_behind_connect_counts(auth, logins, clock):
     router = Router(clock)
     p = Peer(router, None, clock, host=ATTACKER, guard=logins)
-    start = wire.encode(wire.Publish(f"devices/{DEV}/up", b"x" * 100_000))[:5000]
+    start = wire.encode(wire.Publish(f"devices/{DEV}/up", b"x" * 50_000))[:5000]
     p.session.data_received(wire.encode(connect(DEV, "dpw")) + start)
     assert p.closed == "too much data before CONNACK"
+
+
+def test_before_connack_a_packet_announcing_more_than_a_message_is_refused_at_once(auth, logins, clock):
+    """Its first bytes say it is larger than PRE_LOGIN_MESSAGE: the parser
+    refuses it from its header instead of holding it."""
+    router = Router(clock)
+    p = Peer(router, None, clock, host=ATTACKER, guard=logins)
+    start = wire.encode(wire.Publish(f"devices/{DEV}/up", b"x" * 100_000))[:100]
+    p.session.data_received(wire.encode(connect(DEV, "dpw")) + start)
+    assert p.closed == "malformed packet" and p.session.parser.buffered == 0
 
 
 # -- the life cycle is explicit ------------------------------------------------------
