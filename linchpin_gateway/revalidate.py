@@ -72,16 +72,17 @@ class SessionCheck:
             live_devices |= found_d
         self.runs += 1
         closed = 0
-        for instance_id in instances:
-            if instance_id not in live_instances:
-                closed += len([p for p in principals if p.instance_id == instance_id])
-                self.authenticator.forget(instance_id)
-                self.router.drop_instance(instance_id)
         for p in principals:
-            if p.role != CONNECTOR and p.instance_id in live_instances and p.id not in live_devices:
+            if p.instance_id not in live_instances:
+                closed += 1  # the whole instance goes below
+            elif p.role != CONNECTOR and p.id not in live_devices:
                 closed += 1
                 self.authenticator.forget(p.id)
                 self.router.revoke_device(p.instance_id, p.id)
+        for instance_id in instances:
+            if instance_id not in live_instances:
+                self.authenticator.forget(instance_id)
+                self.router.drop_instance(instance_id)
         self.closed += closed
         if closed or (why != "periodic" and principals):
             self.log.info("re-validated {n} live sessions against the store ({why}): closed {closed}",
