@@ -236,8 +236,8 @@ class ApiV1(_AsyncResource):
         so one tenant cannot keep the store busy for the others;
         ``shared_budget(key)``: Deferred[bool], the unauthenticated budget
         of ``key`` that several nodes share (None: this node alone)."""
-        self.shared_budget = shared_budget
         super().__init__()
+        self.shared_budget = shared_budget
         self.accounts = accounts
         self.logins = logins
         self.rest_limiter = rest_limiter

@@ -43,7 +43,7 @@ from linchpin_common.machine import Transitions
 from linchpin_common.contract.topics import EVENT_CONNECTED, EVENT_DISCONNECTED
 
 from . import busmessages as bm
-from .bus import epoch_of
+from .bus import NotConnected, epoch_of
 from .peers import IClusterPeer
 from .router import CONNECTOR, DEVICE
 
@@ -479,7 +479,14 @@ class Cluster:
         is then this node's."""
         limiter = self.limiters[name]
         d = self.bus.take(bm.budget_key(name, key), int(limiter.burst), limiter.rate)
-        return d.addErrback(lambda f: True)
+
+        def unavailable(failure):
+            if not failure.check(NotConnected):  # down is expected; anything else is worth a line
+                self.log.warn("shared {name} budget unavailable ({error}); this node's own decides",
+                              name=name, error=failure.getErrorMessage())
+            return True
+
+        return d.addErrback(unavailable)
 
     def revoked(self, instance_id: str, device_id: str) -> None:
         self._broadcast(bm.Revoke(self.node, instance_id, device_id))

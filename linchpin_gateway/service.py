@@ -46,7 +46,7 @@ class Gateway(service.MultiService):
                              max_wait=config.hash_wait)
         # A store other nodes (or tools) write to: cached logins are checked
         # against it, and live sessions are re-validated now and then.
-        shared = bus is not None or bool(config.store)
+        shared = self.shared_store = bus is not None or bool(config.store)
         self.authenticator = Authenticator(store, self.hasher, reactor, revalidate=shared)
         self.router = Router(reactor, stats=self.stats)
         self.rest_limiter = _limiter(reactor, config.rest_limit, "rate_limit_tripped", "unauthenticated REST calls")
@@ -110,18 +110,17 @@ class Gateway(service.MultiService):
         self.listen(endpoint, f"metrics {description}", metrics_site(GatewayCollector(self)))
 
     def _rest_budget(self):
-        if self.cluster is None or not hasattr(self.rest_limiter, "rate"):
+        if self.cluster is None or not isinstance(self.rest_limiter, RateLimiter):
             return None  # one node, or no limit
         return lambda key: self.cluster.shared_budget("rest", key)
 
     def _ping_store(self):
         """Deferred: the store answered (and ``store_up`` says so for metrics);
         when it answers again after failing, live sessions are re-validated."""
-        shared_store = self.authenticator.revalidate
         d = defer.maybeDeferred(self.store.ping)
 
         def up(result):
-            if not self.store_up and shared_store:
+            if not self.store_up and self.shared_store:
                 self.session_check.run("store back")
             self.store_up = True
             return result
