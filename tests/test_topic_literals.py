@@ -59,14 +59,21 @@ def test_no_message_literal_outside_the_contract():
     assert [hit for path in CHECKED for hit in message_literals(path)] == []
 
 
-def test_the_check_finds_a_hand_made_message(tmp_path):
+def check_source(tmp_path, check, source: str) -> list[str]:
+    """What ``check`` finds in a file holding ``source``."""
     global ROOT
     saved, ROOT = ROOT, str(tmp_path)
     try:
-        (tmp_path / "x.py").write_text('h = {"t": "ack", "id": 1}\nif k == "cancel": pass\nf("busy", "x")\n')
-        assert [hit.split(" ", 1)[0] for hit in message_literals("x.py")] == ["x.py:1", "x.py:2", "x.py:3"]
+        (tmp_path / "x.py").write_text(source)
+        return check("x.py")
     finally:
         ROOT = saved
+
+
+def test_the_check_finds_a_hand_made_message(tmp_path):
+    found = check_source(tmp_path, message_literals,
+                         'h = {"t": "ack", "id": 1}\nif k == "cancel": pass\nf("busy", "x")\n')
+    assert [hit.split(" ", 1)[0] for hit in found] == ["x.py:1", "x.py:2", "x.py:3"]
 
 
 def test_no_topic_literal_outside_the_contract():
@@ -75,10 +82,5 @@ def test_no_topic_literal_outside_the_contract():
 
 
 def test_the_check_finds_a_literal(tmp_path):
-    global ROOT
-    saved, ROOT = ROOT, str(tmp_path)
-    try:
-        (tmp_path / "x.py").write_text('"""devices/<D>/up in a docstring is fine"""\nT = f"devices/{1}/down"\n')
-        assert topic_literals("x.py") == ["x.py:2 'devices/'"]
-    finally:
-        ROOT = saved
+    found = check_source(tmp_path, topic_literals, '"""devices/<D>/up in a docstring is fine"""\nT = f"devices/{1}/down"\n')
+    assert found == ["x.py:2 'devices/'"]
