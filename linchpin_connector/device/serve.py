@@ -42,7 +42,6 @@ from .errors import (ConnectorOffline, DeviceError, DeviceNotAccepted, GatewayUn
                      RequestTimeout, SessionLost)
 
 DEFAULT_LISTEN = "tcp:8088:interface=127.0.0.1"
-SAFE_METHODS = (b"GET", b"HEAD", b"OPTIONS")
 # Not forwarded in either direction (RFC 9110 section 7.6.1), plus what the
 # connector sets itself.
 HOP_BY_HOP = frozenset(("connection", "keep-alive", "proxy-connection", "proxy-authenticate",
@@ -103,6 +102,10 @@ class LocalProxy(resource.Resource):
         the gateway by itself when a request finds it gone)."""
         super().__init__()
         self.device = device
+        self.serve_at(host_check)
+
+    def serve_at(self, host_check: HostCheck) -> None:
+        """The address it answers under, and so its cookies' scope."""
         self.host_check = host_check
         self.cookies = CookieSeal(host_check.port)
 
@@ -285,6 +288,5 @@ async def listen(reactor, device, endpoint: str = DEFAULT_LISTEN):
     site = make_site(proxy, reactor)
     port = await endpoints.serverFromString(reactor, endpoint).listen(site)
     address = port.getHost()  # port 0 picks one: the Host check needs the real one
-    proxy.host_check = HostCheck(address.host, address.port)
-    proxy.cookies = CookieSeal(address.port)
+    proxy.serve_at(HostCheck(address.host, address.port))
     return port
