@@ -74,7 +74,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
 from zope.interface import implementer
 
-from linchpin_common.machine import IllegalTransition, Transitions
+from linchpin_common.machine import Transitions
 from linchpin_common.contract import messages
 from linchpin_common.contract.channel import ReceiveWindow, SendWindow
 from linchpin_common.contract.e2e import MAX_BODY_CHUNK, MAX_IN_FLIGHT, MessageError, encode_message
@@ -431,8 +431,6 @@ _REQUEST = Transitions("proxied request", Phase, {
     (STREAMING, "end"): DONE,
     (DONE, "end"): DONE,  # e.g. a cancel racing the last body
 })
-
-RequestStateError = IllegalTransition  # the name callers knew
 
 
 class _Request:

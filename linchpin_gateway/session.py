@@ -20,7 +20,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from linchpin_common.contract import wire
-from linchpin_common.machine import IllegalTransition, Transitions
+from linchpin_common.machine import Transitions
 from linchpin_common.slots import Slots
 from linchpin_common.wsframes import LeanReceive
 
@@ -71,9 +71,6 @@ MAX_PRE_AUTH = 4096  # bytes a client may send after its CONNECT before CONNACK
 # that has not logged in can make the gateway hold for a message in progress.
 PRE_LOGIN_MESSAGE = 64 * 1024
 MAX_QUEUED = 64  # packets pipelined behind a CONNECT that is being checked
-
-
-SessionStateError = IllegalTransition  # the name tests and callers knew
 
 
 @dataclass

@@ -13,7 +13,8 @@ from linchpin_gateway.auth import LoginGuard, TooManyFailures, TooManyInFlight
 from linchpin_common.slots import Slots
 from linchpin_gateway.ratelimit import RateLimiter, address_key
 from linchpin_gateway.router import Router
-from linchpin_gateway.session import AUTHENTICATING, CLOSED, Limits, MQTTSession, SessionStateError
+from linchpin_common.machine import IllegalTransition
+from linchpin_gateway.session import AUTHENTICATING, CLOSED, Limits, MQTTSession
 from tests.test_session import DEV, INST, USERS, Peer, connect
 
 ATTACKER = "192.0.2.66"
@@ -298,11 +299,11 @@ def test_before_connack_a_packet_announcing_more_than_a_message_is_refused_at_on
 def test_an_input_that_cannot_happen_is_a_loud_error(clock):
     router = Router(clock)
     s = MQTTSession(router, None, clock, Peer.__new__(Peer), limits=Limits())
-    with pytest.raises(SessionStateError, match="input 'accept' is not allowed in state AWAIT_CONNECT"):
+    with pytest.raises(IllegalTransition, match="input 'accept' is not allowed in state AWAIT_CONNECT"):
         s._go("accept")
     s.state = CLOSED
     assert s._go("accept") == CLOSED  # a check finishing after the client left: allowed
-    with pytest.raises(SessionStateError):
+    with pytest.raises(IllegalTransition):
         s._go("connect")
     clock.advance(60)
 

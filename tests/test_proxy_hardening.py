@@ -11,7 +11,8 @@ from twisted.web.http_headers import Headers
 
 from linchpin_common.contract.e2e import CREDIT_WINDOW, MAX_BODY_CHUNK
 from linchpin_common.slots import Slots
-from linchpin_connector.proxy import DONE, Phase, RequestStateError, _Request
+from linchpin_common.machine import IllegalTransition
+from linchpin_connector.proxy import DONE, Phase, _Request
 from tests.test_proxy import USER, Device, held_proxy, req
 
 TIMEOUT = 60
@@ -205,11 +206,11 @@ def test_the_request_life_cycle_refuses_what_cannot_happen():
     proxy, agent = held_proxy(device, task.Clock())
     proxy.handle(req(1), b"")
     (request,) = proxy._requests.values()
-    with pytest.raises(RequestStateError, match="input 'res_sent' is not allowed in state WAITING"):
+    with pytest.raises(IllegalTransition, match="input 'res_sent' is not allowed in state WAITING"):
         request._go("res_sent")
     request.abort()
     assert request.phase is DONE
-    with pytest.raises(RequestStateError):
+    with pytest.raises(IllegalTransition):
         request._go("response")
     request.on_response(Response())  # a response after the cancel: dropped
     assert device.sent == []
