@@ -8,7 +8,7 @@ device is sent unchanged, as one message, to the connector, and every message
 from the connector to the device. The load clients send it the very same
 bytes as to the gateway (MQTT PUBLISH packets), which it treats as opaque.
 
-Autobahn options are the gateway's (``linchpin_gateway.session``): no
+Autobahn options are the gateway's (``linchpin_gateway.websocket``): no
 auto-fragmentation, no UTF-8 validation, TCP_NODELAY, no compression, no
 WebSocket pings, the same frame/message caps. TCP_NODELAY is set on the
 socket here explicitly, because Autobahn's ``tcpNoDelay`` option is silently
@@ -25,7 +25,7 @@ import sys
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 
-from linchpin_gateway.session import websocket_options
+from linchpin_gateway.websocket import websocket_options
 
 MAX_PACKET = 1048576  # the gateway's default --max-message-size
 

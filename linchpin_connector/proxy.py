@@ -14,26 +14,6 @@ paused (``pauseProducing``) until the device acks, so a request holds about
 
 Decisions where PROTOCOL.md leaves room:
 
-* ``path`` must be printable ASCII (0x21-0x7E): control characters, DEL,
-  space and non-ASCII are refused (percent-encode them, as RFC 3986 asks),
-  and so is ``#`` (a fragment never goes to a server; the query would lose
-  its tail). In the part before ``?`` every ``%`` must start a valid escape,
-  and a segment is refused when, decoded once, it contains ``/``, ``\\`` or a
-  control character, or is ``.``/``..`` before any ``;`` parameters
-  (``/a/..;/b``). The allow-list is matched on the raw path, segment-wise and
-  case-sensitively. The query is only checked for characters.
-* Header names must be HTTP tokens (a ``:`` in a name would let a device
-  forge another header); values may not hold control characters other than
-  HTAB. Device header text is latin-1 on the wire when it fits (what
-  Python's http.client does), else UTF-8; backend header bytes go to the
-  device decoded as latin-1 (lossless). The identity header is the user name
-  in UTF-8.
-* Response headers pass minus hop-by-hop ones. Twisted's HTTP client already
-  keeps Connection, Keep-Alive, TE, Transfer-Encoding, Upgrade and
-  Content-Length out of them, so names that the backend lists in its own
-  ``Connection`` header cannot be seen and pass. ``Content-Length`` is put
-  back from the parsed length (not for HEAD, 204, 304) as a hint for progress
-  bars; the body itself is framed by ``body`` messages.
 * A ``req`` whose id is already in flight is answered ``err bad_request`` and
   the request already running under that id is aborted too: the device will
   treat the err as the end of that id.
@@ -49,20 +29,17 @@ Decisions where PROTOCOL.md leaves room:
   silent backend or a device that stops acking ends in ``err timeout``.
 * One user's devices together have at most ``user_slots.per_key`` requests in
   flight (default 32); beyond, ``err busy``.
-* Forwarding headers (every ``X-Forwarded-*``, ``Forwarded``, ``X-Real-IP``
-  and the like, see ``FORWARDING``) are never taken from a device: the
-  connector sets ``X-Forwarded-Proto: https`` (the device's channel is
-  encrypted end to end) and, when configured, ``X-Forwarded-Host``.
 * The backend is reached through the HTTP client's ``IAgent`` directly, not
   ``HTTPClient.request``: treq would keep one cookie jar for every user of
   the connector, follow redirects and un-gzip bodies, none of which a proxy
   may do.
+
+Which paths and headers pass is decided in :mod:`linchpin_connector.proxy_policy`.
 """
 
 from __future__ import annotations
 
 import enum
-import re
 from collections import deque
 
 from twisted.internet.defer import Deferred, maybeDeferred
@@ -77,127 +54,15 @@ from zope.interface import implementer
 from linchpin_common.machine import Transitions
 from linchpin_common.contract import messages
 from linchpin_common.contract.channel import ReceiveWindow, SendWindow
-from linchpin_common.contract.e2e import MAX_BODY_CHUNK, MAX_IN_FLIGHT, MessageError, encode_message
+from linchpin_common.contract.e2e import MAX_BODY_CHUNK, MAX_IN_FLIGHT
 from linchpin_common.slots import Slots
 
-from .config import TOKEN, USER_HEADER, check_public_host
+from .config import USER_HEADER
+from .proxy_policy import HeaderPolicy, fits, is_id, path_allowed, path_prefixes, req_problem, response_headers
 
-__all__ = ["RequestProxy", "path_allowed", "MAX_ID"]
-
-MAX_ID = 2**53 - 1
-HOP_BY_HOP = frozenset({"connection", "keep-alive", "te", "trailer", "transfer-encoding", "upgrade"})
-# Besides every X-Forwarded-*: what proxies and CDNs use to tell a backend
-# who the client is or which host and URL it asked for.
-FORWARDING = frozenset({
-    "forwarded", "x-real-ip", "x-client-ip", "client-ip", "true-client-ip", "x-cluster-client-ip",
-    "cf-connecting-ip", "fastly-client-ip", "x-original-forwarded-for", "x-original-host", "x-original-url",
-    "x-rewrite-url", "x-host", "x-proxyuser-ip", "via",
-})
-
-_BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # controls except HTAB
-_PATH_CHARS = re.compile(r"[\x21-\x7e]+")
-_ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
+__all__ = ["RequestProxy"]
 
 log = Logger()
-
-
-def _is_id(value) -> bool:
-    return type(value) is int and 0 <= value <= MAX_ID
-
-
-def _norm(name: str) -> str:
-    """Header names compare case-insensitively with ``_`` read as ``-``."""
-    return name.lower().replace("_", "-")
-
-
-def _wire(text: str) -> bytes:
-    try:
-        return text.encode("latin-1")
-    except UnicodeEncodeError:
-        return text.encode("utf-8")
-
-
-def _segment_ok(segment: str) -> bool:
-    escapes = _ESCAPE.findall(segment)
-    if segment.count("%") != len(escapes):
-        return False  # a malformed escape: backends disagree on what it means
-    decoded = _ESCAPE.sub(lambda m: chr(int(m.group(1), 16)), segment)
-    if any(c in "/\\" or c < " " or c == "\x7f" for c in decoded):
-        return False
-    return decoded.split(";", 1)[0] not in (".", "..")
-
-
-def path_allowed(path: str, prefixes) -> bool:
-    """PROTOCOL.md "Proxying" path rules; ``prefixes`` are normalised by
-    :class:`RequestProxy` (no trailing ``/``; ``""`` allows everything)."""
-    if not path.startswith("/") or path.startswith("//"):
-        return False
-    if not _PATH_CHARS.fullmatch(path) or "\\" in path or "#" in path:
-        return False
-    route = path.split("?", 1)[0]
-    if not all(_segment_ok(s) for s in route.split("/")[1:]):
-        return False
-    return any(not p or route == p or route.startswith(p + "/") for p in prefixes)
-
-
-def _check_req(header: dict, body: bytes) -> str | None:
-    """The reason a ``req`` is malformed, or None."""
-    method = header.get("method")
-    if not isinstance(method, str) or not TOKEN.fullmatch(method):
-        return "method must be an HTTP token"
-    if not isinstance(header.get("path"), str):
-        return "path must be a string"
-    if not isinstance(header.get("end"), bool):
-        return "end must be a boolean"
-    headers = header.get("headers")
-    if not isinstance(headers, list):
-        return "headers must be a list"
-    for pair in headers:
-        if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(x, str) for x in pair)):
-            return "each header must be a [name, value] pair of strings"
-        if not TOKEN.fullmatch(pair[0]) or _BAD_VALUE.search(pair[1]):
-            return "header name or value holds forbidden characters"
-    if len(body) > MAX_BODY_CHUNK:
-        return "body over 256 KiB"
-    return None
-
-
-def _drop_set(pairs, extra=()) -> set[str]:
-    drop = set(HOP_BY_HOP).union(extra)
-    for name, value in pairs:
-        if _norm(name) == "connection":
-            drop.update(_norm(token.strip()) for token in value.split(","))
-    return drop
-
-
-def _forwarding(name: str) -> bool:
-    """Headers a backend behind a proxy trusts for the client's address,
-    scheme or host: never taken from a device."""
-    n = _norm(name)
-    return n in FORWARDING or n.startswith("x-forwarded-")
-
-
-def _kept(name: str, drop: set[str]) -> bool:
-    n = _norm(name)
-    return n not in drop and not n.startswith("proxy-")
-
-
-def _response_headers(response, method: str) -> list[list[str]]:
-    pairs = [(name.decode("latin-1"), value.decode("latin-1"))
-             for name, values in response.headers.getAllRawHeaders() for value in values]
-    drop = _drop_set(pairs, ("content-length",))
-    kept = [[name, value] for name, value in pairs if _kept(name, drop)]
-    if isinstance(response.length, int) and method != "HEAD" and response.code not in (204, 304):
-        kept.append(["Content-Length", str(response.length)])
-    return kept
-
-
-def _fits(header: dict) -> bool:
-    try:
-        encode_message(header)
-    except MessageError:
-        return False
-    return True
 
 
 class RequestProxy:
@@ -210,30 +75,17 @@ class RequestProxy:
         """``user_slots`` is shared by every session of the connector, so one
         user's devices together have at most its limit of requests in flight;
         ``public_host`` goes to the backend as ``X-Forwarded-Host``."""
-        if not TOKEN.fullmatch(user_header):
-            raise ValueError("user_header must be an HTTP token")
-        if not isinstance(user, str) or _BAD_VALUE.search(user):
-            raise ValueError("user must be a string without control characters")
-        prefixes = []
-        for prefix in allow_paths:
-            if not isinstance(prefix, str) or not prefix.startswith("/"):
-                raise ValueError(f"allowed path prefix {prefix!r} must start with /")
-            prefixes.append(prefix.rstrip("/"))
+        self._headers = HeaderPolicy(user, user_header=user_header, public_host=public_host)
+        self._prefixes = path_prefixes(allow_paths)
         # treq's HTTPClient (and StubTreq) keep their IAgent as _agent; see
         # the module docstring for why HTTPClient.request is not used.
         self._agent = getattr(http_client, "_agent", http_client)
         self._base = backend_url.rstrip("/")
         self._user = user
-        self._user_header = user_header
         self._send_out = send
         self.clock = clock
-        self._prefixes = tuple(prefixes)
         self.response_timeout = response_timeout
         self._user_slots = user_slots if user_slots is not None else Slots(MAX_IN_FLIGHT)
-        check_public_host(public_host)
-        self._set_headers = [(b"X-Forwarded-Proto", b"https")]
-        if public_host:
-            self._set_headers.append((b"X-Forwarded-Host", public_host.encode("ascii")))
         self._requests: dict[int, _Request] = {}
         self._closed = False
 
@@ -253,9 +105,9 @@ class RequestProxy:
             log.debug("message of an unexpected type ignored")
             return
         rid = header.get("id")
-        request = self._requests.get(rid) if _is_id(rid) else None
+        request = self._requests.get(rid) if is_id(rid) else None
         if request is None:
-            log.debug("{kind} for unknown request {id} ignored", kind=kind, id=rid if _is_id(rid) else None)
+            log.debug("{kind} for unknown request {id} ignored", kind=kind, id=rid if is_id(rid) else None)
         elif kind == messages.CANCEL:
             log.debug("request {id} cancelled by the device", id=rid)
             request.abort()
@@ -283,7 +135,7 @@ class RequestProxy:
 
     def _on_req(self, header: dict, body: bytes) -> None:
         rid = header.get("id")
-        if not _is_id(rid):
+        if not is_id(rid):
             log.info("req without a usable id dropped")
             return
         existing = self._requests.get(rid)
@@ -291,7 +143,7 @@ class RequestProxy:
             existing.abort()
             self._send_err(rid, messages.BAD_REQUEST, "this id is already in flight")
             return
-        problem = _check_req(header, body)
+        problem = req_problem(header, body)
         if problem is not None:
             self._send_err(rid, messages.BAD_REQUEST, problem)
             return
@@ -313,14 +165,9 @@ class RequestProxy:
         self._user_slots.release(self._user)
 
     def _backend_headers(self, pairs) -> Headers:
-        drop = _drop_set(pairs, ("host", "content-length", _norm(self._user_header)))
         headers = Headers()
-        for name, value in pairs:
-            if _kept(name, drop) and not _forwarding(name):
-                headers.addRawHeader(name.encode("ascii"), _wire(value))
-        for name, value in self._set_headers:
+        for name, value in self._headers.backend_headers(pairs):
             headers.addRawHeader(name, value)
-        headers.addRawHeader(self._user_header.encode("ascii"), self._user.encode("utf-8"))
         return headers
 
 
@@ -619,8 +466,8 @@ class _Request:
         response.deliverBody(self.reader)
         if self.phase is DONE:
             return
-        res = messages.res(self.id, response.code, _response_headers(response, self.method), False)
-        if not _fits(res):
+        res = messages.res(self.id, response.code, response_headers(response.headers.getAllRawHeaders(), response.length, self.method, response.code), False)
+        if not fits(res):
             self.fail(messages.BACKEND_UNREACHABLE, "the backend's response headers are too large")
             return
         self.res = res

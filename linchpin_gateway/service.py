@@ -22,7 +22,8 @@ from .metrics import GatewayCollector, Stats
 from .ratelimit import RateLimiter, Unlimited
 from .revalidate import SessionCheck
 from .router import Router
-from .session import Limits, MQTTWebSocketFactory
+from .session import Limits
+from .websocket import MQTTWebSocketFactory
 
 STORE_CHECK = 10.0  # seconds between store checks (the lmgateway_store_up metric)
 

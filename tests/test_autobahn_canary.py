@@ -1,5 +1,5 @@
 """The Autobahn names the lean WebSocket path relies on (linchpin_common/wsframes.py,
-linchpin_gateway/session.py, linchpin_common/mqtt_client.py) still exist.
+linchpin_gateway/websocket.py, linchpin_common/mqtt_client.py) still exist.
 
 Those modules override or read Autobahn internals that no release promises
 to keep; setup.py bounds Autobahn below its next major version, and this

@@ -213,7 +213,7 @@ def test_oversize_mqtt_packet_in_small_frames_is_refused(world):
 
 
 def test_client_limits_match_the_gateway_side():
-    from linchpin_gateway.session import websocket_options
+    from linchpin_gateway.websocket import websocket_options
 
     factory = mqtt_client.client_factory(MemoryReactorClock(), "ws://gw.test/mqtt", "u", "p", on_message=None)
     gateway = websocket_options(wire.DEFAULT_MAX_REMAINING_LENGTH)

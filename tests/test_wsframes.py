@@ -23,7 +23,7 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 
 from linchpin_common.contract import wire
 from linchpin_gateway.config import MIN_MESSAGE_SIZE
-from linchpin_gateway.session import websocket_options
+from linchpin_gateway.websocket import websocket_options
 from linchpin_common.wsframes import FAIL, MAX_FRAGMENTS, FrameReader, LeanReceive, unmask
 
 CAP = wire.websocket_limit(MIN_MESSAGE_SIZE)  # frame and message cap, as the gateway sets them
