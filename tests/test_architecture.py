@@ -2,7 +2,9 @@
 
 The gateway, the connector daemon and the device client never import each
 other: each imports only ``linchpin_common`` (the contract and the shared
-plumbing).  ``linchpin_common.contract`` imports nothing from Twisted.
+plumbing).  ``linchpin_common.contract`` imports nothing from Twisted, and the
+seams of docs/architecture.md (SEAMS) hold: a module on one side does not
+import what is on the other.
 """
 
 from __future__ import annotations
@@ -29,6 +31,28 @@ PARTS = {
 }
 FORBIDDEN_IN_CONNECTOR = ("linchpin_connector.device",)
 SANS_IO = ("twisted", "autobahn", "treq", "txredisapi", "hiredis", "zope")
+IO = SANS_IO + ("socket", "psycopg", "psycopg_pool", "sqlite3", "redis")
+
+# The seams of docs/architecture.md: what a module on one side of a seam
+# must not import, so that the seam stays where the document draws it.
+SEAMS = {
+    # the MQTT session is fed bytes; its WebSocket adapter is linchpin_gateway.websocket
+    "linchpin_gateway.session": ("autobahn", "linchpin_gateway.websocket"),
+    # the router reaches other nodes only through the IClusterPeer seam
+    "linchpin_gateway.router": ("linchpin_gateway.cluster", "linchpin_gateway.bus", "linchpin_gateway.busmessages",
+                                "linchpin_gateway.redis_client", "txredisapi"),
+    # what nodes say to each other: a codec, no I/O
+    "linchpin_gateway.busmessages": IO,
+    "linchpin_gateway.peers": ("linchpin_gateway.cluster", "linchpin_gateway.bus", "txredisapi"),
+    # decisions without I/O, next to the modules that do the I/O
+    "linchpin_connector.proxy_policy": IO + ("linchpin_connector.proxy",),
+    "linchpin_connector.device.serve_policy": IO + ("linchpin_connector.device.serve",),
+    "linchpin_connector.config": IO,
+    "linchpin_common.machine": IO,
+    # the device's request bodies know nothing of pairing or the MQTT client
+    "linchpin_connector.device.bodies": ("linchpin_connector.device.pairing", "linchpin_common.mqtt_client",
+                                         "linchpin_common.gateway_client"),
+}
 
 
 def _within(module: str, packages) -> bool:
@@ -77,6 +101,9 @@ def violations(root: str = ROOT) -> list[str]:
                     where = f"{os.path.relpath(path, root)}:{line} imports {imported}"
                     if part == "linchpin_common.contract" and imported.split(".")[0] in SANS_IO:
                         found.append(f"{where} (the contract is sans-IO)")
+                    seam = SEAMS.get(module, ())
+                    if _within(imported, seam):
+                        found.append(f"{where} (a seam: {module} does not import {imported})")
                     if not imported.startswith("linchpin_"):
                         continue
                     if not _within(imported, PARTS[part]):
@@ -90,6 +117,12 @@ def test_parties_import_only_the_common_package():
     assert violations() == []
 
 
+def test_every_seam_names_a_module_that_exists():
+    for module in SEAMS:
+        path = os.path.join(ROOT, *module.split(".")) + ".py"
+        assert os.path.exists(path), module
+
+
 @pytest.mark.parametrize("module, line", [
     ("linchpin_connector/connector.py", "from linchpin_gateway.router import Router"),
     ("linchpin_connector/proxy.py", "from .device import client"),
@@ -98,6 +131,12 @@ def test_parties_import_only_the_common_package():
     ("linchpin_common/contract/topics.py", "from twisted.internet import defer"),
     ("linchpin_common/files.py", "from linchpin_gateway import store"),
     ("linchpin_common/contract/ids.py", "from linchpin_common import files"),
+    ("linchpin_gateway/session.py", "from autobahn.twisted.websocket import WebSocketServerProtocol"),
+    ("linchpin_gateway/router.py", "from .cluster import Cluster"),
+    ("linchpin_gateway/busmessages.py", "from twisted.internet import defer"),
+    ("linchpin_connector/proxy_policy.py", "from twisted.web.http_headers import Headers"),
+    ("linchpin_connector/device/serve_policy.py", "import socket"),
+    ("linchpin_common/machine.py", "from twisted.logger import Logger"),
 ])
 def test_the_rule_catches_a_wrong_import(tmp_path, module, line):
     """A copy of the tree with one wrong import added fails the rule."""

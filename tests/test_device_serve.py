@@ -304,7 +304,7 @@ class _PendingRequest:
 
 
 def test_a_paused_response_holds_parts_unacked_until_resumed():
-    from linchpin_connector.device.client import Response
+    from linchpin_connector.device.bodies import Response
 
     request = _PendingRequest(_Channel())
     response = Response(request, 200, [])
@@ -321,7 +321,7 @@ def test_a_paused_response_holds_parts_unacked_until_resumed():
 
 
 def test_cancelling_a_response_tells_the_connector():
-    from linchpin_connector.device.client import Response
+    from linchpin_connector.device.bodies import Response
 
     channel = _Channel()
     request = _PendingRequest(channel)
@@ -336,7 +336,7 @@ def test_cancelling_a_response_tells_the_connector():
 
 
 def test_a_failing_sink_abandons_its_response_not_the_session():
-    from linchpin_connector.device.client import Response
+    from linchpin_connector.device.bodies import Response
 
     channel = _Channel()
     request = _PendingRequest(channel)

@@ -14,7 +14,10 @@ from twisted.web.http import RESPONSES
 from linchpin_common import __version__, console
 from linchpin_common.malloc import keep_large_buffers
 
-from .client import DEFAULT_TIMEOUT, BodyStream, Device, _ReactorThreads, feed, pair
+from .bodies import BodyStream, feed
+from .client import DEFAULT_TIMEOUT, Device
+from .pairing import pair
+from .support import ReactorThreads
 from . import serve
 from .errors import ConnectorOffline, DeviceError, GatewayUnreachable, PairingRejected
 from .progress import Progress
@@ -127,7 +130,7 @@ async def _write_response(reactor, response, include: bool, progress) -> None:
     app) while the reactor goes on (keep-alives).  A failed write (the reader
     went away) ends the command with one line."""
     fd = sys.stdout.fileno()
-    threads = _ReactorThreads(reactor)
+    threads = ReactorThreads(reactor)
     writing = defer.succeed(None)  # the write under way
     failed: list[OSError] = []
 

@@ -36,7 +36,7 @@ from zope.interface import implementer
 
 from linchpin_common.contract import e2e, messages
 
-from .client import BodyStream
+from .bodies import BodyStream
 from .serve_policy import CookieSeal, HostCheck, cross_site, rewrite_location
 from .errors import (ConnectorOffline, DeviceError, DeviceNotAccepted, GatewayUnreachable, PairingRejected, RequestRefused,
                      RequestTimeout, SessionLost)
