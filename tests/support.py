@@ -70,7 +70,7 @@ def rest(method, url, body=None, auth=None, headers=None):
         return e.code, (json.loads(raw) if raw else None), e.headers
 
 
-class World:
+class RestAccounts:
     """Registration and pairing through the REST API of a gateway."""
 
     def __init__(self, url):
@@ -261,7 +261,7 @@ def gateway_with_device(tmp_path, *extra):
     """A fresh gateway with one instance and one paired device:
     ``(gateway, instance credentials, (device_id, device_password))``."""
     gw = Gateway(tmp_path / "gw", *extra)
-    world = World(gw.url)
+    world = RestAccounts(gw.url)
     inst = world.register()
     return gw, inst, world.pair(inst)
 

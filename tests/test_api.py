@@ -6,57 +6,12 @@ import re
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from treq.testing import StubTreq
 from twisted.internet import defer
-from twisted.python.failure import Failure
 
 from linchpin_gateway.router import DEVICE, Principal
-from tests.conftest import JSON, basic, json_body
-from tests.test_router import FakeSession
+from tests.conftest import JSON, basic
+from tests.doubles import BASE, Client, FakeSession, result
 
-BASE = "http://gw.example:8080"
-
-
-def result(d):
-    """The result of a Deferred that must have fired already (everything runs inline)."""
-    out = []
-    d.addBoth(out.append)
-    assert out, "Deferred has not fired"
-    if isinstance(out[0], Failure):
-        out[0].raiseException()
-    return out[0]
-
-
-class Client:
-    def __init__(self, gateway):
-        self.gateway = gateway
-        self.treq = StubTreq(gateway.site.resource)
-
-    def call(self, method, path, body=None, headers=None, raw=None):
-        hdrs = dict(headers or {})
-        data = raw
-        if body is not None:
-            data = json_body(body)
-            hdrs.setdefault("Content-Type", "application/json")
-        resp = result(self.treq.request(method, BASE + path, data=data, headers=hdrs))
-        content = result(resp.content())
-        parsed = json.loads(content) if content else None
-        if content:
-            assert resp.headers.getRawHeaders("content-type") == ["application/json"]
-        return resp, parsed
-
-    def register(self, **kw):
-        resp, body = self.call("POST", "/api/v1/instances", {}, **kw)
-        assert resp.code == 201, body
-        return body
-
-    def add_device(self, inst):
-        resp, body = self.call("POST", "/api/v1/devices", {}, basic(inst["instance_id"], inst["instance_password"]))
-        assert resp.code == 201, body
-        return body
-
-    def setup(self, setup_key):
-        return self.call("POST", "/api/v1/devices/setup", {"device_setup_key": setup_key})
 
 
 @pytest.fixture

@@ -6,8 +6,7 @@ from twisted.logger import capturedLogs, formatEvent
 
 from linchpin_common.contract import wire
 from tests.conftest import basic
-from tests.test_api import Client
-from tests.test_session import Peer
+from tests.doubles import Client, Peer
 
 
 def test_audit_events_and_no_secret_in_any_log_event(make_gateway):

@@ -15,7 +15,7 @@ from urllib.parse import quote
 import pytest
 
 from tests.browser_support import StaticServer, handshake_origins, mqttjs_bundle
-from tests.support import Paho, Gateway, World
+from tests.support import Paho, Gateway, RestAccounts
 
 PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>MQTT.js device</title>
@@ -64,7 +64,7 @@ def pages(tmp_path_factory):
 @pytest.fixture
 def gateway_and_device(tmp_path):
     gw = Gateway(tmp_path / "gw")
-    world = World(gw.url)
+    world = RestAccounts(gw.url)
     inst = world.register()
     device_id, password = world.pair(inst)
     connector = Paho(gw.port, *inst)

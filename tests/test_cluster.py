@@ -14,19 +14,11 @@ from linchpin_gateway.busmessages import Event
 from linchpin_gateway.cluster import DEAD_AFTER, HEARTBEAT, Cluster
 from linchpin_gateway.ratelimit import RateLimiter
 from linchpin_gateway.router import CONNECTOR, DEVICE, Principal, Router
-from tests.test_router import FakeSession
+from tests.doubles import FakeAuth, FakeSession
 
 I = "a" * 32
 D1, D2 = "1" * 32, "2" * 32
 ALL_BYTES = bytes(range(256)) * 3
-
-
-class FakeAuth:
-    def __init__(self):
-        self.forgotten = []
-
-    def forget(self, *ids):
-        self.forgotten.extend(ids)
 
 
 class Node:
@@ -283,7 +275,7 @@ def test_list_connected_across_nodes(nodes, hub):
     a, b, _ = nodes
     b.device()
     pump(hub)
-    from tests.test_api import result
+    from tests.doubles import result
 
     assert result(a.cluster.connected([D1, D2])) == {D1}
 

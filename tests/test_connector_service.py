@@ -79,7 +79,7 @@ class FakeClient:
             self.closed.callback("closed")
 
 
-class World:
+class ConnectorUnderTest:
     def __init__(self, tmp_path, devices=(A, B), listed=(A, B)):
         self.state = ConnectorState(str(tmp_path / "connector"))
         static = X25519PrivateKey.generate()
@@ -114,7 +114,7 @@ class World:
 
 @pytest.fixture
 def world(tmp_path):
-    w = World(tmp_path)
+    w = ConnectorUnderTest(tmp_path)
     yield w
     w.stop()
 
@@ -147,7 +147,7 @@ def test_connect_subscribes_and_resync_keeps_listed_devices(world):
 
 
 def test_resync_removes_devices_revoked_while_away(tmp_path):
-    world = World(tmp_path, devices=(A, B), listed=(A,))
+    world = ConnectorUnderTest(tmp_path, devices=(A, B), listed=(A,))
     try:
         world.gateway.hold = True
         world.start()
@@ -163,7 +163,7 @@ def test_resync_removes_devices_revoked_while_away(tmp_path):
 def test_resync_keeps_a_device_added_while_the_list_was_fetched(tmp_path):
     """Issue 10 item 13: the daemon asks for the list, the CLI adds a device
     (gateway first, then local state), the list arrives without it."""
-    world = World(tmp_path, devices=(A,), listed=(A,))
+    world = ConnectorUnderTest(tmp_path, devices=(A,), listed=(A,))
     try:
         world.gateway.hold = True
         world.start()
@@ -177,7 +177,7 @@ def test_resync_keeps_a_device_added_while_the_list_was_fetched(tmp_path):
 
 
 def test_resync_failure_removes_nothing(tmp_path):
-    world = World(tmp_path, devices=(A, B), listed=())
+    world = ConnectorUnderTest(tmp_path, devices=(A, B), listed=())
     try:
         world.gateway.render_GET = lambda request: (request.setResponseCode(503), b"{}")[1]
         world.start()

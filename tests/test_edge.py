@@ -167,7 +167,7 @@ def test_pending_logins_per_address_are_capped(make_gateway):
 def test_an_accepted_login_frees_its_pending_slot(make_gateway):
     gw = make_gateway()
     gw.ws_factory.pending_per_address.per_key = 1
-    from tests.test_api import Client
+    from tests.doubles import Client
 
     inst = Client(gw).register()
     channel, sock = connect(gw)
@@ -236,7 +236,7 @@ def test_before_login_a_websocket_message_is_capped_small_then_whole(make_gatewa
     far more; now a message before CONNACK 0 is at most PRE_LOGIN_MESSAGE."""
     from linchpin_common.rawws import client_frame, masked_header, new_key
     from linchpin_gateway.session import PRE_LOGIN_MESSAGE
-    from tests.test_api import Client
+    from tests.doubles import Client
 
     gw = make_gateway()
     inst = Client(gw).register()

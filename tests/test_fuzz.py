@@ -23,7 +23,7 @@ from twisted.internet import task
 
 from linchpin_common.contract import e2e
 from linchpin_connector.proxy_policy import FORWARDING, path_allowed
-from tests.test_api import Client
+from tests.doubles import Client
 from tests.test_e2e import D, flipped, random_handshake_cached
 from tests.test_proxy import USER, Device, held_proxy, req
 

@@ -8,7 +8,7 @@ import pytest
 
 from linchpin_common.contract import wire
 from tests.secrets_scan import find_secrets, secrets_in_text
-from tests.support import TIMEOUT, Gateway, Paho, RawWebSocket, World, connect_packet, raw_session, rest
+from tests.support import TIMEOUT, Gateway, Paho, RawWebSocket, RestAccounts, connect_packet, raw_session, rest
 
 
 @pytest.fixture
@@ -20,7 +20,7 @@ def gateway(tmp_path):
 
 @pytest.fixture
 def world(gateway):
-    return World(gateway.url)
+    return RestAccounts(gateway.url)
 
 
 def test_relay_both_ways_status_and_events(gateway, world, tmp_path):
@@ -104,7 +104,7 @@ def test_connack_4_cases(gateway, world):
 
 def test_restart_keeps_credentials(tmp_path):
     gw = Gateway(tmp_path / "gw")
-    world = World(gw.url)
+    world = RestAccounts(gw.url)
     inst = world.register()
     dev_id, dev_pw = world.pair(inst)
     pending = world.add_device(inst)
@@ -217,7 +217,7 @@ def test_the_tests_paho_client_never_logs_in_again_by_itself(tmp_path, ending):
         client = Paho(gateway.port, "f" * 32, "wrong")
         assert client.result == "Bad user name or password"
     else:
-        inst = World(gateway.url).register()
+        inst = RestAccounts(gateway.url).register()
         client = Paho(gateway.port, *inst)
         assert client.result == "Success"
     gateway.kill()

@@ -7,13 +7,13 @@ import socket
 import pytest
 
 from linchpin_common.contract import wire
-from tests.support import (TIMEOUT, Gateway, Paho, RawWebSocket, World, connect_packet, free_port,
+from tests.support import (TIMEOUT, Gateway, Paho, RawWebSocket, RestAccounts, connect_packet, free_port,
                            gateway_with_device, raw_session, rest, rss_kib, scrape)
 
 
 def test_kill_9_loses_no_answered_write(tmp_path):
     gw = Gateway(tmp_path / "gw")
-    world = World(gw.url)
+    world = RestAccounts(gw.url)
     inst = world.register()
     kept_id, kept_pw = world.pair(inst)
     spent = world.add_device(inst)
@@ -113,7 +113,7 @@ def test_never_reading_connector_pushes_back_on_devices(tmp_path):
 ])
 def test_junk_on_the_port_is_closed_and_disturbs_nothing(tmp_path, junk):
     gw = Gateway(tmp_path / "gw")
-    world = World(gw.url)
+    world = RestAccounts(gw.url)
     inst = world.register()
     live = Paho(gw.port, *inst)
     s = socket.create_connection(("127.0.0.1", gw.port), timeout=TIMEOUT)
@@ -151,7 +151,7 @@ def test_metrics_endpoint(tmp_path):
 
 def test_caps_on_pending_and_total_sessions(tmp_path):
     gw = Gateway(tmp_path / "gw", "--max-pending-logins", "2", "--max-sessions", "3")
-    world = World(gw.url)
+    world = RestAccounts(gw.url)
     inst = world.register()
     idle = [RawWebSocket(gw.port), RawWebSocket(gw.port)]  # open, never CONNECT
     assert [ws.status for ws in idle] == [101, 101]

@@ -15,7 +15,7 @@ from linchpin_common import mqtt_client
 from linchpin_common.contract import topics
 from linchpin_common.gateway_client import GatewayAPI
 
-from tests.test_api import result as _result
+from tests.doubles import result as _result
 
 
 def result(coroutine):

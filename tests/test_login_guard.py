@@ -15,7 +15,7 @@ from linchpin_gateway.ratelimit import RateLimiter, address_key
 from linchpin_gateway.router import Router
 from linchpin_common.machine import IllegalTransition
 from linchpin_gateway.session import AUTHENTICATING, CLOSED, Limits, MQTTSession
-from tests.test_session import DEV, INST, USERS, Peer, connect
+from tests.doubles import DEV, INST, USERS, Peer, connect
 
 ATTACKER = "192.0.2.66"
 

@@ -41,7 +41,7 @@ class FakeGateway(WebSocketServerProtocol):
         self.factory.closed.append(code)
 
 
-class World:
+class ClientAndGateway:
     def __init__(self, answer_connect=0):
         self.reactor = MemoryReactorClock()
         self.server_factory = WebSocketServerFactory("ws://gw.test/mqtt", protocols=["mqtt"],
@@ -75,7 +75,7 @@ class World:
 
 @pytest.fixture
 def world():
-    return World()
+    return ClientAndGateway()
 
 
 def test_session_over_the_websocket_adapter(world):
@@ -144,13 +144,13 @@ def test_publish_frames_its_head_and_payload_as_autobahn_reads_them(world, frame
 
 
 def test_refused_connect_fails_session_ready():
-    world = World(answer_connect=4)
+    world = ClientAndGateway(answer_connect=4)
     (failure,) = world.ready
     assert failure.check(mqtt_client.ConnectionRefused) and failure.value.code == 4
 
 
 def test_handshake_refused_fails_session_ready():
-    world = World()
+    world = ClientAndGateway()
     world.ready.clear()
 
     class Refusing(FakeGateway):

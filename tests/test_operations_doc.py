@@ -7,7 +7,7 @@ import re
 import subprocess
 from pathlib import Path
 
-from tests.support import TIMEOUT, Gateway, World, rest
+from tests.support import TIMEOUT, Gateway, RestAccounts, rest
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "operations.md"
@@ -50,7 +50,7 @@ def test_backup_and_restore_as_documented(tmp_path):
     data = tmp_path / "lib" / "lmgateway"
     gateway = Gateway(data)
     try:
-        world = World(gateway.url)
+        world = RestAccounts(gateway.url)
         kept = world.register()
         out = run_block(doc_block("backup"), tmp_path)  # while the gateway runs
         assert out.strip() == "ok"

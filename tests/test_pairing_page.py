@@ -43,7 +43,7 @@ class FakeAPI:
         self.revoked.append(device_id)
 
 
-class World:
+class PairingPageUnderTest:
     def __init__(self, tmp_path):
         self.reactor = MemoryReactorClock()
         self.reactor.advance(1_800_000_000)
@@ -90,7 +90,7 @@ def pairing_uri(page):
 
 @pytest.fixture
 def world(tmp_path):
-    w = World(tmp_path)
+    w = PairingPageUnderTest(tmp_path)
     yield w
     w.sync_state.close()
 

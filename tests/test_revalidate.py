@@ -12,7 +12,7 @@ from linchpin_gateway.config import GatewayConfig
 from linchpin_gateway.router import CONNECTOR, DEVICE, Principal
 from linchpin_gateway.service import Gateway
 from linchpin_gateway.store import SQLiteStore
-from tests.test_router import FakeSession
+from tests.doubles import FakeSession
 from tests.test_shared_store_cache import Node, run, shared_store  # noqa: F401  (fixture)
 
 

@@ -1,47 +1,13 @@
 """Router: ACLs, routing, takeover and presence, with no sockets at all."""
 
-import json
-
 import pytest
 from twisted.internet.task import Clock
 
-from linchpin_common.contract import wire
 from linchpin_gateway.router import CONNECTOR, DEVICE, SUBACK_FAILURE, Principal, Router
+from tests.doubles import FakeSession
 
 I1, I2 = "a" * 32, "b" * 32
 D1, D2, D3 = "1" * 32, "2" * 32, "3" * 32
-
-
-class FakeSession:
-    def __init__(self):
-        self.delivered = []
-        self.raw = []  # the packets handed over as they are
-        self.closed = None
-
-    def deliver(self, topic, payload, qos, raw=None):
-        if raw is not None and qos == 0:
-            self.raw.append(raw)
-            (packet,) = wire.Parser(1 << 20).feed(raw)  # what the session writes
-            topic, payload = packet.topic.encode(), packet.payload
-        self.delivered.append((topic.decode(), payload, qos))
-
-    def close(self, reason):
-        self.closed = reason
-
-    held = False
-
-    def hold(self):
-        self.held = True
-
-    def release(self):
-        self.held = False
-
-    def statuses(self):
-        return [json.loads(p)["connector"] for t, p, _ in self.delivered if t == "$gateway/status"]
-
-    def events(self):
-        return [(json.loads(p)["event"], json.loads(p)["device_id"]) for t, p, _ in self.delivered
-                if t == "$gateway/events"]
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import threading
 import pytest
 
 from tests.services import GatewayNode, PostgreSQL, Redis, postgresql, redis_server  # noqa: F401
-from tests.support import Paho, World, rest, scrape
+from tests.support import Paho, RestAccounts, rest, scrape
 
 ALL_BYTES = bytes(range(256)) * 4
 
@@ -73,8 +73,8 @@ def test_the_shared_rest_budget_is_one_bucket_in_redis(redis_server):
 
 def test_register_on_one_node_pair_on_another_relay_presence_takeover_revocation(cluster, redis_server):
     a, b, c3 = cluster(3, metrics=True)
-    inst = World(a.url).register()
-    dev = World(b.url).pair(inst)  # key made on a, redeemed on b
+    inst = RestAccounts(a.url).register()
+    dev = RestAccounts(b.url).pair(inst)  # key made on a, redeemed on b
     conn, device = connect_pair(a, b, inst, dev)
     assert online(device)
     assert b'"device_connected"' in events(conn, 1)[0]
@@ -103,13 +103,13 @@ def test_register_on_one_node_pair_on_another_relay_presence_takeover_revocation
     # epoch counters expire a day after their last use (before: never)
     assert 0 < int(redis_cli(redis_server, "PTTL", f"lm:epoch:{dev[0]}")) <= 24 * 3600 * 1000
     # revocation through a cuts the session on c3 (and the cached credentials everywhere)
-    World(a.url).revoke(inst, dev[0])
+    RestAccounts(a.url).revoke(inst, dev[0])
     newer.wait_closed()
     assert redis_cli(redis_server, "EXISTS", f"lm:epoch:{dev[0]}") == "0"  # gone with the device
     for node in (a, b, c3):
         assert Paho(node.port, *dev).result != "Success"
     # the connector's own takeover across nodes: its devices are not told it went offline
-    dev2 = World(b.url).pair(inst)
+    dev2 = RestAccounts(b.url).pair(inst)
     d2 = Paho(c3.port, *dev2)
     assert d2.subscribe(f"devices/{dev2[0]}/down", "$gateway/status") == [1, 1]
     assert online(d2)
@@ -128,7 +128,7 @@ def test_register_on_one_node_pair_on_another_relay_presence_takeover_revocation
         client.close()
     # a password rotated through one node stops working on every node at once,
     # also where it was cached
-    other = World(a.url).register()
+    other = RestAccounts(a.url).register()
     cached = Paho(b.port, *other)
     assert cached.result == "Success"
     cached.close()
@@ -144,8 +144,8 @@ def test_register_on_one_node_pair_on_another_relay_presence_takeover_revocation
 
 def test_same_setup_key_on_two_nodes_at_once(cluster):
     a, b = cluster(2)
-    inst = World(a.url).register()
-    keys = [World(a.url).add_device(inst)["device_setup_key"] for _ in range(4)]
+    inst = RestAccounts(a.url).register()
+    keys = [RestAccounts(a.url).add_device(inst)["device_setup_key"] for _ in range(4)]
     outcomes = []
     go = threading.Barrier(2 * len(keys))
 
@@ -164,8 +164,8 @@ def test_same_setup_key_on_two_nodes_at_once(cluster):
 
 def test_node_killed_connector_offline_within_15s_and_back_through_another(cluster):
     a, b = cluster(2)
-    inst = World(a.url).register()
-    dev = World(a.url).pair(inst)
+    inst = RestAccounts(a.url).register()
+    dev = RestAccounts(a.url).pair(inst)
     conn, device = connect_pair(a, b, inst, dev)
     assert online(device)
     a.kill()  # kill -9, the connector's session on it still live
@@ -182,8 +182,8 @@ def test_node_killed_connector_offline_within_15s_and_back_through_another(clust
 
 def test_devices_of_a_killed_node_are_disconnected_for_the_connector(cluster):
     a, b = cluster(2)
-    inst = World(a.url).register()
-    dev = World(a.url).pair(inst)
+    inst = RestAccounts(a.url).register()
+    dev = RestAccounts(a.url).pair(inst)
     conn, device = connect_pair(b, a, inst, dev)
     assert online(device)
     assert b'"device_connected"' in events(conn, 1)[0]
@@ -197,8 +197,8 @@ def test_redis_stopped_and_restarted(tmp_path, postgresql):
     redis = Redis()
     db = postgresql.create_database()
     a, b = (GatewayNode(tmp_path / n, postgresql.url(db), redis.url()) for n in "ab")
-    inst = World(a.url).register()
-    local_dev, remote_dev = World(a.url).pair(inst), World(a.url).pair(inst)
+    inst = RestAccounts(a.url).register()
+    local_dev, remote_dev = RestAccounts(a.url).pair(inst), RestAccounts(a.url).pair(inst)
     conn, local = connect_pair(a, a, inst, local_dev)
     remote = Paho(b.port, *remote_dev)
     assert remote.subscribe(f"devices/{remote_dev[0]}/down", "$gateway/status") == [1, 1]
@@ -233,7 +233,7 @@ def test_postgresql_stopped_and_restarted(tmp_path, redis_server):
     try:
         db = pg.create_database()
         node = GatewayNode(tmp_path / "n", pg.url(db), redis_server.url())
-        world = World(node.url)
+        world = RestAccounts(node.url)
         inst = world.register()
         dev = world.pair(inst)
         never_connected = world.pair(inst)
@@ -290,7 +290,7 @@ def test_through_haproxy_the_rate_limiter_sees_the_clients_address(tmp_path, pos
         tripped = [n for n in nodes if "rate_limit_tripped host=127.0.0.2" in n.text()]
         assert tripped, "no node saw the client's own address"
         # MQTT sessions through HAProxy, landing on either node
-        world = World(f"http://127.0.0.1:{lb.port}")
+        world = RestAccounts(f"http://127.0.0.1:{lb.port}")
         inst = _register_via(world)
         dev = world.pair(inst)
         conn, device = connect_pair(lb, lb, inst, dev)

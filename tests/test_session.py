@@ -1,103 +1,14 @@
 """MQTTSession driven byte by byte: CONNECT outcomes, keep-alive, ordering."""
 
 import pytest
-from twisted.internet import defer
 from twisted.internet.task import Clock
 
 from linchpin_common.contract import wire
 from linchpin_gateway.auth import LoginGuard
-from linchpin_gateway.hashing import Overloaded
-from linchpin_gateway.router import CONNECTOR, DEVICE, Principal, Router
+from linchpin_gateway.router import Router
 from linchpin_gateway.ratelimit import RateLimiter
-from linchpin_gateway.session import DEAD_AFTER, Limits, MQTTSession
-from linchpin_gateway.store import StoreUnavailable
-
-INST = "a" * 32
-DEV = "d" * 32
-USERS = {
-    (INST, "ipw"): Principal(CONNECTOR, INST, INST),
-    (DEV, "dpw"): Principal(DEVICE, DEV, INST),
-}
-
-
-class FakeAuth:
-    """Answers at once, or holds answers until released (``manual=True``)."""
-
-    def __init__(self):
-        self.manual = False
-        self.waiting = []
-        self.overloaded = False
-        self.store_down = False
-
-    def authenticate(self, username, password):
-        if self.overloaded:
-            return defer.fail(Overloaded())
-        if self.store_down:
-            return defer.fail(StoreUnavailable("down"))
-        result = USERS.get((username, password))
-        if self.manual:
-            d = defer.Deferred()
-            self.waiting.append((d, result))
-            return d
-        return defer.succeed(result)
-
-    def cached(self, username, password):
-        return None
-
-    def login(self, host, username, password):
-        """Without a LoginGuard: every login is checked."""
-        return self.authenticate(username, password)
-
-    def release(self):
-        for d, result in self.waiting:
-            d.callback(result)
-        self.waiting = []
-
-
-class Peer:
-    """One client connection: what the session wrote back, and whether it closed.
-
-    It plays the session's transport: ``send``, ``disconnect``, and reading
-    paused or resumed.
-    """
-
-    def __init__(self, router, auth, clock, max_packet=1 << 20, limits=None, host="192.0.2.1", guard=None):
-        self.out = wire.Parser(1 << 24)
-        self.received = []
-        self.closed = None
-        self.aborted = False
-        self.reading = True
-        self.sent_bytes = 0
-        limits = limits or Limits(max_packet=max_packet)
-        self.session = MQTTSession(router, guard or auth, clock, self, peer="test", host=host, limits=limits)
-
-    def send(self, data):
-        self.sent_bytes += len(data)
-        self.received.extend(self.out.feed(data))
-
-    def disconnect(self, reason, abort=False):
-        self.closed = reason
-        self.aborted = abort
-
-    def pause_reading(self):
-        self.reading = False
-
-    def resume_reading(self):
-        self.reading = True
-
-    def feed(self, *packets):
-        self.session.data_received(b"".join(wire.encode(p) for p in packets))
-
-    send_packets = feed
-
-    def take(self):
-        got, self.received = self.received, []
-        return got
-
-
-def connect(user, password, keep_alive=60, **kw):
-    return wire.Connect(client_id=kw.pop("client_id", "c"), username=user, password=password.encode(),
-                        keep_alive=keep_alive, clean_session=kw.pop("clean_session", True), **kw)
+from linchpin_gateway.session import DEAD_AFTER, Limits
+from tests.doubles import DEV, INST, FakeAuth, Peer, connect
 
 
 @pytest.fixture

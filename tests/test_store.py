@@ -12,7 +12,7 @@ from linchpin_gateway import hashing
 from linchpin_gateway.store import DB_NAME, SQLiteStore, StoreError
 from linchpin_common.workers import InlineWorker
 from tests.services import postgresql  # noqa: F401  (fixture)
-from tests.test_api import result
+from tests.doubles import result
 
 I, D = "a" * 32, "d" * 32
 

@@ -13,7 +13,7 @@ from linchpin_common.contract import wire
 from linchpin_common.workers import BoundedWorker, InlineWorker
 from linchpin_gateway.store import StoreUnavailable
 from tests.conftest import HeldWorker, basic
-from tests.test_api import Client, result
+from tests.doubles import Client, result
 from tests.test_edge import HEAD, connect, upgrade
 from tests.support import connect_packet
 

@@ -12,7 +12,7 @@ import hashlib
 import pytest
 
 from linchpin_gateway import hashing
-from tests.test_api import Client, result
+from tests.doubles import Client, result
 
 ITERATIONS = 400_000
 
