@@ -14,19 +14,20 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 # The dependencies come from requirements.lock, the exact versions (and
-# their files' hashes) that CI tested; then this checkout, editable, without
-# its dependencies. `pip check` catches a requirement of setup.py that the
+# their files' hashes) that CI tested, setuptools (the build backend)
+# included; then this checkout, editable, without its dependencies, built by
+# that locked setuptools (no build isolation: nothing unpinned is fetched). `pip check` catches a requirement of setup.py that the
 # lock lacks (run `make lock` after changing setup.py).
 $(STAMP): $(BIN)/python setup.py requirements.lock
 	$(BIN)/python -m pip install --quiet --require-hashes -r requirements.lock
-	$(BIN)/python -m pip install --quiet --no-deps -e . --config-settings editable_mode=compat
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e . --config-settings editable_mode=compat
 	$(BIN)/python -m pip check
 	touch $(STAMP)
 
 install: $(STAMP)
 
-# Re-resolve requirements.lock from setup.py (install_requires and the test
-# extra) with pip-tools, installed into .venv for this only: by default every
+# Re-resolve requirements.lock from setup.py (install_requires, the test
+# extra and the build dependencies) with pip-tools, installed into .venv for this only: by default every
 # package goes to the newest version setup.py allows; LOCK_FLAGS= keeps the
 # current pins and only adds or drops what setup.py changed, and
 # LOCK_FLAGS='--upgrade-package NAME' moves one package.
@@ -34,7 +35,8 @@ LOCK_FLAGS ?= --upgrade
 lock: $(BIN)/python
 	$(BIN)/python -m pip install --quiet --upgrade pip-tools
 	CUSTOM_COMPILE_COMMAND="make lock" $(BIN)/pip-compile --quiet --generate-hashes --strip-extras --extra test \
-		--no-emit-index-url --no-emit-find-links $(LOCK_FLAGS) --output-file requirements.lock setup.py
+		--all-build-deps --allow-unsafe --no-emit-index-url --no-emit-find-links $(LOCK_FLAGS) \
+		--output-file requirements.lock setup.py
 
 # The Debian packages the tests start on loopback (the list is in
 # tools/system-packages.sh): installed when missing and running as root,

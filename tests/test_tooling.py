@@ -204,6 +204,7 @@ def test_make_install_installs_from_the_lock_with_hashes():
     assert "requirements.lock" in recipe.group(1).split()  # a new lock reinstalls
     commands = recipe.group(2)
     assert "--require-hashes -r requirements.lock" in commands
-    assert re.search(r"pip install .*--no-deps -e \.", commands)  # this checkout adds nothing unlocked
+    assert re.search(r"pip install .*--no-deps --no-build-isolation -e \.", commands)  # this checkout adds nothing unlocked
+    assert "setuptools" in locked()  # ...and is built by the locked setuptools, not the newest one
     assert "lock" in make_targets()
     assert "\n#    make lock\n" in LOCK.read_text()  # the header says how to refresh it
