@@ -55,7 +55,6 @@ setup(
         "segno>=1.5.3",
         "prometheus_client>=0.17.0",
         "zope.interface>=6.0",
-        "automat>=22.10.0",
         "psycopg[binary]>=3.1.18",
         "psycopg_pool>=3.2.0",
         "txredisapi>=1.4.10",

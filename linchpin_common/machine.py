@@ -18,6 +18,12 @@ nothing in a state (network noise) are listed as ``ignored`` and answered by
 :meth:`Transitions.ignores`, so they are declared rather than silently
 dropped.  Outputs (what the owner does on a transition) live beside the
 owner's input methods, which are the only places that call :meth:`next`.
+
+Why not Automat: its machines are built per instance of a class with
+method-shaped inputs and outputs, where these owners need a state that costs
+one attribute, tables that tests can walk (every ``(state, input)`` pair is
+either a transition, ignored or an error), and inputs that are plain strings
+read from the wire.
 """
 
 from __future__ import annotations
