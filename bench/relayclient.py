@@ -65,7 +65,7 @@ def open_session(args, role: str, key: bytes, user=None, password=None, filters=
         return ws.connect(args.port, "/connector" if role == "connector" else "/device")
     sock, rest = ws.connect(args.port, "/mqtt")
     if args.target == "gw":
-        client_id = ""
+        client_id = f"bench-{role}"  # a connector's name; devices may use any
     else:
         user = password = None
         client_id = f"bench-{role}-{os.getpid()}"

@@ -216,9 +216,11 @@ class GatewayLink(service.Service):
     def __init__(self, reactor, gateway_url: str, username: str, password: str, subscriptions,
                  on_message, on_connected=None, on_disconnected=None, ca_file=None,
                  keep_alive: int = mqtt_client.DEFAULT_KEEP_ALIVE, rng=random.random, connect=mqtt_client.connect,
-                 proxy: ProxyConfig | None = None):
+                 proxy: ProxyConfig | None = None, client_id: str = ""):
+        """``client_id``: the MQTT client identifier, a connector's name."""
         self.reactor = reactor
         self.gateway_url = gateway_url
+        self.client_id = client_id
         self.username, self.password = username, password
         self.subscriptions = list(subscriptions)
         self.on_message = on_message
@@ -258,7 +260,8 @@ class GatewayLink(service.Service):
         self._retry = None
         d = self._attempt = self._connect(self.reactor, self.gateway_url, self.username, self.password,
                                           on_message=self.on_message, keep_alive=self.keep_alive,
-                                          ca_file=self.ca_file, proxy=self.proxy)
+                                          ca_file=self.ca_file, proxy=self.proxy,
+                                          **({"client_id": self.client_id} if self.client_id else {}))
         d.addCallback(self._up)
         d.addErrback(self._failed)
 

@@ -53,14 +53,16 @@ class MQTTClient:
 
     def __init__(self, clock, send, disconnect, username: str, password: str, *,
                  keep_alive: int = DEFAULT_KEEP_ALIVE, on_message=None,
-                 max_packet: int = wire.DEFAULT_MAX_REMAINING_LENGTH):
+                 max_packet: int = wire.DEFAULT_MAX_REMAINING_LENGTH, client_id: str = ""):
         """``send(*parts)`` sends one packet, the concatenation of ``parts``
-        (a PUBLISH comes as its head and its payload, not copied together)."""
+        (a PUBLISH comes as its head and its payload, not copied together).
+        ``client_id``: a connector's name (a device's is empty)."""
         self.clock = clock
         self._send = send
         self._disconnect = disconnect
         self.username = username
         self.password = password
+        self.client_id = client_id
         self.keep_alive = keep_alive
         self.on_message = on_message or (lambda topic, payload: None)
         self.parser = wire.Parser(max_packet)
@@ -76,7 +78,7 @@ class MQTTClient:
     # -- lifecycle -------------------------------------------------------------
 
     def start(self) -> None:
-        self._write(wire.Connect(client_id="", username=self.username, password=self.password.encode("utf-8"),
+        self._write(wire.Connect(client_id=self.client_id, username=self.username, password=self.password.encode("utf-8"),
                                  keep_alive=self.keep_alive, clean_session=True))
         self._schedule()
 
@@ -212,7 +214,8 @@ class MQTTClientProtocol(LeanReceive, WebSocketClientProtocol):
     def onOpen(self):
         f = self.factory
         self.mqtt = MQTTClient(f.reactor, self._send_binary, self._drop, f.username, f.password,
-                               keep_alive=f.keep_alive, on_message=f.on_message, max_packet=f.max_packet)
+                               keep_alive=f.keep_alive, on_message=f.on_message, max_packet=f.max_packet,
+                               client_id=f.client_id)
         self.mqtt.connected.chainDeferred(f.session_ready)
         self.start_lean_receive()
         self.mqtt.start()
@@ -259,7 +262,7 @@ def websocket_url(gateway_url: str) -> str:
 
 def client_factory(reactor, url: str, username: str, password: str, *, on_message,
                    keep_alive: int = DEFAULT_KEEP_ALIVE, timeout: float = 30,
-                   max_packet: int = wire.DEFAULT_MAX_REMAINING_LENGTH) -> WebSocketClientFactory:
+                   max_packet: int = wire.DEFAULT_MAX_REMAINING_LENGTH, client_id: str = "") -> WebSocketClientFactory:
     """The Autobahn factory of one session to ``url`` (``ws(s)://.../mqtt``);
     its ``session_ready`` fires with the :class:`MQTTClient` on CONNACK 0.
 
@@ -274,6 +277,7 @@ def client_factory(reactor, url: str, username: str, password: str, *, on_messag
                                maxFramePayloadSize=limit, maxMessagePayloadSize=limit)
     factory.username, factory.password, factory.keep_alive = username, password, keep_alive
     factory.max_packet = max_packet
+    factory.client_id = client_id
     factory.on_message = on_message
     factory.session_ready = defer.Deferred()
     factory.gateway_address = urlsplit(url).netloc
@@ -282,15 +286,16 @@ def client_factory(reactor, url: str, username: str, password: str, *, on_messag
 
 def connect(reactor, gateway_url: str, username: str, password: str, *, on_message,
             keep_alive: int = DEFAULT_KEEP_ALIVE, ca_file: str | None = None,
-            timeout: float = 30, proxy: ProxyConfig | None = None) -> defer.Deferred:
-    """Deferred[MQTTClient] once CONNACK 0 arrived; errbacks with
+            timeout: float = 30, proxy: ProxyConfig | None = None, client_id: str = "") -> defer.Deferred:
+    """Deferred[MQTTClient] once CONNACK 0 arrived (``client_id``: a
+    connector's name, PROTOCOL.md section 4); errbacks with
     :class:`ConnectionRefused`, :class:`ConnectionClosed` or a connection error
     (a :class:`~linchpin_common.http_proxy.ProxyError` when ``proxy`` names
     an HTTP proxy for this gateway and it gives no tunnel)."""
     url = websocket_url(gateway_url)
     parts = urlsplit(url)
     factory = client_factory(reactor, url, username, password, on_message=on_message, keep_alive=keep_alive,
-                             timeout=timeout)
+                             timeout=timeout, client_id=client_id)
     port = parts.port or (443 if parts.scheme == "wss" else 80)
     endpoint = gateway_endpoint(reactor, proxy, url, parts.hostname, port, timeout=timeout)
     if parts.scheme == "wss":

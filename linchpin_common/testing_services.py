@@ -137,14 +137,15 @@ class Redis(Child):
 class Paho:
     """A paho-mqtt client over WebSocket with every callback turned into a queue."""
 
-    def __init__(self, port, username, password, keepalive=60):
+    def __init__(self, port, username, password, keepalive=60, client_id="paho"):
+        """``client_id``: a connector's name (PROTOCOL.md section 4); devices may use any."""
         import paho.mqtt.client as mqtt  # the test extras
 
         # One connection per object: paho would otherwise log in again after
         # every close (a takeover, a revocation, a refused CONNACK, a stopped
         # gateway), from a thread that outlives the test.
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, transport="websockets",
-                                  protocol=mqtt.MQTTv311, client_id="", reconnect_on_failure=False)
+                                  protocol=mqtt.MQTTv311, client_id=client_id, reconnect_on_failure=False)
         self.client.ws_set_options(path="/mqtt")
         self.client.username_pw_set(username, password)
         self.connack: queue.Queue = queue.Queue()

@@ -8,8 +8,11 @@ or rule is written twice.
 
 from __future__ import annotations
 
+import platform
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from linchpin_common.contract.topics import is_connector_name
 
 from .state import DEFAULT_DATA_DIR
 
@@ -24,6 +27,19 @@ def check_public_host(value: str | None) -> str | None:
     if value is not None and not _PUBLIC_HOST.fullmatch(value):
         raise ValueError("--public-host must be a host name, optionally with :port")
     return value
+
+
+def default_name() -> str:
+    """``--name`` when none is given: this host's name, as far as a
+    connector's name allows (PROTOCOL.md section 4)."""
+    name = re.sub(r"[^A-Za-z0-9._-]", "-", platform.node())[:64]
+    return name if is_connector_name(name) else "connector"
+
+
+def check_name(name: str) -> str:
+    if not is_connector_name(name):
+        raise ValueError("--name must be 1-64 of A-Z a-z 0-9 . _ -")
+    return name
 
 
 def check_allow_path(prefix: str) -> str:
@@ -47,6 +63,8 @@ class ConnectorConfig:
     web: str | None = None
     web_user_header: str = USER_HEADER
     web_hosts: tuple[str, ...] = ()
+    name: str = field(default_factory=default_name)
+    drain_timeout: float = 30.0
 
     def __post_init__(self):
         if not self.backend:
@@ -61,6 +79,9 @@ class ConnectorConfig:
         if self.user_in_flight < 1:
             raise ValueError("--user-in-flight must be positive")
         check_public_host(self.public_host)
+        check_name(self.name)
+        if self.drain_timeout < 0:
+            raise ValueError("--drain-timeout must not be negative")
         for prefix in self.allow_paths:
             check_allow_path(prefix)
 

@@ -24,7 +24,7 @@ from linchpin_common.metrics import metrics_site
 from linchpin_common.slots import Slots
 from linchpin_common.workers import ThreadWorker
 
-from .config import USER_HEADER, USER_IN_FLIGHT
+from .config import DEFAULTS, USER_HEADER, USER_IN_FLIGHT
 from .proxy import RequestProxy
 from .state import AsyncState, ConnectorState
 
@@ -267,7 +267,7 @@ class ConnectorService(service.MultiService):
                  allow_paths=("/",), ca_file: str | None = None, keep_alive: int = 30,
                  response_timeout: float = 60.0, metrics_endpoint=None, proxy=None, connect=None,
                  gateway_http=None, worker=None, public_host: str | None = None,
-                 user_in_flight: int = USER_IN_FLIGHT, backend_http=None):
+                 user_in_flight: int = USER_IN_FLIGHT, backend_http=None, name: str = DEFAULTS.name):
         """``proxy`` (a :class:`~linchpin_common.http_proxy.ProxyConfig`, None: direct) is
         for the gateway only; the backend is always reached directly.
 
@@ -277,6 +277,7 @@ class ConnectorService(service.MultiService):
         in-memory tests; by default the real ones are built when the service
         starts."""
         super().__init__()
+        self.name = name  # the MQTT client identifier: distinct per connector of an instance
         self.public_host = public_host
         self.user_slots = Slots(user_in_flight)  # shared by every device of a user
         self.proxy = proxy
@@ -319,6 +320,7 @@ class ConnectorService(service.MultiService):
                                 registration["instance_password"], topics.CONNECTOR_SUBSCRIPTIONS, self._on_message,
                                 on_connected=self._resync, on_disconnected=self._gateway_lost,
                                 ca_file=self.ca_file, keep_alive=self.keep_alive, proxy=self.proxy,
+                                client_id=self.name,
                                 **({"connect": self._connect} if self._connect is not None else {}))
         self.link.setServiceParent(self)
         self.log.info("lmconnector for instance {instance_id} proxying to {backend}",

@@ -46,6 +46,8 @@ class Options(usage.Options):
         ["web", None, None, "Endpoint of the self-service pairing page, e.g. tcp:8091:interface=127.0.0.1 "
                             "(put it behind the SSO reverse proxy)."],
         ["web-user-header", None, DEFAULTS.web_user_header, "Header in which the SSO proxy names the pairing page's user."],
+        ["name", None, DEFAULTS.name, "This connector's name at the gateway (its MQTT client identifier): distinct "
+                                      "for each connector of an instance; default the host name."],
     ]
 
     def __init__(self):
@@ -75,7 +77,8 @@ class Options(usage.Options):
                 allow_paths=tuple(self["allow-path"]) or DEFAULTS.allow_paths, ca_file=self["ca-file"],
                 keep_alive=self["keep-alive"], response_timeout=self["response-timeout"],
                 public_host=self["public-host"], user_in_flight=self["user-in-flight"], metrics=self["metrics"],
-                web=self["web"], web_user_header=self["web-user-header"], web_hosts=tuple(self["web-host"]))
+                web=self["web"], web_user_header=self["web-user-header"], web_hosts=tuple(self["web-host"]),
+                name=self["name"])
         except ValueError as e:
             raise usage.UsageError(str(e))
         self["allow-path"] = list(self.config.allow_paths)
@@ -112,6 +115,7 @@ def makeService(options, reactor=default_reactor):
         user_in_flight=config.user_in_flight,
         metrics_endpoint=serverFromString(reactor, config.metrics) if config.metrics else None,
         proxy=options.get("proxy-config"),
+        name=config.name,
     )
     if config.web:
         PairingWebService(connector, serverFromString(reactor, config.web), config.web_user_header,

@@ -310,6 +310,12 @@ class Cluster:
             return None
         return r.online
 
+    def connectors_elsewhere(self, instance_id: str) -> int:
+        """Connector sessions of the instance that other nodes hold, as far as
+        this node knows (those whose presence it has heard)."""
+        r = self.remote.get(instance_id)
+        return 1 if r is not None and r.online else 0
+
     # -- what devices here need to know of their connector elsewhere ----------------
 
     def _interest_add(self, instance_id: str, device_id: str) -> None:

@@ -12,7 +12,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 class Stats:
     __slots__ = ("messages_relayed", "bytes_relayed", "auth_failures", "rate_limited", "slow_consumers",
-                 "untrusted_proxy_peers")
+                 "untrusted_proxy_peers", "devices_moved")
 
     def __init__(self):
         self.messages_relayed = 0
@@ -21,6 +21,7 @@ class Stats:
         self.rate_limited = 0
         self.slow_consumers = 0
         self.untrusted_proxy_peers = 0
+        self.devices_moved = 0
 
 
 class GatewayCollector:
@@ -34,6 +35,14 @@ class GatewayCollector:
         for role in ("device", "connector"):
             sessions.add_metric([role], gw.router.count(role))
         yield sessions
+        spread = GaugeMetricFamily("lmgateway_instances_by_connector_sessions",
+                                   "Instances by how many connector sessions they have on this node",
+                                   labels=["sessions"])
+        for n, instances in sorted(gw.router.connectors_per_instance().items()):
+            spread.add_metric([str(n)], instances)
+        yield spread
+        yield CounterMetricFamily("lmgateway_devices_moved", "Devices told 'moved': their connector went while "
+                                  "another of the instance was ready", value=stats.devices_moved)
         yield GaugeMetricFamily("lmgateway_unauthenticated_sessions", "WebSocket sessions awaiting CONNACK",
                                 value=gw.ws_factory.unauthenticated)
         yield CounterMetricFamily("lmgateway_messages_relayed", "PUBLISH packets delivered to a peer",

@@ -34,6 +34,9 @@ class IClusterPeer(Interface):
         """Whether the instance's connector is online on another node:
         True, False, or None while not known yet."""
 
+    def connectors_elsewhere(instance_id):
+        """How many connector sessions of the instance other nodes hold."""
+
 
 @implementer(IClusterPeer)
 class LocalOnly:
@@ -59,6 +62,9 @@ class LocalOnly:
 
     def remote_online(self, instance_id):
         return False
+
+    def connectors_elsewhere(self, instance_id):
+        return 0
 
 
 LOCAL_ONLY = LocalOnly()

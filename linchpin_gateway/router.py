@@ -9,28 +9,42 @@ who                         may SUBSCRIBE                     may PUBLISH
 ==========================  ================================  ==============================
 device D                    ``devices/D/down``,               ``devices/D/up``
                             ``$gateway/status``
-connector of instance I     ``devices/+/up``,                 ``devices/X/down``, X of I
-                            ``$gateway/events``
+connector of instance I     ``devices/+/up``,                 ``devices/X/down``, X of I;
+                            ``$gateway/events``               ``$gateway/drain``
 ==========================  ================================  ==============================
 
-Presence belongs to the principal: a connector is *online* while a session of
-it is attached and subscribed to ``devices/+/up``.  When a connector's session
-is taken over by a new one, the instance stays online for a short grace
-period in which the new session is expected to subscribe again, so a
-takeover never flips its devices to offline.
+Several connectors per instance: connector sessions are keyed by instance
+and client identifier (their *name*); a new session of the same name takes
+the old one over, sessions of other names coexist (at most
+``MAX_CONNECTORS``).  A connector session is *ready* while it is subscribed
+to ``devices/+/up`` and has not drained.  Each device is *pinned* to one
+connector name: on a HELLO, or on any up message while it has none, to the
+ready name that ranks first for it by rendezvous hashing (:func:`rank`);
+every other up message follows the pin.  When the pinned session goes (or
+unsubscribes), the device is told ``moved`` if another is ready, else
+``offline``.
+
+Presence belongs to the instance: it is *online* while one of its connector
+sessions is attached and subscribed to ``devices/+/up``, draining or not.
+When a connector's session is taken over by a new one, the instance stays
+online for a short grace period in which the new session is expected to
+subscribe again, so a takeover never flips its devices to offline, and the
+devices pinned to that name stay pinned.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 from twisted.logger import Logger
 
+from linchpin_common.contract.e2e import HELLO, VERSION
 from linchpin_common.contract.ids import is_hex_id
-from linchpin_common.contract.topics import (EVENT_CONNECTED, EVENT_DISCONNECTED, EVENT_PAIRED, EVENT_REVOKED, EVENTS,
-                                             STATUS, SUBACK_FAILURE, UP_FILTER, connector_may_subscribe,
-                                             device_may_subscribe, down_topic, down_topic_id, event_payload,
-                                             status_payload, up_topic)
+from linchpin_common.contract.topics import (DRAIN, EVENT_CONNECTED, EVENT_DISCONNECTED, EVENT_PAIRED, EVENT_REVOKED,
+                                             EVENTS, MAX_CONNECTORS, MOVED, STATUS, SUBACK_FAILURE, UP_FILTER,
+                                             connector_may_subscribe, device_may_subscribe, down_topic, down_topic_id,
+                                             event_payload, status_message, status_payload, up_topic)
 
 from .metrics import Stats
 from .peers import LOCAL_ONLY, IClusterPeer
@@ -42,6 +56,7 @@ _STATUS_TOPIC = STATUS.encode()
 _EVENTS_TOPIC = EVENTS.encode()
 _ONLINE = status_payload(True)
 _OFFLINE = status_payload(False)
+_MOVED = status_message(MOVED)
 
 TAKEOVER_GRACE = 10.0
 
@@ -53,17 +68,38 @@ class Principal:
     instance_id: str
 
 
+def rank(name: str, device_id: str) -> bytes:
+    """The rendezvous (highest random weight) score of connector ``name`` for
+    ``device_id``: every node computes the same, so a device lands on the same
+    connector while the set of ready names is unchanged, and only the devices
+    of a connector that leaves move."""
+    return hashlib.sha256(f"{name}\n{device_id}".encode()).digest()[:8]
+
+
+def session_key(principal: Principal, name: str = "") -> str:
+    """What identifies one live session slot: a device by its id, a
+    connector by its instance and name."""
+    return principal.id if principal.role == DEVICE else f"{principal.id}/{name}"
+
+
 class Client:
     """One attached session of a principal, as the router sees it."""
 
-    __slots__ = ("principal", "session", "subs", "attached", "up_topic", "down_topic", "up_wire", "down_wire", "held")
+    __slots__ = ("principal", "session", "subs", "attached", "up_topic", "down_topic", "up_wire", "down_wire", "held",
+                 "key", "name", "drained", "blocked", "pin", "held_back")
 
-    def __init__(self, principal: Principal, session):
+    def __init__(self, principal: Principal, session, name: str = ""):
         self.principal = principal
         self.session = session
+        self.name = name  # a connector's client identifier
+        self.key = session_key(principal, name)
         self.held = None  # the cluster's record of it, with several nodes
         self.subs: dict[str, int] = {}  # granted filter -> QoS
         self.attached = True
+        self.drained = False  # a connector that published $gateway/drain
+        self.blocked = False  # a connector whose socket is backed up
+        self.pin: str | None = None  # a device: the name of its connector
+        self.held_back = False  # a device not read while its connector is backed up
         if principal.role == DEVICE:
             self.up_topic = up_topic(principal.id)
             self.down_topic = down_topic(principal.id)
@@ -73,18 +109,29 @@ class Client:
         self.up_wire = self.up_topic.encode() if self.up_topic else None
         self.down_wire = self.down_topic.encode() if self.down_topic else None
 
+    @property
+    def ready(self) -> bool:
+        """A connector session that takes new devices."""
+        return UP_FILTER in self.subs and not self.drained
+
 
 class _Instance:
-    __slots__ = ("connector", "devices", "online", "grace", "blocked", "shown", "pending_status")
+    __slots__ = ("connectors", "devices", "online", "grace", "shown", "pending_status", "stranded")
 
     def __init__(self):
-        self.connector: Client | None = None
+        self.connectors: dict[str, Client] = {}  # name -> its live session here
         self.devices: dict[str, Client] = {}
-        self.online = False  # our own connector session is online (or in its takeover grace)
+        self.online = False  # one of our own connector sessions is online (or in its takeover grace)
         self.shown = False  # what the devices here were last told
         self.pending_status: set[Client] = set()  # asked while the other nodes' answer is pending
         self.grace = None  # DelayedCall while a takeover is settling
-        self.blocked = False  # the connector's socket is backed up: devices are not read
+        self.stranded: set[Client] = set()  # told offline when their connector left and none was ready
+
+    def ready_names(self) -> list[str]:
+        return [name for name, c in self.connectors.items() if c.ready]
+
+    def subscribed(self) -> bool:
+        return any(UP_FILTER in c.subs for c in self.connectors.values())
 
 
 class Router:
@@ -94,15 +141,16 @@ class Router:
         self.clock = clock
         self.takeover_grace = takeover_grace
         self.stats = stats if stats is not None else Stats()
-        self._clients: dict[str, Client] = {}  # principal id -> live client
+        self._clients: dict[str, Client] = {}  # session key -> live client
         self._instances: dict[str, _Instance] = {}
         # With several nodes: the cross-node side (cluster.Cluster), told of
-        # what concerns principals held elsewhere.  None: this node is alone.
+        # what concerns principals held elsewhere.  LOCAL_ONLY: this node is alone.
         self.cluster: IClusterPeer = LOCAL_ONLY
 
     # -- queries -----------------------------------------------------------
 
     def is_connected(self, principal_id: str) -> bool:
+        """Whether device ``principal_id`` has a live session here."""
         return principal_id in self._clients
 
     def is_online(self, instance_id: str) -> bool:
@@ -117,9 +165,17 @@ class Router:
         inst = self._instances.get(principal.instance_id)
         return inst is None or len(inst.devices) < max_devices
 
+    def may_attach_connector(self, principal: Principal, name: str) -> bool:
+        """Whether a connector session named ``name`` fits in the instance's
+        ``MAX_CONNECTORS`` (a takeover of the same name always does)."""
+        inst = self._instances.get(principal.instance_id)
+        if inst is None or name in inst.connectors:
+            return True
+        return len(inst.connectors) + self.cluster.connectors_elsewhere(principal.instance_id) < MAX_CONNECTORS
+
     def has_connector(self, instance_id: str) -> bool:
         inst = self._instances.get(instance_id)
-        return inst is not None and inst.connector is not None
+        return inst is not None and bool(inst.connectors)
 
     def principals(self) -> list[Principal]:
         """Who has a live session on this node."""
@@ -128,23 +184,36 @@ class Router:
     def count(self, role: str) -> int:
         return sum(1 for c in self._clients.values() if c.principal.role == role)
 
+    def connectors_per_instance(self) -> dict[int, int]:
+        """How many instances have n connector sessions here, by n."""
+        spread: dict[int, int] = {}
+        for inst in self._instances.values():
+            if inst.connectors:
+                n = len(inst.connectors)
+                spread[n] = spread.get(n, 0) + 1
+        return spread
+
+    def pinned_to(self, device_id: str) -> str | None:
+        """The name of the connector device ``device_id`` is pinned to, if any."""
+        client = self._clients.get(device_id)
+        return client.pin if client is not None else None
+
     # -- attach / detach -----------------------------------------------------
 
-    def attach(self, principal: Principal, session) -> Client:
-        """A session was accepted for ``principal``; the newest session wins."""
-        old = self._clients.get(principal.id)
+    def attach(self, principal: Principal, session, name: str = "") -> Client:
+        """A session was accepted for ``principal`` (a connector's under its
+        ``name``); the newest session of a key wins."""
+        client = Client(principal, session, name)
+        old = self._clients.get(client.key)
         if old is not None:
             self._take_over(old)
         inst = self._instances.setdefault(principal.instance_id, _Instance())
-        client = Client(principal, session)
-        self._clients[principal.id] = client
+        self._clients[client.key] = client
         self.cluster.attached(client)
         if principal.role == CONNECTOR:
-            inst.connector = client
+            inst.connectors[name] = client
         else:
             inst.devices[principal.id] = client
-            if inst.blocked:
-                session.hold()
             self._event(principal.instance_id, inst, EVENT_CONNECTED, principal.id, client)
         return client
 
@@ -165,21 +234,26 @@ class Router:
     def _remove(self, client: Client, takeover: bool = False) -> None:
         client.attached = False
         principal = client.principal
-        if self._clients.get(principal.id) is client:
-            del self._clients[principal.id]
+        if self._clients.get(client.key) is client:
+            del self._clients[client.key]
         inst = self._instances.get(principal.instance_id)
         if inst is None:
             self.cluster.detached(client)
             return
         if principal.role == CONNECTOR:
-            if inst.connector is client:
-                inst.connector = None
-                self._set_blocked(inst, False)
+            if inst.connectors.get(client.name) is client:
+                del inst.connectors[client.name]
+                if client.blocked:
+                    client.blocked = False
+                    self._hold_pinned(inst, client.name, False)
                 if not takeover:
-                    self._cancel_grace(inst)
+                    self._connector_left(inst, client.name)
+                    if not inst.connectors:
+                        self._cancel_grace(inst)
         elif inst.devices.get(principal.id) is client:
             del inst.devices[principal.id]
             inst.pending_status.discard(client)
+            inst.stranded.discard(client)
             self._event(principal.instance_id, inst, EVENT_DISCONNECTED, principal.id, client)
         self._update_presence(principal.instance_id, inst)
         self.cluster.detached(client)
@@ -209,6 +283,8 @@ class Router:
         filters = {t for t, _ in topics}
         if client.principal.role == CONNECTOR and UP_FILTER in filters and UP_FILTER in client.subs:
             self._update_presence(client.principal.instance_id, inst)
+            if client.ready:
+                self._unstrand(inst)
         if client.principal.role == DEVICE and STATUS in filters and STATUS in client.subs:
             online = inst.online or self.cluster.remote_online(client.principal.instance_id)
             if online is None:  # the other nodes have not answered yet
@@ -221,7 +297,10 @@ class Router:
         for topic_filter in filters:
             client.subs.pop(topic_filter, None)
         if client.attached and client.principal.role == CONNECTOR:
-            self._update_presence(client.principal.instance_id, self._instances[client.principal.instance_id])
+            inst = self._instances[client.principal.instance_id]
+            if UP_FILTER not in client.subs:
+                self._connector_left(inst, client.name)
+            self._update_presence(client.principal.instance_id, inst)
 
     @staticmethod
     def _may_subscribe(client: Client, topic_filter: str) -> bool:
@@ -241,7 +320,10 @@ class Router:
             if topic != client.up_topic:
                 self.log.info("device {id} published to a foreign topic; closing", id=principal.id)
                 return False
-            target = inst.connector
+            pin = client.pin
+            if pin is None or (len(payload) > 1 and payload[1] == HELLO and payload[0] == VERSION):
+                pin = self._pin(inst, client)
+            target = inst.connectors.get(pin) if pin is not None else None
             if target is not None:
                 sub_qos = target.subs.get(UP_FILTER)
                 if sub_qos is not None:
@@ -258,6 +340,9 @@ class Router:
                 self._count(payload)
                 target.session.deliver(target.down_wire, payload, min(qos, sub_qos), raw)
             return True
+        if topic == DRAIN:
+            self._drain(inst, client)
+            return True
         if device_id is None or not is_hex_id(device_id):
             self.log.info("connector {id} published to a forbidden topic; closing", id=principal.id)
             return False
@@ -270,28 +355,84 @@ class Router:
         stats.messages_relayed += 1
         stats.bytes_relayed += len(payload)
 
-    # -- back-pressure -------------------------------------------------------
+    # -- pins ----------------------------------------------------------------
 
-    def backed_up(self, client: Client, backed_up: bool) -> None:
-        """A client's socket filled (or drained).  When it is a connector, its
-        devices are not read meanwhile: TCP pushes back on them instead of the
-        gateway buffering what the connector cannot take."""
-        if client.principal.role != CONNECTOR:
-            return
-        inst = self._instances.get(client.principal.instance_id)
-        if inst is not None and inst.connector is client:
-            self._set_blocked(inst, backed_up)
+    def _pin(self, inst: _Instance, device: Client) -> str | None:
+        """Pin ``device`` to the ready connector that ranks first for it; a
+        device with no ready connector keeps the pin it has."""
+        names = inst.ready_names()
+        if not names:
+            return device.pin
+        device_id = device.principal.id
+        best = max(names, key=lambda name: rank(name, device_id))
+        if best != device.pin:
+            self._set_pin(inst, device, best)
+        return best
+
+    def _set_pin(self, inst: _Instance, device: Client, name: str | None) -> None:
+        device.pin = name
+        connector = inst.connectors.get(name) if name is not None else None
+        self._hold(device, connector is not None and connector.blocked)
 
     @staticmethod
-    def _set_blocked(inst: _Instance, blocked: bool) -> None:
-        if inst.blocked == blocked:
-            return
-        inst.blocked = blocked
-        for device in inst.devices.values():
-            if blocked:
+    def _hold(device: Client, held: bool) -> None:
+        if device.held_back != held:
+            device.held_back = held
+            if held:
                 device.session.hold()
             else:
                 device.session.release()
+
+    def _hold_pinned(self, inst: _Instance, name: str, held: bool) -> None:
+        for device in inst.devices.values():
+            if device.pin == name:
+                self._hold(device, held)
+
+    def _connector_left(self, inst: _Instance, name: str) -> None:
+        """Connector ``name`` closed or stopped taking up messages: its devices
+        are told ``moved`` when another connector is ready (their next HELLO
+        pins them there), else ``offline``."""
+        ready = bool(inst.ready_names())
+        for device in list(inst.devices.values()):
+            if device.pin != name:
+                continue
+            self._set_pin(inst, device, None)
+            if STATUS not in device.subs:
+                continue
+            if ready:
+                self.stats.devices_moved += 1
+                device.session.deliver(_STATUS_TOPIC, _MOVED, 0)
+            elif inst.subscribed():  # the instance stays online through a draining connector
+                inst.stranded.add(device)
+                device.session.deliver(_STATUS_TOPIC, _OFFLINE, 0)
+            # else: the instance goes offline, which every device is told
+
+    def _unstrand(self, inst: _Instance) -> None:
+        """A connector is ready again: the devices told offline when theirs
+        left learn that one is there."""
+        stranded, inst.stranded = inst.stranded, set()
+        for device in stranded:
+            if device.attached and inst.shown:
+                device.session.deliver(_STATUS_TOPIC, _ONLINE, 0)
+
+    def _drain(self, inst: _Instance, connector: Client) -> None:
+        if not connector.drained:
+            self.log.info("connector {name} of instance {id} drains", name=connector.name,
+                          id=connector.principal.instance_id)
+            connector.drained = True
+
+    # -- back-pressure -------------------------------------------------------
+
+    def backed_up(self, client: Client, backed_up: bool) -> None:
+        """A client's socket filled (or drained).  When it is a connector, the
+        devices pinned to it are not read meanwhile: TCP pushes back on them
+        instead of the gateway buffering what the connector cannot take."""
+        if client.principal.role != CONNECTOR or client.blocked == backed_up:
+            return
+        inst = self._instances.get(client.principal.instance_id)
+        if inst is not None and inst.connectors.get(client.name) is client:
+            client.blocked = backed_up
+            self._hold_pinned(inst, client.name, backed_up)
 
     # -- lifecycle events from the API ---------------------------------------
 
@@ -300,7 +441,7 @@ class Router:
 
     def revoke_device(self, instance_id: str, device_id: str, announce: bool = True) -> None:
         """Credentials are gone: cut the live session at once and tell the
-        connector (``announce``: the node where the revocation happened)."""
+        connectors (``announce``: the node where the revocation happened)."""
         client = self._clients.get(device_id)
         if client is not None and client.principal.instance_id == instance_id:
             self._remove(client)
@@ -309,19 +450,17 @@ class Router:
             self._event(instance_id, self._instances.get(instance_id), EVENT_REVOKED, device_id)
 
     def drop_instance(self, instance_id: str) -> None:
-        """The instance is deleted: close its connector and every device session."""
+        """The instance is deleted: close its connectors and every device session."""
         inst = self._instances.pop(instance_id, None)
         if inst is None:
             return
         self._cancel_grace(inst)
-        victims = list(inst.devices.values())
-        if inst.connector is not None:
-            victims.append(inst.connector)
+        victims = list(inst.devices.values()) + list(inst.connectors.values())
         inst.devices.clear()
-        inst.connector = None
+        inst.connectors.clear()
         for client in victims:
             client.attached = False
-            self._clients.pop(client.principal.id, None)
+            self._clients.pop(client.key, None)
             self.cluster.detached(client)
             client.session.close("instance deleted")
 
@@ -349,8 +488,7 @@ class Router:
         inst.grace = self.clock.callLater(self.takeover_grace, expire)
 
     def _update_presence(self, instance_id: str, inst: _Instance) -> None:
-        connector = inst.connector
-        subscribed = connector is not None and UP_FILTER in connector.subs
+        subscribed = inst.subscribed()
         if subscribed:
             self._cancel_grace(inst)
         online = subscribed or inst.grace is not None
@@ -361,10 +499,18 @@ class Router:
                 instance_id=instance_id,
                 state="online" if online else "offline",
             )
-            self.cluster.connector_presence(instance_id, online, connector)
+            self.cluster.connector_presence(instance_id, online, self._presence_holder(inst))
         self._show(instance_id, inst)
-        if connector is None and not inst.devices and inst.grace is None:
+        if not inst.connectors and not inst.devices and inst.grace is None:
             self._instances.pop(instance_id, None)
+
+    @staticmethod
+    def _presence_holder(inst: _Instance) -> Client | None:
+        """The connector session whose epoch stands for the instance's presence here."""
+        for connector in inst.connectors.values():
+            if UP_FILTER in connector.subs:
+                return connector
+        return next(iter(inst.connectors.values()), None)
 
     def _show(self, instance_id: str, inst: _Instance) -> None:
         """Tell this node's devices when their connector's presence, here or
@@ -377,6 +523,7 @@ class Router:
         pending, inst.pending_status = inst.pending_status, set()
         if online != inst.shown:
             inst.shown = online
+            inst.stranded.clear()
             pending = [d for d in inst.devices.values() if STATUS in d.subs]
         payload = _ONLINE if online else _OFFLINE
         for device in list(pending):
@@ -384,20 +531,21 @@ class Router:
                 device.session.deliver(_STATUS_TOPIC, payload, 0)
 
     def _event(self, instance_id: str, inst: _Instance | None, event: str, device_id: str, client=None) -> None:
-        connector = inst.connector if inst is not None else None
-        if connector is not None:
-            if EVENTS in connector.subs:
-                payload = event_payload(event, device_id)
-                connector.session.deliver(_EVENTS_TOPIC, payload, 0)
+        connectors = list(inst.connectors.values()) if inst is not None else ()
+        if connectors:
+            payload = event_payload(event, device_id)
+            for connector in connectors:
+                if EVENTS in connector.subs:
+                    connector.session.deliver(_EVENTS_TOPIC, payload, 0)
         else:
             self.cluster.event(instance_id, event, device_id, client)
 
     # -- what the cluster brings from other nodes ----------------------------------
 
     def emit_event(self, instance_id: str, event: str, device_id: str) -> None:
-        """An event about a device on another node, for our connector."""
+        """An event about a device on another node, for our connectors."""
         inst = self._instances.get(instance_id)
-        if inst is not None and inst.connector is not None:
+        if inst is not None and inst.connectors:
             self._event(instance_id, inst, event, device_id)
 
     def presence_changed(self, instance_id: str) -> None:
@@ -405,10 +553,20 @@ class Router:
         if inst is not None:
             self._show(instance_id, inst)
 
+    @staticmethod
+    def _connector_for(inst: _Instance | None, device_id: str) -> Client | None:
+        """Which of our connectors takes an up message of a device on another
+        node: the ready one ranking first for it, as a pin would."""
+        if inst is None:
+            return None
+        names = inst.ready_names() or [n for n, c in inst.connectors.items() if UP_FILTER in c.subs]
+        if not names:
+            return None
+        return inst.connectors[max(names, key=lambda name: rank(name, device_id))]
+
     def remote_up(self, instance_id: str, device_id: str, payload: bytes, qos: int) -> None:
         """A device's up message from another node, for our connector."""
-        inst = self._instances.get(instance_id)
-        target = inst.connector if inst is not None else None
+        target = self._connector_for(self._instances.get(instance_id), device_id)
         if target is not None:
             sub_qos = target.subs.get(UP_FILTER)
             if sub_qos is not None:
@@ -426,8 +584,9 @@ class Router:
 
     def remote_up_raw(self, instance_id: str, raw: bytes) -> None:
         """:meth:`remote_up` of a QoS 0 PUBLISH as the device sent it."""
-        inst = self._instances.get(instance_id)
-        target = inst.connector if inst is not None else None
+        i = _payload_start(raw) - 3 - 32  # the device id ends the topic: devices/<id>/up
+        device_id = raw[i:i + 32].decode("ascii", "replace")
+        target = self._connector_for(self._instances.get(instance_id), device_id)
         if target is not None and UP_FILTER in target.subs:
             self._count_raw(raw)
             target.session.deliver(None, None, 0, raw)
@@ -442,16 +601,21 @@ class Router:
 
     def _count_raw(self, raw: bytes) -> None:
         """:meth:`_count` of a QoS 0 PUBLISH packet's payload."""
-        i = 1
-        while raw[i] & 0x80:  # the remaining length
-            i += 1
-        i += 1
         stats = self.stats
         stats.messages_relayed += 1
-        stats.bytes_relayed += len(raw) - i - 2 - ((raw[i] << 8) | raw[i + 1])
+        stats.bytes_relayed += len(raw) - _payload_start(raw)
 
     def taken_over(self, client: Client) -> None:
         """A newer session of this principal was accepted by another node."""
         if client.attached:
             self._take_over(client)
 
+
+def _payload_start(raw: bytes) -> int:
+    """Where the payload of a QoS 0 PUBLISH packet starts (after the fixed
+    header, its remaining length and the topic)."""
+    i = 1
+    while raw[i] & 0x80:  # the remaining length
+        i += 1
+    i += 1
+    return i + 2 + ((raw[i] << 8) | raw[i + 1])

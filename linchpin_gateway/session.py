@@ -15,13 +15,14 @@ from dataclasses import dataclass
 from twisted.logger import Logger
 
 from linchpin_common.contract import wire
+from linchpin_common.contract.topics import MAX_CONNECTORS, is_connector_name
 from linchpin_common.machine import Transitions
 
 from .auth import TooManyFailures, TooManyInFlight
 from .config import DEFAULTS
 from .hashing import Overloaded
 from .metrics import Stats
-from .router import DEVICE
+from .router import CONNECTOR, DEVICE
 from .store import StoreUnavailable
 
 class State(enum.Enum):
@@ -112,6 +113,7 @@ class MQTTSession:
         self._out_queued = 0  # bytes written since the socket backed up
         self._held = False  # reading paused because our connector is backed up
         self.client = None  # router.Client once accepted
+        self._client_id = ""  # the CONNECT's client identifier: a connector's name
         self._queued: list = []
         self._pre_auth = 0  # bytes received after the CONNECT, before CONNACK
         self._next_id = 0
@@ -223,6 +225,7 @@ class MQTTSession:
         if not packet.client_id and not packet.clean_session:
             self._refuse(wire.CONNACK_IDENTIFIER_REJECTED, "empty client id without clean session")
             return
+        self._client_id = packet.client_id
         keep_alive = packet.keep_alive
         self._keep_alive = 1.5 * keep_alive if 0 < keep_alive <= MAX_KEEP_ALIVE else DEAD_AFTER
         username = packet.username or ""
@@ -283,12 +286,25 @@ class MQTTSession:
                           instance=principal.instance_id, n=cap, peer=self.peer)
             self._refuse(wire.CONNACK_SERVER_UNAVAILABLE, "too many sessions for this instance")
             return
+        name = self._client_id if principal.role == CONNECTOR else ""
+        if principal.role == CONNECTOR and self.state is not CLOSED:
+            if not is_connector_name(name):
+                self.log.info("connector of {instance} with a client identifier that cannot name it; refusing {peer}",
+                              instance=principal.instance_id, peer=self.peer)
+                self._refuse(wire.CONNACK_IDENTIFIER_REJECTED, "connector client identifier not 1-64 of A-Z a-z 0-9 . _ -")
+                return
+            if not self.router.may_attach_connector(principal, name):
+                self.stats.rate_limited += 1
+                self.log.info("instance {instance} has {n} connector sessions; refusing {peer}",
+                              instance=principal.instance_id, n=MAX_CONNECTORS, peer=self.peer)
+                self._refuse(wire.CONNACK_SERVER_UNAVAILABLE, "too many connector sessions for this instance")
+                return
         if self._go("accept") is CLOSED:
             return
         if self.on_accepted is not None:
             self.on_accepted()
         self.parser.max_remaining_length = self.limits.max_packet
-        self.client = self.router.attach(principal, self)
+        self.client = self.router.attach(principal, self, name)
         self.log.info(
             "{role} {id} connected from {peer}", role=principal.role, id=principal.id, peer=self.peer
         )

@@ -33,11 +33,11 @@ class Net:
         self.reactor = gateway.reactor
         self.pumps: list[iosim.IOPump] = []
 
-    def open(self, username: str, password: str, on_message) -> defer.Deferred:
+    def open(self, username: str, password: str, on_message, client_id: str = "c") -> defer.Deferred:
         """A new session (the MQTT connect function's work): Deferred[MQTTClient]
         once the pumps have carried the CONNACK."""
         factory = mqtt_client.client_factory(self.reactor, "ws://gw.test/mqtt", username, password,
-                                             on_message=on_message, keep_alive=60)
+                                             on_message=on_message, keep_alive=60, client_id=client_id)
         server_address = IPv4Address("TCP", "127.0.0.1", 443)
         client_address = IPv4Address("TCP", "127.0.0.1", 40000 + len(self.pumps))
         _, _, pump = iosim.connectedServerAndClient(

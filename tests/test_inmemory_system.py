@@ -55,7 +55,7 @@ class System:
 
     def connect(self, reactor, url, username, password, *, on_message, **kw):
         """The MQTT connect function, over an in-memory connection to the gateway."""
-        return self.net.open(username, password, on_message)
+        return self.net.open(username, password, on_message, kw.get("client_id", ""))
 
     def pump(self, until: defer.Deferred | None = None, rounds: int = 10000):
         for _ in range(rounds):

@@ -291,16 +291,20 @@ def test_drained_reader_is_not_cut(router, auth, clock):
 
 
 def test_backed_up_connector_stops_reading_its_devices(router, auth, clock):
+    """Its devices are those pinned to it: each is pinned by its first up message."""
+    up = wire.Publish(f"devices/{DEV}/up", b"\x01\x01hello", qos=0)
     conn = Peer(router, auth, clock)
     conn.feed(connect(INST, "ipw"), wire.Subscribe(1, (("devices/+/up", 0),)))
     dev = Peer(router, auth, clock)
-    dev.feed(connect(DEV, "dpw", keep_alive=10))
+    dev.feed(connect(DEV, "dpw", keep_alive=10), up)
     conn.session.output_paused()
     assert not dev.reading
     clock.advance(60)  # not read, so its silence does not count against it
     assert dev.closed is None
-    late = Peer(router, auth, clock)  # a device arriving meanwhile is held too
+    late = Peer(router, auth, clock)  # a device arriving meanwhile is held once pinned
     late.feed(connect(DEV, "dpw"))
+    assert late.reading
+    late.feed(up)
     assert not late.reading
     conn.session.output_resumed()
     assert late.reading

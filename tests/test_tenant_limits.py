@@ -124,7 +124,8 @@ def test_the_new_limits_are_in_the_metrics(make_gateway):
     gw.logins.login("192.0.2.1", "a" * 32, "wrong")  # one password check
     gw.store._worker.worker = HeldWorker()
     gw.store.ping()  # waits in the store's queue
-    values = {family.name: family.samples[0].value for family in GatewayCollector(gw).collect()}
+    values = {family.name: family.samples[0].value for family in GatewayCollector(gw).collect()
+               if family.samples}
     assert values["lmgateway_password_checks"] == 1
     assert values["lmgateway_connections_refused"] == 1
     assert values["lmgateway_store_queue_depth"] == 1

@@ -7,6 +7,7 @@ their topics with the same functions, so a topic is written in one place.
 from __future__ import annotations
 
 import json
+import re
 
 from .ids import is_hex_id
 from .wire import SUBACK_FAILURE  # noqa: F401 (the SUBACK code a refused filter gets)
@@ -14,11 +15,25 @@ from .wire import SUBACK_FAILURE  # noqa: F401 (the SUBACK code a refused filter
 UP_FILTER = "devices/+/up"  # the connector's subscription: every device's up topic
 STATUS = "$gateway/status"  # gateway -> device: is the connector online
 EVENTS = "$gateway/events"  # gateway -> connector: device lifecycle events
+DRAIN = "$gateway/drain"  # connector -> gateway: give me no new devices
+
+ONLINE, OFFLINE, MOVED = "online", "offline", "moved"  # the values of a $gateway/status
 
 EVENT_PAIRED = "device_paired"
 EVENT_CONNECTED = "device_connected"
 EVENT_DISCONNECTED = "device_disconnected"
 EVENT_REVOKED = "device_revoked"
+
+# Several connectors per instance: each session names itself by its MQTT
+# client identifier, and at most MAX_CONNECTORS of one instance coexist.
+MAX_CONNECTORS = 16
+_CONNECTOR_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+def is_connector_name(name: str) -> bool:
+    """Whether ``name`` may be a connector's client identifier (else CONNACK 2)."""
+    return _CONNECTOR_NAME.fullmatch(name) is not None
+
 
 _PREFIX = "devices/"
 _UP_SUFFIX = "/up"
@@ -69,16 +84,28 @@ CONNECTOR_SUBSCRIPTIONS = [UP_FILTER, EVENTS]
 
 
 def status_payload(online: bool) -> bytes:
-    return json.dumps({"connector": "online" if online else "offline"}).encode()
+    return status_message(ONLINE if online else OFFLINE)
 
 
-def parse_status(payload: bytes) -> bool | None:
-    """True/False for a ``$gateway/status`` payload, None if it is not one."""
+def status_message(value: str) -> bytes:
+    """A ``$gateway/status`` payload: ``online``, ``offline`` or ``moved``."""
+    return json.dumps({"connector": value}).encode()
+
+
+def connector_status(payload: bytes) -> str | None:
+    """``online``, ``offline`` or ``moved`` from a ``$gateway/status``
+    payload; None if it is not one."""
     try:
         value = json.loads(payload).get("connector")
     except (ValueError, AttributeError):
         return None
-    return {"online": True, "offline": False}.get(value)
+    return value if value in (ONLINE, OFFLINE, MOVED) else None
+
+
+def parse_status(payload: bytes) -> bool | None:
+    """True/False for an ``online``/``offline`` status, None otherwise
+    (``moved`` included: the connector is there, the device's session is not)."""
+    return {ONLINE: True, OFFLINE: False}.get(connector_status(payload))
 
 
 def event_payload(event: str, device_id: str) -> bytes:
