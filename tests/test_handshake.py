@@ -233,24 +233,95 @@ def test_reset_fails_in_flight_never_replays_then_rehandshakes(pair):
     pair.restart_connector()  # sessions are in memory only
     d = pair.run(device.request("POST", "/pay", body=b"once"))
     assert isinstance(result_of(d).value, SessionLost)
-    assert pair.wire.kinds("down")[-1] == e2e.RESET
+    down, up = pair.wire.kinds("down"), pair.wire.kinds("up")
+    assert e2e.RESET in down
+    # the device handshook again at once, before any request asked for it
+    assert up[-2:] == [e2e.HELLO, e2e.DATA] and down[-1] == e2e.WELCOME
     first_proxy_count = len(pair.proxies)
-    # the next request handshakes again; the failed POST is not resent
+    # the failed POST is not resent; the next request uses the new session
     d2 = pair.run(device.request("GET", "/next"))
-    new_proxy = pair.proxies[-1]
-    assert len(pair.proxies) == first_proxy_count + 1
-    assert [h["path"] for h, _ in new_proxy.handled if h["t"] == "req"] == ["/next"]
+    assert len(pair.proxies) == first_proxy_count
+    assert [h["path"] for h, _ in pair.proxies[-1].handled if h["t"] == "req"] == ["/next"]
     assert not d2.called
+
+
+def poke(pair, device):
+    """A POST whose DATA meets the restarted connector: it gets RESET (and fails)."""
+    assert isinstance(result_of(pair.run(device.request("POST", "/poke", body=b"x"))).value, SessionLost)
+
+
+def requests_seen(pair):
+    return [(h["method"], h["path"]) for proxy in pair.proxies for h, _ in proxy.handled if h["t"] == "req"]
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD", "OPTIONS"])
+def test_a_safe_request_cut_by_a_reset_before_its_response_is_sent_once_more(pair, method):
+    device = pair.new_device()
+    handshake(pair, device)
+    d = pair.run(device.request(method, "/page"))
+    assert requests_seen(pair) == [(method, "/page")]
+    pair.restart_connector()  # the request ran (or not) on a connector that is gone
+    poke(pair, device)
+    assert requests_seen(pair)[-1] == (method, "/page") and len(requests_seen(pair)) == 2
+    assert not d.called  # waiting for the new session's response
+    proxy = pair.proxies[-1]
+    proxy.send({"t": "res", "id": proxy.handled[-1][0]["id"], "status": 200, "headers": [], "end": True})
+    pair.wire.pump()
+    assert result_of(d).status == 200
+
+
+def test_a_safe_request_is_sent_once_more_at_most(pair):
+    device = pair.new_device()
+    handshake(pair, device)
+    d = pair.run(device.request("GET", "/page"))
+    for _ in range(2):
+        pair.restart_connector()
+        poke(pair, device)
+    assert isinstance(result_of(d).value, SessionLost)
+    assert requests_seen(pair).count(("GET", "/page")) == 2
+
+
+def test_a_request_whose_response_started_is_never_sent_again(pair):
+    device = pair.new_device()
+    handshake(pair, device)
+    d = pair.run(device.request("GET", "/page"))
+    proxy = pair.proxies[-1]
+    proxy.send({"t": "res", "id": 0, "status": 200, "headers": [], "end": False}, b"part")
+    pair.wire.pump()
+    response = result_of(d)
+    body = pair.run(response.content())
+    pair.restart_connector()
+    poke(pair, device)
+    assert isinstance(result_of(body).value, SessionLost)
+    assert requests_seen(pair).count(("GET", "/page")) == 1
+
+
+def test_moved_fails_in_flight_requests_and_handshakes_at_once(pair):
+    """``$gateway/status`` ``moved``: the session's connector is gone; a new
+    HELLO goes up at once (the gateway pins it to a ready connector), the
+    POST fails, the GET is sent once more on the new session."""
+    device = pair.new_device()
+    handshake(pair, device)
+    post = pair.run(device.request("POST", "/pay", body=b"once"))
+    get = pair.run(device.request("GET", "/page"))
+    pair.restart_connector()  # another connector: same keys, no sessions
+    hellos = pair.wire.kinds("up").count(e2e.HELLO)
+    device._on_message("$gateway/status", b'{"connector": "moved"}')
+    pair.wire.pump()
+    assert isinstance(result_of(post).value, SessionLost)
+    assert pair.wire.kinds("up").count(e2e.HELLO) == hellos + 1
+    assert requests_seen(pair) == [("POST", "/pay"), ("GET", "/page"), ("GET", "/page")]
+    assert device.online and not get.called
 
 
 def test_gap_ends_session(pair):
     device = pair.new_device()
     handshake(pair, device)
     pair.wire.filter_up = keep_first_data([])
-    d1 = pair.run(device.request("GET", "/a"))  # lost on the way
-    d2 = pair.run(device.request("GET", "/b"))  # arrives with a gap
-    assert pair.proxies[-1].handled == [] and pair.proxies[-1].closed
-    assert pair.wire.kinds("down")[-1] == e2e.RESET
+    d1 = pair.run(device.request("POST", "/a"))  # lost on the way
+    d2 = pair.run(device.request("POST", "/b"))  # arrives with a gap
+    assert pair.proxies[0].handled == [] and pair.proxies[0].closed
+    assert e2e.RESET in pair.wire.kinds("down")
     assert isinstance(result_of(d1).value, SessionLost) and isinstance(result_of(d2).value, SessionLost)
 
 
@@ -401,10 +472,10 @@ def test_confirm_of_a_session_whose_pending_key_vanished_ends_it(pair):
     handshake(pair, device)
     pair.cstate.conn.execute("DELETE FROM pending_keys")  # the device was re-added meanwhile, say
     pair.wire.filter_up = None
+    before = len(pair.wire.kinds("down"))
     pair.wire.up.append(held[0])
     pair.wire.pump()
-    assert pair.wire.kinds("down")[-1] == e2e.RESET
-    assert DEVICE_ID not in pair.channels.channels
+    assert pair.wire.kinds("down")[before] == e2e.RESET
 
 
 def test_hello_locks_are_pruned(pair):

@@ -206,8 +206,17 @@ def test_connector_restart_fails_the_request_in_flight_then_rehandshakes(system)
     run(system, device.handshake())
     system.connector.channels.end_all()  # the connector forgot every session (as after a restart)
     with pytest.raises(SessionLost):
-        run(system, device.request("GET", "/api/whoami"))
+        run(system, device.request("POST", "/api/whoami"))
     response = run(system, device.request("GET", "/api/whoami"))
+    assert response.status == 200 and device.phase is Phase.LIVE
+
+
+def test_a_get_cut_by_a_connector_restart_is_answered_on_the_new_session(system):
+    device = system.device(system.add_device())
+    run(system, device.open())
+    run(system, device.handshake())
+    system.connector.channels.end_all()
+    response = run(system, device.request("GET", "/api/whoami"))  # RESET, HELLO, sent once more
     assert response.status == 200 and device.phase is Phase.LIVE
 
 

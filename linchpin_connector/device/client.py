@@ -42,6 +42,10 @@ __all__ = ["BodyStream", "ConnectorOffline", "Device", "DeviceError", "DeviceSta
            "PairingRejected", "RequestRefused", "RequestTimeout", "Response", "SessionLost", "feed", "pair"]
 
 DEFAULT_TIMEOUT = 60.0
+# What may be sent once more on a new session after RESET or `moved`, when no
+# part of its response had arrived (PROTOCOL.md section 5): it ran at most
+# once already, and running it twice changes nothing.
+RETRIED_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 class _Request:
@@ -226,9 +230,18 @@ class Device:
         if topic == self.down_topic:
             self._on_envelope(payload)
         elif topic == topics.STATUS:
-            online = topics.parse_status(payload)
-            if online is None:
+            status = topics.connector_status(payload)
+            if status is None:
                 return
+            if status == topics.MOVED:
+                # The gateway pinned us anew: the E2E session was with a
+                # connector that is gone, and a new HELLO goes to another.
+                self.log.info("the connector of this device's session went; handshaking with another")
+                self._fail(SessionLost("the connector serving this device went away; request not replayed",
+                                       replayable=True))
+                self._rehandshake()
+                return
+            online = status == topics.ONLINE
             self.online = online
             if not self._status_known.called:
                 self._status_known.callback(online)
@@ -244,8 +257,10 @@ class Device:
         elif isinstance(env, e2e.Reset):
             session = self._session
             if session is not None and session.endpoint.owns(env):
-                self.log.info("connector reset the session; requests in flight fail, the next one re-handshakes")
-                self._fail(SessionLost("the connector lost the session (restarted?); request not replayed"))
+                self.log.info("connector reset the session; handshaking again")
+                self._fail(SessionLost("the connector lost the session (restarted?); request not replayed",
+                                       replayable=True))
+                self._rehandshake()
         elif isinstance(env, e2e.Reject):
             # Unauthenticated: only meaningful as the answer to our HELLO.
             self._hs.reject(PairingRejected())
@@ -266,6 +281,13 @@ class Device:
         session, self._session = self._session, None
         if session is not None:
             session.end(error)
+
+    def _rehandshake(self) -> None:
+        """After RESET or ``moved``: a new HELLO at once, so the gateway pins
+        this device to a ready connector before the next request needs it."""
+        if self.online and self.client is not None and self.client.is_open and self._hs.phase is Phase.IDLE:
+            self.handshake().addErrback(
+                lambda f: self.log.debug("handshake after a reset failed: {e}", e=f.getErrorMessage()))
 
     # -- handshake -----------------------------------------------------------------
 
@@ -331,12 +353,28 @@ class Device:
         A body that fits one message (bytes, or a regular file) goes inside the
         ``req``: the connector then gives the app its length, where a streamed
         body reaches the app chunked, which some application servers do not read.
+
+        A GET, HEAD or OPTIONS request (with a body in memory, if any) whose
+        session ends by RESET or ``moved`` before any part of its response
+        arrived is sent once more on a new session; no other request is ever
+        replayed (PROTOCOL.md section 5).
         """
         if body is not None and not isinstance(body, (bytes, bytearray, memoryview, BodyStream)):
             try:
                 body = await self._worker.run(whole_if_small, body)
             except OSError as e:
                 raise DeviceError(f"cannot read the request body: {e.strerror or e}")
+        replayable = method in RETRIED_METHODS and (body is None or isinstance(body, (bytes, bytearray, memoryview)))
+        try:
+            return await self._send_request(method, path, headers, body)
+        except SessionLost as e:
+            if not (replayable and e.replayable):
+                raise
+            # RESET or `moved` before any part of the response: once more, on a new session.
+            self.log.info("{method} {path}: sent once more on a new session", method=method, path=path)
+            return await self._send_request(method, path, headers, body)
+
+    async def _send_request(self, method: str, path: str, headers, body) -> Response:
         await self._reopening.acquire()
         try:
             if self.client is None or not self.client.is_open:
@@ -346,7 +384,7 @@ class Device:
         await self.handshake()
         channel = self._session
         if channel is None:
-            raise SessionLost("the session ended before the request was sent")
+            raise SessionLost("the session ended before the request was sent", replayable=True)
         if len(channel.requests) >= e2e.MAX_IN_FLIGHT:
             raise DeviceError("too many requests in flight")
         request_id = self._next_id

@@ -40,9 +40,17 @@ class RequestTimeout(DeviceError):
 
 
 class SessionLost(DeviceError):
-    """The E2E session ended with the request in flight; it is not replayed."""
+    """The E2E session ended with the request in flight; it is not replayed.
+
+    ``replayable``: it ended by RESET or ``moved`` (PROTOCOL.md sections 4
+    and 5), after which a GET, HEAD or OPTIONS request of which no response
+    part had arrived may be sent once more on a new session."""
 
     exit_code = 7
+
+    def __init__(self, message: str | None = None, *, replayable: bool = False):
+        super().__init__(message)
+        self.replayable = replayable
 
 
 class RequestRefused(DeviceError):
