@@ -236,6 +236,7 @@ class GatewayLink(service.Service):
         self.connects = 0
         self._retry = None
         self._attempt = None
+        self._restarting = False
 
     def next_delay(self) -> float:
         base = min(self.MAX_DELAY, self.MIN_DELAY * 2 ** self.failures)
@@ -255,6 +256,15 @@ class GatewayLink(service.Service):
         if client is not None:
             client.close()  # may end the session (and clear self.client) at once
             return client.closed
+
+    def restart(self) -> None:
+        """End the session and open a new one at once (not after a backoff)."""
+        client = self.client
+        if client is None:
+            return
+        self.failures = 0
+        self._restarting = True
+        client.close()
 
     def _open(self) -> None:
         self._retry = None
@@ -297,6 +307,7 @@ class GatewayLink(service.Service):
     def _schedule(self) -> None:
         if self._retry is not None and self._retry.active():
             return  # a failed subscribe also ends the session: retry once
-        delay = self.next_delay()
+        delay = 0 if self._restarting else self.next_delay()
+        self._restarting = False
         self.failures += 1
         self._retry = self.reactor.callLater(delay, self._open)

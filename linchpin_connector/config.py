@@ -65,6 +65,8 @@ class ConnectorConfig:
     web_hosts: tuple[str, ...] = ()
     name: str = field(default_factory=default_name)
     drain_timeout: float = 30.0
+    health_path: str = "/"
+    health_interval: float = 10.0
 
     def __post_init__(self):
         if not self.backend:
@@ -82,6 +84,9 @@ class ConnectorConfig:
         check_name(self.name)
         if self.drain_timeout < 0:
             raise ValueError("--drain-timeout must not be negative")
+        if self.health_interval < 0:
+            raise ValueError("--health-interval must not be negative (0 turns the check off)")
+        check_allow_path(self.health_path)
         for prefix in self.allow_paths:
             check_allow_path(prefix)
 

@@ -25,6 +25,7 @@ from linchpin_common.slots import Slots
 from linchpin_common.workers import ThreadWorker
 
 from .config import DEFAULTS, USER_HEADER, USER_IN_FLIGHT
+from .health import BackendHealth
 from .proxy import RequestProxy
 from .state import AsyncState, ConnectorState
 
@@ -71,6 +72,8 @@ class DeviceChannels:
         self.channels: dict[str, _Channel] = {}
         self._locks: dict[str, defer.DeferredLock] = {}
         self.answered = AnsweredHellos()
+        self._draining: set[str] | None = None  # devices whose session is reset once idle
+        self._drained: defer.Deferred | None = None
 
     # -- input -------------------------------------------------------------------
 
@@ -175,6 +178,7 @@ class DeviceChannels:
             self.log.info("device {device_id} proved its key (HELLO); pairing complete", device_id=device_id)
         channel = _Channel(ChannelEndpoint(accepted.session), pending_key_id, hello.raw, accepted.welcome)
         channel.proxy = self.make_proxy(device.user, lambda header, body=b"": self._send(device_id, channel, header, body))
+        channel.proxy.on_idle = lambda: self._idle(device_id, channel)
         self._replace(device_id, channel)
         self.publish(device_id, accepted.welcome)
         self.log.info("E2E session with device {device_id} established", device_id=device_id)
@@ -247,6 +251,54 @@ class DeviceChannels:
             channel.endpoint.end()
             if channel.proxy is not None:
                 channel.proxy.close()
+        if self._draining is not None and device_id in self._draining:
+            self._draining.discard(device_id)
+            self._check_drained()
+
+    # -- drain -------------------------------------------------------------------
+
+    def drain(self) -> defer.Deferred:
+        """Send RESET to each device with a session now, each as soon as it
+        has no request in flight, so that its next HELLO goes to another
+        connector (the gateway no longer pins anyone here).  Fires once every
+        one has had its RESET; :meth:`cut` resets those still busy."""
+        if self._drained is None:
+            self._draining = set(self.channels)
+            self._drained = defer.Deferred()
+            for device_id in list(self._draining):
+                channel = self.channels.get(device_id)
+                if channel is None or not getattr(channel.proxy, "in_flight", 0):
+                    self._reset(device_id)
+            self._check_drained()
+        d = defer.Deferred()
+        self._drained.addBoth(lambda result: (d.callback(None), result)[1])
+        return d
+
+    def cut(self) -> int:
+        """The drain's time is up: reset the sessions still busy (their
+        requests fail at the device).  Returns how many were cut."""
+        busy = list(self._draining or ())
+        for device_id in busy:
+            self._reset(device_id)
+        return len(busy)
+
+    def undrain(self) -> None:
+        """Take new sessions as before (the health check found the backend back)."""
+        self._draining = self._drained = None
+
+    def _idle(self, device_id: str, channel: _Channel) -> None:
+        if self._draining is not None and device_id in self._draining and self.channels.get(device_id) is channel:
+            self._reset(device_id)
+
+    def _reset(self, device_id: str) -> None:
+        channel = self.channels.get(device_id)
+        if channel is not None:
+            self.publish(device_id, e2e.make_reset(channel.session.session_id))
+        self.end(device_id)
+
+    def _check_drained(self) -> None:
+        if self._drained is not None and not self._draining and not self._drained.called:
+            self._drained.callback(None)
 
     def forget(self, device_id: str) -> None:
         """The device is gone for good (revoked): end its session, drop what we remember of it."""
@@ -267,7 +319,8 @@ class ConnectorService(service.MultiService):
                  allow_paths=("/",), ca_file: str | None = None, keep_alive: int = 30,
                  response_timeout: float = 60.0, metrics_endpoint=None, proxy=None, connect=None,
                  gateway_http=None, worker=None, public_host: str | None = None,
-                 user_in_flight: int = USER_IN_FLIGHT, backend_http=None, name: str = DEFAULTS.name):
+                 user_in_flight: int = USER_IN_FLIGHT, backend_http=None, name: str = DEFAULTS.name,
+                 health_path: str = DEFAULTS.health_path, health_interval: float = DEFAULTS.health_interval):
         """``proxy`` (a :class:`~linchpin_common.http_proxy.ProxyConfig`, None: direct) is
         for the gateway only; the backend is always reached directly.
 
@@ -278,6 +331,10 @@ class ConnectorService(service.MultiService):
         starts."""
         super().__init__()
         self.name = name  # the MQTT client identifier: distinct per connector of an instance
+        self.health_path = health_path
+        self.health_interval = health_interval  # 0: no health check
+        self.health: BackendHealth | None = None
+        self.draining = False  # stopping: no new devices, sessions reset as they become idle
         self.public_host = public_host
         self.user_slots = Slots(user_in_flight)  # shared by every device of a user
         self.proxy = proxy
@@ -323,6 +380,10 @@ class ConnectorService(service.MultiService):
                                 client_id=self.name,
                                 **({"connect": self._connect} if self._connect is not None else {}))
         self.link.setServiceParent(self)
+        if self.health_interval > 0:
+            self.health = BackendHealth(self.reactor, self.backend_http, self.backend_url + self.health_path,
+                                        self._backend_changed, interval=self.health_interval)
+            self.health.setServiceParent(self)
         self.log.info("lmconnector for instance {instance_id} proxying to {backend}",
                       instance_id=registration["instance_id"], backend=_without_userinfo(self.backend_url))
         via = self.proxy.for_url(registration["gateway_url"]) if self.proxy else None
@@ -338,6 +399,58 @@ class ConnectorService(service.MultiService):
         self.worker.stop()
         self._sync_state.close()
         self.log.info("lmconnector stopped")
+
+    # -- drain ---------------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        """Whether this connector takes new devices (it tells the gateway when not)."""
+        return not self.draining and (self.health is None or self.health.up)
+
+    def drain(self, timeout: float = DEFAULTS.drain_timeout) -> defer.Deferred:
+        """Before stopping (SIGTERM): the gateway pins no new device here,
+        the requests in flight finish (for at most ``timeout`` seconds), and
+        each device gets RESET once it has none left, so its next HELLO goes
+        to another connector.  Fires when every session is reset."""
+        if self.channels is None:
+            return defer.succeed(None)
+        if not self.draining:
+            self.draining = True
+            self.log.info("draining: no new devices; {n} sessions reset as their requests finish "
+                          "(at most {t} s)", n=len(self.channels.channels), t=timeout)
+            self._say_drain()
+        timer = self.reactor.callLater(timeout, self._drain_time_up)
+
+        def drained(result):
+            if timer.active():
+                timer.cancel()
+            self.log.info("drained")
+            return result
+
+        return self.channels.drain().addBoth(drained)
+
+    def _drain_time_up(self) -> None:
+        cut = self.channels.cut()
+        if cut:
+            self.log.warn("drain timeout: {n} sessions with requests in flight reset", n=cut)
+
+    def _say_drain(self) -> None:
+        client = self.link.client if self.link is not None else None
+        if client is not None and client.is_open:
+            client.publish(topics.DRAIN, b"", qos=1).addErrback(lambda f: None)
+
+    def _backend_changed(self, up: bool) -> None:
+        if self.draining:
+            return
+        if not up:
+            self.log.warn("draining until the backend answers again: its devices go to other connectors")
+            self._say_drain()
+            self.channels.drain()
+        else:
+            # A drained session stays drained: a new one takes devices again.
+            self.log.info("the backend answers: taking devices again")
+            self.channels.undrain()
+            self.link.restart()
 
     def _make_proxy(self, user: str, send) -> RequestProxy:
         return RequestProxy(http_client=self.backend_http, backend_url=self.backend_url, user=user, send=send,
@@ -390,6 +503,8 @@ class ConnectorService(service.MultiService):
         device at the gateway first and locally second, so one added while
         the list is on its way is missing from it and must stay.
         """
+        if not self.ready:
+            self._say_drain()  # a new session is ready until told otherwise
         before = {device.device_id for device in await self.state.devices()}
         try:
             listed = await self.api.list_devices()

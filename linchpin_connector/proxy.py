@@ -88,6 +88,7 @@ class RequestProxy:
         self._user_slots = user_slots if user_slots is not None else Slots(MAX_IN_FLIGHT)
         self._requests: dict[int, _Request] = {}
         self._closed = False
+        self.on_idle = None  # called (soon, not from within) when the last request in flight ends
 
     @property
     def in_flight(self) -> int:
@@ -163,6 +164,12 @@ class RequestProxy:
 
     def _released(self, request: "_Request") -> None:
         self._user_slots.release(self._user)
+        if not self._requests and self.on_idle is not None:
+            self.clock.callLater(0, self._idle)
+
+    def _idle(self) -> None:
+        if not self._requests and not self._closed and self.on_idle is not None:
+            self.on_idle()
 
     def _backend_headers(self, pairs) -> Headers:
         headers = Headers()

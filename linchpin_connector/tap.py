@@ -46,6 +46,12 @@ class Options(usage.Options):
         ["web", None, None, "Endpoint of the self-service pairing page, e.g. tcp:8091:interface=127.0.0.1 "
                             "(put it behind the SSO reverse proxy)."],
         ["web-user-header", None, DEFAULTS.web_user_header, "Header in which the SSO proxy names the pairing page's user."],
+        ["drain-timeout", None, DEFAULTS.drain_timeout, "On SIGTERM, seconds the requests in flight may take "
+                                                        "before the connector exits (it drains first).", float],
+        ["health-path", None, DEFAULTS.health_path, "Path of the backend the connector GETs every --health-interval "
+                                                    "seconds; below 500 is up. Down (3 in a row), it drains."],
+        ["health-interval", None, DEFAULTS.health_interval, "Seconds between backend health checks (0: none).",
+         float],
         ["name", None, DEFAULTS.name, "This connector's name at the gateway (its MQTT client identifier): distinct "
                                       "for each connector of an instance; default the host name."],
     ]
@@ -78,7 +84,8 @@ class Options(usage.Options):
                 keep_alive=self["keep-alive"], response_timeout=self["response-timeout"],
                 public_host=self["public-host"], user_in_flight=self["user-in-flight"], metrics=self["metrics"],
                 web=self["web"], web_user_header=self["web-user-header"], web_hosts=tuple(self["web-host"]),
-                name=self["name"])
+                name=self["name"], drain_timeout=self["drain-timeout"], health_path=self["health-path"],
+                health_interval=self["health-interval"])
         except ValueError as e:
             raise usage.UsageError(str(e))
         self["allow-path"] = list(self.config.allow_paths)
@@ -100,7 +107,6 @@ def makeService(options, reactor=default_reactor):
         # One line saying what to do, rather than a traceback from startService.
         sys.exit(f"lmconnector: no connector registered in {config.data_dir}: run "
                  f"'lmconnector --data-dir {config.data_dir} register --gateway URL' first")
-    reactor.callWhenRunning(exit_zero_on_sigterm, reactor)
     keep_large_buffers()
     connector = ConnectorService(
         reactor,
@@ -116,7 +122,10 @@ def makeService(options, reactor=default_reactor):
         metrics_endpoint=serverFromString(reactor, config.metrics) if config.metrics else None,
         proxy=options.get("proxy-config"),
         name=config.name,
+        health_path=config.health_path,
+        health_interval=config.health_interval,
     )
+    reactor.callWhenRunning(exit_zero_on_sigterm, reactor, lambda: connector.drain(config.drain_timeout))
     if config.web:
         PairingWebService(connector, serverFromString(reactor, config.web), config.web_user_header,
                           config.web_hosts).setServiceParent(connector)
