@@ -22,7 +22,7 @@ from linchpin_common.gateway_client import GatewayAPI, GatewayError, InsecureURL
 from linchpin_common.tls import CAFileError, TLSFailure
 
 from .enrolment import create_device, revoke_device, valid_user
-from .state import DEFAULT_DATA_DIR, ConnectorState, NotRegistered
+from .state import DEFAULT_DATA_DIR, NotRegistered, StateQueries, open_state
 
 
 class CommandError(Exception):
@@ -34,13 +34,13 @@ def _raw_private(key: X25519PrivateKey) -> bytes:
                              serialization.NoEncryption())
 
 
-def _api(reactor, args, state: ConnectorState) -> GatewayAPI:
+def _api(reactor, args, state: StateQueries) -> GatewayAPI:
     reg = state.registration()
     return GatewayAPI(make_http_client(reactor, args.ca_file, persistent=False, proxy=args.proxy_config),
                       reg["gateway_url"], reg["instance_id"], reg["instance_password"])
 
 
-async def register(reactor, args, state: ConnectorState) -> None:
+async def register(reactor, args, state: StateQueries) -> None:
     try:
         url = check_gateway_url(args.gateway, args.insecure)
     except InsecureURL as e:
@@ -48,7 +48,7 @@ async def register(reactor, args, state: ConnectorState) -> None:
     try:
         state.registration()
         if not args.force:
-            raise CommandError(f"already registered (state in {args.data_dir}); --force registers anew "
+            raise CommandError(f"already registered (state in {state_name(args)}); --force registers anew "
                                "and forgets every paired device")
     except NotRegistered:
         pass
@@ -83,7 +83,7 @@ def _registration_token(args) -> str | None:
     return args.registration_token or os.environ.get(TOKEN_ENV) or None
 
 
-async def device_add(reactor, args, state: ConnectorState) -> None:
+async def device_add(reactor, args, state: StateQueries) -> None:
     if not valid_user(args.user):
         raise CommandError("a user name must be non-empty and hold no control characters")
     reg = state.registration()
@@ -114,12 +114,12 @@ def _write_qr(path: str, qr, kind: str, device_id: str) -> None:
                            f"without it: 'lmconnector device revoke {device_id}', then add it again")
 
 
-async def device_list(reactor, args, state: ConnectorState) -> None:
+async def device_list(reactor, args, state: StateQueries) -> None:
     for device in state.devices():
         print(f"{device.device_id}\t{device.user}\t{device.state}")
 
 
-async def device_revoke(reactor, args, state: ConnectorState) -> None:
+async def device_revoke(reactor, args, state: StateQueries) -> None:
     if not await revoke_device(_api(reactor, args, state), state, args.device_id):
         print("the gateway did not know this device; removed it here", file=sys.stderr)
     print(f"device {args.device_id} revoked", file=sys.stderr)
@@ -158,9 +158,21 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def state_name(args) -> str:
+    """Where the state is, for messages (never a password)."""
+    if args.store:
+        from .pgstate import redact
+
+        return redact(args.store)
+    return args.data_dir
+
+
 def _global_options(parser, **defaults) -> None:
     parser.add_argument("--data-dir", metavar="DIR", help="state folder (default %s)" % DEFAULT_DATA_DIR,
                         **{"default": DEFAULT_DATA_DIR, **defaults})
+    parser.add_argument("--store", metavar="URL", help="postgresql://user@host:port/db: the state shared by every "
+                        "connector of the instance (password from PGPASSWORD); default the SQLite file in --data-dir",
+                        **defaults)
     parser.add_argument("--ca-file", metavar="PEM", help="PEM of a private CA that signed the gateway's certificate",
                         **defaults)
     console.add_proxy_options(parser, **defaults)
@@ -171,9 +183,9 @@ def main(argv=None) -> None:
 
     async def run(reactor):
         try:
-            state = ConnectorState(args.data_dir)
+            state = open_state(args.data_dir, args.store)
         except Exception as e:
-            print(f"lmconnector: cannot open state in {args.data_dir}: {e}", file=sys.stderr)
+            print(f"lmconnector: cannot open state in {state_name(args)}: {e}", file=sys.stderr)
             return 2
         try:
             await args.run(reactor, args, state)

@@ -67,6 +67,7 @@ class ConnectorConfig:
     drain_timeout: float = 30.0
     health_path: str = "/"
     health_interval: float = 10.0
+    store: str | None = None  # postgresql://...: the state shared by several connectors
 
     def __post_init__(self):
         if not self.backend:
@@ -87,6 +88,8 @@ class ConnectorConfig:
         if self.health_interval < 0:
             raise ValueError("--health-interval must not be negative (0 turns the check off)")
         check_allow_path(self.health_path)
+        if self.store and not self.store.startswith(("postgresql://", "postgres://")):
+            raise ValueError("--store must be a postgresql:// URL (the default is the SQLite file in --data-dir)")
         for prefix in self.allow_paths:
             check_allow_path(prefix)
 

@@ -27,7 +27,7 @@ from linchpin_common.workers import ThreadWorker
 from .config import DEFAULTS, USER_HEADER, USER_IN_FLIGHT
 from .health import BackendHealth
 from .proxy import RequestProxy
-from .state import AsyncState, ConnectorState
+from .state import AsyncState, open_state
 
 MAX_QUEUED_HELLOS = 4  # per device, behind the one being answered
 
@@ -320,7 +320,8 @@ class ConnectorService(service.MultiService):
                  response_timeout: float = 60.0, metrics_endpoint=None, proxy=None, connect=None,
                  gateway_http=None, worker=None, public_host: str | None = None,
                  user_in_flight: int = USER_IN_FLIGHT, backend_http=None, name: str = DEFAULTS.name,
-                 health_path: str = DEFAULTS.health_path, health_interval: float = DEFAULTS.health_interval):
+                 health_path: str = DEFAULTS.health_path, health_interval: float = DEFAULTS.health_interval,
+                 store: str | None = None):
         """``proxy`` (a :class:`~linchpin_common.http_proxy.ProxyConfig`, None: direct) is
         for the gateway only; the backend is always reached directly.
 
@@ -340,6 +341,7 @@ class ConnectorService(service.MultiService):
         self.proxy = proxy
         self.reactor = reactor
         self.data_dir = data_dir
+        self.store = store  # postgresql://...: the state shared with the instance's other connectors
         self.backend_url = backend_url.rstrip("/")
         self.user_header = user_header
         self.allow_paths = tuple(allow_paths)
@@ -359,7 +361,7 @@ class ConnectorService(service.MultiService):
                                                  ).setServiceParent(self)
 
     def startService(self):
-        state = ConnectorState(self.data_dir)  # fails start-up early if not registered
+        state = open_state(self.data_dir, self.store)  # fails start-up early if not registered
         registration = state.registration()
         if self.worker is None:
             self.worker = ThreadWorker(self.reactor, "lmconnector-state", 1)

@@ -28,6 +28,8 @@ class Options(usage.Options):
     longdesc = "Linchpin connector: keeps one session to the gateway and proxies paired devices to the backend."
     optParameters = [
         ["data-dir", None, DEFAULTS.data_dir, "Connector state folder (made by 'lmconnector register')."],
+        ["store", None, None, "postgresql://user@host:port/db: the state shared by every connector of the "
+                              "instance (password from PGPASSWORD); default the SQLite file in --data-dir."],
         ["backend", None, None, "Base URL of the intranet app, e.g. http://intranet.local:8090."],
         ["user-header", None, DEFAULTS.user_header, "Header that carries the paired user to the backend."],
         ["ca-file", None, None, "PEM file of a private CA that signed the gateway's certificate."],
@@ -85,7 +87,7 @@ class Options(usage.Options):
                 public_host=self["public-host"], user_in_flight=self["user-in-flight"], metrics=self["metrics"],
                 web=self["web"], web_user_header=self["web-user-header"], web_hosts=tuple(self["web-host"]),
                 name=self["name"], drain_timeout=self["drain-timeout"], health_path=self["health-path"],
-                health_interval=self["health-interval"])
+                health_interval=self["health-interval"], store=self["store"])
         except ValueError as e:
             raise usage.UsageError(str(e))
         self["allow-path"] = list(self.config.allow_paths)
@@ -103,7 +105,7 @@ class Options(usage.Options):
 
 def makeService(options, reactor=default_reactor):
     config: ConnectorConfig = options.config
-    if not os.path.exists(os.path.join(config.data_dir, DB_NAME)):
+    if not config.store and not os.path.exists(os.path.join(config.data_dir, DB_NAME)):
         # One line saying what to do, rather than a traceback from startService.
         sys.exit(f"lmconnector: no connector registered in {config.data_dir}: run "
                  f"'lmconnector --data-dir {config.data_dir} register --gateway URL' first")
@@ -124,6 +126,7 @@ def makeService(options, reactor=default_reactor):
         name=config.name,
         health_path=config.health_path,
         health_interval=config.health_interval,
+        store=config.store,
     )
     reactor.callWhenRunning(exit_zero_on_sigterm, reactor, lambda: connector.drain(config.drain_timeout))
     if config.web:

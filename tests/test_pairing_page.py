@@ -393,3 +393,28 @@ def test_event_streams_are_capped_in_all(world, monkeypatch):
     again = events_request("u4")
     world.page.render(again)
     assert again.responseCode != 503 and world.page.streams.get("u4") == 1
+
+
+def test_a_pending_device_made_by_another_connector_offers_a_new_link(world, tmp_path):
+    """Another connector of the instance (sharing the state) made it: its
+    setup key is not here, so the row offers to replace it by a new link."""
+    world.sync_state.add_device("e" * 32, "alice", bytes(32))
+    world.api.devices["e" * 32] = "pending"
+    _, page = world.call("GET")
+    assert rows(page) == {"e" * 32: "pending"} and pairing_uri(page) is None
+    assert 'action="replace"' in page and "New pairing link" in page
+    assert world.post("replace", user="bob", csrf_token=world.token("bob"), device_id="e" * 32)[0].code == 404
+    response, _ = world.post("replace", csrf_token=world.token(), device_id="e" * 32)
+    assert response.code == 303
+    _, page = world.call("GET")
+    [(new_id, state)] = rows(page).items()
+    assert new_id != "e" * 32 and state == "pending" and world.api.revoked == ["e" * 32]
+    assert parse_pairing_uri(pairing_uri(page)).secret == world.sync_state.device(new_id).setup_secret
+    assert 'action="replace"' not in page  # this one's link is here
+
+
+def test_a_paired_device_cannot_be_replaced(world):
+    page = world.pair()
+    [device_id] = rows(page)
+    world.sync_state.conn.execute("UPDATE devices SET device_secret = ?, setup_secret = NULL", (bytes(32),))
+    assert world.post("replace", csrf_token=world.token(), device_id=device_id)[0].code == 404

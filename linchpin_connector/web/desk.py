@@ -115,6 +115,21 @@ class PairingDesk:
         self._changed(device_id)
         return pairing
 
+    def linked(self) -> set[str]:
+        """The pending devices whose pairing link this process holds."""
+        now = self.clock.seconds()
+        return {device_id for device_id, p in self.pairings.items() if p.expires_at > now}
+
+    async def replace(self, user: str, device_id: str) -> Pairing:
+        """A pending device of ``user`` whose link is not here (made by another
+        connector of the instance, or before a restart): removed, and a new
+        device made in its place, whose link is shown."""
+        device = await self.state.device(device_id)
+        if device is None or device.user != user or device.state != "pending":
+            raise NotYourDevice(device_id)
+        await self.remove(user, device_id)
+        return await self.pair(user)
+
     async def remove(self, user: str, device_id: str) -> None:
         """Revoke one of ``user``'s devices at the gateway at once, then forget it here."""
         device = await self.state.device(device_id)

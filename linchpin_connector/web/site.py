@@ -9,8 +9,12 @@ prefix:
   a device still to be paired).
 - ``GET /devices``: the live part of that page alone (the script swaps it in).
 - ``GET /events``: server-sent events, one ``devices`` event per change.
-- ``POST /pair``, ``POST /remove`` (``device_id``): need the form's CSRF token;
-  answer 303 back to the page, so they work without JavaScript.
+- ``POST /pair``, ``POST /remove`` (``device_id``), ``POST /replace``
+  (``device_id``): need the form's CSRF token; answer 303 back to the page,
+  so they work without JavaScript.  ``replace`` removes a pending device
+  whose pairing link this connector does not have (another connector of the
+  instance made it, or this one before a restart: the setup key is never
+  stored) and makes a new one in its place.
 - ``GET /static/...``: the stylesheet and the script (no inline script, no
   external asset: ``Content-Security-Policy: default-src 'self'``).
 """
@@ -153,11 +157,11 @@ class PairingPage(resource.Resource):
             return self.static[name]
         handlers = {(b"", b"GET"): self._show, (b"", b"HEAD"): self._show, (b"devices", b"GET"): self._fragment,
                     (b"events", b"GET"): self._events, (b"pair", b"POST"): self._pair,
-                    (b"remove", b"POST"): self._remove}
+                    (b"remove", b"POST"): self._remove, (b"replace", b"POST"): self._replace}
         handler = handlers.get((route, method))
         if handler is None:
-            if route in (b"", b"devices", b"events", b"pair", b"remove"):
-                request.setHeader(b"Allow", b"POST" if route in (b"pair", b"remove") else b"GET, HEAD")
+            if route in (b"", b"devices", b"events", b"pair", b"remove", b"replace"):
+                request.setHeader(b"Allow", b"POST" if route in (b"pair", b"remove", b"replace") else b"GET, HEAD")
                 return _message_page(request, 405, "Not allowed", "This address does not take that method.")
             return _message_page(request, 404, "Not found", "There is no such page.")
         if method == b"POST" and not self._form_ok(request, user):
@@ -248,8 +252,21 @@ class PairingPage(resource.Resource):
             parts.append("<p id=\"no-devices\">You have no devices yet.</p>")
         else:
             parts.append("<ul class=\"devices\" aria-labelledby=\"devices-title\">")
+            linked = self.desk.linked()
             for device in devices:
                 short = device.device_id[:8]
+                if device.state == "pending" and device.device_id not in linked:
+                    parts.append(
+                        f"<li class=\"device\" data-device-id=\"{device.device_id}\" data-state=\"{device.state}\">"
+                        f"<span class=\"name\">Device {short}</span> "
+                        f"<span class=\"state state-{device.state}\">{STATE_TEXT[device.state]}; its link is not "
+                        f"shown here</span>"
+                        f"<form method=\"post\" action=\"replace\" class=\"replace\">"
+                        f"<input type=\"hidden\" name=\"csrf_token\" value=\"{token}\">"
+                        f"<input type=\"hidden\" name=\"device_id\" value=\"{device.device_id}\">"
+                        f"<button type=\"submit\" aria-label=\"New pairing link for device {short}\">New pairing "
+                        f"link</button></form></li>")
+                    continue
                 parts.append(
                     f"<li class=\"device\" data-device-id=\"{device.device_id}\" data-state=\"{device.state}\">"
                     f"<span class=\"name\">Device {short}</span> "
@@ -288,6 +305,20 @@ class PairingPage(resource.Resource):
                 await self.desk.remove(user, ids[0].decode("ascii", "replace"))
             except NotYourDevice:
                 return _message_page(request, 404, "No such device", "You have no device with that name.")
+            return self._see_page(request)
+        return self._later(request, work)
+
+    def _replace(self, request, user: str):
+        async def work():
+            ids = request.args.get(b"device_id", [])
+            try:
+                if len(ids) != 1:
+                    raise NotYourDevice()
+                await self.desk.replace(user, ids[0].decode("ascii", "replace"))
+            except NotYourDevice:
+                return _message_page(request, 404, "No such device", "You have no device with that name.")
+            except TooManyPending as e:
+                return _message_page(request, 409, "Too many devices waiting", str(e))
             return self._see_page(request)
         return self._later(request, work)
 
