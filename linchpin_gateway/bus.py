@@ -13,6 +13,11 @@ whose value is ``b"<node> <epoch>"``:
   epoch holds;
 - ``release``: delete a key only while it is still ours.
 
+and on *registry hashes*, one field per session whose value ends in its
+epoch like an ownership key's: ``hset_newer`` (written unless a newer epoch
+is there), ``hdel_if`` (deleted only while it has that value) and
+``hgetall``.
+
 A principal's epoch counter lives ``EPOCH_TTL`` past the last claim or
 hold that used it: far longer than any ownership key (whose holder refreshes
 both), so a live session's epoch never goes back, and the counters of
@@ -45,6 +50,23 @@ redis.call('PEXPIRE', KEYS[2], ARGV[3])
 local old = redis.call('GET', KEYS[1])
 redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. e, 'PX', ARGV[2])
 return {e, old or ''}
+"""
+
+# KEYS[1] a hash, ARGV field, value "... <epoch>": set unless a newer epoch is there.
+_HSET_NEWER = b"""
+local v = redis.call('HGET', KEYS[1], ARGV[1])
+if v then
+  local theirs = tonumber(string.match(v, ' (%d+)$')) or 0
+  local mine = tonumber(string.match(ARGV[2], ' (%d+)$'))
+  if theirs > mine then return 0 end
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return 1
+"""
+
+_HDEL_IF = b"""
+if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then return redis.call('HDEL', KEYS[1], ARGV[1]) end
+return 0
 """
 
 _HOLD = b"""
@@ -147,6 +169,16 @@ class IBus(Interface):
 
     def set(key, value, ttl_ms):
         """Deferred."""
+
+    def hset_newer(key, field, value):
+        """Deferred: ``field`` of hash ``key`` set to ``value`` unless it holds
+        a newer epoch (values end in `` <epoch>``)."""
+
+    def hdel_if(key, field, value):
+        """Deferred: ``field`` deleted if it still has ``value``."""
+
+    def hgetall(key):
+        """Deferred[dict[bytes, bytes]]."""
 
     def ping():
         """Deferred: one round trip."""
@@ -276,6 +308,16 @@ class RedisBus:
     def set(self, key, value, ttl_ms):
         return self._call(b"SET", key, value, b"PX", int(ttl_ms))
 
+    def hset_newer(self, key, field, value):
+        return self._call(b"EVAL", _HSET_NEWER, 1, key, field, value)
+
+    def hdel_if(self, key, field, value):
+        return self._call(b"EVAL", _HDEL_IF, 1, key, field, value)
+
+    def hgetall(self, key):
+        d = self._call(b"HGETALL", key)
+        return d.addCallback(lambda flat: _as_bytes_dict(flat))
+
     def ping(self):
         return self._call(b"PING")
 
@@ -283,6 +325,16 @@ class RedisBus:
         for conn in (self._cmd, self._sub):
             if conn.current is not None:
                 conn.current.transport.abortConnection()
+
+
+def _as_bytes_dict(reply) -> dict:
+    """An HGETALL reply (a flat list, or a dict from some clients) as bytes -> bytes."""
+    if isinstance(reply, dict):
+        items = reply.items()
+    else:
+        items = zip(reply[0::2], reply[1::2])
+    b = lambda x: x if isinstance(x, bytes) else str(x).encode()  # noqa: E731
+    return {b(k): b(v) for k, v in items}
 
 
 # -- in memory ---------------------------------------------------------------------
@@ -297,6 +349,7 @@ class MemoryHub:
     def __init__(self, clock):
         self.clock = clock
         self.keys: dict[bytes, tuple[bytes, float | None]] = {}
+        self.hashes: dict[bytes, dict[bytes, bytes]] = {}
         self.buckets: dict[bytes, tuple[float, float]] = {}  # take(): tokens, when
         self.buses: list[MemoryBus] = []
         self.queue: deque = deque()
@@ -327,6 +380,7 @@ class MemoryHub:
     def restart(self):
         """Redis restarted without persistence: every key is gone."""
         self.keys.clear()
+        self.hashes.clear()
 
 
 @implementer(IBus)
@@ -415,7 +469,7 @@ class MemoryBus:
     def delete(self, keys):
         def delete():
             self._check()
-            return sum(self.hub.keys.pop(k, None) is not None for k in keys)
+            return sum((self.hub.keys.pop(k, None) or self.hub.hashes.pop(k, None)) is not None for k in keys)
 
         return defer.maybeDeferred(delete)
 
@@ -436,6 +490,31 @@ class MemoryBus:
 
     def set(self, key, value, ttl_ms):
         return defer.maybeDeferred(lambda: self._check() or self.hub.set(key, value, ttl_ms))
+
+    def hset_newer(self, key, field, value):
+        def hset():
+            self._check()
+            h = self.hub.hashes.setdefault(key, {})
+            if field in h and epoch_of(h[field]) > epoch_of(value):
+                return 0
+            h[field] = value
+            return 1
+
+        return defer.maybeDeferred(hset)
+
+    def hdel_if(self, key, field, value):
+        def hdel():
+            self._check()
+            h = self.hub.hashes.get(key, {})
+            if h.get(field) != value:
+                return 0
+            del h[field]
+            return 1
+
+        return defer.maybeDeferred(hdel)
+
+    def hgetall(self, key):
+        return defer.maybeDeferred(lambda: self._check() or dict(self.hub.hashes.get(key, {})))
 
     def ping(self):
         if self.hung:

@@ -5,25 +5,31 @@ hears; this module only turns messages into bytes and back.
 
 Channels (a node subscribes to those of what it holds):
 
-``lm:p:<principal>`` (:func:`principal_channel`)
-    :class:`Up` / :class:`UpRaw` (a device's message for its instance's
-    connector), :class:`Down` / :class:`DownRaw` (a connector's message for a
-    device; the ``Raw`` forms carry a QoS 0 PUBLISH exactly as received, so
-    the receiving node writes those bytes unchanged), :class:`Event` (a
-    ``$gateway/events`` event for a connector), :class:`Present` (a device is
-    here, answering :class:`WhoIsHere`), :class:`Takeover` (a newer session
-    took the principal).
+``lm:p:<session key>`` (:func:`principal_channel`; a device's key is its
+id, a connector session's ``<instance>/<name>``)
+    :class:`Up` / :class:`UpRaw` (a device's message for the connector
+    session it is pinned to), :class:`Down` / :class:`DownRaw` (a
+    connector's message for a device; the ``Raw`` forms carry a QoS 0
+    PUBLISH exactly as received, so the receiving node writes those bytes
+    unchanged), :class:`Takeover` (a newer session took the key).
+``lm:p:<instance>``
+    :class:`Event` (a ``$gateway/events`` event for the instance's
+    connectors) and :class:`Present` (a device is here, answering
+    :class:`WhoIsHere`).
 ``lm:i:<instance>`` (:func:`instance_channel`)
-    :class:`Presence` (the instance's connector online or offline on a
-    node) and :class:`WhoIsHere`.
+    :class:`Connector` (a connector session of the instance is ready,
+    draining or gone, on a node) and :class:`WhoIsHere` (a node asks the
+    others to say again what they hold of the instance).
 ``lm:ctl`` (:data:`CONTROL`)
     every node: :class:`Heartbeat`, :class:`Bye`, :class:`Charge` and
     :class:`Refund` (rate limits), :class:`Revoke`, :class:`Drop` (an instance
     deleted), :class:`Forget` (a password changed).
 
-The bytes are those nodes have always sent (one kind byte, then fixed
-fields or compact JSON), so nodes of this and the previous release can be
-restarted one at a time; :data:`VECTORS` in the tests pin them.
+The bytes are one kind byte, then fixed fields or compact JSON;
+:data:`VECTORS` in the tests pin them.  With several connectors per
+instance, :class:`Connector` replaced the single connector's ``Presence``
+(``O``) and its ``lm:online:`` key: nodes of the release before it and of
+this one do not agree on presence, so a cluster is upgraded all at once.
 """
 
 from __future__ import annotations
@@ -54,9 +60,15 @@ def epoch_key(principal_id: str) -> bytes:
     return b"lm:epoch:" + principal_id.encode()
 
 
-def online_key(instance_id: str) -> bytes:
-    """Which node holds the instance's connector while it is online."""
-    return b"lm:online:" + instance_id.encode()
+def connectors_key(instance_id: str) -> bytes:
+    """A hash: each connector session of the instance that is ready or
+    draining, by name -> :meth:`Connector.entry`."""
+    return b"lm:conns:" + instance_id.encode()
+
+
+def connector_key(instance_id: str, name: str) -> str:
+    """A connector session's key (its ownership, epoch and channel)."""
+    return f"{instance_id}/{name}"
 
 
 def node_key(node: bytes) -> bytes:
@@ -137,13 +149,28 @@ class Present(NamedTuple):
 # -- on an instance's channel ------------------------------------------------
 
 
-class Presence(NamedTuple):
+READY, DRAINING, GONE = "r", "d", "g"  # a connector session's states as nodes tell them
+
+
+class Connector(NamedTuple):
     node: bytes
+    name: str
     epoch: int
-    online: bool
+    state: str  # READY, DRAINING or GONE
 
     def encode(self) -> bytes:
-        return _json(b"O", {"n": self.node.decode(), "x": self.epoch, "on": self.online})
+        return _json(b"C", {"n": self.node.decode(), "c": self.name, "x": self.epoch, "s": self.state})
+
+    def entry(self) -> bytes:
+        """Its value in :func:`connectors_key`."""
+        return b"%s %s %d" % (self.node, self.state.encode(), self.epoch)
+
+    @classmethod
+    def from_entry(cls, name: str, entry: bytes) -> "Connector":
+        node, state, epoch = entry.split(b" ")
+        if state.decode() not in (READY, DRAINING):
+            raise BadMessage(f"connector state {state!r}")
+        return cls(node, name, int(epoch), state.decode())
 
 
 class WhoIsHere(NamedTuple):
@@ -213,7 +240,7 @@ class Forget(NamedTuple):
 
 
 PrincipalMessage = Union[UpRaw, DownRaw, Up, Down, Takeover, Event, Present]
-InstanceMessage = Union[Presence, WhoIsHere]
+InstanceMessage = Union[Connector, WhoIsHere]
 ControlMessage = Union[Heartbeat, Bye, Charge, Refund, Revoke, Drop, Forget]
 
 
@@ -246,9 +273,11 @@ def decode_principal(data: bytes) -> PrincipalMessage:
 
 def decode_instance(data: bytes) -> InstanceMessage:
     kind = data[:1]
-    if kind == b"O":
+    if kind == b"C":
         m = json.loads(data[1:])
-        return Presence(m["n"].encode(), m["x"], bool(m["on"]))
+        if m["s"] not in (READY, DRAINING, GONE):
+            raise BadMessage(f"connector state {m['s']!r}")
+        return Connector(m["n"].encode(), m["c"], m["x"], m["s"])
     if kind == b"W":
         return WhoIsHere()
     raise BadMessage(f"kind {kind!r} on an instance's channel")

@@ -1,33 +1,46 @@
 """Several gateway nodes behind one load balancer, joined by a bus (Redis).
 
 The :class:`~.router.Router` of each node still knows only its own
-sessions; when a message, an event or a presence change concerns a
-principal that is not here, it hands it to this node's :class:`Cluster`,
-which carries it over the bus to whichever node holds that principal.
+sessions; when a message, an event or a connector's state concerns a
+session that is not here, it hands it to this node's :class:`Cluster`,
+which carries it over the bus to whichever node holds that session.
 
 The channels, keys and messages between nodes, and their bytes, are
 :mod:`.busmessages`; this module decides what to say and what to do with
 what it hears.
 
-**Newest session wins.**  Attaching a principal ``claim``s its ownership
-key: an epoch from a per-principal counter (Redis INCR) plus this node's
-id, with a TTL this node refreshes.  The claimant then publishes ``T`` with
-its epoch; the node holding an older epoch closes its session as a
-takeover.  Every message that tells about a session (events, presence)
-carries its epoch, so a late message from an older session never
-overrides what a newer one said.  A refresh that finds a newer epoch in
-the key also closes the older session (if ``T`` was lost).
+**Newest session wins.**  Attaching a session ``claim``s its ownership key
+(a device's by its id, a connector session's by instance and name): an
+epoch from a per-key counter (Redis INCR) plus this node's id, with a TTL
+this node refreshes.  The claimant then publishes ``T`` with its epoch; the
+node holding an older epoch closes its session as a takeover.  Every
+message that tells about a session (events, connector states) carries its
+epoch, so a late message from an older session never overrides what a
+newer one said.  A refresh that finds a newer epoch in the key also closes
+the older session (if ``T`` was lost).
+
+**Connectors of an instance.**  Each node tells the others, on the
+instance's channel and in the instance's registry hash, which of its
+connector sessions are ready or draining, and when one is gone.  Every node
+with devices or connectors of the instance keeps that view: it decides the
+instance's presence for the devices here, the names a device may be pinned
+to (the router pins by rendezvous hashing over the ready ones, here and
+elsewhere, so every node pins alike), and which devices to tell ``moved``.
+A session taken over is said gone only after the takeover grace, and only
+if no newer session of that name has spoken by then: a connector restarting
+under its name through another node keeps its devices.
 
 **Liveness.**  Each node publishes a heartbeat every ``HEARTBEAT`` seconds
 and keeps ``lm:node:<id>`` alive with a TTL.  A node not heard for
-``DEAD_AFTER`` seconds is dead: its connectors are offline for the devices
-here, its devices are ``device_disconnected`` for the connectors here.
+``DEAD_AFTER`` seconds is dead: its connector sessions are gone for the
+devices here (``moved`` or ``offline``), its devices are
+``device_disconnected`` for the connectors here.
 
 **Bus down.**  Local traffic goes on; a cross-node publish is dropped at
 once; what other nodes hold is unknown, so it is treated as gone.  When
-the bus is back, this node takes its ownership keys again, re-announces
-its connectors' presence and its devices, and asks for the state of
-instances it serves.
+the bus is back, this node takes its ownership keys again, says again what
+its connectors are and which devices it has, and asks the others to do the
+same for the instances it serves.
 """
 
 from __future__ import annotations
@@ -40,12 +53,12 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from linchpin_common.machine import Transitions
-from linchpin_common.contract.topics import EVENT_CONNECTED, EVENT_DISCONNECTED
+from linchpin_common.contract.topics import EVENT_CONNECTED, EVENT_DISCONNECTED, UP_FILTER
 
 from . import busmessages as bm
-from .bus import NotConnected, epoch_of
+from .bus import NotConnected
 from .peers import IClusterPeer
-from .router import CONNECTOR, DEVICE
+from .router import CONNECTOR, DEVICE, TAKEOVER_GRACE
 
 HEARTBEAT = 2.0
 DEAD_AFTER = 7.0
@@ -83,28 +96,32 @@ _OWNERSHIP = Transitions("node ownership", Ownership, {
 class _Held:
     """A local session whose ownership this node holds (or is claiming)."""
 
-    __slots__ = ("client", "state", "epoch", "waiters", "newest_seen", "channel", "announcing")
+    __slots__ = ("client", "key", "state", "epoch", "waiters", "newest_seen", "told")
 
     def __init__(self, client):
         self.client = client
+        self.key = client.key
         self.state = Ownership.CLAIMING
         self.epoch = None  # known once the claim is answered (HELD)
         self.waiters = []
-        self.announcing = False  # a connector: its online announcement waits for the epoch
         self.newest_seen = 0  # highest epoch of a takeover heard before that
-        self.channel = bm.principal_channel(client.principal.instance_id)  # where its instance's connector listens
+        self.told: bm.Connector | None = None  # a connector: what the other nodes were last told of it
 
 
-class _Remote:
-    """What this node knows of an instance's connector on another node."""
+class _View:
+    """What this node knows of an instance's connector sessions on other nodes."""
 
-    __slots__ = ("node", "epoch", "online", "known")
+    __slots__ = ("known", "sessions")
 
     def __init__(self):
-        self.node = None
-        self.epoch = 0
-        self.online = False
-        self.known = False
+        self.known = False  # the registry has been read (or the bus is down: nothing is known elsewhere)
+        self.sessions: dict[str, bm.Connector] = {}  # name -> its latest state, ready or draining
+
+    def subscribed(self) -> bool:
+        return bool(self.sessions)
+
+    def ready(self) -> list[str]:
+        return [name for name, c in self.sessions.items() if c.state == bm.READY]
 
 
 @implementer(IClusterPeer)
@@ -120,12 +137,13 @@ class Cluster:
         self.node = node or os.urandom(8).hex().encode()
         self.stats = ClusterStats()
         self.on_bus_back = None  # called when the bus is back after being away
-        self.held: dict[str, _Held] = {}
-        self.remote: dict[str, _Remote] = {}  # instance -> its connector elsewhere (instances of our devices)
+        self.held: dict[str, _Held] = {}  # session key -> its ownership
+        self.views: dict[str, _View] = {}  # instance -> its connectors elsewhere (instances served here)
+        self.watchers: dict[str, int] = {}  # instance -> sessions here of it (devices and connectors)
         self.interest: dict[str, set[str]] = {}  # instance -> ids of its devices held here
+        self.connectors_here: dict[str, int] = {}  # instance -> its connector sessions held here
         self.remote_devices: dict[str, dict[str, tuple[bytes, int]]] = {}  # for our connectors
         self.lost: dict[str, set[str]] = {}  # devices reported gone with their node, per instance
-        self.online_here: dict[str, bytes] = {}  # instance -> value of its online key
         self.last_seen: dict[bytes, float] = {}
         self._pinging = None
         self._beat = task.LoopingCall(self.heartbeat)
@@ -164,47 +182,54 @@ class Cluster:
         principal = client.principal
         h = _Held(client)
         client.held = h
-        older = self.held.get(principal.id)
+        older = self.held.get(h.key)
         if older is not None:  # (the router detaches an older session first)
             self._release(older)
-        self.held[principal.id] = h
-        self.bus.subscribe(bm.principal_channel(principal.id))
+        self.held[h.key] = h
+        self.bus.subscribe(bm.principal_channel(h.key))
+        self._watch(principal.instance_id)
         if principal.role == DEVICE:
             self._interest_add(principal.instance_id, principal.id)
             known = self.remote_devices.get(principal.instance_id, {}).pop(principal.id, None)
             if known is not None:
                 # It was on another node: that session ended before this one.
                 self.router.emit_event(principal.instance_id, EVENT_DISCONNECTED, principal.id)
+        else:
+            n = self.connectors_here.get(principal.instance_id, 0)
+            self.connectors_here[principal.instance_id] = n + 1
+            if n == 0:  # events and device presence for the instance's connectors here
+                self.bus.subscribe(bm.principal_channel(principal.instance_id))
+                self.bus.publish(bm.instance_channel(principal.instance_id), bm.WhoIsHere().encode())
         self._claim(h)
 
     def _claim(self, h: _Held) -> None:
-        pid = h.client.principal.id
-        d = self.bus.claim(bm.own_key(pid), bm.epoch_key(pid), self.node, int(OWN_TTL * 1000))
+        d = self.bus.claim(bm.own_key(h.key), bm.epoch_key(h.key), self.node, int(OWN_TTL * 1000))
         d.addCallbacks(self._claimed, self._claim_failed, callbackArgs=(h,), errbackArgs=(h,))
 
     def _claimed(self, answer, h: _Held) -> None:
         epoch, old = answer
         h.epoch = epoch
         h.state = _OWNERSHIP.next(h.state, "claimed")
-        pid = h.client.principal.id
         if old is not None and old.split(b" ", 1)[0] != self.node:
-            self.bus.publish(bm.principal_channel(pid), bm.Takeover(epoch).encode())
+            self.bus.publish(bm.principal_channel(h.key), bm.Takeover(epoch).encode())
         waiters, h.waiters = h.waiters, []
         if h.state is Ownership.RELEASED:  # gone meanwhile: tell what it said, then let go
             for fn in waiters:
                 fn(epoch)
-            self.bus.release(bm.own_key(pid), self._value(epoch)).addErrback(lambda f: None)
+            self.bus.release(bm.own_key(h.key), self._value(epoch)).addErrback(lambda f: None)
             return
         if h.newest_seen > epoch:
             self._taken_over(h)
             return
         for fn in waiters:
             fn(epoch)
+        if h.client.principal.role == CONNECTOR:
+            self.connector_state(h.client)
 
     def _claim_failed(self, failure, h: _Held) -> None:
         # The bus is down: claimed again when it is back, and what waits for
-        # the epoch (its device_connected, its connector's presence) goes then.
-        self.log.debug("claim failed for {id}: {e}", id=h.client.principal.id, e=failure.getErrorMessage())
+        # the epoch (its device_connected, its connector's state) goes then.
+        self.log.debug("claim failed for {id}: {e}", id=h.key, e=failure.getErrorMessage())
 
     def _value(self, epoch: int) -> bytes:
         return b"%s %d" % (self.node, epoch)
@@ -223,30 +248,192 @@ class Cluster:
             return
         before, h.state = h.state, _OWNERSHIP.next(h.state, "release")
         if before is Ownership.HELD:
-            self.bus.release(bm.own_key(h.client.principal.id), self._value(h.epoch)).addErrback(lambda f: None)
+            self.bus.release(bm.own_key(h.key), self._value(h.epoch)).addErrback(lambda f: None)
 
-    def detached(self, client) -> None:
+    def detached(self, client, replaced: bool = False) -> None:
         principal = client.principal
-        h = self.held.get(principal.id)
+        h = self.held.get(client.key)
         if h is None or h.client is not client:
             return
-        del self.held[principal.id]
-        self.bus.unsubscribe(bm.principal_channel(principal.id))
+        del self.held[h.key]
+        self.bus.unsubscribe(bm.principal_channel(h.key))
         self._release(h)
         if principal.role == DEVICE:
             self._interest_remove(principal.instance_id, principal.id)
         else:
-            self.remote_devices.pop(principal.instance_id, None)
-            self.lost.pop(principal.instance_id, None)
+            self._connector_gone(h, replaced)
+            n = self.connectors_here.pop(principal.instance_id, 1) - 1
+            if n:
+                self.connectors_here[principal.instance_id] = n
+            else:
+                self.bus.unsubscribe(bm.principal_channel(principal.instance_id))
+                self.remote_devices.pop(principal.instance_id, None)
+                self.lost.pop(principal.instance_id, None)
+        self._unwatch(principal.instance_id)
 
-    def send_up(self, client, payload: bytes, qos: int, raw: bytes | None = None) -> None:
-        """A device's message for its connector, which is not here; ``raw``:
-        the QoS 0 PUBLISH as received, which the connector gets unchanged."""
+    # -- connector sessions: what this node says of its own ----------------------------
+
+    def connector_state(self, client) -> None:
+        """A connector session here subscribed, drained or unsubscribed: the
+        other nodes are told once its epoch is known."""
+        h = getattr(client, "held", None)
+        if h is None or h.state is not Ownership.HELD or self.held.get(h.key) is not h:
+            return  # told when its claim is answered
+        if UP_FILTER not in client.subs:
+            state = bm.GONE
+        else:
+            state = bm.READY if client.ready else bm.DRAINING
+        said = bm.Connector(self.node, client.name, h.epoch, state)
+        if said == h.told:
+            return
+        if state == bm.GONE and h.told is None:
+            return  # never said to be there
+        h.told = said
+        self._tell(client.principal.instance_id, said)
+
+    def _tell(self, instance_id: str, said: bm.Connector) -> None:
+        key = bm.connectors_key(instance_id)
+        if said.state == bm.GONE:
+            self.bus.hdel_if(key, said.name.encode(), said._replace(state=bm.READY).entry()).addErrback(
+                lambda f: None)
+            self.bus.hdel_if(key, said.name.encode(), said._replace(state=bm.DRAINING).entry()).addErrback(
+                lambda f: None)
+        else:
+            self.bus.hset_newer(key, said.name.encode(), said.entry()).addErrback(lambda f: None)
+        self.bus.publish(bm.instance_channel(instance_id), said.encode())
+
+    def _connector_gone(self, h: _Held, replaced: bool) -> None:
+        told = h.told
+        if told is None or told.state == bm.GONE:
+            return
+        gone = told._replace(state=bm.GONE)
+        instance_id = h.client.principal.instance_id
+        if not replaced:
+            self._tell(instance_id, gone)
+            return
+        # Taken over: the newer session (here or elsewhere) speaks for the
+        # name; if it has not by the end of the grace, the name is gone.
+        self.clock.callLater(TAKEOVER_GRACE, self._tell, instance_id, gone)
+
+    def _retell(self, instance_id: str | None = None) -> None:
+        """Say again what our connector sessions are (the bus came back, or a node asked)."""
+        for h in list(self.held.values()):
+            client = h.client
+            if client.principal.role != CONNECTOR or h.told is None or h.told.state == bm.GONE:
+                continue
+            if instance_id is None or client.principal.instance_id == instance_id:
+                self._tell(client.principal.instance_id, h.told)
+
+    # -- what this node knows of the connectors elsewhere -----------------------------
+
+    def _watch(self, instance_id: str) -> None:
+        n = self.watchers.get(instance_id, 0)
+        self.watchers[instance_id] = n + 1
+        if n == 0:
+            self.views[instance_id] = _View()
+            self.bus.subscribe(bm.instance_channel(instance_id))
+            self._learn(instance_id)
+
+    def _unwatch(self, instance_id: str) -> None:
+        n = self.watchers.get(instance_id, 1) - 1
+        if n > 0:
+            self.watchers[instance_id] = n
+            return
+        self.watchers.pop(instance_id, None)
+        self.views.pop(instance_id, None)
+        self.bus.unsubscribe(bm.instance_channel(instance_id))
+
+    def _learn(self, instance_id: str) -> None:
+        view = self.views[instance_id]
+        if not self.bus.connected:
+            self._known(instance_id, view)
+            return
+
+        def got(entries):
+            if self.views.get(instance_id) is not view:
+                return
+            for field, entry in entries.items():
+                try:
+                    said = bm.Connector.from_entry(field.decode(), entry)
+                except (ValueError, bm.BadMessage):
+                    continue
+                self._heard(instance_id, said, announce=False)
+            self._known(instance_id, view)
+
+        def failed(f):
+            if self.views.get(instance_id) is view:
+                self._known(instance_id, view)
+
+        self.bus.hgetall(bm.connectors_key(instance_id)).addCallbacks(got, failed)
+
+    def _known(self, instance_id: str, view: _View) -> None:
+        if not view.known:
+            view.known = True
+            self.router.remote_connectors_changed(instance_id, ())
+
+    def _heard(self, instance_id: str, said: bm.Connector, announce: bool = True) -> None:
+        """A connector session of the instance on another node is ready,
+        draining or gone (``announce``: tell the router now)."""
+        view = self.views.get(instance_id)
+        if view is None or said.node == self.node:
+            return
+        known = view.sessions.get(said.name)
+        if known is not None and known.epoch > said.epoch:
+            return  # older news of that name
+        self.last_seen.setdefault(said.node, self.clock.seconds())
+        left = ()
+        if said.state == bm.GONE:
+            if known is None or known.epoch != said.epoch:
+                return  # a newer session of that name spoke already, or nothing was known
+            del view.sessions[said.name]
+            left = (said.name,)
+        else:  # ready, or draining (which keeps its devices)
+            view.sessions[said.name] = said
+        if announce and view.known:
+            self.router.remote_connectors_changed(instance_id, left)
+
+    def remote_online(self, instance_id: str):
+        """True/False: whether a connector of the instance is online on
+        another node; None while not known yet."""
+        view = self.views.get(instance_id)
+        if view is None or not view.known:
+            return None
+        return view.subscribed()
+
+    def remote_ready(self, instance_id: str) -> list[str]:
+        """The names of the instance's ready connector sessions on other nodes."""
+        view = self.views.get(instance_id)
+        return view.ready() if view is not None else []
+
+    def connectors_elsewhere(self, instance_id: str) -> defer.Deferred:
+        """Deferred[set]: from the view when this node has one, else from
+        the registry (the bus down: none known)."""
+        view = self.views.get(instance_id)
+        if view is not None and view.known:
+            return defer.succeed(set(view.sessions))
+
+        def names(entries):
+            return {field.decode() for field, entry in entries.items() if not entry.startswith(self.node + b" ")}
+
+        d = self.bus.hgetall(bm.connectors_key(instance_id)).addCallback(names)
+        return d.addErrback(lambda f: set())
+
+    # -- messages for sessions elsewhere ---------------------------------------------
+
+    def send_up(self, client, payload: bytes, qos: int, raw: bytes | None = None, to: str | None = None) -> None:
+        """A device's message for the connector session ``to`` of its
+        instance, on another node (None: no connector to take it, dropped);
+        ``raw``: the QoS 0 PUBLISH as received, which the connector gets
+        unchanged."""
+        if to is None:
+            self.stats.dropped += 1
+            return
         if raw is not None:
             message = bm.UpRaw(raw).encode()
         else:
             message = bm.Up(qos, client.principal.id, payload).encode()
-        if self.bus.publish(client.held.channel, message):
+        channel = bm.principal_channel(bm.connector_key(client.principal.instance_id, to))
+        if self.bus.publish(channel, message):
             self.stats.messages_out += 1
         else:
             self.stats.dropped += 1
@@ -264,7 +451,7 @@ class Cluster:
             self.stats.dropped += 1
 
     def event(self, instance_id: str, event: str, device_id: str, client=None) -> None:
-        """A ``$gateway/events`` event for a connector that is not here."""
+        """A ``$gateway/events`` event for the instance's connectors on other nodes."""
         def send(epoch):
             self.bus.publish(bm.principal_channel(instance_id), bm.Event(event, device_id, self.node, epoch).encode())
 
@@ -273,101 +460,17 @@ class Cluster:
         else:
             send(0)
 
-    def connector_presence(self, instance_id: str, online: bool, client) -> None:
-        """Our connector of ``instance_id`` went online or offline."""
-        if online:
-            h = getattr(client, "held", None)
-            if h is None or h.announcing:
-                return  # one announcement waits at most, however often it toggled
-            h.announcing = True
-
-            def announce(epoch):
-                h.announcing = False
-                # Checked when the epoch is known: it may be offline or gone by then.
-                if self.held.get(instance_id) is not h or not self.router.is_online(instance_id):
-                    return
-                value = self._value(epoch)
-                self.online_here[instance_id] = value
-                self.bus.set(bm.online_key(instance_id), value, int(OWN_TTL * 1000)).addErrback(lambda f: None)
-                self._announce(instance_id, True, epoch)
-                self.bus.publish(bm.instance_channel(instance_id), bm.WhoIsHere().encode())
-
-            self._after_claim(client, announce)
-        else:
-            value = self.online_here.pop(instance_id, None)
-            if value is not None:
-                self.bus.release(bm.online_key(instance_id), value).addErrback(lambda f: None)
-                self._announce(instance_id, False, epoch_of(value))
-
-    def _announce(self, instance_id, online, epoch):
-        self.bus.publish(bm.instance_channel(instance_id), bm.Presence(self.node, epoch, online).encode())
-
-    def remote_online(self, instance_id: str):
-        """True/False: whether the instance's connector is online on another
-        node; None while not known yet."""
-        r = self.remote.get(instance_id)
-        if r is None or not r.known:
-            return None
-        return r.online
-
-    def connectors_elsewhere(self, instance_id: str) -> int:
-        """Connector sessions of the instance that other nodes hold, as far as
-        this node knows (those whose presence it has heard)."""
-        r = self.remote.get(instance_id)
-        return 1 if r is not None and r.online else 0
-
-    # -- what devices here need to know of their connector elsewhere ----------------
+    # -- what devices here need to know of the connectors' nodes ----------------------
 
     def _interest_add(self, instance_id: str, device_id: str) -> None:
-        devices = self.interest.get(instance_id)
-        if devices is None:
-            devices = self.interest[instance_id] = set()
-            self.remote[instance_id] = _Remote()
-            self.bus.subscribe(bm.instance_channel(instance_id))
-            self._learn(instance_id)
-        devices.add(device_id)
+        self.interest.setdefault(instance_id, set()).add(device_id)
 
     def _interest_remove(self, instance_id: str, device_id: str) -> None:
         devices = self.interest.get(instance_id)
-        if devices is None:
-            return
-        devices.discard(device_id)
-        if not devices:
-            del self.interest[instance_id]
-            self.remote.pop(instance_id, None)
-            self.bus.unsubscribe(bm.instance_channel(instance_id))
-
-    def _learn(self, instance_id: str) -> None:
-        r = self.remote[instance_id]
-        if not self.bus.connected:
-            self._set_remote(instance_id, r, None, 0, False, force=True)
-            return
-
-        def got(value):
-            if self.remote.get(instance_id) is not r:
-                return
-            if value is None or value.split(b" ", 1)[0] == self.node:
-                if not r.known:
-                    self._set_remote(instance_id, r, None, 0, False, force=True)
-                return
-            node, epoch = value.split(b" ", 1)
-            self._set_remote(instance_id, r, node, int(epoch), True)
-
-        def failed(f):
-            if self.remote.get(instance_id) is r and not r.known:
-                self._set_remote(instance_id, r, None, 0, False, force=True)
-
-        self.bus.get(bm.online_key(instance_id)).addCallbacks(got, failed)
-
-    def _set_remote(self, instance_id, r: _Remote, node, epoch, online, force=False) -> None:
-        if not force and r.known and epoch < r.epoch:
-            return  # older news
-        if node is not None:
-            self.last_seen.setdefault(node, self.clock.seconds())
-        changed = (not r.known) or r.online != online
-        r.node, r.epoch, r.online, r.known = node, epoch, online, True
-        if changed:
-            self.router.presence_changed(instance_id)
+        if devices is not None:
+            devices.discard(device_id)
+            if not devices:
+                del self.interest[instance_id]
 
     # -- the bus -----------------------------------------------------------------
 
@@ -382,29 +485,31 @@ class Cluster:
         except Exception:
             self.log.failure("bad bus message on {channel}", channel=channel[:5])
 
-    def _for_principal(self, pid: str, m) -> None:
+    def _for_principal(self, key: str, m) -> None:
         kind = type(m)
         if kind is bm.UpRaw:  # the hot path: no more than this
             self.stats.messages_in += 1
-            self.router.remote_up_raw(pid, m.raw)
+            instance_id, _, name = key.partition("/")
+            self.router.remote_up_raw(instance_id, name, m.raw)
         elif kind is bm.DownRaw:
             self.stats.messages_in += 1
-            self.router.remote_down_raw(pid, m.connector_id, m.raw)
+            self.router.remote_down_raw(key, m.connector_id, m.raw)
         elif kind is bm.Up:
             self.stats.messages_in += 1
-            self.router.remote_up(pid, m.device_id, m.payload, m.qos)
+            instance_id, _, name = key.partition("/")
+            self.router.remote_up(instance_id, name, m.device_id, m.payload, m.qos)
         elif kind is bm.Down:
             self.stats.messages_in += 1
-            self.router.remote_down(pid, m.connector_id, m.payload, m.qos)
+            self.router.remote_down(key, m.connector_id, m.payload, m.qos)
         elif kind is bm.Takeover:
-            self._takeover_heard(pid, m.epoch)
+            self._takeover_heard(key, m.epoch)
         elif kind is bm.Event:
-            self._remote_event(pid, m)
+            self._remote_event(key, m)
         elif kind is bm.Present:
-            self._remote_present(pid, m.device_id, m.node, m.epoch)
+            self._remote_present(key, m.device_id, m.node, m.epoch)
 
-    def _takeover_heard(self, pid: str, epoch: int) -> None:
-        h = self.held.get(pid)
+    def _takeover_heard(self, key: str, epoch: int) -> None:
+        h = self.held.get(key)
         if h is None:
             return
         if h.state is Ownership.CLAIMING:
@@ -415,13 +520,13 @@ class Cluster:
     def _taken_over(self, h: _Held) -> None:
         self.stats.takeovers += 1
         self.log.info("{role} {id} taken over by a newer session on another node",
-                      role=h.client.principal.role, id=h.client.principal.id)
+                      role=h.client.principal.role, id=h.key)
         self.router.taken_over(h.client)
 
     def _remote_event(self, instance_id: str, m: bm.Event) -> None:
         event, device_id, node, epoch = m
-        if not self.router.has_connector(instance_id):
-            return  # our connector has just gone
+        if node == self.node or not self.router.has_connector(instance_id):
+            return  # ours (our connectors had it), or our connectors have just gone
         devices = self.remote_devices.setdefault(instance_id, {})
         if event == EVENT_CONNECTED:
             known = devices.get(device_id)
@@ -442,11 +547,8 @@ class Cluster:
         self.router.emit_event(instance_id, event, device_id)
 
     def _remote_present(self, instance_id: str, device_id: str, node: bytes, epoch: int) -> None:
-        if not self.router.has_connector(instance_id):
+        if node == self.node or not self.router.has_connector(instance_id):
             return
-        value = self.online_here.get(instance_id)
-        if value is not None:  # that node may have missed it (it was cut off from the bus)
-            self._announce(instance_id, True, epoch_of(value))
         devices = self.remote_devices.setdefault(instance_id, {})
         known = devices.get(device_id)
         if known is not None and known[1] >= epoch:
@@ -459,21 +561,17 @@ class Cluster:
             self.router.emit_event(instance_id, EVENT_CONNECTED, device_id)
 
     def _for_instance(self, instance_id: str, m) -> None:
-        if type(m) is bm.Presence:
-            r = self.remote.get(instance_id)
-            if r is None or m.node == self.node:
-                return
-            self._set_remote(instance_id, r, m.node, m.epoch, m.online)
-        else:  # WhoIsHere
+        if type(m) is bm.Connector:
+            self._heard(instance_id, m)
+        else:  # WhoIsHere: say again what we hold of the instance
             self._present(instance_id)
+            self._retell(instance_id)
 
     def _present(self, instance_id: str) -> None:
         for device_id in self.interest.get(instance_id, ()):
             h = self.held.get(device_id)
             if h is not None and h.state is Ownership.HELD:
                 self.bus.publish(bm.principal_channel(instance_id), bm.Present(device_id, self.node, h.epoch).encode())
-
-    # -- control: what every node must do ------------------------------------------
 
     def _broadcast(self, message) -> None:
         self.bus.publish(bm.CONTROL, message.encode())
@@ -501,6 +599,8 @@ class Cluster:
     def instance_deleted(self, instance_id: str, device_ids) -> None:
         self._broadcast(bm.Drop(self.node, instance_id, tuple(device_ids)))
         self._forget_epochs([instance_id, *device_ids])
+        if self.bus.connected:
+            self.bus.delete([bm.connectors_key(instance_id)]).addErrback(lambda f: None)
 
     def _forget_epochs(self, principal_ids) -> None:
         """The epoch counters of principals that are gone (they would
@@ -570,24 +670,18 @@ class Cluster:
 
     def _hold(self) -> defer.Deferred:
         entries, owners = [], []
-        for pid, h in self.held.items():
+        for key, h in self.held.items():
             if h.state is Ownership.HELD:
-                entries.append((bm.own_key(pid), bm.epoch_key(pid), self._value(h.epoch)))
-                owners.append(("session", pid, h))
-        for instance_id, value in self.online_here.items():
-            entries.append((bm.online_key(instance_id), bm.epoch_key(instance_id), value))
-            owners.append(("online", instance_id, value))
+                entries.append((bm.own_key(key), bm.epoch_key(key), self._value(h.epoch)))
+                owners.append((key, h))
         if not entries:
             return defer.succeed(None)
 
         def lost(indices):
             for i in indices:
-                what, key, h = owners[i]
-                if what == "session":
-                    if self.held.get(key) is h:
-                        self._taken_over(h)
-                elif self.online_here.get(key) == h:
-                    del self.online_here[key]
+                key, h = owners[i]
+                if self.held.get(key) is h:
+                    self._taken_over(h)
 
         return self.bus.hold(entries, int(OWN_TTL * 1000)).addCallbacks(lost, lambda f: None)
 
@@ -599,10 +693,17 @@ class Cluster:
         self._forget_remote(lambda n: n == node)
 
     def _forget_remote(self, matches) -> None:
-        for instance_id, r in list(self.remote.items()):
-            if r.node is not None and matches(r.node) and r.online:
-                r.online = False
-                self.router.presence_changed(instance_id)
+        """What nodes that ``matches`` held is gone: their connector sessions
+        (their devices here are told ``moved`` or ``offline``) and their devices."""
+        for instance_id, view in list(self.views.items()):
+            left = [name for name, said in view.sessions.items() if matches(said.node)]
+            for name in left:
+                said = view.sessions.pop(name)
+                if self.bus.connected:  # nobody else will remove what a dead node wrote
+                    self.bus.hdel_if(bm.connectors_key(instance_id), name.encode(), said.entry()).addErrback(
+                        lambda f: None)
+            if left:
+                self.router.remote_connectors_changed(instance_id, left)
         for instance_id, devices in list(self.remote_devices.items()):
             for device_id, (node, _) in list(devices.items()):
                 if matches(node):
@@ -621,13 +722,11 @@ class Cluster:
                 self._claim(h)
         self._hold()
         self._broadcast(bm.Heartbeat(self.node))
-        for instance_id, value in self.online_here.items():
-            self._announce(instance_id, True, epoch_of(value))
-            self.bus.publish(bm.instance_channel(instance_id), bm.WhoIsHere().encode())
-        for instance_id in list(self.interest):
+        self._retell()
+        for instance_id, view in list(self.views.items()):
             self._present(instance_id)
-            if instance_id in self.remote:
-                self._learn(instance_id)
+            self.bus.publish(bm.instance_channel(instance_id), bm.WhoIsHere().encode())
+            self._learn(instance_id)
         # What happened elsewhere while the bus was away did not reach here.
         if self.on_bus_back is not None:
             self.on_bus_back()

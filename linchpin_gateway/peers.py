@@ -8,6 +8,7 @@ alone (nothing is elsewhere, so nothing is sent and nothing is known).
 
 from __future__ import annotations
 
+from twisted.internet import defer
 from zope.interface import Interface, implementer
 
 
@@ -15,11 +16,17 @@ class IClusterPeer(Interface):
     def attached(client):
         """A session of ``client.principal`` is now on this node."""
 
-    def detached(client):
-        """That session has left this node."""
+    def detached(client, replaced=False):
+        """That session has left this node (``replaced``: by a newer session
+        of its key, taken over)."""
 
-    def send_up(client, payload, qos, raw=None):
-        """A device's message for its connector, which is not on this node."""
+    def connector_state(client):
+        """A connector session here subscribed to ``devices/+/up``, drained
+        or unsubscribed."""
+
+    def send_up(client, payload, qos, raw=None, to=None):
+        """A device's message for the connector session named ``to`` of its
+        instance, which is not on this node (None: there is none)."""
 
     def send_down(client, device_id, payload, qos, raw=None):
         """A connector's message for a device that is not on this node."""
@@ -27,15 +34,16 @@ class IClusterPeer(Interface):
     def event(instance_id, event, device_id, client=None):
         """A ``$gateway/events`` event for a connector that is not on this node."""
 
-    def connector_presence(instance_id, online, client):
-        """This node's connector of ``instance_id`` went online or offline."""
-
     def remote_online(instance_id):
-        """Whether the instance's connector is online on another node:
+        """Whether a connector of the instance is online on another node:
         True, False, or None while not known yet."""
 
+    def remote_ready(instance_id):
+        """The names of the instance's ready connector sessions on other nodes."""
+
     def connectors_elsewhere(instance_id):
-        """How many connector sessions of the instance other nodes hold."""
+        """Deferred[set]: the names of the instance's connector sessions
+        other nodes hold (those subscribed: ready or draining)."""
 
 
 @implementer(IClusterPeer)
@@ -45,10 +53,13 @@ class LocalOnly:
     def attached(self, client):
         pass
 
-    def detached(self, client):
+    def detached(self, client, replaced=False):
         pass
 
-    def send_up(self, client, payload, qos, raw=None):
+    def connector_state(self, client):
+        pass
+
+    def send_up(self, client, payload, qos, raw=None, to=None):
         pass  # no connector elsewhere: dropped, as for an absent peer
 
     def send_down(self, client, device_id, payload, qos, raw=None):
@@ -57,14 +68,14 @@ class LocalOnly:
     def event(self, instance_id, event, device_id, client=None):
         pass
 
-    def connector_presence(self, instance_id, online, client):
-        pass
-
     def remote_online(self, instance_id):
         return False
 
+    def remote_ready(self, instance_id):
+        return ()
+
     def connectors_elsewhere(self, instance_id):
-        return 0
+        return defer.succeed(frozenset())
 
 
 LOCAL_ONLY = LocalOnly()

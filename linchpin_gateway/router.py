@@ -127,7 +127,7 @@ class _Instance:
         self.grace = None  # DelayedCall while a takeover is settling
         self.stranded: set[Client] = set()  # told offline when their connector left and none was ready
 
-    def ready_names(self) -> list[str]:
+    def ready_here(self) -> list[str]:
         return [name for name, c in self.connectors.items() if c.ready]
 
     def subscribed(self) -> bool:
@@ -165,13 +165,17 @@ class Router:
         inst = self._instances.get(principal.instance_id)
         return inst is None or len(inst.devices) < max_devices
 
-    def may_attach_connector(self, principal: Principal, name: str) -> bool:
-        """Whether a connector session named ``name`` fits in the instance's
-        ``MAX_CONNECTORS`` (a takeover of the same name always does)."""
-        inst = self._instances.get(principal.instance_id)
-        if inst is None or name in inst.connectors:
-            return True
-        return len(inst.connectors) + self.cluster.connectors_elsewhere(principal.instance_id) < MAX_CONNECTORS
+    def connector_room(self, principal: Principal, name: str):
+        """Deferred[bool]: whether a connector session named ``name`` fits in
+        the instance's ``MAX_CONNECTORS``, here and on the other nodes (a
+        takeover of the same name always does)."""
+
+        def fits(elsewhere) -> bool:
+            inst = self._instances.get(principal.instance_id)
+            names = set(elsewhere).union(inst.connectors if inst is not None else ())
+            return name in names or len(names) < MAX_CONNECTORS
+
+        return self.cluster.connectors_elsewhere(principal.instance_id).addCallback(fits)
 
     def has_connector(self, instance_id: str) -> bool:
         inst = self._instances.get(instance_id)
@@ -238,7 +242,7 @@ class Router:
             del self._clients[client.key]
         inst = self._instances.get(principal.instance_id)
         if inst is None:
-            self.cluster.detached(client)
+            self.cluster.detached(client, takeover)
             return
         if principal.role == CONNECTOR:
             if inst.connectors.get(client.name) is client:
@@ -256,7 +260,7 @@ class Router:
             inst.stranded.discard(client)
             self._event(principal.instance_id, inst, EVENT_DISCONNECTED, principal.id, client)
         self._update_presence(principal.instance_id, inst)
-        self.cluster.detached(client)
+        self.cluster.detached(client, takeover)
 
     # -- subscriptions -------------------------------------------------------
 
@@ -282,6 +286,7 @@ class Router:
         inst = self._instances[client.principal.instance_id]
         filters = {t for t, _ in topics}
         if client.principal.role == CONNECTOR and UP_FILTER in filters and UP_FILTER in client.subs:
+            self.cluster.connector_state(client)
             self._update_presence(client.principal.instance_id, inst)
             if client.ready:
                 self._unstrand(inst)
@@ -300,6 +305,7 @@ class Router:
             inst = self._instances[client.principal.instance_id]
             if UP_FILTER not in client.subs:
                 self._connector_left(inst, client.name)
+                self.cluster.connector_state(client)
             self._update_presence(client.principal.instance_id, inst)
 
     @staticmethod
@@ -329,8 +335,8 @@ class Router:
                 if sub_qos is not None:
                     self._count(payload)
                     target.session.deliver(client.up_wire, payload, min(qos, sub_qos), raw)
-            else:
-                self.cluster.send_up(client, payload, qos, raw)
+            else:  # on another node, or nowhere (dropped there)
+                self.cluster.send_up(client, payload, qos, raw, pin)
             return True
         device_id = down_topic_id(topic)
         target = inst.devices.get(device_id) if device_id is not None else None
@@ -357,10 +363,14 @@ class Router:
 
     # -- pins ----------------------------------------------------------------
 
+    def _ready_names(self, instance_id: str, inst: _Instance) -> set[str]:
+        """The instance's ready connector names, here and on other nodes."""
+        return set(inst.ready_here()).union(self.cluster.remote_ready(instance_id))
+
     def _pin(self, inst: _Instance, device: Client) -> str | None:
-        """Pin ``device`` to the ready connector that ranks first for it; a
-        device with no ready connector keeps the pin it has."""
-        names = inst.ready_names()
+        """Pin ``device`` to the ready connector that ranks first for it, here
+        or on another node; a device with no ready connector keeps its pin."""
+        names = self._ready_names(device.principal.instance_id, inst)
         if not names:
             return device.pin
         device_id = device.principal.id
@@ -392,7 +402,10 @@ class Router:
         """Connector ``name`` closed or stopped taking up messages: its devices
         are told ``moved`` when another connector is ready (their next HELLO
         pins them there), else ``offline``."""
-        ready = bool(inst.ready_names())
+        if not inst.devices:
+            return
+        instance_id = next(iter(inst.devices.values())).principal.instance_id
+        ready = bool(self._ready_names(instance_id, inst))
         for device in list(inst.devices.values()):
             if device.pin != name:
                 continue
@@ -402,7 +415,7 @@ class Router:
             if ready:
                 self.stats.devices_moved += 1
                 device.session.deliver(_STATUS_TOPIC, _MOVED, 0)
-            elif inst.subscribed():  # the instance stays online through a draining connector
+            elif inst.subscribed() or self.cluster.remote_online(instance_id):  # online through a draining one
                 inst.stranded.add(device)
                 device.session.deliver(_STATUS_TOPIC, _OFFLINE, 0)
             # else: the instance goes offline, which every device is told
@@ -420,6 +433,7 @@ class Router:
             self.log.info("connector {name} of instance {id} drains", name=connector.name,
                           id=connector.principal.instance_id)
             connector.drained = True
+            self.cluster.connector_state(connector)
 
     # -- back-pressure -------------------------------------------------------
 
@@ -499,18 +513,9 @@ class Router:
                 instance_id=instance_id,
                 state="online" if online else "offline",
             )
-            self.cluster.connector_presence(instance_id, online, self._presence_holder(inst))
         self._show(instance_id, inst)
         if not inst.connectors and not inst.devices and inst.grace is None:
             self._instances.pop(instance_id, None)
-
-    @staticmethod
-    def _presence_holder(inst: _Instance) -> Client | None:
-        """The connector session whose epoch stands for the instance's presence here."""
-        for connector in inst.connectors.values():
-            if UP_FILTER in connector.subs:
-                return connector
-        return next(iter(inst.connectors.values()), None)
 
     def _show(self, instance_id: str, inst: _Instance) -> None:
         """Tell this node's devices when their connector's presence, here or
@@ -531,42 +536,51 @@ class Router:
                 device.session.deliver(_STATUS_TOPIC, payload, 0)
 
     def _event(self, instance_id: str, inst: _Instance | None, event: str, device_id: str, client=None) -> None:
-        connectors = list(inst.connectors.values()) if inst is not None else ()
-        if connectors:
-            payload = event_payload(event, device_id)
-            for connector in connectors:
-                if EVENTS in connector.subs:
-                    connector.session.deliver(_EVENTS_TOPIC, payload, 0)
-        else:
-            self.cluster.event(instance_id, event, device_id, client)
+        """To the instance's connectors here and on the other nodes."""
+        self._event_here(inst, event, device_id)
+        self.cluster.event(instance_id, event, device_id, client)
+
+    @staticmethod
+    def _event_here(inst: _Instance | None, event: str, device_id: str) -> None:
+        if inst is None or not inst.connectors:
+            return
+        payload = event_payload(event, device_id)
+        for connector in list(inst.connectors.values()):
+            if EVENTS in connector.subs:
+                connector.session.deliver(_EVENTS_TOPIC, payload, 0)
 
     # -- what the cluster brings from other nodes ----------------------------------
 
     def emit_event(self, instance_id: str, event: str, device_id: str) -> None:
         """An event about a device on another node, for our connectors."""
+        self._event_here(self._instances.get(instance_id), event, device_id)
+
+    def remote_connectors_changed(self, instance_id: str, left=()) -> None:
+        """The instance's connector sessions on other nodes changed (or became
+        known): ``left`` are the names that are gone or no longer take up
+        messages; their devices here are told ``moved`` or ``offline``."""
         inst = self._instances.get(instance_id)
-        if inst is not None and inst.connectors:
-            self._event(instance_id, inst, event, device_id)
+        if inst is None:
+            return
+        for name in left:
+            if name not in inst.connectors:
+                self._connector_left(inst, name)
+        self._show(instance_id, inst)
+        if self.cluster.remote_ready(instance_id):
+            self._unstrand(inst)
 
     def presence_changed(self, instance_id: str) -> None:
         inst = self._instances.get(instance_id)
         if inst is not None:
             self._show(instance_id, inst)
 
-    @staticmethod
-    def _connector_for(inst: _Instance | None, device_id: str) -> Client | None:
-        """Which of our connectors takes an up message of a device on another
-        node: the ready one ranking first for it, as a pin would."""
-        if inst is None:
-            return None
-        names = inst.ready_names() or [n for n, c in inst.connectors.items() if UP_FILTER in c.subs]
-        if not names:
-            return None
-        return inst.connectors[max(names, key=lambda name: rank(name, device_id))]
+    def _connector_named(self, instance_id: str, name: str) -> Client | None:
+        inst = self._instances.get(instance_id)
+        return inst.connectors.get(name) if inst is not None else None
 
-    def remote_up(self, instance_id: str, device_id: str, payload: bytes, qos: int) -> None:
-        """A device's up message from another node, for our connector."""
-        target = self._connector_for(self._instances.get(instance_id), device_id)
+    def remote_up(self, instance_id: str, name: str, device_id: str, payload: bytes, qos: int) -> None:
+        """A device's up message from another node, for our connector ``name``."""
+        target = self._connector_named(instance_id, name)
         if target is not None:
             sub_qos = target.subs.get(UP_FILTER)
             if sub_qos is not None:
@@ -582,11 +596,9 @@ class Router:
                 self._count(payload)
                 target.session.deliver(target.down_wire, payload, min(qos, sub_qos))
 
-    def remote_up_raw(self, instance_id: str, raw: bytes) -> None:
+    def remote_up_raw(self, instance_id: str, name: str, raw: bytes) -> None:
         """:meth:`remote_up` of a QoS 0 PUBLISH as the device sent it."""
-        i = _payload_start(raw) - 3 - 32  # the device id ends the topic: devices/<id>/up
-        device_id = raw[i:i + 32].decode("ascii", "replace")
-        target = self._connector_for(self._instances.get(instance_id), device_id)
+        target = self._connector_named(instance_id, name)
         if target is not None and UP_FILTER in target.subs:
             self._count_raw(raw)
             target.session.deliver(None, None, 0, raw)

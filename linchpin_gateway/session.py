@@ -22,7 +22,7 @@ from .auth import TooManyFailures, TooManyInFlight
 from .config import DEFAULTS
 from .hashing import Overloaded
 from .metrics import Stats
-from .router import CONNECTOR, DEVICE
+from .router import DEVICE
 from .store import StoreUnavailable
 
 class State(enum.Enum):
@@ -286,19 +286,32 @@ class MQTTSession:
                           instance=principal.instance_id, n=cap, peer=self.peer)
             self._refuse(wire.CONNACK_SERVER_UNAVAILABLE, "too many sessions for this instance")
             return
-        name = self._client_id if principal.role == CONNECTOR else ""
-        if principal.role == CONNECTOR and self.state is not CLOSED:
-            if not is_connector_name(name):
-                self.log.info("connector of {instance} with a client identifier that cannot name it; refusing {peer}",
-                              instance=principal.instance_id, peer=self.peer)
-                self._refuse(wire.CONNACK_IDENTIFIER_REJECTED, "connector client identifier not 1-64 of A-Z a-z 0-9 . _ -")
-                return
-            if not self.router.may_attach_connector(principal, name):
+        if principal.role == DEVICE or self.state is CLOSED:
+            self._accept(principal)
+            return
+        name = self._client_id
+        if not is_connector_name(name):
+            self.log.info("connector of {instance} with a client identifier that cannot name it; refusing {peer}",
+                          instance=principal.instance_id, peer=self.peer)
+            self._refuse(wire.CONNACK_IDENTIFIER_REJECTED, "connector client identifier not 1-64 of A-Z a-z 0-9 . _ -")
+            return
+        # Other nodes may hold sessions of the instance: asked before CONNACK
+        # (reading stays paused meanwhile).
+        d = self.router.connector_room(principal, name)
+        d.addCallback(self._room, principal, name)
+        d.addErrback(self._crashed)
+
+    def _room(self, room: bool, principal, name: str) -> None:
+        if not room:
+            if self.state is not CLOSED:
                 self.stats.rate_limited += 1
                 self.log.info("instance {instance} has {n} connector sessions; refusing {peer}",
                               instance=principal.instance_id, n=MAX_CONNECTORS, peer=self.peer)
-                self._refuse(wire.CONNACK_SERVER_UNAVAILABLE, "too many connector sessions for this instance")
-                return
+            self._refuse(wire.CONNACK_SERVER_UNAVAILABLE, "too many connector sessions for this instance")
+            return
+        self._accept(principal, name)
+
+    def _accept(self, principal, name: str = "") -> None:
         if self._go("accept") is CLOSED:
             return
         if self.on_accepted is not None:

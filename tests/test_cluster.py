@@ -348,7 +348,7 @@ def test_a_connector_offline_again_before_its_claim_is_answered_is_not_announced
     a.bus.set_connected(True)
     pump(hub)
     assert ds.statuses() == ["offline"]
-    assert a.cluster.online_here == {} and hub.get(b"lm:online:" + I.encode()) is None
+    assert hub.hashes.get(b"lm:conns:" + I.encode(), {}) == {}  # nothing said of it
     # once it subscribes for good, it is announced
     a.router.subscribe(conn, [("devices/+/up", 1)])
     a.router.subscribed(conn, [("devices/+/up", 1)])
@@ -384,3 +384,172 @@ def test_a_claim_answered_after_the_session_left_lets_the_key_go(nodes, hub):
     assert h.state is Ownership.RELEASED
     a.bus.set_connected(True)  # nothing is claimed again for a session that left
     assert hub.get(b"lm:own:" + D1.encode()) is None
+
+
+# -- several connectors of one instance on several nodes ------------------------------
+
+from linchpin_gateway.router import rank  # noqa: E402
+
+HELLO = b"\x01\x01" + bytes(61)
+DATA = b"\x01\x03" + bytes(40)
+DEVICES = [f"{n:032x}" for n in range(1, 21)]
+
+
+def named(node, name, instance=I):
+    s = FakeSession()
+    c = node.router.attach(Principal(CONNECTOR, instance, instance), s, name)
+    topics = [("devices/+/up", 0), ("$gateway/events", 0)]
+    node.router.subscribe(c, topics)
+    node.router.subscribed(c, topics)
+    return c, s
+
+
+def ups(session):
+    return [topic.split("/")[1] for topic, _, _ in session.delivered if topic.endswith("/up")]
+
+
+def first(names, device_id):
+    return max(names, key=lambda name: rank(name, device_id))
+
+
+def send(node, dev, payload):
+    assert node.router.publish(dev, f"devices/{dev.principal.id}/up", payload, 0)
+
+
+def test_devices_on_one_node_are_pinned_to_connectors_on_others_as_on_one_node(nodes, hub):
+    a, b, c = nodes
+    _, sa = named(a, "a")
+    _, sb = named(b, "b")
+    pump(hub)
+    for device_id in DEVICES:
+        dev, ds = c.device(device_id)
+        pump(hub)
+        assert ds.statuses() == ["online"]
+        send(c, dev, HELLO)
+        send(c, dev, DATA)
+        pump(hub)
+        assert c.router.pinned_to(device_id) == first(["a", "b"], device_id)
+    assert sorted(ups(sa) + ups(sb)) == sorted(DEVICES * 2)
+    assert all(first(["a", "b"], d) == "a" for d in ups(sa)) and all(first(["a", "b"], d) == "b" for d in ups(sb))
+
+
+def test_a_connector_closing_on_another_node_moves_its_devices_at_once(nodes, hub):
+    a, b, c = nodes
+    conn_a, _ = named(a, "a")
+    _, sb = named(b, "b")
+    pump(hub)
+    devs = {d: c.device(d) for d in DEVICES[:8]}
+    for dev, _ in devs.values():
+        send(c, dev, HELLO)
+    pump(hub)
+    a.router.detach(conn_a)
+    pump(hub)
+    for device_id, (dev, ds) in devs.items():
+        if first(["a", "b"], device_id) == "a":
+            assert ds.statuses() == ["online", "moved"]
+            send(c, dev, HELLO)
+            pump(hub)
+            assert c.router.pinned_to(device_id) == "b" and ups(sb)[-1] == device_id
+        else:
+            assert ds.statuses() == ["online"]
+
+
+def test_a_node_killed_moves_the_devices_of_its_connectors(nodes, hub, clock):
+    a, b, c = nodes
+    named(a, "a")
+    named(b, "b")
+    on_a = next(d for d in DEVICES if first(["a", "b"], d) == "a")
+    dev, ds = c.device(on_a)
+    send(c, dev, HELLO)
+    advance(clock, hub, HEARTBEAT * 2)
+    a.kill(hub)
+    start = clock.seconds()
+    while ds.statuses()[-1] != "moved":
+        advance(clock, hub, 0.5)
+        assert clock.seconds() - start <= DEAD_AFTER + HEARTBEAT + 1
+    send(c, dev, HELLO)
+    assert c.router.pinned_to(on_a) == "b"
+
+
+def test_a_connector_draining_on_another_node_keeps_its_devices_and_takes_no_new_ones(nodes, hub):
+    a, b, c = nodes
+    conn_a, sa = named(a, "a")
+    _, sb = named(b, "b")
+    on_a = [d for d in DEVICES if first(["a", "b"], d) == "a"][:2]
+    dev, ds = c.device(on_a[0])
+    send(c, dev, HELLO)
+    pump(hub)
+    assert a.router.publish(conn_a, "$gateway/drain", b"", 0)
+    pump(hub)
+    send(c, dev, DATA)
+    other, _ = c.device(on_a[1])
+    send(c, other, HELLO)
+    pump(hub)
+    assert ups(sa) == [on_a[0]] * 2 and ups(sb) == [on_a[1]]
+    assert ds.statuses() == ["online"]
+
+
+def test_a_connector_restarting_under_its_name_through_another_node_keeps_its_devices(nodes, hub, clock):
+    a, b, c = nodes
+    named(a, "a")
+    named(b, "b")
+    on_a = next(d for d in DEVICES if first(["a", "b"], d) == "a")
+    dev, ds = c.device(on_a)
+    send(c, dev, HELLO)
+    pump(hub)
+    _, sa2 = named(b, "a")  # the same name, now through B: A's session is taken over
+    pump(hub)
+    advance(clock, hub, 12)  # past the takeover grace
+    assert a.router.count(CONNECTOR) == 0
+    assert ds.statuses() == ["online"]
+    send(c, dev, DATA)
+    pump(hub)
+    assert ups(sa2) == [on_a]
+
+
+def test_events_reach_every_connector_of_the_instance_on_every_node_once(nodes, hub):
+    a, b, c = nodes
+    _, sa = named(a, "a")
+    _, sb = named(b, "b")
+    _, sb2 = named(b, "b2")
+    pump(hub)
+    dev, _ = c.device(D1)
+    pump(hub)
+    c.router.detach(dev)
+    pump(hub)
+    for s in (sa, sb, sb2):
+        assert s.events() == [("device_connected", D1), ("device_disconnected", D1)]
+
+
+def test_at_most_16_connector_sessions_of_an_instance_across_nodes(nodes, hub):
+    a, b, c = nodes
+    for n in range(8):
+        named(a, f"a{n}")
+        named(b, f"b{n}")
+    pump(hub)
+    from tests.doubles import result
+
+    principal = Principal(CONNECTOR, I, I)
+    assert result(c.router.connector_room(principal, "c0")) is False  # C reads the registry
+    assert result(c.router.connector_room(principal, "a3")) is True  # a takeover of a name fits
+    c.device(D1)  # now C has a view of the instance
+    assert result(c.router.connector_room(principal, "c0")) is False
+
+
+def test_a_node_learns_the_connectors_from_the_registry_and_again_after_redis_restarts(nodes, hub):
+    a, b, c = nodes
+    named(a, "a")
+    named(b, "b")
+    pump(hub)
+    assert set(hub.hashes[b"lm:conns:" + I.encode()]) == {b"a", b"b"}
+    dev, ds = c.device(D1)  # C had heard nothing: it reads the registry
+    assert ds.statuses() == ["online"]
+    send(c, dev, HELLO)
+    assert c.router.pinned_to(D1) == first(["a", "b"], D1)
+    hub.restart()
+    c.bus.set_connected(False)
+    assert ds.statuses()[-1] == "offline"
+    c.bus.set_connected(True)
+    pump(hub)
+    assert ds.statuses()[-1] == "online"  # A and B said again what they have
+    assert set(hub.hashes[b"lm:conns:" + I.encode()]) == {b"a", b"b"}

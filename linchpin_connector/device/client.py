@@ -174,6 +174,8 @@ class Device:
         self._hs = Handshake()
         self._session: _LiveRequests | None = None  # the requests of the live session (phase LIVE)
         self._next_id = 0
+        # Told each $gateway/status: "online", "offline" or "moved" (an app shows it).
+        self.on_status = None
         self.down_topic = topics.down_topic(state.device_id)
         self.up_topic = topics.up_topic(state.device_id)
 
@@ -233,6 +235,8 @@ class Device:
             status = topics.connector_status(payload)
             if status is None:
                 return
+            if self.on_status is not None:
+                self.on_status(status)
             if status == topics.MOVED:
                 # The gateway pinned us anew: the E2E session was with a
                 # connector that is gone, and a new HELLO goes to another.
