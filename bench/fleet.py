@@ -11,7 +11,8 @@ GET of ``--download-bytes`` from ``/download`` (its length checked).
 It speaks JSON lines on stdout, one per event, each with ``t`` (seconds on
 this process's monotonic clock, the same for every line):
 
-- ``{"ev": "ready", "n": N}`` once every device has a live E2E session;
+- ``{"ev": "ready", "n": N, "ids": [device_id, ...]}`` once every device
+  has a live E2E session;
 - ``{"ev": "req", "dev": i, "m": METHOD, "ok": bool, "err": TEXT, "dt": s}``
   for each request ended (``err`` names the failure);
 - ``{"ev": "status", "dev": i, "s": "online" | "offline" | "moved"}``;
@@ -33,7 +34,7 @@ from twisted.internet import defer, reactor, stdio, task
 from twisted.protocols.basic import LineReceiver
 
 from linchpin_common.http_proxy import ProxyConfig
-from linchpin_connector.device import Device, DeviceError, DeviceState, pair
+from linchpin_connector.device import Device, DeviceError, DeviceState, GatewayUnreachable, pair
 
 
 def emit(**fields) -> None:
@@ -66,14 +67,19 @@ class Fleet:
             device = Device(reactor, state, timeout=args.timeout, proxy=ProxyConfig.none())
             device.on_status = lambda status, i=i: emit(ev="status", dev=i, s=status)
             self.devices.append(device)
-        await defer.gatherResults([defer.ensureDeferred(self._ready(d)) for d in self.devices],
-                                  consumeErrors=True)
-        emit(ev="ready", n=len(self.devices))
+        for device in self.devices:  # one at a time: one address may have only a few logins in progress
+            await self._ready(device)
+        emit(ev="ready", n=len(self.devices), ids=[d.state.device_id for d in self.devices])
         for i, device in enumerate(self.devices):
             self.running.append(defer.ensureDeferred(self._load(i, device)))
 
     async def _ready(self, device: Device) -> None:
-        await device.open()
+        for attempt in range(20):
+            try:
+                await device.open()
+                break
+            except GatewayUnreachable:  # e.g. CONNACK 3 while logins from this address queue: again
+                await task.deferLater(reactor, 0.2 * (attempt + 1), lambda: None)
         await device.handshake()
 
     async def _load(self, i: int, device: Device) -> None:

@@ -225,8 +225,9 @@ class MQTTClientProtocol(LeanReceive, WebSocketClientProtocol):
         after the other and written as they are: Autobahn's sendMessage
         would copy a large payload twice more (behind the packet's head,
         then behind the frame's)."""
-        if self.state != self.STATE_OPEN or self.send_queue:
-            # Closing (Autobahn refuses), or frames of its own queued: keep the order.
+        if self.state != self.STATE_OPEN:
+            return  # closing: nothing more goes out (Autobahn would raise)
+        if self.send_queue:  # frames of its own queued: keep the order
             self.sendMessage(b"".join(parts), isBinary=True)
             return
         n = sum(len(part) for part in parts)

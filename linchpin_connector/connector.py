@@ -30,14 +30,19 @@ from .proxy import RequestProxy
 from .state import AsyncState, open_state
 
 MAX_QUEUED_HELLOS = 4  # per device, behind the one being answered
+# A drain resets an idle session once its device has been silent this long
+# (or right after its next request ends): a RESET that crosses a request the
+# device is sending fails that request at the device, though it never ran.
+DRAIN_QUIET = 1.0
 
 
 class _Channel:
     """One live E2E session with a device: its endpoint, its proxy, and how it was made."""
 
-    __slots__ = ("endpoint", "proxy", "pending_key_id", "hello", "welcome")
+    __slots__ = ("endpoint", "proxy", "pending_key_id", "hello", "welcome", "heard")
 
     def __init__(self, endpoint: ChannelEndpoint, pending_key_id: int | None, hello: bytes, welcome: bytes):
+        self.heard = 0.0  # when the device last sent on it (the clock's seconds)
         self.endpoint = endpoint
         self.proxy = None
         self.pending_key_id = pending_key_id
@@ -62,8 +67,11 @@ class ChannelStats:
 class DeviceChannels:
     log = Logger()
 
-    def __init__(self, state, static_private: X25519PrivateKey, publish, make_proxy):
+    def __init__(self, state, static_private: X25519PrivateKey, publish, make_proxy, clock=None):
         """``state`` is an :class:`AsyncState`; ``make_proxy(user, send)`` builds a RequestProxy."""
+        if clock is None:
+            from twisted.internet import reactor as clock
+        self.clock = clock
         self.state = state
         self.static_private = static_private
         self.stats = ChannelStats()
@@ -74,6 +82,7 @@ class DeviceChannels:
         self.answered = AnsweredHellos()
         self._draining: set[str] | None = None  # devices whose session is reset once idle
         self._drained: defer.Deferred | None = None
+        self._reset_new = False  # draining to stop: sessions made meanwhile are reset too
 
     # -- input -------------------------------------------------------------------
 
@@ -177,10 +186,14 @@ class DeviceChannels:
                 return
             self.log.info("device {device_id} proved its key (HELLO); pairing complete", device_id=device_id)
         channel = _Channel(ChannelEndpoint(accepted.session), pending_key_id, hello.raw, accepted.welcome)
+        channel.heard = self.clock.seconds()
         channel.proxy = self.make_proxy(device.user, lambda header, body=b"": self._send(device_id, channel, header, body))
         channel.proxy.on_idle = lambda: self._idle(device_id, channel)
         self._replace(device_id, channel)
         self.publish(device_id, accepted.welcome)
+        if self._reset_new and self._draining is not None:
+            self._draining.add(device_id)
+            self._reset_when_quiet(device_id)
         self.log.info("E2E session with device {device_id} established", device_id=device_id)
 
     def _replayed_hello(self, device_id: str, hello: e2e.Hello) -> None:
@@ -198,6 +211,7 @@ class DeviceChannels:
         if channel is None:
             self.publish(device_id, e2e.make_reset(env.session_id))
             return
+        channel.heard = self.clock.seconds()
         received = channel.endpoint.receive(env)
         outcome = received.outcome
         if outcome is Outcome.MESSAGE:
@@ -257,18 +271,21 @@ class DeviceChannels:
 
     # -- drain -------------------------------------------------------------------
 
-    def drain(self) -> defer.Deferred:
+    def drain(self, stopping: bool = True) -> defer.Deferred:
         """Send RESET to each device with a session now, each as soon as it
-        has no request in flight, so that its next HELLO goes to another
-        connector (the gateway no longer pins anyone here).  Fires once every
-        one has had its RESET; :meth:`cut` resets those still busy."""
+        has no request in flight (right after its last one ended, or once it
+        has been silent ``DRAIN_QUIET`` seconds), so that its next HELLO goes
+        to another connector (the gateway no longer pins anyone here).
+        Fires once every one has had its RESET; :meth:`cut` resets those
+        still busy.  ``stopping``: sessions made meanwhile (a HELLO answered
+        as the drain began) are reset too, so none is left for the exit to
+        cut; else (the backend is down) only the sessions of now are."""
+        self._reset_new = self._reset_new or stopping
         if self._drained is None:
             self._draining = set(self.channels)
             self._drained = defer.Deferred()
             for device_id in list(self._draining):
-                channel = self.channels.get(device_id)
-                if channel is None or not getattr(channel.proxy, "in_flight", 0):
-                    self._reset(device_id)
+                self._reset_when_quiet(device_id)
             self._check_drained()
         d = defer.Deferred()
         self._drained.addBoth(lambda result: (d.callback(None), result)[1])
@@ -285,6 +302,22 @@ class DeviceChannels:
     def undrain(self) -> None:
         """Take new sessions as before (the health check found the backend back)."""
         self._draining = self._drained = None
+        self._reset_new = False
+
+    def _reset_when_quiet(self, device_id: str) -> None:
+        channel = self.channels.get(device_id)
+        if self._draining is None or device_id not in self._draining:
+            return
+        if channel is None:
+            self.end(device_id)
+            return
+        if getattr(channel.proxy, "in_flight", 0):
+            return  # reset when its last request ends (_idle)
+        quiet_for = self.clock.seconds() - channel.heard
+        if quiet_for >= DRAIN_QUIET:
+            self._reset(device_id)
+        else:
+            self.clock.callLater(DRAIN_QUIET - quiet_for, self._reset_when_quiet, device_id)
 
     def _idle(self, device_id: str, channel: _Channel) -> None:
         if self._draining is not None and device_id in self._draining and self.channels.get(device_id) is channel:
@@ -374,7 +407,7 @@ class ConnectorService(service.MultiService):
                               registration["gateway_url"],
                               registration["instance_id"], registration["instance_password"])
         static = X25519PrivateKey.from_private_bytes(registration["static_private_key"])
-        self.channels = DeviceChannels(self.state, static, self._publish, self._make_proxy)
+        self.channels = DeviceChannels(self.state, static, self._publish, self._make_proxy, self.reactor)
         self.link = GatewayLink(self.reactor, registration["gateway_url"], registration["instance_id"],
                                 registration["instance_password"], topics.CONNECTOR_SUBSCRIPTIONS, self._on_message,
                                 on_connected=self._resync, on_disconnected=self._gateway_lost,
@@ -447,7 +480,7 @@ class ConnectorService(service.MultiService):
         if not up:
             self.log.warn("draining until the backend answers again: its devices go to other connectors")
             self._say_drain()
-            self.channels.drain()
+            self.channels.drain(stopping=False)
         else:
             # A drained session stays drained: a new one takes devices again.
             self.log.info("the backend answers: taking devices again")

@@ -125,7 +125,7 @@ class Pair:
         """A new connector process: same durable state, no sessions in memory."""
         self.channels = DeviceChannels(AsyncState(self.cstate, InlineWorker()), self.static,
                                        lambda device_id, payload: self.wire.down.append(payload),
-                                       self._make_proxy)
+                                       self._make_proxy, self.clock)
         self.wire.connector = lambda payload: self.channels.envelope(DEVICE_ID, payload)
 
     def _make_proxy(self, user, send):

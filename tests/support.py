@@ -34,8 +34,8 @@ class Process(Child):
 
     started: list[Process] = []  # those started during the current test (conftest.py empties it)
 
-    def __init__(self, argv, env=None, cwd=None):
-        super().__init__(argv, env=env, cwd=cwd)
+    def __init__(self, argv, env=None, cwd=None, stdin=None):
+        super().__init__(argv, env=env, cwd=cwd, stdin=stdin)
         Process.started.append(self)
 
 
@@ -190,10 +190,10 @@ class Connector(Process):
         return self.wait_for(r"connected to the gateway")
 
 
-def cli(name, *args, stdin=None, check=True, timeout=TIMEOUT):
+def cli(name, *args, stdin=None, check=True, timeout=TIMEOUT, env=None):
     """Run ``lmconnector``/``lmdevice``; returns the CompletedProcess (bytes stdout)."""
     done = subprocess.run([os.path.join(BIN, name), *map(str, args)], input=stdin, capture_output=True,
-                          timeout=timeout)
+                          timeout=timeout, env=env)
     no_traceback(f"{name} {args}", done.stderr)
     if check and done.returncode != 0:
         raise AssertionError(f"{name} {args} exited {done.returncode}: {done.stderr.decode(errors='replace')}")

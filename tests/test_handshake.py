@@ -314,6 +314,24 @@ def test_moved_fails_in_flight_requests_and_handshakes_at_once(pair):
     assert device.online and not get.called
 
 
+def test_moved_during_a_handshake_sends_a_new_hello_and_the_waiting_post_goes_on_it(pair):
+    """The HELLO may have gone to the connector that just went: a new one
+    goes at once, and a request waiting for the session (never sent) is sent
+    on the new session, a POST too."""
+    device = pair.new_device()
+    handshake(pair, device)
+    pair.restart_connector()
+    pair.wire.filter_down = lambda p: None if p[1] == e2e.WELCOME else p  # this HELLO's answer is lost
+    device._on_message("$gateway/status", b'{"connector": "moved"}')
+    pair.wire.pump()
+    post = pair.run(device.request("POST", "/pay", body=b"once"))
+    assert not post.called and requests_seen(pair) == []
+    pair.wire.filter_down = None
+    device._on_message("$gateway/status", b'{"connector": "moved"}')  # its connector went too
+    pair.wire.pump()
+    assert requests_seen(pair) == [("POST", "/pay")] and not post.called
+
+
 def test_gap_ends_session(pair):
     device = pair.new_device()
     handshake(pair, device)

@@ -215,3 +215,16 @@ def test_both_connectors_hear_a_revocation(two):
     two.pump()
     assert all("device_revoked" in events for events in seen.values()), seen
     assert ConnectorState(two.connector_dir).device(device.state.device_id) is None
+
+
+def test_a_drain_resets_an_idle_session_once_its_device_has_been_quiet(two):
+    """Not at once: a RESET crossing a request the device is sending would
+    fail that request at the device, though it never ran."""
+    device = ready_device(two)
+    name = served_by(two, device)  # active a moment ago
+    drained = two.connectors[name].drain(30)
+    two.pump()
+    assert not drained.called and two.pinned(device) == name
+    two.reactor.advance(1)
+    two.pump()
+    assert drained.called and two.pinned(device) not in (None, name)

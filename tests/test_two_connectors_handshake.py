@@ -24,7 +24,8 @@ class TwoConnectors(Pair):
         self.a = self.channels
         self.b_state = ConnectorState(str(tmp_path / "connector"))
         self.b = DeviceChannels(AsyncState(self.b_state, InlineWorker()), self.static,
-                                lambda device_id, payload: self.wire.down.append(payload), self._make_proxy)
+                                lambda device_id, payload: self.wire.down.append(payload), self._make_proxy,
+                                self.clock)
         self.to("a")
 
     def to(self, name: str) -> None:

@@ -361,24 +361,30 @@ class Device:
         A GET, HEAD or OPTIONS request (with a body in memory, if any) whose
         session ends by RESET or ``moved`` before any part of its response
         arrived is sent once more on a new session; no other request is ever
-        replayed (PROTOCOL.md section 5).
+        replayed (PROTOCOL.md section 5).  A request still waiting for its
+        session (the handshake was cut by ``moved``) has not left: it goes on
+        the next session, whatever its method.
         """
         if body is not None and not isinstance(body, (bytes, bytearray, memoryview, BodyStream)):
             try:
                 body = await self._worker.run(whole_if_small, body)
             except OSError as e:
                 raise DeviceError(f"cannot read the request body: {e.strerror or e}")
-        replayable = method in RETRIED_METHODS and (body is None or isinstance(body, (bytes, bytearray, memoryview)))
+        in_memory = body is None or isinstance(body, (bytes, bytearray, memoryview))
+        sent = []
         try:
-            return await self._send_request(method, path, headers, body)
+            return await self._send_request(method, path, headers, body, sent)
         except SessionLost as e:
-            if not (replayable and e.replayable):
+            # RESET or `moved` before any part of the response: once more, on a
+            # new session, if it never left (the handshake it waited for was
+            # cut) or is safe to run twice.
+            if not (e.replayable and in_memory and (not sent or method in RETRIED_METHODS)):
                 raise
-            # RESET or `moved` before any part of the response: once more, on a new session.
-            self.log.info("{method} {path}: sent once more on a new session", method=method, path=path)
-            return await self._send_request(method, path, headers, body)
+            if sent:
+                self.log.info("{method} {path}: sent once more on a new session", method=method, path=path)
+            return await self._send_request(method, path, headers, body, [])
 
-    async def _send_request(self, method: str, path: str, headers, body) -> Response:
+    async def _send_request(self, method: str, path: str, headers, body, sent: list) -> Response:
         await self._reopening.acquire()
         try:
             if self.client is None or not self.client.is_open:
@@ -388,7 +394,7 @@ class Device:
         await self.handshake()
         channel = self._session
         if channel is None:
-            raise SessionLost("the session ended before the request was sent", replayable=True)
+            raise SessionLost("the session ended before the request was sent", replayable=True)  # (not sent)
         if len(channel.requests) >= e2e.MAX_IN_FLIGHT:
             raise DeviceError("too many requests in flight")
         request_id = self._next_id
@@ -401,6 +407,7 @@ class Device:
         request.timeout = self.reactor.callLater(
             self.timeout, lambda: self._timed_out(channel, request))
         header = messages.req(request_id, method, path, [[k, v] for k, v in headers], False)
+        sent.append(request_id)
         if body is None:
             body = b""
         if isinstance(body, (bytes, bytearray, memoryview)) and len(body) <= READ_CHUNK:
