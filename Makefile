@@ -65,8 +65,14 @@ bench: $(STAMP)
 	-bash bench/install-brokers.sh
 	$(BIN)/python -m bench.run --charts docs/benchmarks
 	$(BIN)/python -m bench.scaleout
+	$(BIN)/python -m bench.failover
 	$(BIN)/python -m linchpin_connector.demo --download-mib 100 --results var/bench/e2e.json
 	$(BIN)/python -m bench.charts var/bench/e2e.json docs/benchmarks
+
+# Several connectors for one instance: drain, kill -9, SIGSTOP, joining, spread.
+.PHONY: bench-failover
+bench-failover: $(STAMP)
+	$(BIN)/python -m bench.failover
 
 bench-quick: $(STAMP)
 	$(BIN)/python -m bench.run --quick

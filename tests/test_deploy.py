@@ -24,7 +24,8 @@ from tests.support import BIN, TIMEOUT
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 UNITS = {"lmgateway": DEPLOY / "systemd" / "lmgateway.service",
-         "lmconnector": DEPLOY / "systemd" / "lmconnector.service"}
+         "lmconnector": DEPLOY / "systemd" / "lmconnector.service",
+         "lmconnector@": DEPLOY / "systemd" / "lmconnector@.service"}  # several connectors: a template
 INSTALLED_BIN = "/opt/linchpin/bin/"
 
 
@@ -35,7 +36,8 @@ def analyze() -> str:
 
 
 def local_copy(unit: Path, folder: Path, text: str | None = None) -> Path:
-    copy = folder / unit.name
+    """A copy whose programs are this virtualenv's (a template as its instance ``a``)."""
+    copy = folder / unit.name.replace("@.", "@a.")
     copy.write_text((text or unit.read_text()).replace(INSTALLED_BIN, BIN + os.sep))
     return copy
 
@@ -81,7 +83,8 @@ def test_verify_would_catch_a_mistake(tmp_path):
 @pytest.mark.parametrize("name", UNITS)
 def test_units_hold_the_promised_hardening(name):
     d = directives(UNITS[name])
-    for key, value in [("DynamicUser", "yes"), ("StateDirectory", name), ("StateDirectoryMode", "0700"),
+    state = name.replace("@", "-%i")
+    for key, value in [("DynamicUser", "yes"), ("StateDirectory", state), ("StateDirectoryMode", "0700"),
                        ("ProtectSystem", "strict"), ("NoNewPrivileges", "yes"), ("PrivateTmp", "yes"),
                        ("Restart", "on-failure"), ("KillSignal", "SIGTERM"), ("UMask", "0077")]:
         assert d.get(key) == [value], (key, d.get(key))
@@ -92,7 +95,8 @@ def test_units_hold_the_promised_hardening(name):
     else:
         assert d["CapabilityBoundingSet"] == [""] and "AmbientCapabilities" not in d
     # secrets come from a root-only file or a credential, never the command line
-    assert d["EnvironmentFile"] == [f"-/etc/{name}/{name}.env"]
+    daemon = name.rstrip("@")
+    assert d["EnvironmentFile"] == [f"-/etc/{daemon}/{daemon}.env"]
     assert not re.search(r"token|password", " ".join(d["ExecStart"]), re.IGNORECASE)
 
 
@@ -100,7 +104,7 @@ def test_units_hold_the_promised_hardening(name):
 def test_exposure_is_low(name, tmp_path):
     done = subprocess.run([analyze(), "security", "--offline=yes", "--no-pager",
                            str(local_copy(UNITS[name], tmp_path))], capture_output=True, text=True, timeout=TIMEOUT)
-    level = re.search(rf"Overall exposure level for {name}\.service: ([\d.]+)", done.stdout)
+    level = re.search(rf"Overall exposure level for {name.replace('@', '@a')}\.service: ([\d.]+)", done.stdout)
     assert level, done.stdout + done.stderr
     assert float(level.group(1)) <= 2.0, done.stdout  # systemd's own scale: up to 2.0 is "OK"
 
@@ -110,15 +114,24 @@ def test_exec_start_options_are_accepted_by_the_daemon(name, tmp_path):
     """The options in ExecStart parse with the daemon's own Options (systemd
     specifiers replaced by what systemd would put there)."""
     argv = shlex.split(directives(UNITS[name])["ExecStart"][0])
-    assert argv[0] == INSTALLED_BIN + "twistd" and argv[1:4] == ["--nodaemon", "--pidfile=", name]
-    args = [a.replace("%S", str(tmp_path)).replace("%d", str(tmp_path / "credentials")) for a in argv[4:]]
+    daemon = name.rstrip("@")
+    assert argv[0] == INSTALLED_BIN + "twistd" and argv[1:4] == ["--nodaemon", "--pidfile=", daemon]
+    specifiers = {"%S": str(tmp_path), "%d": str(tmp_path / "credentials"), "%i": "a", "%l": "host",
+                  "${LMCONNECTOR_STORE}": "postgresql://lmconnector@db.example/lmconnector"}
+    args = []
+    for a in argv[4:]:
+        for specifier, value in specifiers.items():
+            a = a.replace(specifier, value)
+        args.append(a)
     if name == "lmgateway":
         from linchpin_gateway.tap import Options
     else:
         from linchpin_connector.tap import Options
     options = Options()
     options.parseOptions(args)
-    assert options["data-dir"] == str(tmp_path / name)
+    assert options["data-dir"] == str(tmp_path / name.replace("@", "-a"))
+    if name == "lmconnector@":  # each instance its own name, all the shared state
+        assert options["name"] == "host-a" and options["store"].startswith("postgresql://")
     if name == "lmgateway":
         (listen,) = options["listen"]
         assert listen.startswith("ssl:443:privateKey=" + str(tmp_path / "credentials" / "tls-key"))
