@@ -454,13 +454,20 @@ def test_a_connector_closing_on_another_node_moves_its_devices_at_once(nodes, hu
             assert ds.statuses() == ["online"]
 
 
-def test_a_node_killed_moves_the_devices_of_its_connectors(nodes, hub, clock):
+def pinned_to_a(nodes):
+    """Connectors a on node A and b on B; a device on C, pinned to a."""
     a, b, c = nodes
     named(a, "a")
     named(b, "b")
     on_a = next(d for d in DEVICES if first(["a", "b"], d) == "a")
     dev, ds = c.device(on_a)
     send(c, dev, HELLO)
+    return on_a, dev, ds
+
+
+def test_a_node_killed_moves_the_devices_of_its_connectors(nodes, hub, clock):
+    a, b, c = nodes
+    on_a, dev, ds = pinned_to_a(nodes)
     advance(clock, hub, HEARTBEAT * 2)
     a.kill(hub)
     start = clock.seconds()
@@ -491,11 +498,7 @@ def test_a_connector_draining_on_another_node_keeps_its_devices_and_takes_no_new
 
 def test_a_connector_restarting_under_its_name_through_another_node_keeps_its_devices(nodes, hub, clock):
     a, b, c = nodes
-    named(a, "a")
-    named(b, "b")
-    on_a = next(d for d in DEVICES if first(["a", "b"], d) == "a")
-    dev, ds = c.device(on_a)
-    send(c, dev, HELLO)
+    on_a, dev, ds = pinned_to_a(nodes)
     pump(hub)
     _, sa2 = named(b, "a")  # the same name, now through B: A's session is taken over
     pump(hub)

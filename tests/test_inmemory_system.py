@@ -35,6 +35,7 @@ class System:
         self.tmp_path = tmp_path
         self.gateway_http = StubTreq(gateway.site.resource)
         self.backend = StubTreq(make_site(clock=self.reactor).resource)
+        self.backends: dict[str, StubTreq] = {}  # more backends, each behind a connector of its own
         api = GatewayAPI(self.gateway_http, BASE)
         self.instance = result(api.register())
         self.static = X25519PrivateKey.generate()
@@ -62,6 +63,8 @@ class System:
             moved = any([pump.pump() for pump in self.net.pumps])
             self.gateway_http.flush()
             self.backend.flush()
+            for backend in self.backends.values():
+                backend.flush()
             self.reactor.advance(0)
             if until is not None and until.called:
                 return

@@ -46,7 +46,7 @@ class TwoConnectors(System):
         super().__init__(gateway, tmp_path)
         self.connector.stopService()
         self.pump()
-        self.apps, self.backends, self.connectors, self.pumps = {}, {}, {}, {}
+        self.apps, self.connectors, self.pumps = {}, {}, {}
         for name in ("c1", "c2"):
             self.start(name)
 
@@ -66,20 +66,6 @@ class TwoConnectors(System):
         d = self.net.open(username, password, on_message, kw.get("client_id", ""))
         self.pumps[name] = self.net.pumps[-1]
         return d
-
-    def pump(self, until=None, rounds=10000):
-        for _ in range(rounds):
-            moved = any([pump.pump() for pump in self.net.pumps])
-            self.gateway_http.flush()
-            self.backend.flush()
-            for backend in getattr(self, "backends", {}).values():
-                backend.flush()
-            self.reactor.advance(0)
-            if until is not None and until.called:
-                return
-            if until is None and not moved:
-                return
-        raise AssertionError("the system never settled")
 
     def kill(self, name):
         """kill -9: the connection drops, nothing is said."""

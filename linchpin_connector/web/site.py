@@ -288,33 +288,26 @@ class PairingPage(resource.Resource):
                 f"<input id=\"pairing-uri\" type=\"text\" readonly value=\"{uri}\"></div>")
 
     def _pair(self, request, user: str):
-        async def work():
-            try:
-                await self.desk.pair(user)
-            except TooManyPending as e:
-                return _message_page(request, 409, "Too many devices waiting", str(e))
-            return self._see_page(request)
-        return self._later(request, work)
+        return self._act(request, lambda: self.desk.pair(user))
 
     def _remove(self, request, user: str):
-        async def work():
-            ids = request.args.get(b"device_id", [])
-            try:
-                if len(ids) != 1:
-                    raise NotYourDevice()
-                await self.desk.remove(user, ids[0].decode("ascii", "replace"))
-            except NotYourDevice:
-                return _message_page(request, 404, "No such device", "You have no device with that name.")
-            return self._see_page(request)
-        return self._later(request, work)
+        return self._act(request, lambda: self.desk.remove(user, self._device_id(request)))
 
     def _replace(self, request, user: str):
+        return self._act(request, lambda: self.desk.replace(user, self._device_id(request)))
+
+    @staticmethod
+    def _device_id(request) -> str:
+        ids = request.args.get(b"device_id", [])
+        if len(ids) != 1:
+            raise NotYourDevice()
+        return ids[0].decode("ascii", "replace")
+
+    def _act(self, request, action):
+        """A form's action: back to the page (303), or a page saying why not."""
         async def work():
-            ids = request.args.get(b"device_id", [])
             try:
-                if len(ids) != 1:
-                    raise NotYourDevice()
-                await self.desk.replace(user, ids[0].decode("ascii", "replace"))
+                await action()
             except NotYourDevice:
                 return _message_page(request, 404, "No such device", "You have no device with that name.")
             except TooManyPending as e:
