@@ -575,6 +575,10 @@ class ConnectorCollector:
                                 value=int(connected))
         yield CounterMetricFamily("lmconnector_gateway_connects", "Gateway sessions opened",
                                   value=link.connects if link is not None else 0)
+        yield GaugeMetricFamily("lmconnector_ready", "1 while this connector takes new devices (not draining, its "
+                                "backend answering its health check)", value=int(svc.ready))
+        yield GaugeMetricFamily("lmconnector_backend_up", "1 while the backend answers its health check",
+                                value=int(svc.health is None or svc.health.up))
         if channels is None:
             return
         stats = channels.stats

@@ -49,6 +49,10 @@ SEAMS = {
     "linchpin_connector.device.serve_policy": IO + ("linchpin_connector.device.serve",),
     "linchpin_connector.config": IO,
     "linchpin_common.machine": IO,
+    # the connector's state: its SQL for both databases here, psycopg only in pgstate
+    "linchpin_connector.state": ("psycopg", "psycopg_pool", "twisted"),
+    # the health check decides readiness; draining is the service's
+    "linchpin_connector.health": ("linchpin_connector.connector", "linchpin_connector.proxy"),
     # the device's request bodies know nothing of pairing or the MQTT client
     "linchpin_connector.device.bodies": ("linchpin_connector.device.pairing", "linchpin_common.mqtt_client",
                                          "linchpin_common.gateway_client"),
@@ -137,6 +141,7 @@ def test_every_seam_names_a_module_that_exists():
     ("linchpin_connector/proxy_policy.py", "from twisted.web.http_headers import Headers"),
     ("linchpin_connector/device/serve_policy.py", "import socket"),
     ("linchpin_common/machine.py", "from twisted.logger import Logger"),
+    ("linchpin_connector/state.py", "import psycopg"),
 ])
 def test_the_rule_catches_a_wrong_import(tmp_path, module, line):
     """A copy of the tree with one wrong import added fails the rule."""

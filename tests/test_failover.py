@@ -212,24 +212,40 @@ def test_kill_9_through_two_gateway_nodes_moves_the_devices_too(two_nodes):
     assert_moved_then_served(fleet, start, moved, within=5)
 
 
-def test_a_frozen_connector_is_cut_after_its_keep_alive_and_its_devices_move(one_node):
-    fleet, start, moved = killed_hard(one_node, lambda proc: proc.proc.send_signal(signal.SIGSTOP))
+def frozen(rig):
+    fleet, start, moved = killed_hard(rig, lambda proc: proc.proc.send_signal(signal.SIGSTOP))
     assert_moved_then_served(fleet, start, moved, within=1.5 * KEEP_ALIVE + 4)
-    frozen = one_node.connectors[one_node.victim]
-    frozen.proc.send_signal(signal.SIGCONT)
-    frozen.wait_for(r"connected to the gateway")  # it finds its session gone and comes back
+    stopped = rig.connectors[rig.victim]
+    stopped.proc.send_signal(signal.SIGCONT)
+    stopped.wait_for(r"connected to the gateway")  # it finds its session gone and comes back
 
 
-def test_a_connector_joining_takes_only_new_devices(one_node):
-    one_node.start("c1")
-    fleet = one_node.fleet(6)
+def test_a_frozen_connector_is_cut_after_its_keep_alive_and_its_devices_move(one_node):
+    frozen(one_node)
+
+
+def test_a_frozen_connector_behind_two_gateway_nodes_too(two_nodes):
+    frozen(two_nodes)
+
+
+def joining(rig):
+    rig.start("c1")
+    fleet = rig.fleet(6)
     fleet.wait_requests(20)
-    one_node.start("c2")
+    rig.start("c2")
     fleet.wait_requests(40)
     requests = fleet.stop()
     assert failures(requests) == [] and fleet.events("status") == [
         e for e in fleet.events("status") if e["s"] == "online"]  # nobody moved
-    assert one_node.sessions("c2") == set()  # the healthy c1 kept every device
+    assert rig.sessions("c2") == set()  # the healthy c1 kept every device
+
+
+def test_a_connector_joining_takes_only_new_devices(one_node):
+    joining(one_node)
+
+
+def test_a_connector_joining_through_two_gateway_nodes_too(two_nodes):
+    joining(two_nodes)
 
 
 def test_the_gateway_keeps_nothing_of_the_connectors_keys(one_node):

@@ -176,6 +176,7 @@ def test_a_connector_whose_backend_fails_drains_until_it_answers(two):
         two.reactor.advance(10)
         two.pump()
     assert not two.connectors["c1"].ready
+    assert gauges(two.connectors["c1"]) == {"lmconnector_ready": 0, "lmconnector_backend_up": 0}
     for device in devices:
         assert served_by(two, device) == "c2"  # moved to the healthy one
     two.apps["c1"].down = False
@@ -183,10 +184,18 @@ def test_a_connector_whose_backend_fails_drains_until_it_answers(two):
         two.reactor.advance(10)
         two.pump()
     assert two.connectors["c1"].ready
+    assert gauges(two.connectors["c1"]) == {"lmconnector_ready": 1, "lmconnector_backend_up": 1}
     newcomer = ready_device(two, "late")
     routers_ready = two.gateway.router._instances[two.instance["instance_id"]].ready_here()
     assert sorted(routers_ready) == ["c1", "c2"]
     assert served_by(two, newcomer) in ("c1", "c2")
+
+
+def gauges(service) -> dict:
+    from linchpin_connector.connector import ConnectorCollector
+
+    wanted = ("lmconnector_ready", "lmconnector_backend_up")
+    return {f.name: f.samples[0].value for f in ConnectorCollector(service).collect() if f.name in wanted}
 
 
 def test_both_connectors_hear_a_revocation(two):
