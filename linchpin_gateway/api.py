@@ -28,6 +28,11 @@ from .store import StoreUnavailable
 
 MAX_BODY = 64 * 1024
 REALM = 'realm="lmgateway"'
+# The setup call is made from the phone's own page (a web app served by the
+# company's connector, any origin), with no credentials: it alone answers
+# CORS (PROTOCOL.md section 2).
+SETUP_CORS = {"Access-Control-Allow-Origin": "*", "Access-Control-Allow-Methods": "POST",
+              "Access-Control-Allow-Headers": "Content-Type"}
 
 
 class ApiError(Exception):
@@ -257,7 +262,7 @@ class ApiV1(_AsyncResource):
             case ["v1", "devices"]:
                 return {"POST": self.add_device, "GET": self.list_devices}, ()
             case ["v1", "devices", "setup"]:
-                return {"POST": self.setup_device}, ()
+                return {"POST": self.setup_device, "OPTIONS": self.setup_preflight}, ()
             case ["v1", "devices", device_id] if device_id:
                 return {"DELETE": self.revoke_device}, (device_id,)
         return None
@@ -265,7 +270,7 @@ class ApiV1(_AsyncResource):
     # Calls that need no credentials spend the unauthenticated-call limit;
     # every other call is limited only by failed logins (the same limit as
     # failed MQTT logins), so right credentials never pay for other calls.
-    OPEN = ("register", "setup_device")
+    OPEN = ("register", "setup_device", "setup_preflight")
 
     async def handle(self, request):
         host = _peer(request)
@@ -278,6 +283,9 @@ class ApiV1(_AsyncResource):
             await self._charge(host)
             raise ApiError(404, *NOT_FOUND)
         methods, args = route
+        if self.setup_device in methods.values():  # every answer of it, errors included
+            for name, value in SETUP_CORS.items():
+                request.setHeader(name, value)
         method = request.method.decode("ascii", "replace")
         handler = methods.get(method)
         if handler is None:
@@ -422,6 +430,11 @@ class ApiV1(_AsyncResource):
             await self.accounts.revoke_device(instance_id, device_id)
         except UnknownDevice:
             raise ApiError(404, *NOT_FOUND)
+        return 204, None
+
+    async def setup_preflight(self, request):
+        """The browser's CORS preflight of the setup call: its headers are set
+        by :meth:`handle`; no body."""
         return 204, None
 
     async def setup_device(self, request):

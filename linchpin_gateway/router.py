@@ -230,10 +230,20 @@ class Router:
         principal = old.principal
         self.log.info("session takeover for {role} {id}", role=principal.role, id=principal.id)
         inst = self._instances[principal.instance_id]
-        if principal.role == CONNECTOR and inst.online:
-            self._start_grace(principal.instance_id, inst)
+        if principal.role == CONNECTOR:
+            if inst.online:
+                self._start_grace(principal.instance_id, inst)
+            # Its devices stay pinned to the name for the new session, which
+            # must take up messages within the grace, or they move.
+            self.clock.callLater(self.takeover_grace, self._takeover_settled, principal.instance_id, old.name)
         self._remove(old, takeover=True)
         old.session.close("session taken over")
+
+    def _takeover_settled(self, instance_id: str, name: str) -> None:
+        inst = self._instances.get(instance_id)
+        connector = inst.connectors.get(name) if inst is not None else None
+        if inst is not None and (connector is None or UP_FILTER not in connector.subs):
+            self._connector_left(inst, name)
 
     def _remove(self, client: Client, takeover: bool = False) -> None:
         client.attached = False

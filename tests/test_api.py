@@ -410,3 +410,38 @@ def test_unauthenticated_calls_and_failed_logins_have_separate_budgets(api, gw):
 def test_healthz_and_mqtt_follow_the_api_error_rules(api, method, path, status, code):
     resp, body = api.call(method, path)
     assert_error(resp, body, status, code)
+
+
+CORS = {"access-control-allow-origin": ["*"], "access-control-allow-methods": ["POST"],
+        "access-control-allow-headers": ["Content-Type"]}
+
+
+def cors(resp) -> dict:
+    return {name: resp.headers.getRawHeaders(name) for name in CORS if resp.headers.hasHeader(name)}
+
+
+def test_the_setup_call_answers_cors_for_a_phones_page(api):
+    """PROTOCOL.md section 2: its preflight and every answer of it, errors too."""
+    origin = {"Origin": "https://intranet.example"}
+    resp, body = api.call("OPTIONS", "/api/v1/devices/setup",
+                          headers={**origin, "Access-Control-Request-Method": "POST",
+                                   "Access-Control-Request-Headers": "content-type"})
+    assert resp.code == 204 and body is None and cors(resp) == CORS
+    inst = api.register()
+    key = api.add_device(inst)["device_setup_key"]
+    resp, body = api.call("POST", "/api/v1/devices/setup", {"device_setup_key": key}, headers=origin)
+    assert resp.code == 200 and cors(resp) == CORS and "device_password" in body
+    resp, body = api.call("POST", "/api/v1/devices/setup", {"device_setup_key": key}, headers=origin)
+    assert_error(resp, body, 404, "invalid_setup_key")
+    assert cors(resp) == CORS  # the page can read why
+    resp, _ = api.call("GET", "/api/v1/devices/setup", headers=origin)
+    assert resp.code == 405 and cors(resp) == CORS
+    assert resp.headers.getRawHeaders("allow") == ["OPTIONS, POST"]
+
+
+@pytest.mark.parametrize("method, path", [("POST", "/api/v1/instances"), ("OPTIONS", "/api/v1/instances"),
+                                          ("GET", "/api/v1/devices"), ("OPTIONS", "/api/v1/devices"),
+                                          ("GET", "/api/v1/nope"), ("GET", "/healthz")])
+def test_no_other_path_answers_cors(api, method, path):
+    resp, _ = api.call(method, path, {} if method == "POST" else None, headers={"Origin": "https://evil.example"})
+    assert cors(resp) == {}

@@ -181,6 +181,21 @@ def test_a_takeover_under_the_same_name_keeps_the_pins(router):
     assert ups(sa2) == [on_a]
 
 
+def test_a_takeover_whose_new_session_never_subscribes_moves_the_devices_after_the_grace(router, clock):
+    connector(router, "a")
+    connector(router, "b")
+    on_a = next(d for d in DEVICES if first(["a", "b"], d) == "a")
+    dev, ds = device(router, on_a)
+    send(router, dev, HELLO)
+    connector(router, "a", subscribe=False)  # takes "a" over, then takes no up messages
+    clock.advance(9)
+    assert ds.statuses() == ["online"]
+    clock.advance(2)
+    assert ds.statuses() == ["online", "moved"]
+    send(router, dev, HELLO)
+    assert router.pinned_to(on_a) == "b"
+
+
 def test_events_reach_every_connector_of_the_instance(router):
     _, sa = connector(router, "a")
     _, sb = connector(router, "b")
