@@ -42,7 +42,7 @@ setup(
         "linchpin_common": ["py.typed"],
         "linchpin_gateway": ["db-schemas/*.sql", "py.typed"],
         "linchpin_connector": ["db-schemas/*.sql", "py.typed"],
-        "linchpin_connector.web": ["static/*.css", "static/*.js"],
+        "linchpin_connector.web": ["static/*.css", "static/*.js", "static/app/*.js"],
         "twisted": ["plugins/lmgateway_plugin.py", "plugins/lmconnector_plugin.py"],
     },
     install_requires=[

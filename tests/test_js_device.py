@@ -1,0 +1,143 @@
+"""The JavaScript device (linchpin_connector/web/static/app/, ES modules run
+as served) agrees byte for byte with the Python side: the vectors of
+tests/vectors/contract.json, which linchpin_common.contract.vectors makes
+from the Python implementation, checked here in Debian's Chromium."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from linchpin_common.contract import vectors
+from tests.browser_support import StaticServer, chromium
+
+ROOT = Path(__file__).resolve().parent.parent
+APP = ROOT / "linchpin_connector" / "web" / "static" / "app"
+VECTORS = ROOT / "tests" / "vectors" / "contract.json"
+
+# Runs in the page: every check of the vectors, each failure named.
+CHECKS = """
+import { fromHex, toHex, equal, concat } from "./app/bytes.js";
+import * as e2e from "./app/e2e.js";
+import * as mqtt from "./app/mqtt.js";
+import * as messages from "./app/messages.js";
+
+const v = await (await fetch("./contract.json")).json();
+const failures = [];
+const same = (what, got, want) => { if (got !== want) failures.push(`${what}: ${got} != ${want}`); };
+const sameBytes = (what, got, want) => same(what, toHex(got), want);
+
+const keys = v.keys;
+for (const [name, raw] of [["e_d", keys.e_d], ["e_c", keys.e_c], ["s_c", keys.s_c]]) {
+  sameBytes(`public key ${name}`, await e2e.publicRaw(await e2e.x25519KeyPair(fromHex(raw))), keys[name + "_public"]);
+}
+for (const hs of v.handshakes) {
+  const K = fromHex(hs.K);
+  sameBytes(`k_hs ${hs.key_kind}`, await e2e.handshakeKey(K, v.device_id), hs.k_hs);
+  const device = await e2e.DeviceHandshake.start(v.device_id, K, hs.key_kind, fromHex(keys.s_c_public),
+    { ephemeral: await e2e.x25519KeyPair(fromHex(keys.e_d)), nonce: fromHex(v.hello_nonce) });
+  sameBytes(`HELLO ${hs.key_kind}`, device.hello, hs.hello);
+  const result = await device.finish(fromHex(hs.welcome));
+  if (!result) { failures.push(`WELCOME ${hs.key_kind} refused`); continue; }
+  sameBytes(`k_up ${hs.key_kind}`, result.kUp, hs.k_up);
+  sameBytes(`k_down ${hs.key_kind}`, result.kDown, hs.k_down);
+  same(`device secret ${hs.key_kind}`, result.deviceSecretKey ? toHex(result.deviceSecretKey) : null,
+       hs.device_secret_key);
+  same(`second WELCOME ${hs.key_kind}`, await device.finish(fromHex(hs.welcome)), null);
+  for (const [i, m] of hs.data_up.entries()) {
+    const env = await result.session.seal(e2e.encodeMessage(m.header, fromHex(m.body)));
+    sameBytes(`DATA up ${hs.key_kind}.${i}`, env, m.envelope);
+  }
+  for (const [i, m] of hs.data_down.entries()) {
+    const plain = await result.session.open(e2e.parseEnvelope(fromHex(m.envelope)));
+    if (!plain) { failures.push(`DATA down ${hs.key_kind}.${i} refused`); continue; }
+    const [header, body] = e2e.decodeMessage(plain);
+    same(`DATA down ${hs.key_kind}.${i} header`, JSON.stringify(header), JSON.stringify(m.header));
+    sameBytes(`DATA down ${hs.key_kind}.${i} body`, body, m.body);
+  }
+  // a replay is dropped, a tampered DATA is dropped, a gap ends the session
+  same(`replay ${hs.key_kind}`, await result.session.open(e2e.parseEnvelope(fromHex(hs.data_down[0].envelope))), null);
+  const tampered = fromHex(hs.data_down[1].envelope); tampered[tampered.length - 1] ^= 1;
+  same(`tampered ${hs.key_kind}`, await result.session.open(e2e.parseEnvelope(tampered)), null);
+  const tamperedWelcome = fromHex(hs.welcome); tamperedWelcome[20] ^= 1;
+  const again = await e2e.DeviceHandshake.start(v.device_id, K, hs.key_kind, fromHex(keys.s_c_public),
+    { ephemeral: await e2e.x25519KeyPair(fromHex(keys.e_d)), nonce: fromHex(v.hello_nonce) });
+  same(`tampered WELCOME ${hs.key_kind}`, await again.finish(tamperedWelcome), null);
+}
+sameBytes("RESET", concat(Uint8Array.of(1, 4), fromHex(v.session_id)), v.reset);
+same("RESET parsed", toHex(e2e.parseEnvelope(fromHex(v.reset)).sessionId), v.session_id);
+same("REJECT parsed", e2e.parseEnvelope(fromHex(v.reject)).type, e2e.REJECT);
+for (const m of v.messages) {
+  sameBytes(`message ${m.header.t}`, e2e.encodeMessage(m.header, fromHex(m.body)), m.encoded);
+  const [header, body] = e2e.decodeMessage(fromHex(m.encoded));
+  same(`message ${m.header.t} read`, JSON.stringify(header), JSON.stringify(m.header));
+  sameBytes(`message ${m.header.t} body`, body, m.body);
+}
+const built = {
+  req: messages.req(7, "GET", "/wiki/Caf%C3%A9?q=a+b", [["Accept", "text/html"], ["X-Tag", "ü"]], true),
+  ack: messages.ack(8, 262144), err: messages.err(9, "forbidden", "this path is not allowed"),
+};
+for (const [t, header] of Object.entries(built)) {
+  const want = v.messages.find((m) => m.header.t === t && JSON.stringify(m.header) === JSON.stringify(header));
+  if (!want) failures.push(`builder ${t} makes another header: ${JSON.stringify(header)}`);
+}
+const packets = Object.fromEntries(v.mqtt.map((p) => [p.name, p.bytes]));
+sameBytes("CONNECT", mqtt.connect({ username: v.device_id, password: fromHex("70772dc3a9"), keepAlive: 30 }),
+          packets.connect);
+sameBytes("SUBSCRIBE", mqtt.subscribe(1, [[`devices/${v.device_id}/down`, 1], ["$gateway/status", 0]]),
+          packets.subscribe);
+sameBytes("PUBLISH 0", mqtt.publish(`devices/${v.device_id}/up`, Uint8Array.from({ length: 200 }, (_, i) => i)),
+          packets.publish_qos0);
+sameBytes("PUBLISH 1", mqtt.publish(`devices/${v.device_id}/up`, Uint8Array.of(1, 3), 1, 2), packets.publish_qos1);
+sameBytes("PUBACK", mqtt.puback(2), packets.puback);
+sameBytes("PINGREQ", mqtt.pingreq(), packets.pingreq);
+sameBytes("DISCONNECT", mqtt.disconnect(), packets.disconnect);
+// what the gateway sends, fed one byte at a time and all at once
+const stream = concat(...["connack_accepted", "connack_refused", "suback", "pingresp", "publish_long",
+                          "publish_qos1"].map((n) => fromHex(packets[n])));
+for (const step of [1, stream.length]) {
+  const parser = new mqtt.Parser();
+  const got = [];
+  for (let at = 0; at < stream.length; at += step) got.push(...parser.feed(stream.subarray(at, at + step)));
+  same(`parsed count (step ${step})`, got.length, 6);
+  same("CONNACK 0", got[0].returnCode, 0);
+  same("CONNACK 4", got[1].returnCode, 4);
+  same("SUBACK", JSON.stringify(got[2].returnCodes), "[1,128]");
+  same("PINGRESP", got[3].type, mqtt.PINGRESP);
+  same("long PUBLISH", got[4].payload.length + " " + got[4].topic, "20000 $gateway/status");
+  same("PUBLISH 1", got[5].packetId + " " + toHex(got[5].payload), "2 0103");
+}
+window.result = failures;
+"""
+
+
+def test_the_vectors_file_is_what_the_python_side_makes():
+    """Regenerate with ``python -m linchpin_common.contract.vectors > tests/vectors/contract.json``."""
+    assert json.loads(VECTORS.read_text()) == json.loads(json.dumps(vectors.make()))
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with chromium() as b:
+        yield b
+
+
+def test_the_javascript_device_makes_and_reads_the_same_bytes(browser, tmp_path):
+    shutil.copytree(APP, tmp_path / "app")
+    shutil.copy(VECTORS, tmp_path / "contract.json")
+    (tmp_path / "index.html").write_text(f'<!doctype html><meta charset="utf-8"><script type="module">{CHECKS}</script>',
+                                         encoding="utf-8")
+    server = StaticServer(tmp_path)
+    try:
+        page = browser.new_page()
+        errors = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(server.url + "/index.html")
+        page.wait_for_function("window.result !== undefined || false", timeout=30_000)
+        assert errors == []
+        assert page.evaluate("window.result") == []
+    finally:
+        server.stop()
