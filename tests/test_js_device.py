@@ -141,3 +141,120 @@ def test_the_javascript_device_makes_and_reads_the_same_bytes(browser, tmp_path)
         assert page.evaluate("window.result") == []
     finally:
         server.stop()
+
+
+# The whole device in the page, against the real twistd lmgateway and twistd
+# lmconnector: pair through the setup call (CORS), handshake, then requests
+# with a multi-MiB body each way.
+STORY = """
+import { Device, pair } from "./app/device.js";
+import { toHex } from "./app/bytes.js";
+
+const params = new URLSearchParams(location.hash.slice(1));
+const out = { statuses: [] };
+try {
+  let saved = null;
+  const state = await pair(params.get("uri"));
+  out.paired = state.deviceId;
+  const device = new Device(state, { saveState: async (s) => { saved = s; },
+                                     onStatus: (s) => out.statuses.push(s) });
+  await device.open();
+  await device.handshake();
+  out.setupSecretForgotten = saved !== null && saved.setupSecret === null && !!saved.deviceSecret;
+  const who = await device.request("GET", "/api/whoami");
+  out.whoami = JSON.parse(new TextDecoder().decode(await who.bytes()));
+  const upload = new Uint8Array(3 * 1024 * 1024 + 7);
+  for (let i = 0; i < upload.length; i++) upload[i] = (i * 7) & 255;
+  const posted = await device.request("POST", "/upload", { headers: [["Content-Type", "application/octet-stream"]],
+                                                            body: upload });
+  out.upload = JSON.parse(new TextDecoder().decode(await posted.bytes()));
+  out.uploadDigest = toHex(new Uint8Array(await crypto.subtle.digest("SHA-256", upload)));
+  const download = await device.request("GET", "/download?size=" + params.get("size"));
+  const body = await download.bytes();
+  out.download = { status: download.status, length: body.length,
+                   sha256: toHex(new Uint8Array(await crypto.subtle.digest("SHA-256", body))) };
+  device.close();
+} catch (e) {
+  out.error = `${e.kind || e.name}: ${e.message}`;
+}
+window.result = out;
+"""
+
+
+def test_the_javascript_device_pairs_and_requests_through_the_real_gateway_and_connector(browser, tmp_path):
+    import hashlib
+
+    from linchpin_connector.sample_app import pattern
+    from tests.support import System
+
+    system = System(tmp_path)
+    uri = system.add_device("alice")
+    folder = tmp_path / "page"
+    shutil.copytree(APP, folder / "app")
+    (folder / "index.html").write_text(f'<!doctype html><meta charset="utf-8"><script type="module">{STORY}</script>',
+                                       encoding="utf-8")
+    server = StaticServer(folder)  # another origin than the gateway's: the setup call needs its CORS
+    size = 5 * 1024 * 1024
+    try:
+        page = browser.new_page()
+        errors = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        from urllib.parse import quote
+
+        page.goto(f"{server.url}/index.html#uri={quote(uri, safe='')}&size={size}")
+        page.wait_for_function("window.result !== undefined", timeout=60_000)
+        result = page.evaluate("window.result")
+    finally:
+        server.stop()
+        system.stop()
+    assert errors == [] and "error" not in result, result
+    assert result["statuses"][:1] == ["online"] and result["setupSecretForgotten"]
+    assert result["whoami"]["user"] == "alice"
+    assert result["upload"] == {"bytes": 3 * 1024 * 1024 + 7, "sha256": result["uploadDigest"]}
+    expected = hashlib.sha256(b"".join(pattern(size))).hexdigest()
+    assert result["download"] == {"status": 200, "length": size, "sha256": expected}
+
+
+def test_the_javascript_device_handles_reset_and_moved(browser, tmp_path):
+    """A connector taking its old one over (the same name) has no sessions:
+    the device's next request meets RESET, handshakes again and is sent once
+    more.  Then a second connector; the first is killed: `moved`, and the
+    next request goes through the other."""
+    from urllib.parse import quote
+
+    from tests.support import Connector, System
+
+    system = System(tmp_path, "--name", "first")
+    uri = system.add_device("bob")
+    folder = tmp_path / "page"
+    shutil.copytree(APP, folder / "app")
+    (folder / "index.html").write_text(
+        '<!doctype html><meta charset="utf-8"><script type="module">'
+        'import { Device, pair } from "./app/device.js";'
+        'window.statuses = [];'
+        'const state = await pair(decodeURIComponent(location.hash.slice(1)));'
+        'window.device = new Device(state, { onStatus: (s) => window.statuses.push(s) });'
+        'await window.device.open(); await window.device.handshake(); window.ready = true;'
+        '</script>', encoding="utf-8")
+    server = StaticServer(folder)
+    whoami = ("async () => { const r = await window.device.request('GET', '/api/whoami');"
+              " return JSON.parse(new TextDecoder().decode(await r.bytes())).user; }")
+    try:
+        page = browser.new_page()
+        page.goto(f"{server.url}/index.html#{quote(uri, safe='')}")
+        page.wait_for_function("window.ready === true", timeout=30_000)
+        assert page.evaluate(whoami) == "bob"
+        again = Connector(system.connector_dir, system.app.url, "--name", "first")  # takes "first" over
+        again.wait_online()
+        system.connector.kill()  # before it comes back for its name (it would, 1 s after the takeover)
+        assert page.evaluate(whoami) == "bob"  # RESET, HELLO, sent once more
+        again.wait_for(r"E2E session with device [0-9a-f]{32} established")  # a new session, on the new process
+        assert "moved" not in page.evaluate("window.statuses")
+        second = Connector(system.connector_dir, system.app.url, "--name", "second")
+        second.wait_online()
+        again.kill()  # kill -9 of the one serving the device
+        page.wait_for_function("window.statuses.includes('moved')", timeout=30_000)
+        assert page.evaluate(whoami) == "bob"
+    finally:
+        server.stop()
+        system.stop()
