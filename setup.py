@@ -42,7 +42,8 @@ setup(
         "linchpin_common": ["py.typed"],
         "linchpin_gateway": ["db-schemas/*.sql", "py.typed"],
         "linchpin_connector": ["db-schemas/*.sql", "py.typed"],
-        "linchpin_connector.web": ["static/*.css", "static/*.js", "static/app/*.js"],
+        "linchpin_connector.web": ["static/*.css", "static/*.js", "static/app/*.js", "static/app/*.css",
+                                   "static/app/*.html", "static/app/*.png", "static/app/*.webmanifest"],
         "twisted": ["plugins/lmgateway_plugin.py", "plugins/lmconnector_plugin.py"],
     },
     install_requires=[

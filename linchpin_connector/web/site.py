@@ -28,6 +28,8 @@ import html
 import secrets
 from importlib import resources
 
+from urllib.parse import quote, urlsplit
+
 import segno
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -70,6 +72,10 @@ STATIC = {
     b"pairing.css": b"text/css; charset=utf-8",
     b"pairing.js": b"text/javascript; charset=utf-8",
 }
+# The phone app under app/ (its files as shipped in static/app/), by suffix.
+APP_TYPES = {".html": b"text/html; charset=utf-8", ".js": b"text/javascript; charset=utf-8",
+             ".css": b"text/css; charset=utf-8", ".png": b"image/png",
+             ".webmanifest": b"application/manifest+json"}
 
 
 def _headers(request, content_type: bytes = b"text/html; charset=utf-8", cache: bytes = b"no-store") -> None:
@@ -135,6 +141,14 @@ class PairingPage(resource.Resource):
         self.streams: dict[str, int] = {}
         self.static = {name: resources.files(__package__).joinpath("static", name.decode()).read_bytes()
                        for name in STATIC}
+        folder = resources.files(__package__).joinpath("static", "app")
+        self.app = {f.name.encode(): (f.read_bytes(), APP_TYPES[suffix])
+                    for f in folder.iterdir() if (suffix := "." + f.name.rpartition(".")[2]) in APP_TYPES}
+        url = getattr(getattr(desk, "api", None), "url", None)
+        gateway = urlsplit(url) if url else None
+        # The app talks to the gateway: its setup call, then the WebSocket.
+        self.app_connect = (f" {gateway.scheme}://{gateway.netloc} {'wss' if gateway.scheme == 'https' else 'ws'}://"
+                            f"{gateway.netloc}" if gateway else "")
 
     def getChild(self, path, request):
         return self
@@ -155,6 +169,8 @@ class PairingPage(resource.Resource):
             name = request.prepath[1]
             _headers(request, STATIC[name], cache=b"no-cache")
             return self.static[name]
+        if route == b"app" or route.startswith(b"app/"):
+            return self._app(request, method)
         handlers = {(b"", b"GET"): self._show, (b"", b"HEAD"): self._show, (b"devices", b"GET"): self._fragment,
                     (b"events", b"GET"): self._events, (b"pair", b"POST"): self._pair,
                     (b"remove", b"POST"): self._remove, (b"replace", b"POST"): self._replace}
@@ -168,6 +184,28 @@ class PairingPage(resource.Resource):
             return _message_page(request, 403, "Form expired",
                                  "This form is out of date or did not come from this page: reload the page and try again.")
         return handler(request, user)
+
+    def _app(self, request, method):
+        """The phone app's files; ``app`` itself sends the browser to ``app/``
+        (the app's links are relative)."""
+        if method not in (b"GET", b"HEAD"):
+            request.setHeader(b"Allow", b"GET, HEAD")
+            return _message_page(request, 405, "Not allowed", "This address does not take that method.")
+        if len(request.prepath) == 1:
+            request.setResponseCode(301)
+            request.setHeader(b"Location", b"app/")
+            return b""
+        name = b"/".join(request.prepath[1:]) or b"index.html"
+        found = self.app.get(name)
+        if found is None:
+            return _message_page(request, 404, "Not found", "There is no such page.")
+        body, content_type = found
+        _headers(request, content_type, cache=b"no-cache")
+        if name == b"index.html":
+            request.responseHeaders.setRawHeaders(b"Content-Security-Policy", [
+                (f"default-src 'self'; connect-src 'self'{self.app_connect}; img-src 'self'; "
+                 "base-uri 'none'; form-action 'self'; frame-ancestors 'none'").encode()])
+        return body
 
     # -- who and whether ---------------------------------------------------------------
 
@@ -267,10 +305,15 @@ class PairingPage(resource.Resource):
                         f"<button type=\"submit\" aria-label=\"New pairing link for device {short}\">New pairing "
                         f"link</button></form></li>")
                     continue
+                link = ""
+                if device.state == "pending" and device.device_id in linked:
+                    target = html.escape("app/#pair=" + quote(self.desk.pairings[device.device_id].uri, safe=""))
+                    link = (f"<a class=\"app-link\" data-app-link=\"{target}\" href=\"{target}\">"
+                            f"Pair this phone's browser</a> ")
                 parts.append(
                     f"<li class=\"device\" data-device-id=\"{device.device_id}\" data-state=\"{device.state}\">"
                     f"<span class=\"name\">Device {short}</span> "
-                    f"<span class=\"state state-{device.state}\">{STATE_TEXT[device.state]}</span>"
+                    f"<span class=\"state state-{device.state}\">{STATE_TEXT[device.state]}</span> {link}"
                     f"<form method=\"post\" action=\"remove\" class=\"remove\">"
                     f"<input type=\"hidden\" name=\"csrf_token\" value=\"{token}\">"
                     f"<input type=\"hidden\" name=\"device_id\" value=\"{device.device_id}\">"

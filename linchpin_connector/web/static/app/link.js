@@ -122,9 +122,10 @@ export class MqttLink {
 
   closed() {
     if (this.ended) return;
+    const wasOpen = this.open;
     this.ended = true;
     this.open = false;
     clearInterval(this.pinger);
-    this.onClose();
+    if (wasOpen) this.onClose(); // a session refused or never made was never the device's
   }
 }
