@@ -14,7 +14,7 @@ from urllib.parse import urlsplit, urlunsplit
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from twisted.application import internet, service
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from linchpin_common.contract import e2e, topics
@@ -34,6 +34,9 @@ MAX_QUEUED_HELLOS = 4  # per device, behind the one being answered
 # (or right after its next request ends): a RESET that crosses a request the
 # device is sending fails that request at the device, though it never ran.
 DRAIN_QUIET = 1.0
+# Once every session is reset, how long a drain waits for a HELLO that crossed
+# it (pinned here just before the gateway heard of the drain) before it ends.
+DRAIN_SETTLE = 0.5
 
 
 class _Channel:
@@ -81,7 +84,7 @@ class DeviceChannels:
         self._locks: dict[str, defer.DeferredLock] = {}
         self.answered = AnsweredHellos()
         self._draining: set[str] | None = None  # devices whose session is reset once idle
-        self._drained: defer.Deferred | None = None
+        self._drain_waiters: list[defer.Deferred] = []
         self._reset_new = False  # draining to stop: sessions made meanwhile are reset too
 
     # -- input -------------------------------------------------------------------
@@ -191,7 +194,7 @@ class DeviceChannels:
         channel.proxy.on_idle = lambda: self._idle(device_id, channel)
         self._replace(device_id, channel)
         self.publish(device_id, accepted.welcome)
-        if self._reset_new and self._draining is not None:
+        if self._draining is not None and (self._reset_new or device_id in self._draining):
             self._draining.add(device_id)
             self._reset_when_quiet(device_id)
         self.log.info("E2E session with device {device_id} established", device_id=device_id)
@@ -256,16 +259,18 @@ class DeviceChannels:
     # -- lifecycle ---------------------------------------------------------------
 
     def _replace(self, device_id: str, channel: _Channel) -> None:
-        self.end(device_id)
+        self.end(device_id, replaced=True)
         self.channels[device_id] = channel
 
-    def end(self, device_id: str) -> None:
+    def end(self, device_id: str, replaced: bool = False) -> None:
+        """The device's session ends (``replaced``: by a new one, which a
+        drain still waits for)."""
         channel = self.channels.pop(device_id, None)
         if channel is not None:
             channel.endpoint.end()
             if channel.proxy is not None:
                 channel.proxy.close()
-        if self._draining is not None and device_id in self._draining:
+        if self._draining is not None and device_id in self._draining and not replaced:
             self._draining.discard(device_id)
             self._check_drained()
 
@@ -276,19 +281,19 @@ class DeviceChannels:
         has no request in flight (right after its last one ended, or once it
         has been silent ``DRAIN_QUIET`` seconds), so that its next HELLO goes
         to another connector (the gateway no longer pins anyone here).
-        Fires once every one has had its RESET; :meth:`cut` resets those
-        still busy.  ``stopping``: sessions made meanwhile (a HELLO answered
-        as the drain began) are reset too, so none is left for the exit to
-        cut; else (the backend is down) only the sessions of now are."""
+        Fires once every one has had its RESET (at once if none is left);
+        :meth:`cut` resets those still busy.  ``stopping``: sessions made
+        meanwhile (a HELLO answered as the drain began) are reset too, so
+        none is left for the exit to cut; else (the backend is down) only
+        the sessions of now are."""
         self._reset_new = self._reset_new or stopping
-        if self._drained is None:
+        if self._draining is None:
             self._draining = set(self.channels)
-            self._drained = defer.Deferred()
             for device_id in list(self._draining):
                 self._reset_when_quiet(device_id)
-            self._check_drained()
         d = defer.Deferred()
-        self._drained.addBoth(lambda result: (d.callback(None), result)[1])
+        self._drain_waiters.append(d)
+        self._check_drained()
         return d
 
     def cut(self) -> int:
@@ -301,7 +306,7 @@ class DeviceChannels:
 
     def undrain(self) -> None:
         """Take new sessions as before (the health check found the backend back)."""
-        self._draining = self._drained = None
+        self._draining = None
         self._reset_new = False
 
     def _reset_when_quiet(self, device_id: str) -> None:
@@ -330,8 +335,10 @@ class DeviceChannels:
         self.end(device_id)
 
     def _check_drained(self) -> None:
-        if self._drained is not None and not self._draining and not self._drained.called:
-            self._drained.callback(None)
+        if self._draining is not None and not self._draining:
+            waiters, self._drain_waiters = self._drain_waiters, []
+            for d in waiters:
+                d.callback(None)
 
     def forget(self, device_id: str) -> None:
         """The device is gone for good (revoked): end its session, drop what we remember of it."""
@@ -456,13 +463,19 @@ class ConnectorService(service.MultiService):
             self._say_drain()
         timer = self.reactor.callLater(timeout, self._drain_time_up)
 
-        def drained(result):
+        async def drained():
+            # A HELLO that crossed the drain may still make a session here:
+            # settle, and reset those too, before saying drained.
+            while True:
+                await self.channels.drain()
+                await task.deferLater(self.reactor, DRAIN_SETTLE, lambda: None)
+                if not self.channels.channels or not timer.active():
+                    break
             if timer.active():
                 timer.cancel()
             self.log.info("drained")
-            return result
 
-        return self.channels.drain().addBoth(drained)
+        return defer.ensureDeferred(drained())
 
     def _drain_time_up(self) -> None:
         cut = self.channels.cut()

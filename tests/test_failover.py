@@ -155,7 +155,8 @@ def rolling_restart(rig):
         rig.start(name)
         fleet.wait_requests(20)
     requests = fleet.stop()
-    assert failures(requests) == [], json.dumps(failures(requests)[:5] + fleet.events("status"))
+    assert failures(requests) == [], (json.dumps(failures(requests)[:5] + fleet.events("status"))
+                                      + "".join(f"\n--- {n}:\n{p.tail(60)}" for n, p in rig.connectors.items()))
     assert {r["m"] for r in requests} == {"GET", "POST"} and len(requests) >= 110
     return fleet
 

@@ -12,7 +12,7 @@ from twisted.web.resource import Resource, getChildForRequest
 
 from linchpin_common.gateway_client import GatewayAPI
 from linchpin_common.workers import InlineWorker
-from linchpin_connector.connector import ConnectorService
+from linchpin_connector.connector import DRAIN_SETTLE, ConnectorService
 from linchpin_connector.device import BodyStream, SessionLost
 from linchpin_connector.health import FALL, RISE
 from linchpin_connector.sample_app import make_site
@@ -91,6 +91,13 @@ def two(make_gateway, tmp_path):
     s.stop()
 
 
+def settle(two):
+    """The drain's last wait, for a HELLO that crossed it."""
+    two.pump()
+    two.reactor.advance(DRAIN_SETTLE)
+    two.pump()
+
+
 def served_by(two, device):
     """A GET through the device; the name of the connector that answered."""
     response = run(two, device.request("GET", "/api/whoami"))
@@ -124,7 +131,7 @@ def test_a_drained_connector_finishes_its_requests_then_resets_its_devices(two):
     two.pump()
     assert not drained.called and not slow.called  # its requests finish first
     two.reactor.advance(5)
-    two.pump()
+    settle(two)
     assert drained.called
     assert run(two, slow).status == 200 and run(two, post).status == 200
     other = "c2" if name == "c1" else "c1"
@@ -139,7 +146,7 @@ def test_a_drain_past_its_timeout_resets_the_sessions_still_busy(two):
     two.pump()
     drained = two.connectors[name].drain(3)
     two.reactor.advance(3)
-    two.pump()
+    settle(two)
     assert drained.called
     # cut before any response part: a GET is sent once more, to the other connector
     other = "c2" if name == "c1" else "c1"
@@ -221,5 +228,5 @@ def test_a_drain_resets_an_idle_session_once_its_device_has_been_quiet(two):
     two.pump()
     assert not drained.called and two.pinned(device) == name
     two.reactor.advance(1)
-    two.pump()
+    settle(two)
     assert drained.called and two.pinned(device) not in (None, name)
