@@ -3,9 +3,11 @@ import json
 
 import pytest
 from twisted.internet import defer
+from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
 
 from linchpin_gateway.config import GatewayConfig
+from linchpin_gateway.router import Router
 from linchpin_gateway.service import Gateway
 from linchpin_gateway.store import SQLiteStore
 from linchpin_common.workers import InlineWorker
@@ -103,3 +105,16 @@ JSON = {"Content-Type": "application/json"}
 
 def json_body(data):
     return json.dumps(data).encode()
+
+
+@pytest.fixture
+def clock():
+    """A clock the test moves by hand."""
+    return Clock()
+
+
+@pytest.fixture
+def router(clock):
+    """A router alone, on that clock (no sockets, no other node)."""
+    return Router(clock)
+

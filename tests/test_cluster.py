@@ -56,11 +56,6 @@ class Node:
 
 
 @pytest.fixture
-def clock():
-    return Clock()
-
-
-@pytest.fixture
 def hub(clock):
     return MemoryHub(clock)
 

@@ -1,23 +1,10 @@
 """Router: ACLs, routing, takeover and presence, with no sockets at all."""
 
-import pytest
-from twisted.internet.task import Clock
-
-from linchpin_gateway.router import CONNECTOR, DEVICE, SUBACK_FAILURE, Principal, Router
+from linchpin_gateway.router import CONNECTOR, DEVICE, SUBACK_FAILURE, Principal
 from tests.doubles import FakeSession
 
 I1, I2 = "a" * 32, "b" * 32
 D1, D2, D3 = "1" * 32, "2" * 32, "3" * 32
-
-
-@pytest.fixture
-def clock():
-    return Clock()
-
-
-@pytest.fixture
-def router(clock):
-    return Router(clock)
 
 
 def connector(router, instance=I1, subscribe=True, events=True):

@@ -1,29 +1,16 @@
 """MQTTSession driven byte by byte: CONNECT outcomes, keep-alive, ordering."""
 
 import pytest
-from twisted.internet.task import Clock
-
 from linchpin_common.contract import wire
 from linchpin_gateway.auth import LoginGuard
-from linchpin_gateway.router import Router
 from linchpin_gateway.ratelimit import RateLimiter
 from linchpin_gateway.session import DEAD_AFTER, Limits
 from tests.doubles import DEV, INST, FakeAuth, Peer, connect
 
 
 @pytest.fixture
-def clock():
-    return Clock()
-
-
-@pytest.fixture
 def auth():
     return FakeAuth()
-
-
-@pytest.fixture
-def router(clock):
-    return Router(clock)
 
 
 @pytest.fixture

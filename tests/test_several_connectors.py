@@ -4,27 +4,15 @@
 import json
 
 import pytest
-from twisted.internet.task import Clock
-
 from linchpin_common.contract import wire
 from linchpin_gateway.metrics import GatewayCollector
-from linchpin_gateway.router import CONNECTOR, DEVICE, Principal, Router, rank
+from linchpin_gateway.router import CONNECTOR, DEVICE, Principal, rank
 from tests.doubles import DEV, INST, FakeAuth, FakeSession, Peer, connect
 
 I = "a" * 32
 HELLO = b"\x01\x01" + bytes(61)
 DATA = b"\x01\x03" + bytes(40)
 DEVICES = [f"{n:032x}" for n in range(1, 21)]
-
-
-@pytest.fixture
-def clock():
-    return Clock()
-
-
-@pytest.fixture
-def router(clock):
-    return Router(clock)
 
 
 def connector(router, name, instance=I, subscribe=True):
