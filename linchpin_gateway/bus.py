@@ -155,9 +155,6 @@ class IBus(Interface):
     def release(own_key, value):
         """Deferred: the key is deleted if it still has ``value``."""
 
-    def get(key):
-        """Deferred[bytes | None]."""
-
     def delete(keys):
         """Deferred: these keys are gone."""
 
@@ -290,9 +287,6 @@ class RedisBus:
 
     def release(self, own_key, value):
         return self._call(b"EVAL", _RELEASE, 1, own_key, value)
-
-    def get(self, key):
-        return self._call(b"GET", key)
 
     def delete(self, keys):
         return self._call(b"DEL", *keys) if keys else defer.succeed(0)
@@ -462,9 +456,6 @@ class MemoryBus:
                 del self.hub.keys[own_key]
 
         return defer.maybeDeferred(release)
-
-    def get(self, key):
-        return defer.maybeDeferred(lambda: self._check() or self.hub.get(key))
 
     def delete(self, keys):
         def delete():

@@ -100,7 +100,7 @@ def test_while_redis_is_down_nothing_waits(bus):
     publish is dropped and every other call fails at once, and nothing is
     written later when a connection comes."""
     assert bus.publish(b"lm:p:x", b"m") is False
-    assert isinstance(failed_at_once(bus.get(b"k")), NotConnected)
+    assert isinstance(failed_at_once(bus.hgetall(b"k")), NotConnected)
     assert isinstance(failed_at_once(bus.claim(b"o", b"e", b"A", 1000)), NotConnected)
     cmd = Link(bus._cmd, bus.clock)
     assert bus.publish(b"lm:p:x", b"m") is False  # still authenticating
@@ -110,8 +110,8 @@ def test_while_redis_is_down_nothing_waits(bus):
     up(sub)
     assert bus.connected and bus.states == [True]
     assert cmd.take() == []  # nothing held back from before
-    pending = bus.get(b"k")
-    assert cmd.take() == [[b"GET", b"k"]]
+    pending = bus.hgetall(b"k")
+    assert cmd.take() == [[b"HGETALL", b"k"]]
     cmd.lose()
     assert isinstance(failed_at_once(pending), redis_client.txredisapi.ConnectionError)
     assert not bus.connected and bus.states == [True, False]
@@ -126,15 +126,15 @@ def test_replies_are_bytes_and_publishes_go_out_without_waiting_or_a_reply(bus):
     assert bus.publish(b"lm:p:x", b"42") is True
     got = []
     bus.claim(b"lm:own:d", b"lm:ep:d", b"B", 30000).addCallback(got.append)
-    bus.get(b"lm:own:d").addCallback(got.append)
+    bus.hgetall(b"lm:conns:i").addCallback(got.append)
     bus.exists([b"a", b"b"]).addCallback(got.append)
     written = cmd.take()
     assert written[:4] == [[b"CLIENT", b"REPLY", b"SKIP"], [b"PUBLISH", b"lm:p:x", b"\x00\r\n"],
                            [b"CLIENT", b"REPLY", b"SKIP"], [b"PUBLISH", b"lm:p:x", b"42"]]
-    assert [c[0] for c in written[4:]] == [b"EVAL", b"GET", b"MGET"]
+    assert [c[0] for c in written[4:]] == [b"EVAL", b"HGETALL", b"MGET"]
     # Redis answers only the last three: no reply is taken for a publish.
-    cmd.feed(b"*2\r\n:7\r\n$0\r\n\r\n$4\r\nA 12\r\n*2\r\n$-1\r\n$1\r\n1\r\n")
-    assert got == [(7, None), b"A 12", [False, True]]
+    cmd.feed(b"*2\r\n:7\r\n$0\r\n\r\n*2\r\n$1\r\nc\r\n$6\r\nA r 12\r\n*2\r\n$-1\r\n$1\r\n1\r\n")
+    assert got == [(7, None), {b"c": b"A r 12"}, [False, True]]
     assert not cmd.proto.replyQueue.waiting and not cmd.proto.replyQueue.pending
 
 
@@ -143,10 +143,10 @@ def test_where_redis_refuses_client_reply_each_publish_keeps_its_reply(bus):
     assert bus.connected
     assert bus.publish(b"lm:p:x", b"a") is True
     got = []
-    bus.get(b"k").addCallback(got.append)
-    assert cmd.take() == [[b"PUBLISH", b"lm:p:x", b"a"], [b"GET", b"k"]]
-    cmd.feed(b":1\r\n$1\r\nv\r\n")
-    assert got == [b"v"]
+    bus.hgetall(b"k").addCallback(got.append)
+    assert cmd.take() == [[b"PUBLISH", b"lm:p:x", b"a"], [b"HGETALL", b"k"]]
+    cmd.feed(b":1\r\n*0\r\n")
+    assert got == [{}]
     assert not cmd.proto.replyQueue.waiting and not cmd.proto.replyQueue.pending
 
 
