@@ -13,8 +13,9 @@ this process's monotonic clock, the same for every line):
 
 - ``{"ev": "ready", "n": N, "ids": [device_id, ...]}`` once every device
   has a live E2E session;
-- ``{"ev": "req", "dev": i, "m": METHOD, "ok": bool, "err": TEXT, "dt": s}``
-  for each request ended (``err`` names the failure);
+- ``{"ev": "req", "dev": i, "m": METHOD, "p": PATH, "ok": bool, "err": TEXT,
+  "dt": s}`` for each request ended (``p`` without its query; ``err`` names
+  the failure);
 - ``{"ev": "status", "dev": i, "s": "online" | "offline" | "moved"}``;
 - ``{"ev": "done"}`` after ``stop`` on stdin, once the requests in flight ended.
 
@@ -112,7 +113,7 @@ class Fleet:
             ok, err = False, f"{type(e).__name__}: {e}"
         except Exception as e:  # the fleet reports, never dies
             ok, err = False, f"{type(e).__name__}: {e}"
-        emit(ev="req", dev=i, m=method, ok=ok, err=err, dt=round(time.monotonic() - start, 4))
+        emit(ev="req", dev=i, m=method, p=path.split("?")[0], ok=ok, err=err, dt=round(time.monotonic() - start, 4))
 
     async def stop(self) -> None:
         if self.stopping:

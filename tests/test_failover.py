@@ -197,10 +197,11 @@ def assert_moved_then_served(fleet, start, moved, within):
         assert t - start < within, (dev, t - start)
         after = [r for r in requests if r["dev"] == dev and r["t"] > t and r["ok"]]
         assert after and after[0]["t"] - t < 5, (dev, after[:1])
-    # what fails is what was in flight and may have run: POSTs, and downloads already streaming
+    # What may fail is what was in flight and may have run: a POST, or a
+    # download whose response had begun (it streams for a while); a short GET
+    # without its answer is sent once more, so it never fails.
     for r in failures(requests):
-        assert r["m"] == "POST" or r["dt"] > 0 and r["err"].startswith("SessionLost"), r
-    assert not [r for r in failures(requests) if r["m"] == "GET" and "RequestTimeout" in r["err"]]
+        assert r["err"].startswith("SessionLost") and (r["m"] == "POST" or r["p"] == "/download"), r
 
 
 def test_kill_9_of_a_connector_moves_its_devices_at_once(one_node):
