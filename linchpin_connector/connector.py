@@ -37,6 +37,7 @@ DRAIN_QUIET = 1.0
 # Once every session is reset, how long a drain waits for a HELLO that crossed
 # it (pinned here just before the gateway heard of the drain) before it ends.
 DRAIN_SETTLE = 0.5
+DRAIN_ROUNDS = 3
 
 
 class _Channel:
@@ -465,8 +466,10 @@ class ConnectorService(service.MultiService):
 
         async def drained():
             # A HELLO that crossed the drain may still make a session here:
-            # settle, and reset those too, before saying drained.
-            while True:
+            # settle, and reset those too, before saying drained.  A few
+            # rounds at most: with no other connector ready, devices keep
+            # coming back here, and waiting longer serves no one.
+            for _ in range(DRAIN_ROUNDS):
                 await self.channels.drain()
                 await task.deferLater(self.reactor, DRAIN_SETTLE, lambda: None)
                 if not self.channels.channels or not timer.active():

@@ -88,7 +88,11 @@ class RequestProxy:
         self._user_slots = user_slots if user_slots is not None else Slots(MAX_IN_FLIGHT)
         self._requests: dict[int, _Request] = {}
         self._closed = False
-        self.on_idle = None  # called (soon, not from within) when the last request in flight ends
+        # Called when the last request in flight has ended: right after its
+        # final message went out (so a RESET that follows reaches the device
+        # with it), or on the next turn when it ended without one (a cancel).
+        self.on_idle = None
+        self._idle_pending = False
 
     @property
     def in_flight(self) -> int:
@@ -129,6 +133,7 @@ class RequestProxy:
     def _send(self, header: dict, body: bytes = b"") -> None:
         if not self._closed:
             self._send_out(header, body)
+            self._idle()
 
     def _send_err(self, rid: int, code: str, message: str) -> None:
         log.info("request {id}: err {code}", id=rid, code=code)
@@ -165,10 +170,12 @@ class RequestProxy:
     def _released(self, request: "_Request") -> None:
         self._user_slots.release(self._user)
         if not self._requests and self.on_idle is not None:
+            self._idle_pending = True
             self.clock.callLater(0, self._idle)
 
     def _idle(self) -> None:
-        if not self._requests and not self._closed and self.on_idle is not None:
+        if self._idle_pending and not self._requests and not self._closed:
+            self._idle_pending = False
             self.on_idle()
 
     def _backend_headers(self, pairs) -> Headers:

@@ -230,3 +230,4 @@ def test_a_drain_resets_an_idle_session_once_its_device_has_been_quiet(two):
     two.reactor.advance(1)
     settle(two)
     assert drained.called and two.pinned(device) not in (None, name)
+
