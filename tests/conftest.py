@@ -30,7 +30,7 @@ def no_process_left(request):
     Process.started.clear()
     offsets = {proc: len(proc.output) for proc in Process.running if isinstance(proc, Process)}
     yield
-    for proc in Process.running - before:
+    for proc in Process.running - before - Process.fixtures:
         proc.kill()
         Process.running.discard(proc)
     for proc in Process.started:

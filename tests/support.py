@@ -33,16 +33,26 @@ class Process(Child):
     during which it was printed (tests/logcheck.py)."""
 
     started: list[Process] = []  # those started during the current test (conftest.py empties it)
+    fixtures: set[Process] = set()  # started during a test for a wider-scoped fixture, which stops them
 
     def __init__(self, argv, env=None, cwd=None, stdin=None):
         super().__init__(argv, env=env, cwd=cwd, stdin=stdin)
         Process.started.append(self)
 
+    def for_fixture(self) -> Process:
+        """This process belongs to a wider-scoped fixture (one started again
+        by a test): the end of the test leaves it running."""
+        Process.fixtures.add(self)
+        return self
+
 
 class Gateway(Process):
-    def __init__(self, data_dir, *extra):
+    """``twistd lmgateway`` on loopback: on a free port, or on ``port`` (a
+    gateway started again where its devices expect it)."""
+
+    def __init__(self, data_dir, *extra, port=0):
         super().__init__([os.path.join(BIN, "twistd"), "-n", "--pidfile=", "lmgateway",
-                          "--listen", "tcp:0:interface=127.0.0.1", "--data-dir", str(data_dir), *extra])
+                          "--listen", f"tcp:{port}:interface=127.0.0.1", "--data-dir", str(data_dir), *extra])
         m = self.wait_for(r"lmgateway listening on .* at 127\.0\.0\.1:(\d+)")
         self.port = int(m.group(1))
         self.url = f"http://127.0.0.1:{self.port}"

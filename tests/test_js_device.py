@@ -258,3 +258,73 @@ def test_the_javascript_device_handles_reset_and_moved(browser, tmp_path):
     finally:
         server.stop()
         system.stop()
+
+
+# What the service worker changes on the way (tunnel.js, cookies.js), run in
+# the page: a Location becomes a path exactly as serve_policy.rewrite_location
+# makes it, and the tunnel's cookie jar follows RFC 6265 for one origin.
+LOCATIONS = ["/notes", "notes?x=1", "http://intranet.corp:8090/notes?x=1#top", "HTTPS://evil.example",
+             "https:evil.example/a", "http:/\\evil.example/b", "//evil.example//c?", "/\\evil.example\\d",
+             " \t//evil.example/e", "\x01https://evil.example", "https://evil.example?q#f", "mailto:a@b",
+             "ftp://files.corp/x", "", "#frag", "http://h/%2e%2e/x?a=%20"]
+TUNNEL_CHECKS = """
+import { rewriteLocation, requestHeaders, browserResponse } from "./app/tunnel.js";
+import * as cookies from "./app/cookies.js";
+
+const out = {};
+out.locations = JSON.parse(document.getElementById("locations").textContent).map(rewriteLocation);
+const now = Date.UTC(2030, 0, 1);
+let jar = cookies.store([], ["visits=1; Path=/; HttpOnly; SameSite=Lax", "deep=d; Path=/wiki", "here=h",
+                             "bad name=x", "noequals", "old=o; Expires=Thu, 01 Jan 2015 00:00:00 GMT",
+                             "short=s; Max-Age=60; Expires=Thu, 01 Jan 2015 00:00:00 GMT"], "/wiki/Page", now);
+out.names = jar.map((c) => `${c.name}@${c.path}`);
+out.atWikiPage = cookies.cookieHeader(jar, "/wiki/Page", now);
+out.atRoot = cookies.cookieHeader(jar, "/", now);
+out.atWikiware = cookies.cookieHeader(jar, "/wikiware", now);
+out.later = cookies.cookieHeader(jar, "/wiki/x", now + 61000);
+jar = cookies.store(jar, ["visits=2; Path=/", "deep=; Path=/wiki; Max-Age=0"], "/", now);
+out.replaced = cookies.cookieHeader(jar, "/wiki/x", now);
+out.capped = cookies.store([], Array.from({ length: 150 }, (_, i) => `c${i}=${i}`), "/", now).length;
+out.headers = requestHeaders([["accept", "text/html"], ["cookie", "browser=1"], ["host", "x"],
+                              ["content-type", "text/plain"]], "visits=2");
+const made = browserResponse("GET", 303, [["Location", "http://app.internal:8090/notes"], ["Set-Cookie", "a=b"],
+                                          ["X-Kept", "yes"], ["Bad", "a\\nb"]], new ReadableStream());
+out.response = { status: made.status, location: made.headers.get("location"), cookie: made.headers.get("set-cookie"),
+                 kept: made.headers.get("x-kept") };
+const gz = new Blob(["hello, intranet"]).stream().pipeThrough(new CompressionStream("gzip"));
+const unzipped = browserResponse("GET", 200, [["Content-Encoding", "gzip"], ["Content-Length", "35"]], gz);
+out.gzip = [await unzipped.text(), unzipped.headers.get("content-encoding"), unzipped.headers.get("content-length")];
+out.noBody = browserResponse("GET", 304, [], new ReadableStream()).body;
+out.odd = browserResponse("GET", 999, [], new ReadableStream()).status;
+window.result = out;
+"""
+
+
+def test_the_workers_rewrites_and_cookie_jar(browser, tmp_path):
+    from linchpin_connector.device.serve_policy import rewrite_location
+
+    shutil.copytree(APP, tmp_path / "app")
+    (tmp_path / "index.html").write_text(
+        '<!doctype html><meta charset="utf-8"><script type="application/json" id="locations">'
+        + json.dumps(LOCATIONS).replace("<", "\\u003c") + f'</script><script type="module">{TUNNEL_CHECKS}</script>',
+        encoding="utf-8")
+    server = StaticServer(tmp_path)
+    try:
+        page = browser.new_page()
+        page.goto(server.url + "/index.html")
+        page.wait_for_function("window.result !== undefined", timeout=30_000)
+        out = page.evaluate("window.result")
+    finally:
+        server.stop()
+    assert out["locations"] == [rewrite_location(value) for value in LOCATIONS]
+    assert out["names"] == ["visits@/", "deep@/wiki", "here@/wiki", "short@/wiki"]
+    assert out["atWikiPage"] == "deep=d; here=h; short=s; visits=1"  # longer paths first
+    assert out["atRoot"] == "visits=1" and out["atWikiware"] == "visits=1"  # /wiki does not cover /wikiware
+    assert out["later"] == "deep=d; here=h; visits=1"  # Max-Age won over the old Expires, and ran out
+    assert out["replaced"] == "here=h; short=s; visits=2"
+    assert out["capped"] == 100
+    assert out["headers"] == [["accept", "text/html"], ["content-type", "text/plain"], ["Cookie", "visits=2"],
+                              ["Accept-Encoding", "identity"]]
+    assert out["response"] == {"status": 303, "location": "/notes", "cookie": None, "kept": "yes"}
+    assert out["gzip"] == ["hello, intranet", None, None]
+    assert out["noBody"] is None and out["odd"] == 502

@@ -16,94 +16,13 @@ from __future__ import annotations
 
 import http.client
 import json
-import re
-import shutil
-import subprocess
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import pytest
 
+from tests.nginx_support import DEPLOY, FakeSSO, Nginx, adapt
 from tests.proxy_support import free_port
 from tests.support import BIN, TIMEOUT, Process, SampleApp
 from tests.tls_support import make_tls_files, ssl_context
-
-DEPLOY = Path(__file__).resolve().parent.parent / "deploy" / "nginx"
-STREAM_MODULE = "/usr/lib/nginx/modules/ngx_stream_module.so"
-
-
-def nginx_binary() -> str:
-    found = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin")
-    assert found and Path(STREAM_MODULE).exists(), "nginx is missing: run tools/system-packages.sh"
-    return found
-
-
-def adapt(text: str, port: int, tls, replacements: dict[str, str]) -> str:
-    text = re.sub(r"^\s*listen \[::\]:443 ssl;\n", "", text, flags=re.MULTILINE)
-    text = text.replace("listen 443 ssl;", f"listen 127.0.0.1:{port} ssl;")
-    text = re.sub(r"ssl_certificate\s+\S+;", f"ssl_certificate {tls.server_cert};", text)
-    text = re.sub(r"ssl_certificate_key\s+\S+;", f"ssl_certificate_key {tls.server_key};", text)
-    for old, new in replacements.items():
-        assert old in text, old
-        text = text.replace(old, new)
-    return text
-
-
-class Nginx:
-    def __init__(self, folder: Path, stream: str = "", http: str = ""):
-        folder.mkdir()
-        conf = folder / "nginx.conf"
-        conf.write_text(f"""load_module {STREAM_MODULE};
-pid {folder}/nginx.pid;
-daemon off;
-master_process on;
-worker_processes 1;
-error_log stderr notice;
-events {{ worker_connections 64; }}
-{stream}
-http {{
-    access_log off;
-    client_body_temp_path {folder}/body;
-    proxy_temp_path {folder}/proxy;
-    fastcgi_temp_path {folder}/fastcgi;
-    uwsgi_temp_path {folder}/uwsgi;
-    scgi_temp_path {folder}/scgi;
-{http}
-}}
-""")
-        binary = nginx_binary()
-        check = subprocess.run([binary, "-t", "-q", "-p", str(folder), "-e", "stderr", "-c", str(conf)],
-                               capture_output=True, text=True, timeout=TIMEOUT)
-        assert check.returncode == 0, check.stderr
-        self.process = Process([binary, "-p", str(folder), "-e", "stderr", "-c", str(conf)])
-        self.process.wait_for(r"start worker process")
-
-    def stop(self):
-        self.process.kill()
-
-
-class FakeSSO(BaseHTTPRequestHandler):
-    """``/oauth2/auth``: 202 with the user for a request carrying our session cookie, else 401."""
-
-    def do_GET(self):
-        if self.path.startswith("/oauth2/auth"):
-            if "session=alice" in (self.headers.get("Cookie") or ""):
-                self.send_response(202)
-                self.send_header("X-Auth-Request-User", "alice")
-            else:
-                self.send_response(401)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-        else:
-            body = b"sign in here"
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
 
 
 @pytest.fixture
@@ -155,14 +74,13 @@ def test_tls_termination_passes_the_client_address(tmp_path, tls):
 
 
 def test_pairing_page_behind_sso_gets_the_identity_from_nginx_only(tmp_path, tls):
-    sso = ThreadingHTTPServer(("127.0.0.1", 0), FakeSSO)
-    threading.Thread(target=sso.serve_forever, daemon=True).start()
+    sso = FakeSSO()
     page = SampleApp()  # stands in for the pairing page: /echo-headers shows what reached it
     nginx = None
     try:
         nginx_port = free_port()
         http_conf = adapt((DEPLOY / "pairing-page-sso.conf").read_text(), nginx_port, tls,
-                          {"127.0.0.1:4180": f"127.0.0.1:{sso.server_address[1]}",
+                          {"127.0.0.1:4180": sso.address,
                            "http://127.0.0.1:8091": page.url})
         nginx = Nginx(tmp_path / "nginx", http=http_conf)
 
@@ -175,8 +93,7 @@ def test_pairing_page_behind_sso_gets_the_identity_from_nginx_only(tmp_path, tls
         status, body = https(nginx_port, tls, "GET", "/echo-headers", headers={"X-Forwarded-User": "mallory"})
         assert status == 200 and body == b"sign in here"  # no session: the SSO's sign-in, not the page
     finally:
-        sso.shutdown()
-        sso.server_close()
+        sso.stop()
         page.kill()
         if nginx is not None:
             nginx.stop()

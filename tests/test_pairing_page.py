@@ -63,7 +63,7 @@ class PairingPageUnderTest:
         response = d.result
         body = self.stub.content(response)
         self.stub.flush()
-        return response, body.result.decode()
+        return response, body.result.decode("utf-8", "replace")
 
     def token(self, user="alice"):
         _, page = self.call("GET", user=user)
@@ -418,3 +418,26 @@ def test_a_paired_device_cannot_be_replaced(world):
     [device_id] = rows(page)
     world.sync_state.conn.execute("UPDATE devices SET device_secret = ?, setup_secret = NULL", (bytes(32),))
     assert world.post("replace", csrf_token=world.token(), device_id=device_id)[0].code == 404
+
+
+def test_the_phone_app_files_and_the_workers_scope(world):
+    """The app under app/ (no sign-in): its page and worker carry the CSP; only the worker
+    may take the whole origin (Service-Worker-Allowed), for the pairing page
+    served at a path of the intranet's own origin."""
+    response, _ = world.call("GET", "app")
+    assert response.code == 301 and response.headers.getRawHeaders("location") == ["app/"]
+    for path, kind in (("app/", "text/html"), ("app/sw.js", "text/javascript"), ("app/keeper.js", "text/javascript"),
+                       ("app/manifest.webmanifest", "application/manifest+json"), ("app/icon-512.png", "image/png")):
+        response, _ = world.call("GET", path)
+        assert response.code == 200 and response.headers.getRawHeaders("content-type")[0].startswith(kind), path
+        allowed = response.headers.getRawHeaders("service-worker-allowed")
+        assert allowed == (["/"] if path == "app/sw.js" else None), path
+        if path in ("app/", "app/sw.js"):
+            policy = response.headers.getRawHeaders("content-security-policy")[0]
+            assert policy.startswith("default-src 'self'") and "frame-ancestors 'none'" in policy
+    assert world.call("GET", "app/nope.js")[0].code == 404
+    assert world.call("POST", "app/sw.js")[0].code == 405
+    # without sign-in too: a browser fetches a module worker and its imports without cookies
+    assert world.call("GET", "app/sw.js", user=None)[0].code == 200
+    assert world.call("GET", "app/keeper.js", user=None)[0].code == 200
+    assert world.call("GET", "app/", user=None, headers={"Host": "evil.example"})[0].code == 421

@@ -157,20 +157,24 @@ class PairingPage(resource.Resource):
         if not self._host_ok(request):
             return _message_page(request, 421, "Wrong address",
                                  "This page is not served under that name.", back=False)
+        route = b"/".join(request.prepath)
+        method = request.method
+        if route == b"app" or route.startswith(b"app/"):
+            # The phone app's files are the same for everyone and hold no
+            # secret; they are served without sign-in because a browser
+            # fetches a module service worker and its imports without
+            # cookies, so an SSO in front could never let them through.
+            return self._app(request, method)
         user = self._user(request)
         if user is None:
             return _message_page(request, 401, "Sign-in required",
                                  "Open this page through the company's single sign-on: it did not say who you are.",
                                  back=False)
-        route = b"/".join(request.prepath)
-        method = request.method
         if route.startswith(b"static/") and method in (b"GET", b"HEAD") and request.prepath[1] in STATIC \
                 and len(request.prepath) == 2:
             name = request.prepath[1]
             _headers(request, STATIC[name], cache=b"no-cache")
             return self.static[name]
-        if route == b"app" or route.startswith(b"app/"):
-            return self._app(request, method)
         handlers = {(b"", b"GET"): self._show, (b"", b"HEAD"): self._show, (b"devices", b"GET"): self._fragment,
                     (b"events", b"GET"): self._events, (b"pair", b"POST"): self._pair,
                     (b"remove", b"POST"): self._remove, (b"replace", b"POST"): self._replace}
@@ -201,10 +205,15 @@ class PairingPage(resource.Resource):
             return _message_page(request, 404, "Not found", "There is no such page.")
         body, content_type = found
         _headers(request, content_type, cache=b"no-cache")
-        if name == b"index.html":
+        if name in (b"index.html", b"sw.js"):
             request.responseHeaders.setRawHeaders(b"Content-Security-Policy", [
                 (f"default-src 'self'; connect-src 'self'{self.app_connect}; img-src 'self'; "
                  "base-uri 'none'; form-action 'self'; frame-ancestors 'none'").encode()])
+        if name == b"sw.js":
+            # The worker may take the whole origin: when this page is served at
+            # a path of the intranet app's origin, it brings the intranet's own
+            # URLs to the phone from outside (static/app/sw.js).
+            request.responseHeaders.setRawHeaders(b"Service-Worker-Allowed", [b"/"])
         return body
 
     # -- who and whether ---------------------------------------------------------------

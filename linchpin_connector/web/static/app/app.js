@@ -1,65 +1,89 @@
-// The phone app's page: pairs from `#pair=` (or a pasted link), keeps the
-// device's state in IndexedDB, and shows where it stands in `data-app-state`:
-// unpaired, pairing, ready, offline, revoked.
+// The phone app's page: pairs from `#pair=` (or a pasted link), stores the
+// device's state in IndexedDB, starts the service worker (which holds the
+// device: sw.js) and shows where things stand in `data-app-state`: unpaired,
+// pairing, ready, offline, revoked.  Where no service worker can run, this page
+// holds the device itself.
 
-import { Device, pair } from "./device.js";
-import { loadState, saveState } from "./store.js";
+import { pair } from "./device.js";
+import { Keeper } from "./keeper.js";
+import { forgetCookies, saveState } from "./store.js";
 
 const root = document.getElementById("app");
 const detail = document.getElementById("detail");
-const MIN_DELAY = 1000, MAX_DELAY = 60000;
-let device = null;
-let failures = 0;
-let retry = null;
+// The pairing page at a path of the intranet's origin (e.g. /mobile/): the
+// worker takes the whole origin, and brings the intranet's URLs from anywhere.
+const PAIRING_PAGE = new URL("../", location.href).pathname;
+const WATCH_MS = 20000; // the worker is asked for news this often, which keeps it running
+let registration = null;
+let keeper = null; // this page's own, when no service worker runs
+let pairing = false;
+let pairingError = ""; // why the last pairing failed: shown until the next one
 
 function show(state, text = "") {
+  if (pairing && state !== "pairing") return; // the pairing under way has the last word
   root.dataset.appState = state;
-  detail.textContent = text;
+  detail.textContent = text || (state === "unpaired" ? pairingError : "");
 }
 
-function again() {
-  // back-off with jitter, so that a fleet of phones does not come back in step
-  const delay = Math.min(MAX_DELAY, MIN_DELAY * 2 ** failures) * (1 + 0.2 * Math.random());
-  failures += 1;
-  clearTimeout(retry);
-  retry = setTimeout(connect, delay);
+function worker() {
+  return navigator.serviceWorker.controller || registration?.active;
 }
 
-async function connect() {
-  const state = await loadState();
-  if (!state) return show("unpaired");
-  device ??= new Device(state, { saveState, onStatus });
+/** Ask whoever holds the device to connect (or to start again from a new pairing). */
+function nudge(type = "watch") {
+  if (keeper) return type === "paired" ? keeper.reload() : keeper.ensure();
+  worker()?.postMessage({ type });
+}
+
+/** Resolves once the registration's worker runs; rejects if it fails to install. */
+function activated(reg) {
+  const candidate = reg.installing || reg.waiting;
+  if (!candidate) return Promise.resolve();
+  return new Promise((resolve, reject) => {
+    const check = () => {
+      if (candidate.state === "activating" || candidate.state === "activated") resolve();
+      else if (candidate.state === "redundant") reject(new Error("the service worker did not install"));
+    };
+    candidate.addEventListener("statechange", check);
+    check();
+  });
+}
+
+async function start() {
   try {
-    await device.open();
-    await device.handshake();
-    failures = 0;
-    show("ready");
-  } catch (e) {
-    if (e.kind === "revoked" || e.kind === "rejected") return show("revoked");
-    show("offline", e.message);
-    again();
+    navigator.serviceWorker.addEventListener("message", (event) => {
+      if (event.data?.type === "app-state") show(event.data.state, event.data.detail);
+    });
+    navigator.serviceWorker.startMessages();
+    registration = await navigator.serviceWorker.register("sw.js", {
+      type: "module", scope: PAIRING_PAGE === "/" ? "./" : "/", updateViaCache: "none",
+    });
+    await activated(registration);
+  } catch {
+    registration = null;
+    keeper = new Keeper({ onChange: show });
+    keeper.claim();
   }
-}
-
-function onStatus(status) {
-  if (root.dataset.appState === "revoked") return;
-  if (status === "offline") {
-    show("offline");
-    if (!device?.link?.open) again();
-  } else if (status === "online" && root.dataset.appState === "offline") {
-    device.handshake().then(() => show("ready"), () => {});
-  }
+  nudge();
+  setInterval(nudge, WATCH_MS);
 }
 
 async function pairWith(uri) {
+  pairing = true;
+  pairingError = "";
   show("pairing");
   try {
-    await saveState(await pair(uri));
+    const state = await pair(uri);
+    await forgetCookies(); // the intranet's cookies of an earlier pairing are not this one's
+    await saveState(state);
   } catch (e) {
-    return show("unpaired", e.message);
+    pairing = false;
+    pairingError = e.message;
+    return show("unpaired");
   }
-  device = null;
-  await connect();
+  pairing = false;
+  await ready;
+  nudge("paired");
 }
 
 document.getElementById("paste").addEventListener("submit", (event) => {
@@ -67,9 +91,9 @@ document.getElementById("paste").addEventListener("submit", (event) => {
   pairWith(document.getElementById("uri").value);
 });
 
-/** A pairing link opened on this page (`#pair=`): true when there was one. */
+/** A pairing link opened on this page (`#pair=`). */
 function pairFromFragment() {
-  if (!location.hash.startsWith("#pair=")) return false;
+  if (!location.hash.startsWith("#pair=")) return;
   const fragment = location.hash.slice("#pair=".length);
   // The secret leaves the address bar and this history entry at once.
   history.replaceState(null, "", location.pathname + location.search);
@@ -80,9 +104,9 @@ function pairFromFragment() {
     uri = "";
   }
   pairWith(uri);
-  return true;
 }
 
+document.getElementById("intranet").hidden = PAIRING_PAGE === "/"; // the pairing page has an origin of its own
+const ready = start();
 window.addEventListener("hashchange", pairFromFragment);
-if (!pairFromFragment()) connect();
-window.linchpinApp = { get device() { return device; } };
+pairFromFragment();

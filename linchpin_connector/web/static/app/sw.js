@@ -1,0 +1,136 @@
+// The app's service worker.  It holds the device (keeper.js) and:
+// - keeps the app's own files in a cache, so the app opens when the
+//   connector's page cannot be reached (network first, then the cache);
+// - when the pairing page sits at a path of the intranet app's own origin
+//   (`/mobile/` to the connector, the rest to the app), takes the whole origin
+//   as its scope (the connector sends `Service-Worker-Allowed: /`) and brings
+//   the intranet's own URLs to the phone from anywhere: a request goes to the
+//   network while the intranet answers, and through the end-to-end channel as
+//   the paired user when it cannot be reached.
+// Registered by app.js as a module worker.
+
+import * as cookies from "./cookies.js";
+import { Keeper } from "./keeper.js";
+import { loadCookies, saveCookies } from "./store.js";
+import { browserResponse, requestHeaders, servicePage, setCookies } from "./tunnel.js";
+
+const APP = new URL("./", self.location.href).pathname; // <root>/app/
+const ROOT = new URL("../", self.location.href).pathname; // the pairing page
+// The pairing page at a path of an origin: the rest of the origin is the intranet app.
+const TUNNELS = ROOT !== "/";
+const CACHE = "linchpin-app-1";
+const SHELL = ["./", "app.js", "app.css", "device.js", "link.js", "e2e.js", "mqtt.js", "messages.js", "bytes.js",
+  "store.js", "keeper.js", "manifest.webmanifest", "icon-192.png", "icon-512.png"];
+// After the network failed, requests go straight through the tunnel for this long.
+const OUTSIDE_MS = 30000;
+let outsideUntil = 0;
+
+const keeper = new Keeper({ onChange: tell });
+
+async function tell(state, detail) {
+  for (const client of await self.clients.matchAll({ type: "window", includeUncontrolled: true })) {
+    client.postMessage({ type: "app-state", state, detail });
+  }
+}
+
+self.addEventListener("install", (event) => {
+  event.waitUntil(caches.open(CACHE).then((cache) => cache.addAll(SHELL)).then(() => self.skipWaiting()));
+});
+
+self.addEventListener("activate", (event) => {
+  keeper.claim();
+  event.waitUntil((async () => {
+    for (const name of await caches.keys()) if (name !== CACHE) await caches.delete(name);
+    await self.clients.claim();
+  })());
+});
+
+self.addEventListener("message", (event) => {
+  const kind = event.data?.type;
+  const done = kind === "paired" ? keeper.reload() : keeper.ensure();
+  event.waitUntil(done);
+  if (keeper.state) event.source?.postMessage({ type: "app-state", state: keeper.state, detail: keeper.detail });
+});
+
+self.addEventListener("fetch", (event) => {
+  const request = event.request;
+  const url = new URL(request.url);
+  if (url.origin !== self.location.origin) return; // not ours: the browser's own
+  if (url.pathname.startsWith(APP)) {
+    if (request.method === "GET") event.respondWith(shell(request));
+  } else if (url.pathname.startsWith(ROOT)) {
+    if (request.mode === "navigate") event.respondWith(pairingPage(request));
+  } else if (TUNNELS) {
+    event.respondWith(intranet(request));
+  }
+});
+
+/** The app's files: the network's, kept; the cache's when the network fails. */
+async function shell(request) {
+  const cache = await caches.open(CACHE);
+  try {
+    const response = await fetch(request);
+    if (response.ok && response.type === "basic") await cache.put(request, response.clone());
+    return response;
+  } catch (e) {
+    const kept = await cache.match(request, { ignoreSearch: true });
+    if (kept) return kept;
+    throw e;
+  }
+}
+
+async function pairingPage(request) {
+  try {
+    return await fetch(request);
+  } catch {
+    return servicePage(503, "Pairing page out of reach",
+      "The pairing page can be reached only from inside the company. The intranet still works on this phone.",
+      { link: APP });
+  }
+}
+
+async function intranet(request) {
+  const copy = request.method === "GET" || request.method === "HEAD" ? request : request.clone();
+  if (Date.now() >= outsideUntil) {
+    try {
+      return await fetch(request);
+    } catch {
+      outsideUntil = Date.now() + OUTSIDE_MS; // the phone is outside: the tunnel, for a while
+    }
+  }
+  return tunnel(copy);
+}
+
+let jarChain = Promise.resolve(); // one change of the jar at a time
+
+async function tunnel(request) {
+  const url = new URL(request.url);
+  const body = request.method === "GET" || request.method === "HEAD" ? new Uint8Array(0)
+    : new Uint8Array(await request.arrayBuffer());
+  await jarChain;
+  const jar = await loadCookies();
+  const headers = requestHeaders(request.headers, cookies.cookieHeader(jar, url.pathname, Date.now()));
+  let response;
+  try {
+    response = await keeper.request(request.method, url.pathname + url.search, { headers, body });
+  } catch (e) {
+    if (keeper.state === "revoked") {
+      return servicePage(403, "Access removed",
+        "This phone's access to the intranet was removed. Pair it again from the company's pairing page if you " +
+        "still need it.", { state: "revoked" });
+    }
+    if (keeper.state === "unpaired") {
+      return servicePage(503, "Not paired", "This phone is not paired: open the intranet app to pair it.",
+        { link: APP });
+    }
+    return servicePage(503, "Intranet out of reach",
+      `The intranet cannot be reached from here right now (${e.message}). Try again in a moment.`, { link: APP });
+  }
+  const received = setCookies(response.headers);
+  if (received.length) {
+    jarChain = jarChain.then(async () =>
+      saveCookies(cookies.store(await loadCookies(), received, url.pathname, Date.now()))).catch(() => {});
+    await jarChain;
+  }
+  return browserResponse(request.method, response.status, response.headers, response.body);
+}
