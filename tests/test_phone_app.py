@@ -253,6 +253,8 @@ def test_the_connector_restarted(browser, system):
     try:
         assert system.connector.terminate() == 0  # drains: RESET to its devices
         wait_state(page, "offline")
+        assert page.reload().status == 200  # nginx answers 502 for the page: the worker's copy
+        wait_state(page, "offline")
         system.start_connector()
         wait_state(page, "ready")  # a new session, by itself
         system.outside()

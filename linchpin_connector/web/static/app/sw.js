@@ -65,18 +65,20 @@ self.addEventListener("fetch", (event) => {
   }
 });
 
-/** The app's files: the network's, kept; the cache's when the network fails. */
+/** The app's files: the network's, kept; the cache's when the network fails or answers 5xx. */
 async function shell(request) {
   const cache = await caches.open(CACHE);
+  let response = null;
   try {
-    const response = await fetch(request);
-    if (response.ok && response.type === "basic") await cache.put(request, response.clone());
-    return response;
+    response = await fetch(request);
   } catch (e) {
     const kept = await cache.match(request, { ignoreSearch: true });
     if (kept) return kept;
     throw e;
   }
+  if (response.ok && response.type === "basic") await cache.put(request, response.clone());
+  else if (response.status >= 500) return (await cache.match(request, { ignoreSearch: true })) || response;
+  return response;
 }
 
 async function pairingPage(request) {
