@@ -241,6 +241,15 @@ class MQTTWebSocketFactory(WebSocketServerFactory):
         self._drained: list[defer.Deferred] = []
         self.setProtocolOptions(**websocket_options(limits.max_packet))
 
+    def setProtocolOptions(self, **options):
+        """Autobahn copies some 40 options from its factory into every
+        connection's ``__dict__`` unless the protocol class has them; the
+        protocol built here is a subclass holding this factory's options as
+        class attributes, which saves about 1.5 KiB a session."""
+        super().setProtocolOptions(**options)
+        self.protocol = type(MQTTServerProtocol.__name__, (MQTTServerProtocol,),
+                             {name: getattr(self, name) for name in MQTTServerProtocol.CONFIG_ATTRS})
+
     def buildProtocol(self, addr):
         protocol = super().buildProtocol(addr)
         channel, self._handover = self._handover, None

@@ -272,3 +272,23 @@ def test_before_login_the_mqtt_parser_holds_no_more_than_the_message_cap(make_ga
     sock.protocol.dataReceived(client_frame(header + bytes(1000), new_key()))
     assert sock.aborted or sock.disconnecting or ws.mqtt.state is State.CLOSED
     assert ws.mqtt.parser.buffered == 0
+
+
+def test_a_websocket_holds_no_copy_of_the_factorys_options(make_gateway):
+    """Autobahn copies its ~40 options into each connection unless the
+    protocol class has them: the gateway's protocol class carries them, so
+    ten thousand sessions do not hold ten thousand copies (about 1.5 KiB
+    each), and a change of the factory's options still reaches new ones."""
+    gw = make_gateway()
+    factory = gw.ws_factory
+    channel, sock = connect(gw)
+    upgrade(channel)
+    (ws,) = factory.live
+    options = set(type(ws).CONFIG_ATTRS)
+    assert not options & set(vars(ws))
+    assert ws.maxMessagePayloadSize == factory.maxMessagePayloadSize and ws.openHandshakeTimeout == 10
+    factory.setProtocolOptions(openHandshakeTimeout=3)
+    channel2, _ = connect(gw, "198.51.100.4")
+    upgrade(channel2)
+    (newer,) = factory.live - {ws}
+    assert newer.openHandshakeTimeout == 3 and not options & set(vars(newer))
