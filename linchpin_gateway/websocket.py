@@ -22,6 +22,14 @@ from .session import PRE_LOGIN_MESSAGE, Limits, MQTTSession
 
 _SHORT_HEADERS = [bytes((0x82, n)) for n in range(126)]
 
+# What Autobahn's opening handshake leaves on a server protocol and reads
+# nowhere else (autobahn.websocket.protocol: processHandshake and
+# succeedHandshake only): dropped once the WebSocket is open, about 0.5 KiB
+# a session.
+HANDSHAKE_LEFTOVERS = ("http_status_line", "http_request_uri", "http_request_path", "http_request_params",
+                       "http_request_host", "_wskey", "websocket_origin", "websocket_protocols",
+                       "websocket_extensions")
+
 
 def _binary_frame_header(n: int) -> bytes:
     """RFC 6455 header of a final, unmasked binary frame of ``n`` bytes."""
@@ -98,6 +106,8 @@ class MQTTServerProtocol(LeanReceive, WebSocketServerProtocol):
         return getattr(self.transport.getPeer(), "host", self.peer)
 
     def onOpen(self):
+        for name in HANDSHAKE_LEFTOVERS:
+            setattr(self, name, None)
         f = self.factory
         limits = f.limits
         deadline = limits.connect_timeout

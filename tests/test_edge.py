@@ -17,6 +17,7 @@ from twisted.internet.testing import StringTransport
 from linchpin_common.contract import wire
 from linchpin_gateway.edge import GuardedSite
 from linchpin_gateway.session import State
+from linchpin_gateway.websocket import HANDSHAKE_LEFTOVERS
 from tests.support import connect_packet
 
 HEAD = b"GET /healthz HTTP/1.1\r\nHost: gw\r\n\r\n"
@@ -278,7 +279,8 @@ def test_a_websocket_holds_no_copy_of_the_factorys_options(make_gateway):
     """Autobahn copies its ~40 options into each connection unless the
     protocol class has them: the gateway's protocol class carries them, so
     ten thousand sessions do not hold ten thousand copies (about 1.5 KiB
-    each), and a change of the factory's options still reaches new ones."""
+    each), and a change of the factory's options still reaches new ones.
+    What the opening handshake left behind goes once the WebSocket is open."""
     gw = make_gateway()
     factory = gw.ws_factory
     channel, sock = connect(gw)
@@ -286,6 +288,8 @@ def test_a_websocket_holds_no_copy_of_the_factorys_options(make_gateway):
     (ws,) = factory.live
     options = set(type(ws).CONFIG_ATTRS)
     assert not options & set(vars(ws))
+    assert [getattr(ws, name) for name in HANDSHAKE_LEFTOVERS] == [None] * len(HANDSHAKE_LEFTOVERS)
+    assert ws.websocket_protocol_in_use == "mqtt"  # what the session still needs stays
     assert ws.maxMessagePayloadSize == factory.maxMessagePayloadSize and ws.openHandshakeTimeout == 10
     factory.setProtocolOptions(openHandshakeTimeout=3)
     channel2, _ = connect(gw, "198.51.100.4")
