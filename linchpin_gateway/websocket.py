@@ -5,6 +5,7 @@ gateway's WebSocket limits and live connections."""
 from __future__ import annotations
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.protocol import TrafficStats
 from autobahn.websocket.types import ConnectionDeny
 from twisted.internet import defer
 from twisted.internet.interfaces import IPushProducer
@@ -29,6 +30,9 @@ _SHORT_HEADERS = [bytes((0x82, n)) for n in range(126)]
 HANDSHAKE_LEFTOVERS = ("http_status_line", "http_request_uri", "http_request_path", "http_request_params",
                        "http_request_host", "_wskey", "websocket_origin", "websocket_protocols",
                        "websocket_extensions")
+# Autobahn counts each connection's traffic in an object of its own that
+# nothing here reads: open sessions share one (0.35 KiB less a session).
+SHARED_TRAFFIC_STATS = TrafficStats()
 
 
 def _binary_frame_header(n: int) -> bytes:
@@ -108,6 +112,7 @@ class MQTTServerProtocol(LeanReceive, WebSocketServerProtocol):
     def onOpen(self):
         for name in HANDSHAKE_LEFTOVERS:
             setattr(self, name, None)
+        self.trafficStats = SHARED_TRAFFIC_STATS
         f = self.factory
         limits = f.limits
         deadline = limits.connect_timeout

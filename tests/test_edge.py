@@ -17,7 +17,7 @@ from twisted.internet.testing import StringTransport
 from linchpin_common.contract import wire
 from linchpin_gateway.edge import GuardedSite
 from linchpin_gateway.session import State
-from linchpin_gateway.websocket import HANDSHAKE_LEFTOVERS
+from linchpin_gateway.websocket import HANDSHAKE_LEFTOVERS, SHARED_TRAFFIC_STATS
 from tests.support import connect_packet
 
 HEAD = b"GET /healthz HTTP/1.1\r\nHost: gw\r\n\r\n"
@@ -290,6 +290,7 @@ def test_a_websocket_holds_no_copy_of_the_factorys_options(make_gateway):
     assert not options & set(vars(ws))
     assert [getattr(ws, name) for name in HANDSHAKE_LEFTOVERS] == [None] * len(HANDSHAKE_LEFTOVERS)
     assert ws.websocket_protocol_in_use == "mqtt"  # what the session still needs stays
+    assert ws.trafficStats is SHARED_TRAFFIC_STATS  # nobody reads a session's own counts
     assert ws.maxMessagePayloadSize == factory.maxMessagePayloadSize and ws.openHandshakeTimeout == 10
     factory.setProtocolOptions(openHandshakeTimeout=3)
     channel2, _ = connect(gw, "198.51.100.4")
