@@ -74,5 +74,11 @@ bench: $(STAMP)
 bench-failover: $(STAMP)
 	$(BIN)/python -m bench.failover
 
+# Capacity of one node at 10,000 sessions (bench/capacity.py; about 8 minutes;
+# needs 11,000 open files: `ulimit -n`).
+.PHONY: bench-capacity
+bench-capacity: $(STAMP)
+	$(BIN)/python -m bench.capacity
+
 bench-quick: $(STAMP)
 	$(BIN)/python -m bench.run --quick

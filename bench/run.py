@@ -380,7 +380,13 @@ class QueueWatch:
         return {"pool_idle_s": round(idle, 2), "watched_s": round(seen, 2)}
 
 
-def storm_once(gw: servers.Server, n: int, accounts_file: Path, procs: int = 2) -> tuple[dict, list[Proc]]:
+def storm_once(gw: servers.Server, n: int, accounts_file: Path, procs: int = 2,
+               extra: tuple[str, ...] = (), concurrency: int = 0, name: str = "storm",
+               deadline: float = 240.0) -> tuple[dict, list[Proc]]:
+    """``n`` devices of ``accounts_file`` connect at once (``procs`` client
+    processes, each retrying with back-off), then hold their sessions;
+    ``concurrency`` > 0 ramps instead (so many opening at a time in each
+    process); ``extra``: more options of bench.sessions."""
     before = tcp_ext("ListenOverflows", "ListenDrops")
     cpu_before = cpu_seconds(gw.proc.pid), machine_busy_seconds()
     cpu_before_t = time.monotonic()
@@ -389,11 +395,12 @@ def storm_once(gw: servers.Server, n: int, accounts_file: Path, procs: int = 2) 
     clients = []
     for i in range(procs):
         first, count = i * per, min(per, n - i * per)
-        clients.append(Proc(f"storm-{i}", [
+        clients.append(Proc(f"{name}-{i}", [
             PYTHON, "-m", "bench.sessions", "--target", "gw", "--port", str(gw.port), "--accounts",
-            str(accounts_file), "--first", str(first), "--count", str(count), "--concurrency", "0",
-            "--start-at", repr(start_at), "--retry", "--hold", "--deadline", "240"], stdin=subprocess.PIPE))
-    summaries = [json.loads(c.wait_for(r"READY (.*)", timeout=300).group(1)) for c in clients]
+            str(accounts_file), "--first", str(first), "--count", str(count), "--concurrency", str(concurrency),
+            "--start-at", repr(start_at), "--retry", "--hold", "--deadline", str(deadline), *extra],
+            stdin=subprocess.PIPE))
+    summaries = [json.loads(c.wait_for(r"READY (.*)", timeout=deadline + 60).group(1)) for c in clients]
     after = tcp_ext("ListenOverflows", "ListenDrops")
     gw_cpu, busy = cpu_seconds(gw.proc.pid) - cpu_before[0], machine_busy_seconds() - cpu_before[1]
     clients_cpu = sum(cpu_seconds(c.pid) for c in clients)
@@ -412,6 +419,7 @@ def storm_once(gw: servers.Server, n: int, accounts_file: Path, procs: int = 2) 
     result = {
         "devices": n,
         "accepted": len(accepted),
+        "accepted_times": accepted,
         "attempts": sum(s["attempts"] for s in summaries),
         "all_first_connack_s": round(firsts[-1], 2) if len(firsts) == n else None,
         "all_accepted_s": round(accepted[-1], 2) if len(accepted) == n else None,

@@ -14,18 +14,27 @@ id ``bench-<id>``), ``bare`` stops after the handshake (path /device).
 ramp, for the memory figure); 0 opens all of them at once (the storm), at
 --start-at (a ``time.monotonic()`` value shared by several processes).
 --retry: a CONNACK other than 0, a refused or dropped connection is retried
-after 1 s doubling to 8 s, plus up to 20 % jitter (the connector's policy,
-capped lower), until --deadline.
+after 1 s doubling, plus up to 20 % jitter, at most --max-backoff seconds
+(default 8; the device library, the app and the connector use 60), until
+--deadline.
 
+--sources N spreads the sessions over N loopback source addresses
+(127.1.x.y), as phones come from many: the gateway's limits per address
+(1,024 connections, 32 logins pending) would otherwise be what is measured.
+--keep-alive K is the keep-alive of CONNECT (default 300); each ready
+session sends a PINGREQ every K seconds from its CONNACK on, as a client
+must (a ramp or a storm spreads them as a fleet's are spread).
 Prints ``READY {json}`` when every session is ready or has failed for good;
-with --hold it then keeps them open until a line (or EOF) on stdin, and
-prints a final JSON line after closing them.
+with --hold it then keeps them open (and pinging) until a line (or EOF) on
+stdin, and prints ``CLOSED {json}`` (pings sent, sessions the server closed)
+after closing them.
 """
 
 from __future__ import annotations
 
 import argparse
 import errno
+import heapq
 import json
 import random
 import selectors
@@ -68,6 +77,10 @@ class Runner:
         self.done = 0
         self.key = ws.new_key()
         self.t0 = None
+        self.pings_due: list[tuple[float, int]] = []  # (when, session index), a heap
+        self.ping_frame = ws.client_frame(wire.encode(wire.Pingreq()), self.key)
+        self.pings = 0
+        self.closed_after_ready = 0
 
     # -- per session -------------------------------------------------------
 
@@ -82,6 +95,8 @@ class Runner:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.args.sources > 1:
+            sock.bind((source_address(s.i % self.args.sources), 0))
         s.sock = sock
         self.opening += 1
         rc = sock.connect_ex(("127.0.0.1", self.args.port))
@@ -121,16 +136,15 @@ class Runner:
         except BlockingIOError:
             return
         except OSError as e:
-            self.fail(s, f"recv: {e}", now)
+            if s.state == READY:
+                self.dropped(s)
+            else:
+                self.fail(s, f"recv: {e}", now)
             return
         if s.state == READY:
             if not chunk:  # an idle session the server dropped
-                self.sel.unregister(s.sock)
-                s.sock.close()
-                s.sock = None
-                s.state = FAILED
-                s.errors.append("closed by the server after ready")
-            return  # idle: status changes and the like are not kept
+                self.dropped(s)
+            return  # idle: PINGRESPs, status changes and the like are not kept
         if not chunk:
             self.fail(s, "closed by the server", now)
             return
@@ -153,7 +167,7 @@ class Runner:
             client_id = "" if self.args.target == "gw" else f"bench-{s.user}"
             connect = wire.encode(wire.Connect(client_id=client_id, username=user,
                                                password=None if password is None else password.encode(),
-                                               keep_alive=300, clean_session=True))
+                                               keep_alive=self.args.keep_alive, clean_session=True))
             topics = ((f"devices/{s.user}/down", 0), ("$gateway/status", 0))
             subscribe = wire.encode(wire.Subscribe(1, topics))
             # The gateway queues packets behind a CONNECT being checked, so
@@ -163,23 +177,7 @@ class Runner:
             self.mqtt_input(s, now)
 
     def mqtt_input(self, s: Session, now: float) -> None:
-        buf = s.buf
-        while len(buf) >= 2:
-            n = buf[1] & 0x7F
-            pos = 2
-            if n == 126:
-                if len(buf) < 4:
-                    return
-                n, pos = int.from_bytes(buf[2:4], "big"), 4
-            elif n == 127:
-                if len(buf) < 10:
-                    return
-                n, pos = int.from_bytes(buf[2:10], "big"), 10
-            if len(buf) < pos + n:
-                return
-            opcode = buf[0] & 0x0F
-            payload = bytes(buf[pos:pos + n])
-            del buf[:pos + n]
+        for opcode, payload in ws.server_frames(s.buf):
             if opcode == 0x8:
                 self.fail(s, "WebSocket closed by the server", now)
                 return
@@ -214,6 +212,33 @@ class Runner:
         self.opening -= 1
         self.done += 1
         self.sel.modify(s.sock, selectors.EVENT_READ, s)
+        heapq.heappush(self.pings_due, (now + self.args.keep_alive, s.i))
+
+    def dropped(self, s: Session) -> None:
+        """A ready session the server closed: counted, not reopened."""
+        self.sel.unregister(s.sock)
+        s.sock.close()
+        s.sock = None
+        s.state = FAILED
+        s.errors.append("closed by the server after ready")
+        self.closed_after_ready += 1
+
+    def ping(self, now: float) -> float | None:
+        """Send the PINGREQs due (every --keep-alive seconds from each
+        session's CONNACK, as a client must); the time of the next one."""
+        due = self.pings_due
+        while due and due[0][0] <= now:
+            at, i = heapq.heappop(due)
+            s = self.sessions[i]
+            if s.state != READY or s.sock is None:
+                continue
+            try:
+                s.sock.send(self.ping_frame)
+                self.pings += 1
+            except OSError:
+                pass
+            heapq.heappush(due, (at + self.args.keep_alive, i))
+        return due[0][0] if due else None
 
     def fail(self, s: Session, why: str, now: float, final: bool = False) -> None:
         if s.sock is not None:
@@ -226,7 +251,7 @@ class Runner:
         self.opening -= 1
         s.errors.append(why)
         if self.args.retry and not final:
-            delay = min(2 ** (s.attempts - 1), 8) * (1 + 0.2 * random.random())
+            delay = min(self.args.max_backoff, 2 ** (s.attempts - 1) * (1 + 0.2 * random.random()))
             s.retry_at = now + delay
             s.state = WAITING
             self.retrying.append(s)
@@ -258,6 +283,7 @@ class Runner:
                     self.retrying = [s for s in self.retrying if s.retry_at > now]
                     for s in due:
                         self.start(s, now)
+            self.ping(now)
             for key, mask in self.sel.select(0.05):
                 s = key.data
                 now = time.monotonic()
@@ -291,13 +317,36 @@ class Runner:
             "connack_codes": codes,
             "errors": errors,
             "elapsed": time.monotonic() - self.t0,
+            "closed_after_ready": self.closed_after_ready,
         }
+
+    def hold(self) -> dict:
+        """Keep the ready sessions open, each still pinging every
+        --keep-alive seconds, until a line (or EOF) on stdin."""
+        self.sel.register(sys.stdin, selectors.EVENT_READ, None)
+        while True:
+            following = self.ping(time.monotonic())
+            timeout = None if following is None else max(0.0, following - time.monotonic())
+            stop = False
+            for key, _ in self.sel.select(timeout):
+                if key.data is None:
+                    stop = True
+                else:
+                    self.on_readable(key.data, time.monotonic())
+            if stop:
+                break
+        return {"pings": self.pings, "closed_by_server": self.closed_after_ready}
 
     def close_all(self) -> None:
         for s in self.sessions:
             if s.sock is not None:
                 s.sock.close()
                 s.sock = None
+
+
+def source_address(k: int) -> str:
+    """The k-th loopback source address: 127.1.0.1, 127.1.0.2, ... (never .0 or .255)."""
+    return f"127.1.{k // 254}.{k % 254 + 1}"
 
 
 def _count(items) -> dict:
@@ -319,6 +368,9 @@ def main(argv=None) -> None:
     p.add_argument("--retry", action="store_true")
     p.add_argument("--hold", action="store_true")
     p.add_argument("--deadline", type=float, default=300.0)
+    p.add_argument("--sources", type=int, default=1)
+    p.add_argument("--keep-alive", type=int, default=300)
+    p.add_argument("--max-backoff", type=float, default=8.0)
     args = p.parse_args(argv)
     raise_nofile(args.count + 256)
     if args.accounts:
@@ -331,10 +383,9 @@ def main(argv=None) -> None:
     runner = Runner(args, accounts)
     summary = runner.run()
     print("READY " + json.dumps(summary), flush=True)
-    if args.hold:
-        sys.stdin.readline()
+    held = runner.hold() if args.hold else {}
     runner.close_all()
-    print("CLOSED", flush=True)
+    print("CLOSED " + json.dumps(held), flush=True)
 
 
 if __name__ == "__main__":

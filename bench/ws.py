@@ -70,6 +70,26 @@ def handshake_request(host: str, port: int, path: str, protocol: str | None) -> 
 # -- setup phase: whole messages through the real codec ------------------------
 
 
+def server_frames(buf: bytearray):
+    """(opcode, payload) of each complete frame at the start of ``buf`` (a
+    server's: never masked), taken out of it; an incomplete one stays."""
+    while len(buf) >= 2:
+        n, pos = buf[1] & 0x7F, 2
+        if n == 126:
+            if len(buf) < 4:
+                return
+            n, pos = int.from_bytes(buf[2:4], "big"), 4
+        elif n == 127:
+            if len(buf) < 10:
+                return
+            n, pos = int.from_bytes(buf[2:10], "big"), 10
+        if len(buf) < pos + n:
+            return
+        opcode, payload = buf[0] & 0x0F, bytes(buf[pos:pos + n])
+        del buf[:pos + n]
+        yield opcode, payload
+
+
 class Closed(Exception):
     pass
 

@@ -1,0 +1,276 @@
+"""Capacity of one gateway node: ``python -m bench.capacity [--sessions N]``
+(``make bench-capacity``; not in CI; about 8 minutes on a 2-core machine at
+the default 10,000).
+
+Scenario 1, ten thousand live device sessions on one node, run twice: with
+the N devices in one instance (one connector's company), then spread as
+1,000 instances of 10 (``--sessions`` / 10 instances; a hosted gateway).
+Each run:
+
+1. Seeds a fresh gateway store with the accounts (:mod:`bench.seed`, a
+   bench-only fixture: rows written straight into SQLite, one password per
+   run) plus one instance of 100 devices for the latency pairs, and starts
+   ``twistd lmgateway`` as shipped (the per-address limits raised as in every
+   benchmark, :data:`bench.servers.PER_ADDRESS_LIMITS_OFF`, and
+   ``--max-instance-sessions`` above N).
+2. Latency with no idle session: 100 pairs (:mod:`bench.pairs`), each
+   device sending 256 B five times a second, the connector echoing.
+3. Logs all N devices in from cold: two light client processes
+   (:mod:`bench.sessions`, one epoll loop each, 50 loopback source
+   addresses) through the real CONNECT path, 128 logins under way at a time
+   (enough to keep the hashing threads busy; refusals retried with the
+   clients' back-off). Reported: the time until the last one was accepted,
+   against the PBKDF2 floor (N x one PBKDF2 run / the hashing threads), and
+   how long the PBKDF2 pool had an idle thread while logins waited (the
+   gateway's queue-depth metric, 10 samples a second).
+4. Gateway RSS: after start-up, and with the N sessions open; the difference
+   per session.
+5. CPU of the gateway over ``--idle-seconds`` while the N sessions sit idle,
+   each sending a PINGREQ every 30 s (the default keep-alive of the device
+   library and the app).
+6. Latency again, the N sessions idle: its p99 against step 2's.
+
+For 50,000 sessions on a bigger machine: ``ulimit -n`` above 55,000 for the
+gateway and the clients (this machine's limit is 20,000),
+``--sessions 50000``; the clients spread over more source addresses by
+themselves (``--sources``), and the gateway's ``--max-sessions`` default is
+50,000.
+
+Prints a Markdown table; writes ``var/bench/capacity.json`` and the logs of
+every process under ``var/bench/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+from . import servers
+from .procs import PYTHON, VAR, Proc, cpu_seconds, exit_on_signals, free_port, machine_busy_seconds, raise_nofile, \
+    stop_all
+from .run import QueueWatch, environment, log, pbkdf2_seconds, release_sessions, settle_rss, storm_once
+from .seed import seed_gateway
+
+LATENCY_PAIRS = 100
+KEEP_ALIVE = 30  # seconds: the device library's and the app's default
+SOURCES = 50
+MAX_BACKOFF = 60  # seconds: the reconnect policy of the device library, the app and the connector
+# Logins opening at once: enough to keep every PBKDF2 thread busy, never so
+# many that the gateway refuses (the storm, all at once, is scenario 3's).
+RAMP = 128
+
+
+def run_pairs(gw: servers.Server, accounts_file, connector, name: str, duration: float) -> dict:
+    proc = Proc(name, [PYTHON, "-m", "bench.pairs", "--port", str(gw.port), "--accounts", str(accounts_file),
+                       "--pairs", str(LATENCY_PAIRS), "--connector", f"{connector[0]}:{connector[1]}",
+                       "--duration", str(duration)])
+    line = proc.wait_for(r"^(\{.*\})$", timeout=duration + 120).group(1)
+    proc.wait(30)
+    return json.loads(line)
+
+
+def scenario_one(label: str, sizes: list[int], args, pbkdf2: float, latency: bool) -> dict:
+    n = sum(sizes)
+    data = VAR / f"capacity-{label}"
+    if data.exists():
+        shutil.rmtree(data)
+    t = time.monotonic()
+    seeded = seed_gateway(str(data), sizes + [LATENCY_PAIRS])
+    idle = [d[:2] for d in seeded["devices"] if d[2] < len(sizes)]
+    pairs = [d[:2] for d in seeded["devices"] if d[2] == len(sizes)]
+    # The idle devices log in in two halves, so that the RSS between them
+    # gives the marginal cost of a session too.
+    halves = [VAR / f"capacity-{label}-devices-{k}.json" for k in (1, 2)]
+    halves[0].write_text(json.dumps(idle[:n // 2]))
+    halves[1].write_text(json.dumps(idle[n // 2:]))
+    pairs_file = VAR / f"capacity-{label}-pairs.json"
+    pairs_file.write_text(json.dumps(pairs))
+    connector = seeded["instances"][-1]
+    log(f"[{label}] seeded {len(seeded['instances'])} instances, {len(seeded['devices'])} devices "
+        f"in {time.monotonic() - t:.1f} s")
+    metrics = free_port()
+    gw = servers.gateway(f"capacity-{label}-gateway", data, "--metrics", f"tcp:{metrics}:interface=127.0.0.1",
+                         "--max-instance-sessions", str(max(sizes) + LATENCY_PAIRS), keep=True,
+                         listen="tcp:0:interface=127.0.0.1:backlog=4096")
+    out: dict = {"label": label, "sessions": n, "instances": len(sizes)}
+    clients: list[Proc] = []
+    watch = QueueWatch(metrics)
+    try:
+        out["rss_start_kib"] = settle_rss(gw.pid)
+        if latency:
+            log(f"[{label}] latency, no idle session")
+            out["latency_alone"] = run_pairs(gw, pairs_file, connector, f"capacity-{label}-pairs-alone",
+                                             args.latency_seconds)
+            log(f"[{label}]   {out['latency_alone']}")
+        rss_before = settle_rss(gw.pid)
+        log(f"[{label}] {n} devices log in from cold, {RAMP} at a time, in two halves")
+        halves_done, rss_half = [], None
+        for k, half in enumerate(halves):
+            count = n // 2 if k == 0 else n - n // 2
+            done, procs = storm_once(gw, count, half, procs=2, concurrency=RAMP // 2, name=f"{label}-half{k + 1}",
+                                     extra=("--sources", str(SOURCES), "--keep-alive", str(KEEP_ALIVE),
+                                            "--max-backoff", str(MAX_BACKOFF)))
+            clients += procs
+            halves_done.append(done)
+            if k == 0:
+                rss_half = settle_rss(gw.pid, 3.0)
+        first, second = halves_done
+        accepted = first["accepted"] + second["accepted"]
+        # The two halves' times added: the pause between them (an RSS reading) is left out.
+        wall = (first["end"] - first["start"]) + (second["end"] - second["start"]) if accepted == n else None
+        floor = n * pbkdf2 / (os.cpu_count() or 1)
+        login = {"accepted": accepted, "all_accepted_s": round(wall, 1) if wall else None,
+                 "pbkdf2_floor_s": round(floor, 1), "ratio_to_floor": round(wall / floor, 2) if wall else None,
+                 "attempts": first["attempts"] + second["attempts"],
+                 "connack_codes": [first["connack_codes"], second["connack_codes"]],
+                 "errors": [first["errors"], second["errors"]], "cpu": [first["cpu"], second["cpu"]],
+                 "gap_between_halves_s": round(second["start"] - first["end"], 1)}
+        idle = [watch.idle(h["start"], h["end"], os.cpu_count() or 1) for h in halves_done]
+        login.update({key: round(sum(i[key] for i in idle), 2) for key in ("pool_idle_s", "watched_s")})
+        watch.stop()  # its scrapes of /metrics would count as idle CPU
+        out["login"] = login
+        log(f"[{label}]   {login}")
+        rss_after = settle_rss(gw.pid, 3.0)
+        out["rss_before_kib"], out["rss_half_kib"], out["rss_after_kib"] = rss_before, rss_half, rss_after
+        out["kib_per_session"] = round((rss_after - rss_before) / max(1, accepted), 2)
+        out["kib_per_session_second_half"] = round((rss_after - rss_half) / max(1, second["accepted"]), 2)
+        log(f"[{label}] RSS {rss_before} -> {rss_half} -> {rss_after} KiB: {out['kib_per_session']} KiB a session, "
+            f"{out['kib_per_session_second_half']} KiB a session of the second half")
+        log(f"[{label}] {args.idle_seconds:.0f} s idle, a PINGREQ every {KEEP_ALIVE} s per session")
+        c0, b0, t0 = cpu_seconds(gw.pid), machine_busy_seconds(), time.monotonic()
+        time.sleep(args.idle_seconds)
+        c1, b1, t1 = cpu_seconds(gw.pid), machine_busy_seconds(), time.monotonic()
+        out["idle"] = {"seconds": round(t1 - t0, 1), "gateway_cpu_pct_of_a_core": round((c1 - c0) / (t1 - t0) * 100, 2),
+                       "machine_busy_pct": round((b1 - b0) / (t1 - t0) / (os.cpu_count() or 1) * 100, 1),
+                       "pings_per_s": round(accepted / KEEP_ALIVE, 1)}
+        log(f"[{label}]   {out['idle']}")
+        if latency:
+            log(f"[{label}] latency, {n} sessions idle")
+            out["latency_busy"] = run_pairs(gw, pairs_file, connector, f"capacity-{label}-pairs-idle",
+                                            args.latency_seconds)
+            log(f"[{label}]   {out['latency_busy']}")
+            alone, busy = out["latency_alone"]["p99_ms"], out["latency_busy"]["p99_ms"]
+            out["p99_ratio"] = round(busy / alone, 2) if alone and busy else None
+        held = []
+        for c in clients:
+            c.proc.stdin.write(b"\n")
+            c.proc.stdin.flush()
+            m = c.wait_for(r"CLOSED (.*)", timeout=60)
+            held.append(json.loads(m.group(1)))
+            c.stop()
+        clients = []
+        out["held"] = {"pings": sum(h["pings"] for h in held),
+                       "closed_by_server": sum(h["closed_by_server"] for h in held)}
+    finally:
+        for c in clients:
+            release_sessions(c)
+        watch.stop()
+        gw.stop()
+    return out
+
+
+def storm(args, pbkdf2: float) -> dict:
+    """All N devices at once from cold, retrying as the real clients do (1 s
+    doubling to 60 s, 20 % jitter): what a node restart looks like to the
+    node that comes back (scenario 3's arrival, without the restart)."""
+    n = args.sessions
+    data = VAR / "capacity-storm"
+    if data.exists():
+        shutil.rmtree(data)
+    seeded = seed_gateway(str(data), [n])
+    accounts = VAR / "capacity-storm-devices.json"
+    accounts.write_text(json.dumps([d[:2] for d in seeded["devices"]]))
+    metrics = free_port()
+    gw = servers.gateway("capacity-storm-gateway", data, "--metrics", f"tcp:{metrics}:interface=127.0.0.1",
+                         "--max-instance-sessions", str(n + 100), keep=True,
+                         listen="tcp:0:interface=127.0.0.1:backlog=4096")
+    watch = QueueWatch(metrics)
+    clients: list[Proc] = []
+    try:
+        log(f"[storm] {n} devices at once, from cold, the clients' back-off")
+        result, clients = storm_once(gw, n, accounts, procs=2, name="capacity-storm",
+                                     extra=("--sources", str(SOURCES), "--keep-alive", str(KEEP_ALIVE),
+                                            "--max-backoff", str(MAX_BACKOFF)), deadline=args.storm_deadline)
+        result["pbkdf2_floor_s"] = round(n * pbkdf2 / (os.cpu_count() or 1), 1)
+        result.update(watch.idle(result["start"], result["end"], os.cpu_count() or 1))
+        # the arrival curve: sessions accepted by each 10 s
+        accepted = result.pop("accepted_times", None) or []
+        result["accepted_by_10s"] = [sum(1 for t in accepted if t < edge) for edge in range(10, 10 * 60, 10)]
+        log(f"[storm]   {result}")
+    finally:
+        for c in clients:
+            release_sessions(c)
+        watch.stop()
+        gw.stop()
+    return result
+
+
+def table(results: list[dict], pbkdf2: float) -> str:
+    rows = ["| run | sessions | log-in from cold | PBKDF2 floor | ratio | pool idle while waiting "
+            "| RSS per session (second half) | idle CPU (pings/s) | latency p50/p99 alone "
+            "| latency p50/p99 with the idle sessions | p99 ratio |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        login = r["login"]
+        lat_a, lat_b = r.get("latency_alone") or {}, r.get("latency_busy") or {}
+        rows.append(
+            f"| {r['label']} ({r['instances']} instances) | {login['accepted']:,} of {r['sessions']:,} "
+            f"| {login['all_accepted_s']} s | {login['pbkdf2_floor_s']} s | {login.get('ratio_to_floor')} "
+            f"| {login['pool_idle_s']} s of {login['watched_s']} s "
+            f"| {r['kib_per_session']} KiB ({r['kib_per_session_second_half']} KiB) "
+            f"| {r['idle']['gateway_cpu_pct_of_a_core']} % of a core ({r['idle']['pings_per_s']}) "
+            f"| {lat_a.get('p50_ms', '-')} / {lat_a.get('p99_ms', '-')} ms "
+            f"| {lat_b.get('p50_ms', '-')} / {lat_b.get('p99_ms', '-')} ms | {r.get('p99_ratio', '-')} |")
+    return "\n".join(rows) + f"\n\nOne PBKDF2 run (100,000 iterations) took {pbkdf2 * 1000:.1f} ms here.\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description="capacity of one gateway node (see module docstring)")
+    p.add_argument("--sessions", type=int, default=10_000)
+    p.add_argument("--idle-seconds", type=float, default=60.0)
+    p.add_argument("--latency-seconds", type=float, default=20.0)
+    p.add_argument("--only", default="one,many", help="one: one instance; many: instances of 10 devices; "
+                   "storm: all at once (not in the default)")
+    p.add_argument("--storm-deadline", type=float, default=300.0)
+    args = p.parse_args(argv)
+    exit_on_signals()
+    VAR.mkdir(parents=True, exist_ok=True)
+    limit = raise_nofile(args.sessions + 1024)
+    if limit < args.sessions + 200:
+        raise SystemExit(f"open files limit {limit} is too low for {args.sessions} sessions (ulimit -n)")
+    env = environment()
+    log(f"capacity: {env['cpus']} CPUs ({env['cpu_model']}), Python {env['python']}, load {env['loadavg_at_start']}")
+    pbkdf2 = pbkdf2_seconds()
+    results = []
+    try:
+        if "one" in args.only:
+            results.append(scenario_one("one-instance", [args.sessions], args, pbkdf2, latency=True))
+        if "many" in args.only:
+            results.append(scenario_one("many-instances", [10] * (args.sessions // 10), args, pbkdf2,
+                                        latency=False))
+        storm_result = None
+        if "storm" in args.only:
+            try:
+                storm_result = storm(args, pbkdf2)
+            except Exception as e:  # the other scenarios' figures are still written
+                log(f"[storm] failed: {e!r}"[:2000])
+    finally:
+        stop_all()
+    text = table([r for r in results], pbkdf2) if results else ""
+    print(text)
+    if storm_result:
+        print(f"Storm: {storm_result['accepted']:,} of {args.sessions:,} accepted in {storm_result['all_accepted_s']} s "
+              f"(floor {storm_result['pbkdf2_floor_s']} s), {storm_result['attempts']:,} attempts, pool idle "
+              f"{storm_result['pool_idle_s']} s; accepted by each 10 s: {storm_result['accepted_by_10s']}")
+    (VAR / "capacity.json").write_text(json.dumps({"environment": env, "pbkdf2_s": pbkdf2, "results": results,
+                                                   "storm": storm_result}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

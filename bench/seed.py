@@ -1,0 +1,50 @@
+"""Accounts written straight into a gateway's SQLite store: a bench-only fixture.
+
+Making 10,000 devices through the REST API costs two PBKDF2 runs each on
+the gateway (``bench.accounts``): minutes of CPU before a capacity run even
+starts. :func:`seed_gateway` writes the same rows the API would (an instance,
+its devices ``active`` with a password hash) in one transaction instead.
+Every device of one run shares one password, hashed once with a salt of its
+own per run; the gateway still runs PBKDF2 for every login (its login cache
+is keyed by principal), so logging in costs exactly what it costs in real
+life. Never point this at a gateway that serves anyone: the shared password
+is written in the accounts file it returns.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+
+from linchpin_gateway.hashing import hash_password
+from linchpin_gateway.store import open_database
+
+
+def seed_gateway(data_dir: str, sizes: list[int]) -> dict:
+    """An instance for each of ``sizes``, with that many devices:
+    ``{"instances": [[id, password]], "devices": [[device_id, password, instance_index]]}``."""
+    instance_password = secrets.token_urlsafe(16)
+    device_password = secrets.token_urlsafe(16)
+    instance_hash = hash_password(instance_password)
+    device_hash = hash_password(device_password)
+    now = int(time.time())
+    out: dict = {"instances": [], "devices": []}
+    conn = open_database(data_dir)
+    try:
+        conn.execute("BEGIN")
+        for k, size in enumerate(sizes):
+            instance_id = secrets.token_hex(16)
+            conn.execute("INSERT INTO instances (instance_id, password_hash, created_at) VALUES (?, ?, ?)",
+                         (instance_id, instance_hash, now))
+            out["instances"].append([instance_id, instance_password])
+            rows = []
+            for _ in range(size):
+                device_id = secrets.token_hex(16)
+                rows.append((device_id, instance_id, device_hash, now))
+                out["devices"].append([device_id, device_password, k])
+            conn.executemany("INSERT INTO devices (device_id, instance_id, state, password_hash, created_at) "
+                             "VALUES (?, ?, 'active', ?, ?)", rows)
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+    return out
