@@ -4,6 +4,8 @@ gateway's WebSocket limits and live connections."""
 
 from __future__ import annotations
 
+import types
+
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.protocol import TrafficStats
 from autobahn.websocket.types import ConnectionDeny
@@ -262,8 +264,13 @@ class MQTTWebSocketFactory(WebSocketServerFactory):
         protocol built here is a subclass holding this factory's options as
         class attributes, which saves about 1.5 KiB a session."""
         super().setProtocolOptions(**options)
+
+        def as_class_attribute(value):
+            # a function (perMessageCompressionAccept) must not become a method
+            return staticmethod(value) if isinstance(value, types.FunctionType) else value
+
         self.protocol = type(MQTTServerProtocol.__name__, (MQTTServerProtocol,),
-                             {name: getattr(self, name) for name in MQTTServerProtocol.CONFIG_ATTRS})
+                             {name: as_class_attribute(getattr(self, name)) for name in MQTTServerProtocol.CONFIG_ATTRS})
 
     def buildProtocol(self, addr):
         protocol = super().buildProtocol(addr)

@@ -123,11 +123,11 @@ def test_an_ipv6_network_counts_as_one_address(make_gateway):
     assert [s.aborted for s in socks] == [False, False, True]
 
 
-def upgrade(channel):
+def upgrade(channel, extra: bytes = b""):
     key = base64.b64encode(os.urandom(16))
     channel.dataReceived(b"GET /mqtt HTTP/1.1\r\nHost: gw\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                          b"Sec-WebSocket-Key: " + key + b"\r\nSec-WebSocket-Version: 13\r\n"
-                         b"Sec-WebSocket-Protocol: mqtt\r\n\r\n")
+                         b"Sec-WebSocket-Protocol: mqtt\r\n" + extra + b"\r\n")
 
 
 def test_a_websocket_keeps_its_slot_and_its_accept_time(make_gateway):
@@ -293,7 +293,11 @@ def test_a_websocket_holds_no_copy_of_the_factorys_options(make_gateway):
     assert ws.trafficStats is SHARED_TRAFFIC_STATS  # nobody reads a session's own counts
     assert ws.maxMessagePayloadSize == factory.maxMessagePayloadSize and ws.openHandshakeTimeout == 10
     factory.setProtocolOptions(openHandshakeTimeout=3)
-    channel2, _ = connect(gw, "198.51.100.4")
-    upgrade(channel2)
+    channel2, sock2 = connect(gw, "198.51.100.4")
+    # as browsers do: offered compression is declined (the option is a function, not a method)
+    upgrade(channel2, b"Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
+                      b"Origin: https://app.example\r\n")
+    head = sock2.value().split(b"\r\n\r\n", 1)[0]
+    assert head.startswith(b"HTTP/1.1 101") and b"Sec-WebSocket-Extensions" not in head
     (newer,) = factory.live - {ws}
     assert newer.openHandshakeTimeout == 3 and not options & set(vars(newer))
