@@ -268,7 +268,7 @@ LOCATIONS = ["/notes", "notes?x=1", "http://intranet.corp:8090/notes?x=1#top", "
              " \t//evil.example/e", "\x01https://evil.example", "https://evil.example?q#f", "mailto:a@b",
              "ftp://files.corp/x", "", "#frag", "http://h/%2e%2e/x?a=%20"]
 TUNNEL_CHECKS = """
-import { rewriteLocation, requestHeaders, browserResponse } from "./app/tunnel.js";
+import { rewriteLocation, requestHeaders, browserResponse, crossSite } from "./app/tunnel.js";
 import * as cookies from "./app/cookies.js";
 
 const out = {};
@@ -296,6 +296,12 @@ const unzipped = browserResponse("GET", 200, [["Content-Encoding", "gzip"], ["Co
 out.gzip = [await unzipped.text(), unzipped.headers.get("content-encoding"), unzipped.headers.get("content-length")];
 out.noBody = browserResponse("GET", 304, [], new ReadableStream()).body;
 out.odd = browserResponse("GET", 999, [], new ReadableStream()).status;
+const own = "https://intranet.corp";
+const navigation = (method, referrer) => ({ mode: "navigate", method, referrer });
+out.crossSite = [crossSite(navigation("POST", "https://evil.example/form"), own),
+                 crossSite(navigation("POST", own + "/notes"), own), crossSite(navigation("POST", ""), own),
+                 crossSite(navigation("GET", "https://evil.example/"), own),
+                 crossSite({ mode: "cors", method: "POST", referrer: "" }, own)];
 window.result = out;
 """
 
@@ -328,3 +334,5 @@ def test_the_workers_rewrites_and_cookie_jar(browser, tmp_path):
     assert out["response"] == {"status": 303, "location": "/notes", "cookie": None, "kept": "yes"}
     assert out["gzip"] == ["hello, intranet", None, None]
     assert out["noBody"] is None and out["odd"] == 502
+    # a form another site posts is refused; this origin's, a link followed, a page's own fetch pass
+    assert out["crossSite"] == [True, False, True, False, False]

@@ -184,6 +184,18 @@ def test_the_intranet_at_its_own_address_inside_then_outside(browser, system, sh
         assert page.url == system.origin + "/notes"  # the app's absolute redirect stayed on this origin
         assert page.locator("#note-list li").all_inner_texts() == ["written outside"]
 
+        # a form another site (here the app's own port: another origin) posts to the intranet is refused
+        page.goto(system.app.url + "/")
+        page.evaluate(f"""() => {{ const f = document.createElement("form"); f.method = "post";
+                                   f.action = "{system.origin}/notes"; const i = document.createElement("input");
+                                   i.name = "note"; i.value = "forged"; f.append(i); document.body.append(f);
+                                   f.submit(); }}""")
+        page.wait_for_url(system.origin + "/notes", timeout=WAIT_MS)
+        assert "Another site asked" in page.text_content("#message")
+        page.goto(system.origin + "/notes")
+        assert page.locator("#note-list li").all_inner_texts() == ["written outside"]  # nothing forged
+
+        page.goto(system.origin + "/")
         page.evaluate(f"""() => {{ const a = document.createElement("a"); a.id = "big";
                                    a.href = "/download?size={FIVE_MIB}"; a.textContent = "5 MiB";
                                    document.body.append(a); }}""")

@@ -12,7 +12,7 @@
 import * as cookies from "./cookies.js";
 import { Keeper } from "./keeper.js";
 import { loadCookies, saveCookies } from "./store.js";
-import { browserResponse, requestHeaders, servicePage, setCookies } from "./tunnel.js";
+import { browserResponse, crossSite, requestHeaders, servicePage, setCookies } from "./tunnel.js";
 
 const APP = new URL("./", self.location.href).pathname; // <root>/app/
 const ROOT = new URL("../", self.location.href).pathname; // the pairing page
@@ -87,7 +87,7 @@ async function pairingPage(request) {
   } catch {
     return servicePage(503, "Pairing page out of reach",
       "The pairing page can be reached only from inside the company. The intranet still works on this phone.",
-      { link: APP });
+      { link: [APP, "Open the intranet app on this phone"] });
   }
 }
 
@@ -107,6 +107,11 @@ let jarChain = Promise.resolve(); // one change of the jar at a time
 
 async function tunnel(request) {
   const url = new URL(request.url);
+  if (crossSite(request, self.location.origin)) {
+    return servicePage(403, "Sent by another site",
+      "Another site asked this phone to send a form to the intranet. Open the intranet yourself and send it from there.",
+      { link: ["/", "Open the intranet"] });
+  }
   const body = request.method === "GET" || request.method === "HEAD" ? new Uint8Array(0)
     : new Uint8Array(await request.arrayBuffer());
   await jarChain;
@@ -123,10 +128,10 @@ async function tunnel(request) {
     }
     if (keeper.state === "unpaired") {
       return servicePage(503, "Not paired", "This phone is not paired: open the intranet app to pair it.",
-        { link: APP });
+        { link: [APP, "Open the intranet app on this phone"] });
     }
     return servicePage(503, "Intranet out of reach",
-      `The intranet cannot be reached from here right now (${e.message}). Try again in a moment.`, { link: APP });
+      `The intranet cannot be reached from here right now (${e.message}). Try again in a moment.`, { link: [APP, "Open the intranet app on this phone"] });
   }
   const received = setCookies(response.headers);
   if (received.length) {

@@ -31,6 +31,25 @@ export function rewriteLocation(value) {
   return "/" + tail.replace(/^\/+/, "") + (query ? "?" + query : "") + (fragment ? "#" + fragment : "");
 }
 
+const SAFE_METHODS = new Set(["GET", "HEAD", "OPTIONS"]);
+
+/**
+ * True for a request another site made the browser send: a navigation with
+ * an unsafe method (a form posted from another site) whose referrer is not
+ * this origin.  Inside, the browser would send such a POST without the
+ * intranet's SameSite cookies; through the tunnel the connector would
+ * vouch for the user, so it is refused instead (as `lmdevice serve` does).
+ * Other requests reach the worker only from pages of this origin.
+ */
+export function crossSite(request, origin) {
+  if (request.mode !== "navigate" || SAFE_METHODS.has(request.method)) return false;
+  try {
+    return new URL(request.referrer).origin !== origin;
+  } catch {
+    return true; // no referrer: nothing says this origin asked
+  }
+}
+
 // The tunnel sets these itself (or they belong to one hop).
 const REQUEST_DROPPED = new Set(["cookie", "host", "content-length", "accept-encoding", "connection", "keep-alive",
   "transfer-encoding", "te", "trailer", "upgrade", "proxy-authorization"]);
@@ -94,7 +113,8 @@ function escapeHtml(text) {
 
 /** A page of the worker's own (the device revoked, the intranet out of reach). */
 export function servicePage(status, title, text, { link = null, state = null } = {}) {
-  const more = link ? `<p><a href="${escapeHtml(link)}">Open the intranet app on this phone</a></p>` : "";
+  // link: [href, text]
+  const more = link ? `<p><a href="${escapeHtml(link[0])}">${escapeHtml(link[1])}</a></p>` : "";
   const html = `<!doctype html><html lang="en"><head><meta charset="utf-8">` +
     `<meta name="viewport" content="width=device-width, initial-scale=1"><title>${escapeHtml(title)}</title>` +
     `<style>${PAGE_STYLE}</style></head><body><main${state ? ` data-app-state="${state}"` : ""}>` +
