@@ -53,6 +53,14 @@ def browser():
 
 
 @pytest.fixture
+def shots(tmp_path):
+    """A folder for a browser test's screenshots, under its temporary folder."""
+    folder = tmp_path / "screenshots"
+    folder.mkdir()
+    return folder
+
+
+@pytest.fixture
 def make_gateway(tmp_path):
     """An in-memory gateway: real store and hashing, run inline; fake reactor."""
     made = []

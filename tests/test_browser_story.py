@@ -48,13 +48,6 @@ def system(tmp_path_factory):
     s.stop()
 
 
-@pytest.fixture
-def shots(tmp_path):
-    folder = tmp_path / "screenshots"
-    folder.mkdir()
-    return folder
-
-
 def as_user(browser, user, **options):
     """A browser context whose every request carries the SSO proxy's identity header."""
     return browser.new_context(extra_http_headers={USER_HEADER: user}, **options)

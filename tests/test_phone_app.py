@@ -91,13 +91,6 @@ def system(tmp_path_factory):
     s.stop()
 
 
-@pytest.fixture
-def shots(tmp_path):
-    folder = tmp_path / "screenshots"
-    folder.mkdir()
-    return folder
-
-
 def phone(browser, system, user):
     """The phone's browser, signed in to the company's SSO as ``user``."""
     context = browser.new_context(**PHONE, accept_downloads=True)
