@@ -103,6 +103,42 @@ def log(msg: str) -> None:
 # -- environment ----------------------------------------------------------------
 
 
+def python_build() -> str:
+    """How this Python was built, which moves the gateway's CPU per message
+    (and so its ratio to mosquitto, which is C) between machines: a static
+    interpreter built with profile-guided and link-time optimisation (as
+    Debian's) runs the gateway's pure-Python code about a fifth faster than
+    a plain build with a shared libpython (as pyenv's default); the build
+    options are not always in sysconfig, so :func:`python_speed` measures."""
+    try:
+        with open("/proc/self/maps") as f:
+            shared = "libpython" in f.read()
+    except OSError:
+        shared = None
+    linked = {True: "shared libpython", False: "static libpython", None: "libpython ?"}[shared]
+    return f"{platform.python_implementation()} {platform.python_version()}, {platform.python_compiler()}, {linked}"
+
+
+def python_speed(seconds: float = 0.5) -> float:
+    """Microseconds this interpreter takes to parse and re-encode a 256 B
+    MQTT PUBLISH with the gateway's codec (pure Python): a yardstick that
+    makes runs on other machines and interpreters comparable."""
+    from linchpin_common.contract import wire
+
+    packet = wire.encode_publish(b"devices/0123456789abcdef0123456789abcdef/up", b"x" * 256)
+    parser = wire.Parser(1 << 20)
+    runs = []
+    for _ in range(3):
+        t0, n = time.perf_counter(), 0
+        while time.perf_counter() - t0 < seconds / 3:
+            for _ in range(200):
+                for p in parser.feed(packet):
+                    wire.encode_publish(p.topic.encode(), p.payload)
+            n += 200
+        runs.append((time.perf_counter() - t0) / n * 1e6)
+    return round(statistics.median(runs), 2)
+
+
 def environment() -> dict:
     def version(mod):
         try:
@@ -130,6 +166,8 @@ def environment() -> dict:
         "cpu_model": model,
         "loadavg_at_start": open("/proc/loadavg").read().split()[:3],
         "python": platform.python_version(),
+        "python_build": python_build(),
+        "python_speed_us": python_speed(),
         "twisted": version("twisted"),
         "autobahn": version("autobahn"),
         "commit": git("rev-parse", "--short", "HEAD"),
@@ -722,6 +760,8 @@ def main(argv=None) -> int:
     raise_nofile(4 * args.sessions + 1024)
     t_start = time.monotonic()
     env = environment()
+    log(f"{env['cpus']} x {env['cpu_model']}; {env['python_build']}; {env['python_speed_us']} us per PUBLISH "
+        f"parsed and encoded; load average {' '.join(env['loadavg_at_start'])}")
     notes: list[str] = []
     if args.quick:
         notes.append(f"--quick: relay {args.reps} x {args.duration:g} s; idle memory with {args.sessions} "
@@ -754,7 +794,8 @@ def main(argv=None) -> int:
         results["seconds"] = round(time.monotonic() - t_start, 1)
         (VAR / "results.json").write_text(json.dumps(results, indent=1, default=str))
     head = (f"## Benchmark run {env['date']} (commit {env['commit']}{', gateway tree modified' if env['tree_dirty'] else ''})\n\n"
-            f"{env['cpus']} x {env['cpu_model']}, Python {env['python']}, Twisted {env['twisted']}, "
+            f"{env['cpus']} x {env['cpu_model']}, {env['python_build']} ({env['python_speed_us']} us per "
+            f"PUBLISH parsed and encoded in pure Python), Twisted {env['twisted']}, "
             f"Autobahn {env['autobahn']}, mosquitto {env['mosquitto'] or '-'}, amqtt {env['amqtt'] or '-'}; "
             f"load average at start {' '.join(env['loadavg_at_start'])}; took {results['seconds']} s.")
     text = "\n\n".join([head, *sections, *(["Notes:\n" + "\n".join(f"- {n}" for n in notes)] if notes else [])])
