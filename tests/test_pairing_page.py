@@ -435,6 +435,8 @@ def test_the_phone_app_files_and_the_workers_scope(world):
         if path in ("app/", "app/sw.js"):
             policy = response.headers.getRawHeaders("content-security-policy")[0]
             assert policy.startswith("default-src 'self'") and "frame-ancestors 'none'" in policy
+    _, index = world.call("GET", "app/")  # the app refuses links naming another connector
+    assert '<meta name="linchpin-connector-key" content="AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8">' in index
     assert world.call("GET", "app/nope.js")[0].code == 404
     assert world.call("POST", "app/sw.js")[0].code == 405
     # without sign-in too: a browser fetches a module worker and its imports without cookies

@@ -161,6 +161,11 @@ def test_the_intranet_at_its_own_address_inside_then_outside(browser, system, sh
 
         # -- outside: the same URLs, through the end-to-end channel ----------------------------
         system.outside()
+        # a form posted as the network fails is not sent twice: it may have reached the server
+        page.get_by_label("Note").fill("posted while leaving")
+        with page.expect_navigation():
+            page.get_by_role("button", name="Save note").click()
+        assert "was not sent" in page.text_content("#message")
         response = page.goto(system.origin + "/")
         assert response.status == 200 and not response.headers.get("server", "").startswith("nginx")
         assert page.locator("h1").inner_text() == "Hello, carol"  # as the paired user
@@ -237,6 +242,23 @@ def test_a_link_used_twice_or_tampered_with_pairs_nothing(browser, system):
         again.goto(system.pairing_page + "app/#pair=" + quote("linchpin-mobile://pair?v=1&gateway=x", safe=""))
         wait_state(again, "unpaired")
         assert "lacks" in again.text_content("#detail")
+
+        # a link naming another company's connector is refused before anything is sent...
+        _, fresh = new_link(page, system)
+        fresh_uri = unquote(fresh[len("app/#pair="):])
+        foreign = re.sub(r"connector_key=[^&]+", "connector_key=" + "A" * 43, fresh_uri)
+        again.goto(system.pairing_page + "app/#pair=" + quote(foreign, safe=""))
+        wait_state(again, "unpaired")
+        assert "another company's connector" in again.text_content("#detail")
+        # ...and a paired phone keeps its pairing when its user says no to a new link
+        page.goto(system.pairing_page + "app/")
+        wait_state(page, "ready")
+        page.on("dialog", lambda dialog: dialog.dismiss())
+        page.goto(system.pairing_page + fresh)
+        page.wait_for_selector("#detail:has-text('was kept')", timeout=WAIT_MS)  # the page's CSP forbids eval
+        assert page.get_attribute("#app", "data-app-state") == "ready"
+        again.goto(system.pairing_page + fresh)  # so the link was never used
+        wait_state(again, "ready")
     finally:
         other.close()
         context.close()

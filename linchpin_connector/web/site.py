@@ -144,6 +144,8 @@ class PairingPage(resource.Resource):
         folder = resources.files(__package__).joinpath("static", "app")
         self.app = {f.name.encode(): (f.read_bytes(), APP_TYPES[suffix])
                     for f in folder.iterdir() if (suffix := "." + f.name.rpartition(".")[2]) in APP_TYPES}
+        key = getattr(desk, "connector_public_key", None)
+        self.connector_key = base64.urlsafe_b64encode(key).rstrip(b"=") if key else b""
         url = getattr(getattr(desk, "api", None), "url", None)
         gateway = urlsplit(url) if url else None
         # The app talks to the gateway: its setup call, then the WebSocket.
@@ -205,6 +207,10 @@ class PairingPage(resource.Resource):
             return _message_page(request, 404, "Not found", "There is no such page.")
         body, content_type = found
         _headers(request, content_type, cache=b"no-cache")
+        if name == b"index.html":
+            # The app refuses a pairing link that names another connector.
+            body = body.replace(b'<meta name="linchpin-connector-key" content="">',
+                                b'<meta name="linchpin-connector-key" content="' + self.connector_key + b'">', 1)
         if name in (b"index.html", b"sw.js"):
             request.responseHeaders.setRawHeaders(b"Content-Security-Policy", [
                 (f"default-src 'self'; connect-src 'self'{self.app_connect}; img-src 'self'; "

@@ -4,9 +4,10 @@
 // pairing, ready, offline, revoked.  Where no service worker can run, this page
 // holds the device itself.
 
-import { pair } from "./device.js";
+import { pair, parsePairingUri } from "./device.js";
+import { b64uEncode } from "./bytes.js";
 import { Keeper } from "./keeper.js";
-import { forgetCookies, saveState } from "./store.js";
+import { forgetCookies, loadState, saveState } from "./store.js";
 
 const root = document.getElementById("app");
 const detail = document.getElementById("detail");
@@ -68,7 +69,37 @@ async function start() {
   setInterval(nudge, WATCH_MS);
 }
 
+// This company's connector, as the connector that served this page says: a
+// link naming another connector would send the intranet's URLs elsewhere.
+const CONNECTOR_KEY = document.querySelector('meta[name="linchpin-connector-key"]')?.content || "";
+
+/** Why ``uri`` must not pair this app, or "" (before anything is sent). */
+async function refusal(uri) {
+  let info;
+  try {
+    info = parsePairingUri(uri);
+  } catch (e) {
+    return e.message;
+  }
+  if (CONNECTOR_KEY && b64uEncode(info.connectorKey) !== CONNECTOR_KEY) {
+    return "this pairing link is for another company's connector, not this one";
+  }
+  const stored = await loadState().catch(() => null);
+  const current = root.dataset.appState;
+  if (stored && current !== "revoked" && current !== "unpaired"
+      && !confirm("This phone is already paired. Replace its pairing with this link?")) {
+    return "the phone's pairing was kept";
+  }
+  return "";
+}
+
 async function pairWith(uri) {
+  const refused = await refusal(uri);
+  if (refused) {
+    pairingError = refused;
+    const current = root.dataset.appState;
+    return show(current && current !== "pairing" ? current : "unpaired", refused);
+  }
   pairing = true;
   pairingError = "";
   show("pairing");

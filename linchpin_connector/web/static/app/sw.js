@@ -10,6 +10,7 @@
 // Registered by app.js as a module worker.
 
 import * as cookies from "./cookies.js";
+import { RETRIED_METHODS } from "./device.js";
 import { Keeper } from "./keeper.js";
 import { loadCookies, saveCookies } from "./store.js";
 import { browserResponse, crossSite, requestHeaders, servicePage, setCookies } from "./tunnel.js";
@@ -91,13 +92,33 @@ async function pairingPage(request) {
   }
 }
 
+/** True when this origin's own files cannot be fetched either: the phone is outside. */
+async function unreachable() {
+  try {
+    await fetch(new URL("manifest.webmanifest", self.location.href), { cache: "no-store" });
+    return false;
+  } catch {
+    return true;
+  }
+}
+
 async function intranet(request) {
-  const copy = request.method === "GET" || request.method === "HEAD" ? request : request.clone();
+  const safe = RETRIED_METHODS.has(request.method); // the methods the contract may send twice
+  const copy = safe ? request : request.clone();
   if (Date.now() >= outsideUntil) {
     try {
       return await fetch(request);
-    } catch {
+    } catch (e) {
+      // The page gave up, or the network answered something fetch refuses
+      // (a redirect loop, CORS): the browser's error, not the tunnel's job.
+      if (request.signal?.aborted || e.name === "AbortError" || !(await unreachable())) throw e;
       outsideUntil = Date.now() + OUTSIDE_MS; // the phone is outside: the tunnel, for a while
+      if (!safe) {
+        // It may have reached the server before the network failed: never sent twice (PROTOCOL.md section 5).
+        return servicePage(503, "Not sent",
+          "The intranet could not be reached over the network, so this was not sent. Send it again: it will go " +
+          "through this phone's encrypted channel.", { link: ["/", "Open the intranet"] });
+      }
     }
   }
   return tunnel(copy);

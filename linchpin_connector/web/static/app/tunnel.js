@@ -5,6 +5,8 @@
 // never leaves this origin; the browser's own cookies are not sent (they are
 // not the worker's to read), the tunnel's jar is (cookies.js).
 
+import { RETRIED_METHODS } from "./device.js";
+
 const BLANKS = /[\t\n\r]/g;
 const EDGES = /^[\x00-\x20]+|[\x00-\x20]+$/g; // eslint-disable-line no-control-regex
 const HTTP_SCHEME = /^https?:/i;
@@ -31,8 +33,6 @@ export function rewriteLocation(value) {
   return "/" + tail.replace(/^\/+/, "") + (query ? "?" + query : "") + (fragment ? "#" + fragment : "");
 }
 
-const SAFE_METHODS = new Set(["GET", "HEAD", "OPTIONS"]);
-
 /**
  * True for a request another site made the browser send: a navigation with
  * an unsafe method (a form posted from another site) whose referrer is not
@@ -42,7 +42,7 @@ const SAFE_METHODS = new Set(["GET", "HEAD", "OPTIONS"]);
  * Other requests reach the worker only from pages of this origin.
  */
 export function crossSite(request, origin) {
-  if (request.mode !== "navigate" || SAFE_METHODS.has(request.method)) return false;
+  if (request.mode !== "navigate" || RETRIED_METHODS.has(request.method)) return false;
   try {
     return new URL(request.referrer).origin !== origin;
   } catch {
