@@ -237,7 +237,11 @@ export class Device {
       }
       throw new DeviceError("unreachable", e.message);
     }
-    await this.link.subscribe([[this.downTopic, 1], ["$gateway/status", 0]]);
+    try {
+      await this.link.subscribe([[this.downTopic, 1], ["$gateway/status", 0]]);
+    } catch (e) {
+      throw new DeviceError("unreachable", e.message);
+    }
     await this._within(this.statusKnown.promise, "no status from the gateway");
   }
 

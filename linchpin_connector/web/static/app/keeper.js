@@ -50,7 +50,12 @@ export class Keeper {
   }
 
   async _connect() {
-    const state = await loadState();
+    let state;
+    try {
+      state = await loadState();
+    } catch (e) { // storage refused (private mode, evicted): say so, never leave the app "starting"
+      return this._set("offline", `this browser's storage cannot be read: ${e.message}`);
+    }
     if (!state) {
       this._drop();
       return this._set("unpaired");

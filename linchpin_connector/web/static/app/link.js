@@ -57,7 +57,7 @@ export class MqttLink {
     this.onMessage = onMessage || (() => {});
     this.onClose = onClose || (() => {});
     this.parser = new mqtt.Parser();
-    this.waiting = new Map(); // packet id -> resolve
+    this.waiting = new Map(); // packet id -> [resolve, reject]
     this.nextId = 0;
     this.open = false;
     this.ended = false;
@@ -85,8 +85,9 @@ export class MqttLink {
 
   subscribe(filters) {
     const id = this.packetId();
-    return new Promise((resolve) => {
-      this.waiting.set(id, resolve);
+    return new Promise((resolve, reject) => {
+      if (this.ended) return reject(new LinkError("the connection to the gateway was lost"));
+      this.waiting.set(id, [resolve, reject]);
       this.send(mqtt.subscribe(id, filters));
     });
   }
@@ -106,7 +107,7 @@ export class MqttLink {
     for (const p of packets) {
       if (p.type === mqtt.CONNACK) this.connack?.(p.returnCode);
       else if (p.type === mqtt.SUBACK) {
-        this.waiting.get(p.packetId)?.(p.returnCodes);
+        this.waiting.get(p.packetId)?.[0](p.returnCodes);
         this.waiting.delete(p.packetId);
       } else if (p.type === mqtt.PUBLISH) {
         if (p.qos === 1) this.send(mqtt.puback(p.packetId));
@@ -126,6 +127,9 @@ export class MqttLink {
     this.ended = true;
     this.open = false;
     clearInterval(this.pinger);
+    // A subscription still unanswered never will be: whoever waits for it hears so.
+    for (const [, reject] of this.waiting.values()) reject(new LinkError("the connection to the gateway was lost"));
+    this.waiting.clear();
     if (wasOpen) this.onClose(); // a session refused or never made was never the device's
   }
 }
