@@ -174,10 +174,14 @@ class Child:
         return self.proc.poll()
 
     def kill(self) -> None:
-        """SIGKILL to the whole group at once."""
+        """SIGKILL to the whole group at once; returns once every member has
+        ended (an nginx worker that outlived its master would still hold the
+        listening socket)."""
         if self.alive():
+            members = _group_members(self.pid)
             _killpg(self.pid, signal.SIGKILL)
             self.wait(TIMEOUT)
+            _wait_ended(members, TIMEOUT)
         self._done()
 
     def _done(self) -> None:
@@ -191,6 +195,36 @@ def _killpg(pgid: int, sig: int) -> None:
         os.killpg(pgid, sig)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def _group_members(pgid: int) -> list[int]:
+    """pidfds of the processes of group ``pgid`` other than its leader."""
+    fds = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == pgid:
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rpartition(")")[2].split()
+            if int(fields[2]) == pgid:  # state, ppid, pgrp
+                fds.append(os.pidfd_open(int(entry)))
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile
+    return fds
+
+
+def _wait_ended(pidfds: list[int], timeout: float) -> None:
+    """Block until each process of ``pidfds`` has ended (a pidfd becomes
+    readable then), at most ``timeout`` seconds in all; closes them."""
+    import select
+
+    deadline = time.monotonic() + timeout
+    try:
+        for fd in pidfds:
+            select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+    finally:
+        for fd in pidfds:
+            os.close(fd)
 
 
 def rss_kib(pid: int) -> int:
