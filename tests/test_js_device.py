@@ -163,6 +163,12 @@ try {
   out.setupSecretForgotten = saved !== null && saved.setupSecret === null && !!saved.deviceSecret;
   const who = await device.request("GET", "/api/whoami");
   out.whoami = JSON.parse(new TextDecoder().decode(await who.bytes()));
+  try {  // headers over 64 KiB: refused at once, not sent (and not waited for)
+    await device.request("GET", "/api/whoami", { headers: [["X-Big", "a".repeat(70000)]] });
+    out.big = "sent";
+  } catch (e) {
+    out.big = e.kind;
+  }
   const upload = new Uint8Array(3 * 1024 * 1024 + 7);
   for (let i = 0; i < upload.length; i++) upload[i] = (i * 7) & 255;
   const posted = await device.request("POST", "/upload", { headers: [["Content-Type", "application/octet-stream"]],
@@ -209,7 +215,7 @@ def test_the_javascript_device_pairs_and_requests_through_the_real_gateway_and_c
         system.stop()
     assert errors == [] and "error" not in result, result
     assert result["statuses"][:1] == ["online"] and result["setupSecretForgotten"]
-    assert result["whoami"]["user"] == "alice"
+    assert result["whoami"]["user"] == "alice" and result["big"] == "too_large"
     assert result["upload"] == {"bytes": 3 * 1024 * 1024 + 7, "sha256": result["uploadDigest"]}
     expected = hashlib.sha256(b"".join(pattern(size))).hexdigest()
     assert result["download"] == {"status": 200, "length": size, "sha256": expected}
@@ -268,7 +274,7 @@ LOCATIONS = ["/notes", "notes?x=1", "http://intranet.corp:8090/notes?x=1#top", "
              " \t//evil.example/e", "\x01https://evil.example", "https://evil.example?q#f", "mailto:a@b",
              "ftp://files.corp/x", "", "#frag", "http://h/%2e%2e/x?a=%20"]
 TUNNEL_CHECKS = """
-import { rewriteLocation, requestHeaders, browserResponse, crossSite } from "./app/tunnel.js";
+import { rewriteLocation, requestHeaders, browserResponse, crossSite, failure } from "./app/tunnel.js";
 import * as cookies from "./app/cookies.js";
 
 const out = {};
@@ -285,8 +291,16 @@ out.later = cookies.cookieHeader(jar, "/wiki/x", now + 61000);
 jar = cookies.store(jar, ["visits=2; Path=/", "deep=; Path=/wiki; Max-Age=0"], "/", now);
 out.replaced = cookies.cookieHeader(jar, "/wiki/x", now);
 out.capped = cookies.store([], Array.from({ length: 150 }, (_, i) => `c${i}=${i}`), "/", now).length;
-out.headers = requestHeaders([["accept", "text/html"], ["cookie", "browser=1"], ["host", "x"],
-                              ["content-type", "text/plain"]], "visits=2");
+const own = "https://intranet.corp";
+const pageHeaders = [["accept", "text/html"], ["cookie", "browser=1"], ["host", "x"], ["content-type", "text/plain"]];
+out.headers = requestHeaders({ method: "POST", referrer: own + "/notes#top", headers: pageHeaders }, own, "visits=2",
+                             "Phone/1");
+out.getHeaders = requestHeaders({ method: "GET", referrer: "https://elsewhere.example/", headers: [] }, own, "",
+                                "Phone/1");
+out.failures = [{ kind: "refused", code: "forbidden" }, { kind: "refused", code: "too_large" },
+                { kind: "refused", code: "backend_unreachable" }, { kind: "refused", code: "timeout" },
+                { kind: "refused", code: "bad_request" }, { kind: "refused", code: "busy" },
+                { kind: "too_large" }, { kind: "timeout" }, { kind: "unreachable" }].map((e) => failure(e)[0]);
 const made = browserResponse("GET", 303, [["Location", "http://app.internal:8090/notes"], ["Set-Cookie", "a=b"],
                                           ["X-Kept", "yes"], ["Bad", "a\\nb"]], new ReadableStream());
 out.response = { status: made.status, location: made.headers.get("location"), cookie: made.headers.get("set-cookie"),
@@ -296,7 +310,6 @@ const unzipped = browserResponse("GET", 200, [["Content-Encoding", "gzip"], ["Co
 out.gzip = [await unzipped.text(), unzipped.headers.get("content-encoding"), unzipped.headers.get("content-length")];
 out.noBody = browserResponse("GET", 304, [], new ReadableStream()).body;
 out.odd = browserResponse("GET", 999, [], new ReadableStream()).status;
-const own = "https://intranet.corp";
 const navigation = (method, referrer) => ({ mode: "navigate", method, referrer });
 out.crossSite = [crossSite(navigation("POST", "https://evil.example/form"), own),
                  crossSite(navigation("POST", own + "/notes"), own), crossSite(navigation("POST", ""), own),
@@ -329,10 +342,85 @@ def test_the_workers_rewrites_and_cookie_jar(browser, tmp_path):
     assert out["later"] == "deep=d; here=h; visits=1"  # Max-Age won over the old Expires, and ran out
     assert out["replaced"] == "here=h; short=s; visits=2"
     assert out["capped"] == 100
-    assert out["headers"] == [["accept", "text/html"], ["content-type", "text/plain"], ["Cookie", "visits=2"],
-                              ["Accept-Encoding", "identity"]]
+    # what the browser itself would add on the network: a form's CSRF check passes through the tunnel
+    assert out["headers"] == [["accept", "text/html"], ["content-type", "text/plain"], ["User-Agent", "Phone/1"],
+                              ["Referer", "https://intranet.corp/notes"], ["Origin", "https://intranet.corp"],
+                              ["Cookie", "visits=2"], ["Accept-Encoding", "identity"]]
+    # no Origin on a GET, no Referer from elsewhere, no empty Cookie
+    assert out["getHeaders"] == [["User-Agent", "Phone/1"], ["Accept-Encoding", "identity"]]
+    assert out["failures"] == [403, 413, 502, 504, 400, 503, 431, 504, 503]
     assert out["response"] == {"status": 303, "location": "/notes", "cookie": None, "kept": "yes"}
     assert out["gzip"] == ["hello, intranet", None, None]
     assert out["noBody"] is None and out["odd"] == 502
     # a form another site posts is refused; this origin's, a link followed, a page's own fetch pass
     assert out["crossSite"] == [True, False, True, False, False]
+
+
+# The jar belongs to one device (store.js), and a link notices a connection
+# that went silent (link.js), run in the page with a WebSocket that answers
+# CONNECT, then a few PINGREQs, then nothing: a half-open TCP connection.
+STORE_AND_LINK_CHECKS = """
+import { changeCookies, loadCookies, saveState } from "./app/store.js";
+import { MqttLink } from "./app/link.js";
+
+const out = {};
+await saveState({ deviceId: "a" });
+out.written = await changeCookies("a", (jar) => [...jar, "one"]);
+out.mine = await loadCookies("a");
+await saveState({ deviceId: "b" });  // paired anew while a response of device a was on its way
+out.late = await changeCookies("a", (jar) => [...jar, "two"]);
+out.newDevice = await loadCookies("b");
+out.newWritten = await changeCookies("b", (jar) => [...jar, "three"]);
+out.after = [await loadCookies("a"), await loadCookies("b")];
+
+class SilentAfterAWhile {
+  static OPEN = 1;
+  constructor() {
+    this.readyState = 0;
+    this.sent = [];
+    this.answers = 3;  // PINGRESPs, then silence
+    window.socket = this;
+    setTimeout(() => { this.readyState = 1; this.onopen(); });
+  }
+  send(bytes) {
+    this.sent.push(bytes[0]);
+    let answer = null;
+    if (bytes[0] === 0x10) answer = [0x20, 2, 0, 0];  // CONNACK 0
+    else if (bytes[0] === 0xc0 && this.answers > 0) { this.answers -= 1; answer = [0xd0, 0]; }  // PINGRESP
+    if (answer) setTimeout(() => this.onmessage?.({ data: Uint8Array.from(answer).buffer }));
+  }
+  close() { this.closeCalled = true; this.readyState = 3; }
+}
+globalThis.WebSocket = SilentAfterAWhile;
+await new Promise((resolve) => {
+  MqttLink.connect("http://gateway.test", "device", new Uint8Array(4), { keepAlive: 1, onClose: () => {
+    const s = window.socket;
+    out.link = { answersLeft: s.answers, pings: s.sent.filter((b) => b === 0xc0).length, closeCalled: !!s.closeCalled };
+    resolve();
+  } });
+});
+window.result = out;
+"""
+
+
+def test_the_jar_is_one_devices_and_a_silent_link_is_dropped(browser, tmp_path):
+    shutil.copytree(APP, tmp_path / "app")
+    (tmp_path / "index.html").write_text(
+        f'<!doctype html><meta charset="utf-8"><script type="module">{STORE_AND_LINK_CHECKS}</script>',
+        encoding="utf-8")
+    server = StaticServer(tmp_path)
+    try:
+        page = browser.new_page()
+        errors = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(server.url + "/index.html")
+        page.wait_for_function("window.result !== undefined", timeout=30_000)
+        out = page.evaluate("window.result")
+    finally:
+        server.stop()
+    assert errors == []
+    assert out["written"] is True and out["mine"] == ["one"]
+    assert out["late"] is False and out["newDevice"] == []  # nothing of device a reaches b's jar
+    assert out["newWritten"] is True and out["after"] == [[], ["three"]]
+    # answered pings keep the link; once they go unanswered, it is dropped (and its socket closed)
+    assert out["link"]["answersLeft"] == 0 and out["link"]["pings"] >= 4 and out["link"]["closeCalled"]

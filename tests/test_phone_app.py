@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import socket
 from pathlib import Path
 from urllib.parse import quote, unquote
 
@@ -46,6 +47,7 @@ class PhoneSystem:
         self.origin = f"http://127.0.0.1:{self.nginx_port}"
         self.pairing_page = self.origin + "/mobile/"
         self.nginx = None
+        self.hole = None
         self.nginx_runs = 0
         self.inside()
 
@@ -59,6 +61,9 @@ class PhoneSystem:
 
     def inside(self):
         """The phone is on the company's network: nginx answers."""
+        if self.hole is not None:
+            self.hole.close()
+            self.hole = None
         if self.nginx is None:
             self.nginx_runs += 1
             conf = adapt_plain((DEPLOY / "intranet-with-phone-app.conf").read_text(), self.nginx_port,
@@ -68,10 +73,17 @@ class PhoneSystem:
             self.nginx = Nginx(self.tmp_path / f"nginx-{self.nginx_runs}", http=conf)
             self.nginx.process.for_fixture()
 
-    def outside(self):
-        """The phone left: the intranet's address no longer answers."""
+    def outside(self, *, black_hole=False):
+        """The phone left: the intranet's address no longer answers (with
+        ``black_hole``, it takes connections and never answers: what a phone
+        meets where the intranet's address is swallowed)."""
         self.nginx.stop()
         self.nginx = None
+        if black_hole:
+            self.hole = socket.socket()
+            self.hole.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self.hole.bind(("127.0.0.1", self.nginx_port))
+            self.hole.listen(64)  # never accepted: the kernel completes connections, nobody reads
 
     def revoke(self, device_id):
         cli("lmconnector", "--data-dir", self.connector_dir, "device", "revoke", device_id)
@@ -82,6 +94,8 @@ class PhoneSystem:
                 proc.kill()
                 Process.fixtures.discard(proc)
         self.sso.stop()
+        if self.hole is not None:
+            self.hole.close()
 
 
 @pytest.fixture(scope="module")
@@ -230,26 +244,27 @@ def test_a_link_used_twice_or_tampered_with_pairs_nothing(browser, system):
         _, link = new_link(page, system)
         page.goto(system.pairing_page + link)
         wait_state(page, "ready")
-        again = other.new_page()  # the same link on the other phone
-        again.goto(system.pairing_page + link)
-        wait_state(again, "unpaired")
-        assert "already used" in again.text_content("#detail")
+        def refused(link):
+            """Why the other phone's app, opened fresh at ``link``, paired nothing."""
+            again = other.new_page()
+            again.goto(system.pairing_page + link)
+            again.wait_for_selector("#detail:not(:empty)", timeout=WAIT_MS)  # only a refusal writes it here
+            assert again.get_attribute("#app", "data-app-state") == "unpaired"
+            why = again.text_content("#detail")
+            again.close()
+            return why
+
+        assert "already used" in refused(link)  # the same link on the other phone
         uri = unquote(link[len("app/#pair="):])
         tampered = re.sub(r"setup_key=[^&]+", "setup_key=AAAAAAAAAAAAAAAAAAAAAA", uri)
-        again.goto(system.pairing_page + "app/#pair=" + quote(tampered, safe=""))
-        wait_state(again, "unpaired")
-        assert again.text_content("#detail")
-        again.goto(system.pairing_page + "app/#pair=" + quote("linchpin-mobile://pair?v=1&gateway=x", safe=""))
-        wait_state(again, "unpaired")
-        assert "lacks" in again.text_content("#detail")
+        assert "unknown" in refused("app/#pair=" + quote(tampered, safe=""))
+        assert "lacks" in refused("app/#pair=" + quote("linchpin-mobile://pair?v=1&gateway=x", safe=""))
 
         # a link naming another company's connector is refused before anything is sent...
         _, fresh = new_link(page, system)
         fresh_uri = unquote(fresh[len("app/#pair="):])
         foreign = re.sub(r"connector_key=[^&]+", "connector_key=" + "A" * 43, fresh_uri)
-        again.goto(system.pairing_page + "app/#pair=" + quote(foreign, safe=""))
-        wait_state(again, "unpaired")
-        assert "another company's connector" in again.text_content("#detail")
+        assert "another company's connector" in refused("app/#pair=" + quote(foreign, safe=""))
         # ...and a paired phone keeps its pairing when its user says no to a new link
         page.goto(system.pairing_page + "app/")
         wait_state(page, "ready")
@@ -257,6 +272,7 @@ def test_a_link_used_twice_or_tampered_with_pairs_nothing(browser, system):
         page.goto(system.pairing_page + fresh)
         page.wait_for_selector("#detail:has-text('was kept')", timeout=WAIT_MS)  # the page's CSP forbids eval
         assert page.get_attribute("#app", "data-app-state") == "ready"
+        again = other.new_page()
         again.goto(system.pairing_page + fresh)  # so the link was never used
         wait_state(again, "ready")
     finally:
@@ -284,9 +300,18 @@ def test_the_connector_restarted(browser, system):
         wait_state(page, "offline")
         system.start_connector()
         wait_state(page, "ready")  # a new session, by itself
-        system.outside()
+        # outside where the intranet's address swallows connections: the worker does not wait for TCP to give up
+        system.outside(black_hole=True)
         page.goto(system.origin + "/api/whoami")
         assert '"user": "frank"' in page.text_content("body")
+        # what a browser adds on the network is added in the tunnel too: an app's CSRF check passes
+        echoed = page.evaluate("fetch('/echo-headers', {method: 'POST', body: 'x'}).then(r => r.json())")
+        headers = {name.lower(): value for name, value in echoed["headers"]}
+        assert headers["origin"] == system.origin and headers["referer"] == system.origin + "/api/whoami"
+        assert headers["user-agent"] == page.evaluate("navigator.userAgent")
+        # a request whose headers cannot be sent is answered at once, as HTTP says it
+        status = page.evaluate("fetch('/api/whoami', {headers: {'X-Big': 'a'.repeat(70000)}}).then(r => r.status)")
+        assert status == 431
     finally:
         context.close()
         system.inside()

@@ -51,19 +51,21 @@ function activated(reg) {
 }
 
 async function start() {
+  const scope = PAIRING_PAGE === "/" ? "./" : "/";
   try {
     navigator.serviceWorker.addEventListener("message", (event) => {
       if (event.data?.type === "app-state") show(event.data.state, event.data.detail);
     });
     navigator.serviceWorker.startMessages();
-    registration = await navigator.serviceWorker.register("sw.js", {
-      type: "module", scope: PAIRING_PAGE === "/" ? "./" : "/", updateViaCache: "none",
-    });
+    registration = await navigator.serviceWorker.register("sw.js", { type: "module", scope, updateViaCache: "none" });
     await activated(registration);
   } catch {
-    registration = null;
-    keeper = new Keeper({ onChange: show });
-    keeper.claim();
+    // A new version that failed to install leaves the one that runs: it keeps the device.
+    registration = await navigator.serviceWorker?.getRegistration(scope).catch(() => null);
+    if (!registration?.active) {
+      registration = null;
+      keeper = new Keeper({ onChange: show }); // no worker at all: this page holds the device
+    }
   }
   nudge();
   setInterval(nudge, WATCH_MS);

@@ -19,7 +19,10 @@ export const RETRIED_METHODS = new Set(["GET", "HEAD", "OPTIONS"]);
 const ACK_BATCH = e2e.CREDIT_WINDOW / 4; // acks go per quarter window consumed, not per part
 const PAIR_PREFIX = "linchpin-mobile://pair?";
 
-/** ``kind``: unreachable, offline, rejected, revoked, timeout, session_lost, refused, bad_pairing. */
+/**
+ * ``kind``: unreachable, offline, rejected, revoked, timeout, session_lost, refused (``code``: the
+ * connector's `err` code), too_large (not sent), bad_pairing.
+ */
 export class DeviceError extends Error {
   constructor(kind, message, extra = {}) {
     super(message);
@@ -201,11 +204,13 @@ class Request {
 }
 
 export class Device {
-  constructor(state, { saveState = async () => {}, onStatus = () => {}, timeoutMs = 60000, fetchImpl } = {}) {
+  // keepAlive: seconds (link.js KEEP_ALIVE by default)
+  constructor(state, { saveState = async () => {}, onStatus = () => {}, timeoutMs = 60000, keepAlive, fetchImpl } = {}) {
     this.state = state;
     this.saveState = saveState;
     this.onStatus = onStatus;
     this.timeoutMs = timeoutMs;
+    this.keepAlive = keepAlive;
     this.link = null;
     this.online = null;
     this.session = null;
@@ -230,6 +235,7 @@ export class Device {
         onMessage: (topic, payload) => this._message(topic, payload),
         onClose: () => this._closed(),
         timeoutMs: this.timeoutMs,
+        keepAlive: this.keepAlive,
       });
     } catch (e) {
       if (e instanceof LinkError && e.code === 4) {
@@ -369,8 +375,9 @@ export class Device {
   _send(session, header, body = new Uint8Array(0)) {
     if (this.session !== session || !this.link) return;
     const link = this.link;
+    const plain = e2e.encodeMessage(header, body); // throws here, to the caller, if it cannot be sent
     this.sendChain = this.sendChain
-      .then(() => session.seal(e2e.encodeMessage(header, body)))
+      .then(() => session.seal(plain))
       .then((envelope) => link.publish(this.upTopic, envelope))
       .catch(() => {});
   }
@@ -447,15 +454,18 @@ export class Device {
     const id = this.nextId++;
     const request = new Request(this, session, id, method);
     this.requests.set(id, request);
+    const whole = body.length <= e2e.MAX_BODY_CHUNK;
+    try {
+      this._send(session, messages.req(id, method, path, headers, whole), whole ? body : undefined);
+    } catch (e) {
+      this.requests.delete(id);
+      if (!(e instanceof e2e.MessageError)) throw e;
+      throw new DeviceError("too_large", "the request's address and headers are over 64 KiB: it was not sent");
+    }
     request.arm();
     sent.push(id);
-    if (body.length <= e2e.MAX_BODY_CHUNK) {
-      this._send(session, messages.req(id, method, path, headers, true), body);
-      request.sent = body.length;
-    } else {
-      this._send(session, messages.req(id, method, path, headers, false));
-      this._upload(request, body);
-    }
+    if (whole) request.sent = body.length;
+    else this._upload(request, body);
     return request.started.promise;
   }
 

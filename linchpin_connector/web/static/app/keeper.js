@@ -45,7 +45,9 @@ export class Keeper {
   ensure() {
     if (this.stopped) return Promise.resolve();
     if (this.state === "ready" && this.device?.session && this.device.link?.open) return Promise.resolve();
-    this.connecting ??= this._connect().finally(() => (this.connecting = null));
+    this.connecting ??= this._connect()
+      .catch((e) => this._set("offline", e.message)) // whatever went wrong, the app says so
+      .finally(() => (this.connecting = null));
     return this.connecting;
   }
 
@@ -56,19 +58,21 @@ export class Keeper {
     } catch (e) { // storage refused (private mode, evicted): say so, never leave the app "starting"
       return this._set("offline", `this browser's storage cannot be read: ${e.message}`);
     }
+    if (this.stopped) return; // another holder took the device meanwhile
     if (!state) {
       this._drop();
       return this._set("unpaired");
     }
     if (this.device && this.device.state.deviceId !== state.deviceId) this._drop();
     if (this.state === "revoked" && this.device) return; // until paired anew
+    if (!this.device) this.claim(); // the holder that connects holds the device
     const device = (this.device ??= new Device(state, {
       saveState, timeoutMs: this.timeoutMs, onStatus: (status) => this._status(device, status),
     }));
     try {
       if (!device.link?.open) await device.open();
       await device.handshake();
-      if (this.device !== device) return;
+      if (this.device !== device) return device.close(); // let go meanwhile (stop, a new pairing)
       this.failures = 0;
       this._set("ready");
     } catch (e) {
@@ -111,18 +115,28 @@ export class Keeper {
     device?.close();
   }
 
-  /** A request as the paired user (device.js ``request``); a revocation seen here is shown. */
-  async request(method, path, options) {
+  /** The device, connected; rejects with a DeviceError saying why there is none. */
+  async current() {
     if (this.stopped) throw new DeviceError("offline", "another copy of the app holds this phone's connection");
     await this.ensure();
     if (this.state === "revoked") throw new DeviceError("revoked", this.detail);
     if (!this.device) throw new DeviceError("offline", "this phone is not paired");
+    return this.device;
+  }
+
+  /** ``device.request`` (device.js); a revocation seen here is shown. */
+  async send(device, method, path, options) {
     try {
-      return await this.device.request(method, path, options);
+      return await device.request(method, path, options);
     } catch (e) {
-      if (GONE.has(e.kind)) this._failed(e);
+      if (GONE.has(e.kind) && device === this.device) this._failed(e);
       throw e;
     }
+  }
+
+  /** A request as the paired user. */
+  async request(method, path, options) {
+    return this.send(await this.current(), method, path, options);
   }
 
   /** The stored state changed (paired anew): start again from it. */

@@ -2,7 +2,11 @@
 
 import * as mqtt from "./mqtt.js";
 
-export const KEEP_ALIVE = 30; // seconds; a PINGREQ goes when nothing else went for this long
+// Seconds.  A PINGREQ goes when nothing went, or nothing came, for half of it;
+// when nothing at all came for a whole of it (not even a PINGRESP), the
+// connection is dead though the socket looks open (a half-open TCP
+// connection: a phone's network changed, a NAT forgot it): it is dropped.
+export const KEEP_ALIVE = 30;
 
 export class LinkError extends Error {
   constructor(message, code) {
@@ -21,9 +25,10 @@ export function websocketUrl(gatewayUrl) {
 
 export class MqttLink {
   /** Resolves once CONNACK 0 arrived; rejects with a LinkError otherwise. */
-  static connect(gatewayUrl, username, password, { onMessage, onClose, timeoutMs = 30000 } = {}) {
+  static connect(gatewayUrl, username, password,
+    { onMessage, onClose, timeoutMs = 30000, keepAlive = KEEP_ALIVE } = {}) {
     return new Promise((resolve, reject) => {
-      const link = new MqttLink(onMessage, onClose);
+      const link = new MqttLink(onMessage, onClose, keepAlive);
       const ws = new WebSocket(websocketUrl(gatewayUrl), "mqtt");
       ws.binaryType = "arraybuffer";
       link.ws = ws;
@@ -42,7 +47,7 @@ export class MqttLink {
           ws.close();
         }
       };
-      ws.onopen = () => link.send(mqtt.connect({ username, password, keepAlive: KEEP_ALIVE }));
+      ws.onopen = () => link.send(mqtt.connect({ username, password, keepAlive }));
       ws.onmessage = (event) => link.received(new Uint8Array(event.data));
       ws.onerror = () => {};
       ws.onclose = () => {
@@ -53,7 +58,7 @@ export class MqttLink {
     });
   }
 
-  constructor(onMessage, onClose) {
+  constructor(onMessage, onClose, keepAlive = KEEP_ALIVE) {
     this.onMessage = onMessage || (() => {});
     this.onClose = onClose || (() => {});
     this.parser = new mqtt.Parser();
@@ -61,7 +66,8 @@ export class MqttLink {
     this.nextId = 0;
     this.open = false;
     this.ended = false;
-    this.lastSent = Date.now();
+    this.keepAliveMs = keepAlive * 1000;
+    this.lastSent = this.lastReceived = Date.now();
     this.pinger = null;
   }
 
@@ -73,9 +79,20 @@ export class MqttLink {
   }
 
   keepAlive() {
+    const half = this.keepAliveMs / 2;
     this.pinger = setInterval(() => {
-      if (Date.now() - this.lastSent >= (KEEP_ALIVE * 1000) / 2) this.send(mqtt.pingreq());
-    }, (KEEP_ALIVE * 1000) / 4);
+      const now = Date.now();
+      if (now - this.lastReceived >= this.keepAliveMs) this.dead();
+      else if (now - this.lastSent >= half || now - this.lastReceived >= half) this.send(mqtt.pingreq());
+    }, this.keepAliveMs / 4);
+  }
+
+  /** Nothing came back for a whole keep-alive: the session ends now, not when TCP gives up. */
+  dead() {
+    const ws = this.ws;
+    ws.onmessage = ws.onclose = null;
+    ws.close();
+    this.closed();
   }
 
   packetId() {
@@ -97,6 +114,7 @@ export class MqttLink {
   }
 
   received(bytes) {
+    this.lastReceived = Date.now();
     let packets;
     try {
       packets = [...this.parser.feed(bytes)];

@@ -36,7 +36,41 @@ export const loadState = () => run(STATE, "readonly", (store) => store.get(DEVIC
 export const saveState = (state) => run(STATE, "readwrite", (store) => store.put(state, DEVICE));
 export const forgetState = () => run(STATE, "readwrite", (store) => store.delete(DEVICE));
 
-export const loadCookies = async () => (await run(COOKIES, "readonly", (store) => store.get(JAR))) || [];
-export const saveCookies = (jar) => run(COOKIES, "readwrite", (store) => store.put(jar, JAR));
+// The jar is kept with the id of the device it belongs to: a response of an
+// earlier pairing that arrives late is never written into a new pairing's jar.
+
+/** The jar of device ``deviceId`` (empty if the jar kept is another device's). */
+export async function loadCookies(deviceId) {
+  const kept = await run(COOKIES, "readonly", (store) => store.get(JAR));
+  return kept?.deviceId === deviceId ? kept.jar : [];
+}
+
+/**
+ * ``change(jar)`` -> the new jar of device ``deviceId``, in one transaction
+ * with the check that ``deviceId`` is still the device this browser holds.
+ * Resolves to true if the jar was changed.
+ */
+export async function changeCookies(deviceId, change) {
+  const db = await database();
+  try {
+    return await new Promise((resolve, reject) => {
+      const tx = db.transaction([STATE, COOKIES], "readwrite");
+      let changed = false;
+      const state = tx.objectStore(STATE).get(DEVICE);
+      const kept = tx.objectStore(COOKIES).get(JAR);
+      kept.onsuccess = () => { // requests complete in order: the state is read by now
+        if (state.result?.deviceId !== deviceId) return;
+        const jar = kept.result?.deviceId === deviceId ? kept.result.jar : [];
+        tx.objectStore(COOKIES).put({ deviceId, jar: change(jar) }, JAR);
+        changed = true;
+      };
+      tx.oncomplete = () => resolve(changed);
+      tx.onerror = tx.onabort = () => reject(tx.error);
+    });
+  } finally {
+    db.close();
+  }
+}
+
 /** A new pairing (perhaps another user) starts with an empty jar. */
 export const forgetCookies = () => run(COOKIES, "readwrite", (store) => store.delete(JAR));

@@ -12,8 +12,8 @@
 import * as cookies from "./cookies.js";
 import { RETRIED_METHODS } from "./device.js";
 import { Keeper } from "./keeper.js";
-import { loadCookies, saveCookies } from "./store.js";
-import { browserResponse, crossSite, requestHeaders, servicePage, setCookies } from "./tunnel.js";
+import { changeCookies, loadCookies } from "./store.js";
+import { browserResponse, crossSite, failure, requestHeaders, servicePage, setCookies } from "./tunnel.js";
 
 const APP = new URL("./", self.location.href).pathname; // <root>/app/
 const ROOT = new URL("../", self.location.href).pathname; // the pairing page
@@ -25,6 +25,9 @@ const SHELL = ["./", "app.js", "app.css", "device.js", "link.js", "e2e.js", "mqt
 // After the network failed, requests go straight through the tunnel for this long.
 const OUTSIDE_MS = 30000;
 let outsideUntil = 0;
+// A safe request without an answer for this long asks the probe, which waits this long at most, whether the
+// phone is outside.
+const SLOW_MS = 5000, PROBE_MS = 4000;
 
 const keeper = new Keeper({ onChange: tell });
 
@@ -92,26 +95,57 @@ async function pairingPage(request) {
   }
 }
 
-/** True when this origin's own files cannot be fetched either: the phone is outside. */
+/** True when this origin's own files cannot be fetched either (or not in time): the phone is outside. */
 async function unreachable() {
   try {
-    await fetch(new URL("manifest.webmanifest", self.location.href), { cache: "no-store" });
+    await fetch(new URL("manifest.webmanifest", self.location.href),
+      { cache: "no-store", signal: AbortSignal.timeout(PROBE_MS) });
     return false;
   } catch {
     return true;
   }
 }
 
+class Outside extends Error {}
+
+/**
+ * ``request`` over the network.  A safe one that has no answer after SLOW_MS
+ * (an address that swallows packets costs minutes before TCP gives up) is
+ * given up if the probe says the phone is outside; a slow intranet that is
+ * there is waited for.  An unsafe one is never given up: it may be running.
+ */
+async function network(request, safe) {
+  if (!safe) return fetch(request);
+  const giveUp = new AbortController();
+  const attempt = fetch(request, {
+    signal: AbortSignal.any([request.signal, giveUp.signal]),
+    referrer: request.referrer, referrerPolicy: request.referrerPolicy,
+  });
+  let timer;
+  const slow = new Promise((resolve) => (timer = setTimeout(resolve, SLOW_MS, SLOW)));
+  try {
+    if ((await Promise.race([attempt, slow])) !== SLOW || !(await unreachable())) return await attempt;
+  } finally {
+    clearTimeout(timer);
+  }
+  giveUp.abort();
+  attempt.catch(() => {});
+  throw new Outside("no answer from the network");
+}
+const SLOW = Symbol("slow");
+
 async function intranet(request) {
   const safe = RETRIED_METHODS.has(request.method); // the methods the contract may send twice
   const copy = safe ? request : request.clone();
   if (Date.now() >= outsideUntil) {
     try {
-      return await fetch(request);
+      return await network(request, safe);
     } catch (e) {
       // The page gave up, or the network answered something fetch refuses
       // (a redirect loop, CORS): the browser's error, not the tunnel's job.
-      if (request.signal?.aborted || e.name === "AbortError" || !(await unreachable())) throw e;
+      if (request.signal?.aborted || (!(e instanceof Outside) && (e.name === "AbortError" || !(await unreachable())))) {
+        throw e;
+      }
       outsideUntil = Date.now() + OUTSIDE_MS; // the phone is outside: the tunnel, for a while
       if (!safe) {
         // It may have reached the server before the network failed: never sent twice (PROTOCOL.md section 5).
@@ -124,8 +158,6 @@ async function intranet(request) {
   return tunnel(copy);
 }
 
-let jarChain = Promise.resolve(); // one change of the jar at a time
-
 async function tunnel(request) {
   const url = new URL(request.url);
   if (crossSite(request, self.location.origin)) {
@@ -135,30 +167,38 @@ async function tunnel(request) {
   }
   const body = request.method === "GET" || request.method === "HEAD" ? new Uint8Array(0)
     : new Uint8Array(await request.arrayBuffer());
-  await jarChain;
-  const jar = await loadCookies();
-  const headers = requestHeaders(request.headers, cookies.cookieHeader(jar, url.pathname, Date.now()));
   let response;
   try {
-    response = await keeper.request(request.method, url.pathname + url.search, { headers, body });
+    const device = await keeper.current();
+    const deviceId = device.state.deviceId; // the jar is this device's: never another pairing's
+    const jar = await loadCookies(deviceId);
+    const headers = requestHeaders(request, self.location.origin, cookies.cookieHeader(jar, url.pathname, Date.now()),
+      navigator.userAgent);
+    response = await keeper.send(device, request.method, url.pathname + url.search, { headers, body });
+    const received = setCookies(response.headers);
+    if (received.length) {
+      await changeCookies(deviceId, (kept) => cookies.store(kept, received, url.pathname, Date.now())).catch(() => {});
+    }
   } catch (e) {
-    if (keeper.state === "revoked") {
-      return servicePage(403, "Access removed",
-        "This phone's access to the intranet was removed. Pair it again from the company's pairing page if you " +
-        "still need it.", { state: "revoked" });
-    }
-    if (keeper.state === "unpaired") {
-      return servicePage(503, "Not paired", "This phone is not paired: open the intranet app to pair it.",
-        { link: [APP, "Open the intranet app on this phone"] });
-    }
-    return servicePage(503, "Intranet out of reach",
-      `The intranet cannot be reached from here right now (${e.message}). Try again in a moment.`, { link: [APP, "Open the intranet app on this phone"] });
-  }
-  const received = setCookies(response.headers);
-  if (received.length) {
-    jarChain = jarChain.then(async () =>
-      saveCookies(cookies.store(await loadCookies(), received, url.pathname, Date.now()))).catch(() => {});
-    await jarChain;
+    return failed(e);
   }
   return browserResponse(request.method, response.status, response.headers, response.body);
+}
+
+/** The page for a request the tunnel could not bring. */
+function failed(error) {
+  if (keeper.state === "revoked") {
+    return servicePage(403, "Access removed",
+      "This phone's access to the intranet was removed. Pair it again from the company's pairing page if you " +
+      "still need it.", { state: "revoked" });
+  }
+  if (keeper.state === "unpaired") {
+    return servicePage(503, "Not paired", "This phone is not paired: open the intranet app to pair it.",
+      { link: [APP, "Open the intranet app on this phone"] });
+  }
+  const [status, title] = failure(error);
+  return servicePage(status, title, status === 503
+    ? `The intranet cannot be reached from here right now (${error.message}). Try again in a moment.`
+    : `The intranet's answer could not be brought to this phone: ${error.message}.`,
+  { link: [APP, "Open the intranet app on this phone"] });
 }

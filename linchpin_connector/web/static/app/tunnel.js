@@ -58,13 +58,49 @@ const RESPONSE_DROPPED = new Set(["set-cookie", "set-cookie2", "connection", "ke
 const NULL_BODY = new Set([101, 103, 204, 205, 304]);
 const DECODED = new Set(["gzip", "deflate"]);
 
-/** The headers a tunnelled request carries: the page's, the jar's cookies, no compression. */
-export function requestHeaders(headers, cookie) {
+/**
+ * The headers a tunnelled request carries: the page's, the jar's cookies, no
+ * compression, and what a browser adds itself on the network but a worker
+ * does not see (``request``: the fetch event's): ``User-Agent``, a ``Referer``
+ * of this origin, and ``Origin`` on an unsafe method, so that an app's CSRF
+ * checks (Django, Rails) accept a form sent through the tunnel as they do
+ * inside.  Only this origin's pages reach the tunnel (crossSite).
+ */
+export function requestHeaders(request, origin, cookie, userAgent) {
   const pairs = [];
-  for (const [name, value] of headers) if (!REQUEST_DROPPED.has(name.toLowerCase())) pairs.push([name, value]);
+  for (const [name, value] of request.headers) if (!REQUEST_DROPPED.has(name.toLowerCase())) pairs.push([name, value]);
+  const has = new Set(pairs.map(([name]) => name.toLowerCase()));
+  const add = (name, value) => has.has(name.toLowerCase()) || pairs.push([name, value]);
+  if (userAgent) add("User-Agent", userAgent);
+  let referrer = null;
+  try {
+    referrer = new URL(request.referrer);
+  } catch {
+    // "" (no referrer) or about:client
+  }
+  if (referrer?.origin === origin) {
+    referrer.hash = ""; // never sent
+    add("Referer", referrer.href);
+  }
+  if (!RETRIED_METHODS.has(request.method)) add("Origin", origin);
   if (cookie) pairs.push(["Cookie", cookie]);
   pairs.push(["Accept-Encoding", "identity"]); // a body the worker hands on must be plain
   return pairs;
+}
+
+// A request the connector refused (its `err` code, PROTOCOL.md section 5), as HTTP says it.
+const REFUSED = { bad_request: 400, forbidden: 403, too_large: 413, backend_unreachable: 502, busy: 503,
+  timeout: 504 };
+const TITLES = { 400: "Refused", 403: "Not allowed from the phone", 413: "Too large", 431: "Headers too large",
+  502: "Intranet out of reach", 503: "Intranet out of reach", 504: "No answer in time" };
+
+/** [status, title] of the page for a request that failed with DeviceError ``error``. */
+export function failure(error) {
+  let status = 503;
+  if (error.kind === "refused") status = REFUSED[error.code] || 503;
+  else if (error.kind === "too_large") status = 431; // its address and headers: never sent
+  else if (error.kind === "timeout") status = 504;
+  return [status, TITLES[status]];
 }
 
 /** The ``Set-Cookie`` values of a tunnelled response. */
