@@ -87,6 +87,7 @@ class DeviceChannels:
         self._draining: set[str] | None = None  # devices whose session is reset once idle
         self._drain_waiters: list[defer.Deferred] = []
         self._reset_new = False  # draining to stop: sessions made meanwhile are reset too
+        self._sent_away: set[str] = set()  # devices reset by a drain to stop: no new session here
 
     # -- input -------------------------------------------------------------------
 
@@ -117,6 +118,14 @@ class DeviceChannels:
         return None  # WELCOME, RESET and REJECT only travel down
 
     def _queue_hello(self, device_id: str, hello: e2e.Hello) -> defer.Deferred | None:
+        if self._reset_new and device_id in self._sent_away:
+            # Stopping, and this device's session here was reset so that it
+            # goes elsewhere; it came back, so no other connector is ready.
+            # A new session would only be reset again, a round trip a second
+            # for every device until the drain times out: it waits instead,
+            # until the gateway says a connector is online.
+            self.log.debug("HELLO from {device_id} while stopping: dropped", device_id=device_id)
+            return None
         lock = self._locks.get(device_id)
         if lock is None:
             lock = self._locks[device_id] = defer.DeferredLock()
@@ -309,6 +318,7 @@ class DeviceChannels:
         """Take new sessions as before (the health check found the backend back)."""
         self._draining = None
         self._reset_new = False
+        self._sent_away.clear()
 
     def _reset_when_quiet(self, device_id: str) -> None:
         channel = self.channels.get(device_id)
@@ -333,6 +343,8 @@ class DeviceChannels:
         channel = self.channels.get(device_id)
         if channel is not None:
             self.publish(device_id, e2e.make_reset(channel.session.session_id))
+            if self._reset_new:
+                self._sent_away.add(device_id)
         self.end(device_id)
 
     def _check_drained(self) -> None:

@@ -520,3 +520,25 @@ def test_replayed_setup_hello_after_a_connector_restart_makes_no_pending_key(pai
     pair.wire.pump()
     assert pair.connector_device().pending == before
     assert pair.wire.kinds("down") == []
+
+
+def test_a_connector_stopping_alone_resets_each_session_once_and_then_lets_the_drain_end(pair):
+    """A drain to stop with no other connector ready: each device's session
+    is reset once; its next HELLO comes back here (nowhere else to go) and
+    is dropped, not answered with a session that would only be reset again,
+    so the drain ends at once instead of at its timeout."""
+    device = pair.new_device()
+    handshake(pair, device)
+    drained = pair.channels.drain(stopping=True)
+    pair.clock.advance(1.0)  # DRAIN_QUIET: the idle session is reset
+    pair.wire.pump()
+    assert pair.wire.kinds("down") == [e2e.WELCOME, e2e.RESET]
+    assert pair.wire.kinds("up")[-1] == e2e.HELLO  # the device handshook again at once...
+    for _ in range(5):
+        pair.clock.advance(1.0)
+        pair.wire.pump()
+    assert pair.wire.kinds("down") == [e2e.WELCOME, e2e.RESET]  # ...and got no session here
+    assert drained.called and pair.channels.channels == {}
+    pair.channels.undrain()  # taking devices again (the backend's drain ended): answered as before
+    handshake(pair, pair.new_device())
+    assert pair.wire.kinds("down")[-1] == e2e.WELCOME
