@@ -46,14 +46,15 @@ import argparse
 import json
 import os
 import shutil
+import subprocess
 import sys
 import time
 
 from . import servers
 from .procs import PYTHON, VAR, Proc, cpu_seconds, exit_on_signals, free_port, machine_busy_seconds, raise_nofile, \
-    stop_all
+    rss_kib, stop_all
 from .run import QueueWatch, environment, log, pbkdf2_seconds, release_sessions, settle_rss, storm_once
-from .seed import seed_gateway
+from .seed import seed_connector, seed_gateway
 
 LATENCY_PAIRS = 100
 KEEP_ALIVE = 30  # seconds: the device library's and the app's default
@@ -209,6 +210,122 @@ def storm(args, pbkdf2: float) -> dict:
     return result
 
 
+RESTART_DEADLINE = 120.0  # seconds the devices get to come back after the connector stopped
+
+
+def ask(clients: list[Proc], since: float) -> list[dict]:
+    """Each client's REPORT of its sessions since ``since``."""
+    for c in clients:
+        c.proc.stdin.write(f"report {since!r}\n".encode())
+        c.proc.stdin.flush()
+    return [json.loads(c.wait_for(r"^REPORT (.*)", timeout=60).group(1)) for c in clients]
+
+
+def merged(reports: list[dict]) -> dict:
+    """The clients' reports as one."""
+    out = {key: sum(r[key] for r in reports) for key in reports[0]
+           if isinstance(reports[0][key], int) and not isinstance(reports[0][key], bool)}
+    backs = [r["last_back_s"] for r in reports if r["last_back_s"] is not None]
+    out["last_back_s"] = max(backs) if backs else None
+    width = max(len(r["back_by_second"]) for r in reports)
+    out["back_by_second"] = [sum(r["back_by_second"][k] for r in reports if k < len(r["back_by_second"]))
+                             for k in range(width)]
+    for name, share in (("p50_back_s", 0.5), ("p90_back_s", 0.9)):  # to the second: the histogram's
+        seen, out[name] = 0, None
+        for k, count in enumerate(out["back_by_second"]):
+            seen += count
+            if count and seen >= share * out["back_since"]:
+                out[name] = k + 1
+                break
+    return out
+
+
+def connector_restart(args) -> dict:
+    """Scenario 2: one company of N devices, each with an end-to-end session
+    (:mod:`bench.e2e_sessions`); its connector is killed (-9) and started
+    again, then stopped with SIGTERM (drain) and started again. Each time:
+    until every device has a new session, with the RSS peaks of the gateway,
+    the connector and the clients."""
+    n = args.sessions
+    data = VAR / "capacity-restart"
+    if data.exists():
+        shutil.rmtree(data)
+    seeded = seed_gateway(str(data / "gateway"), [n])
+    gw = servers.gateway("capacity-restart-gateway", data / "gateway", "--max-instance-sessions", str(n + 100),
+                         keep=True, listen="tcp:0:interface=127.0.0.1:backlog=4096")
+    url = f"http://127.0.0.1:{gw.port}"
+    key, secrets_hex = seed_connector(str(data / "connector"), url, seeded["instances"][0],
+                                      [d[0] for d in seeded["devices"]])
+    accounts = VAR / "capacity-restart-devices.json"
+    accounts.write_text(json.dumps([[d[0], d[1], secret] for d, secret in zip(seeded["devices"], secrets_hex)]))
+    runs = 0
+
+    def connector() -> Proc:
+        nonlocal runs
+        runs += 1
+        proc = Proc(f"capacity-restart-connector-{runs}",
+                    [str(servers.BIN / "twistd"), "-n", "--pidfile=", "lmconnector", "--data-dir",
+                     str(data / "connector"), "--backend", "http://127.0.0.1:9"])
+        proc.wait_for(r"connected to the gateway", timeout=60)
+        return proc
+
+    out: dict = {"sessions": n}
+    clients: list[Proc] = []
+    conn = connector()
+    try:
+        log(f"[restart] {n} devices log in and make their end-to-end sessions")
+        per = (n + 1) // 2
+        for i in range(2):
+            clients.append(Proc(f"capacity-restart-devices-{i}", [
+                PYTHON, "-m", "bench.e2e_sessions", "--target", "gw", "--port", str(gw.port), "--accounts",
+                str(accounts), "--first", str(i * per), "--count", str(min(per, n - i * per)), "--concurrency",
+                str(RAMP // 2), "--retry", "--hold", "--deadline", "600", "--sources", str(SOURCES), "--keep-alive",
+                str(KEEP_ALIVE), "--max-backoff", str(MAX_BACKOFF), "--connector-key", key], stdin=subprocess.PIPE))
+        logins = [json.loads(c.wait_for(r"READY (.*)", timeout=660).group(1)) for c in clients]
+        out["logged_in"] = sum(s["ready"] for s in logins)
+        t = time.monotonic()
+        while (now := merged(ask(clients, 0.0)))["with_session"] < out["logged_in"] \
+                and time.monotonic() - t < RESTART_DEADLINE:
+            time.sleep(1.0)
+        out["sessions_before"] = now["with_session"]
+        log(f"[restart]   {out['logged_in']} logged in, {now['with_session']} with a session")
+        for how in ("kill", "term"):
+            pids = [gw.pid] + [c.pid for c in clients]
+            peaks = {"gateway": rss_kib(gw.pid), "connector": rss_kib(conn.pid),
+                     "clients": sum(rss_kib(c.pid) for c in clients)}
+            t_stop = time.monotonic()
+            if how == "kill":
+                conn.kill()
+            else:
+                conn.terminate(timeout=120)
+            t_stopped = time.monotonic()
+            conn = connector()
+            t_started = time.monotonic()
+            while True:
+                report = merged(ask(clients, t_stop))
+                for name, pid in (("gateway", gw.pid), ("connector", conn.pid)):
+                    peaks[name] = max(peaks[name], rss_kib(pid))
+                peaks["clients"] = max(peaks["clients"], sum(rss_kib(p) for p in pids[1:]))
+                if report["back_since"] >= out["logged_in"] or time.monotonic() - t_stop > RESTART_DEADLINE:
+                    break
+                time.sleep(1.0)
+            result = {"stop_s": round(t_stopped - t_stop, 2), "started_s": round(t_started - t_stop, 2),
+                      "back": report["back_since"], "all_back_s": report["last_back_s"]
+                      if report["back_since"] >= out["logged_in"] else None,
+                      "p50_back_s": report["p50_back_s"], "p90_back_s": report["p90_back_s"],
+                      "back_by_second": report["back_by_second"],
+                      "rss_peak_kib": peaks, **{k: report[k] for k in ("hellos", "hello_again", "resets", "rejects",
+                                                                      "offline", "moved", "closed_by_server")}}
+            out[how] = result
+            log(f"[restart] {how}: {result}")
+    finally:
+        for c in clients:
+            release_sessions(c)
+        conn.stop()
+        gw.stop()
+    return out
+
+
 def table(results: list[dict], pbkdf2: float) -> str:
     rows = ["| run | sessions | log-in from cold | PBKDF2 floor | ratio | pool idle while waiting "
             "| RSS per session (second half) | idle CPU (pings/s) | latency p50/p99 alone "
@@ -233,8 +350,8 @@ def main(argv=None) -> int:
     p.add_argument("--sessions", type=int, default=10_000)
     p.add_argument("--idle-seconds", type=float, default=60.0)
     p.add_argument("--latency-seconds", type=float, default=20.0)
-    p.add_argument("--only", default="one,many", help="one: one instance; many: instances of 10 devices; "
-                   "storm: all at once (not in the default)")
+    p.add_argument("--only", default="one,many,restart", help="one: one instance; many: instances of 10 devices; "
+                   "restart: a 10,000-device company's connector restarted; storm: all at once (not in the default)")
     p.add_argument("--storm-deadline", type=float, default=300.0)
     args = p.parse_args(argv)
     exit_on_signals()
@@ -252,6 +369,9 @@ def main(argv=None) -> int:
         if "many" in args.only:
             results.append(scenario_one("many-instances", [10] * (args.sessions // 10), args, pbkdf2,
                                         latency=False))
+        restart_result = None
+        if "restart" in args.only:
+            restart_result = connector_restart(args)
         storm_result = None
         if "storm" in args.only:
             try:
@@ -266,8 +386,18 @@ def main(argv=None) -> int:
         print(f"Storm: {storm_result['accepted']:,} of {args.sessions:,} accepted in {storm_result['all_accepted_s']} s "
               f"(floor {storm_result['pbkdf2_floor_s']} s), {storm_result['attempts']:,} attempts, pool idle "
               f"{storm_result['pool_idle_s']} s; accepted by each 10 s: {storm_result['accepted_by_10s']}")
+    if restart_result:
+        for how in ("kill", "term"):
+            r = restart_result.get(how)
+            if r:
+                print(f"Connector restart ({how}): {r['back']:,} of {restart_result['logged_in']:,} devices with a new "
+                      f"session, the last {r['all_back_s']} s after the stop (half by {r['p50_back_s']} s, 90 % by "
+                      f"{r['p90_back_s']} s; the "
+                      f"connector stopped in {r['stop_s']} s and was connected again at {r['started_s']} s); "
+                      f"HELLOs {r['hellos']:,}, sent again {r['hello_again']:,}, RESETs {r['resets']:,}, sessions "
+                      f"closed by the gateway {r['closed_by_server']}; RSS peaks {r['rss_peak_kib']} KiB")
     (VAR / "capacity.json").write_text(json.dumps({"environment": env, "pbkdf2_s": pbkdf2, "results": results,
-                                                   "storm": storm_result}, indent=1))
+                                                   "storm": storm_result, "restart": restart_result}, indent=1))
     return 0
 
 

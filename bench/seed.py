@@ -48,3 +48,29 @@ def seed_gateway(data_dir: str, sizes: list[int]) -> dict:
     finally:
         conn.close()
     return out
+
+
+def seed_connector(data_dir: str, gateway_url: str, instance: list, device_ids: list[str]) -> tuple[str, list[str]]:
+    """A connector's data dir registered as ``instance`` (``[id, password]``
+    of :func:`seed_gateway`), with ``device_ids`` already paired (each its
+    own random device secret, as after its first handshake), users
+    ``user-<n>``: ``(the connector's static public key, the device secrets)``
+    in hex. Written straight into its SQLite state, in one transaction."""
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+    from linchpin_common.contract.e2e import public_raw
+    from linchpin_connector.state import ConnectorState
+
+    static = X25519PrivateKey.generate()
+    state = ConnectorState(data_dir)
+    try:
+        state.save_registration(gateway_url, instance[0], instance[1], static.private_bytes_raw())
+        secrets_hex = [secrets.token_hex(32) for _ in device_ids]
+        now = int(time.time())
+        with state._txn() as c:
+            c.executemany('INSERT INTO devices (device_id, "user", created_at, device_secret) VALUES (?, ?, ?, ?)',
+                          [(device_id, f"user-{k}", now, bytes.fromhex(secret))
+                           for k, (device_id, secret) in enumerate(zip(device_ids, secrets_hex))])
+    finally:
+        state.close()
+    return public_raw(static).hex(), secrets_hex

@@ -144,7 +144,9 @@ class Runner:
         if s.state == READY:
             if not chunk:  # an idle session the server dropped
                 self.dropped(s)
-            return  # idle: PINGRESPs, status changes and the like are not kept
+            else:
+                self.ready_input(s, chunk, time.monotonic())
+            return
         if not chunk:
             self.fail(s, "closed by the server", now)
             return
@@ -202,9 +204,18 @@ class Runner:
                     s.got_suback = True
                 elif isinstance(packet, wire.Publish) and packet.topic == "$gateway/status":
                     s.got_status = True
+                    self.status(s, packet.payload, now)
             if s.connack_ok and s.got_suback and (s.got_status or self.args.target != "gw"):
                 self.ready(s, now)
                 return
+
+    # Hooks for a runner that does more with a session (bench.e2e_sessions).
+
+    def status(self, s: Session, payload: bytes, now: float) -> None:
+        """A ``$gateway/status`` that arrived while the session was opening."""
+
+    def ready_input(self, s: Session, chunk: bytes, now: float) -> None:
+        """Bytes of a ready session: idle here (PINGRESPs, status changes), not kept."""
 
     def ready(self, s: Session, now: float) -> None:
         s.state = READY
@@ -356,8 +367,9 @@ def _count(items) -> dict:
     return out
 
 
-def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description="many idle sessions (see module docstring)")
+def arguments(description: str) -> argparse.ArgumentParser:
+    """The options of this module (bench.e2e_sessions adds its own)."""
+    p = argparse.ArgumentParser(description=description)
     p.add_argument("--target", choices=["gw", "bare", "broker"], required=True)
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--accounts", help="JSON file: [[device_id, password], ...]")
@@ -371,7 +383,11 @@ def main(argv=None) -> None:
     p.add_argument("--sources", type=int, default=1)
     p.add_argument("--keep-alive", type=int, default=300)
     p.add_argument("--max-backoff", type=float, default=8.0)
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None) -> None:
+    args = arguments("many idle sessions (see module docstring)").parse_args(argv)
     raise_nofile(args.count + 256)
     if args.accounts:
         with open(args.accounts) as f:
