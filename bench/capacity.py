@@ -258,6 +258,10 @@ def connector_restart(args) -> dict:
                                       [d[0] for d in seeded["devices"]])
     accounts = VAR / "capacity-restart-devices.json"
     accounts.write_text(json.dumps([[d[0], d[1], secret] for d, secret in zip(seeded["devices"], secrets_hex)]))
+    # A backend that answers: the connector's health check would drain it otherwise.
+    app = Proc("capacity-restart-app", [PYTHON, "-m", "linchpin_connector.sample_app", "--listen",
+                                        "tcp:0:interface=127.0.0.1"])
+    backend = "http://127.0.0.1:" + app.wait_for(r"listening on 127\.0\.0\.1:(\d+)").group(1)
     runs = 0
 
     def connector() -> Proc:
@@ -265,7 +269,7 @@ def connector_restart(args) -> dict:
         runs += 1
         proc = Proc(f"capacity-restart-connector-{runs}",
                     [str(servers.BIN / "twistd"), "-n", "--pidfile=", "lmconnector", "--data-dir",
-                     str(data / "connector"), "--backend", "http://127.0.0.1:9"])
+                     str(data / "connector"), "--backend", backend])
         proc.wait_for(r"connected to the gateway", timeout=60)
         return proc
 
@@ -322,6 +326,7 @@ def connector_restart(args) -> dict:
         for c in clients:
             release_sessions(c)
         conn.stop()
+        app.stop()
         gw.stop()
     return out
 
