@@ -43,6 +43,7 @@ every process under ``var/bench/``.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import shutil
@@ -54,7 +55,7 @@ from . import servers
 from .procs import PYTHON, VAR, Proc, cpu_seconds, exit_on_signals, free_port, machine_busy_seconds, raise_nofile, \
     rss_kib, stop_all
 from .run import QueueWatch, environment, log, pbkdf2_seconds, release_sessions, settle_rss, storm_once
-from .seed import seed_connector, seed_gateway
+from .seed import seed_connector, seed_gateway, seed_gateway_postgres
 
 LATENCY_PAIRS = 100
 KEEP_ALIVE = 30  # seconds: the device library's and the app's default
@@ -222,30 +223,99 @@ def ask(clients: list[Proc], since: float) -> list[dict]:
 
 
 def merged(reports: list[dict]) -> dict:
-    """The clients' reports as one."""
-    out = {key: sum(r[key] for r in reports) for key in reports[0]
-           if isinstance(reports[0][key], int) and not isinstance(reports[0][key], bool)}
-    backs = [r["last_back_s"] for r in reports if r["last_back_s"] is not None]
-    out["last_back_s"] = max(backs) if backs else None
-    width = max(len(r["back_by_second"]) for r in reports)
-    out["back_by_second"] = [sum(r["back_by_second"][k] for r in reports if k < len(r["back_by_second"]))
-                             for k in range(width)]
-    for name, share in (("p50_back_s", 0.5), ("p90_back_s", 0.9)):  # to the second: the histogram's
-        seen, out[name] = 0, None
-        for k, count in enumerate(out["back_by_second"]):
-            seen += count
-            if count and seen >= share * out["back_since"]:
-                out[name] = k + 1
+    """The clients' reports as one: counts added, histograms (``back_by_*``)
+    added bucket by bucket, counts by kind (dicts) added, the last of the
+    last."""
+    out: dict = {}
+    for key, value in reports[0].items():
+        values = [r[key] for r in reports]
+        if key.startswith("back_by_"):
+            width = max(len(v) for v in values)
+            out[key] = [sum(v[k] for v in values if k < len(v)) for k in range(width)]
+        elif isinstance(value, dict):
+            out[key] = {}
+            for v in values:
+                for k, n in v.items():
+                    out[key][k] = out[key].get(k, 0) + n
+        elif key.startswith("last_"):
+            present = [v for v in values if v is not None]
+            out[key] = max(present) if present else None
+        elif isinstance(value, int):
+            out[key] = sum(values)
+    if "back_by_second" in out:
+        for name, share in (("p50_back_s", 0.5), ("p90_back_s", 0.9)):  # to the second: the histogram's
+            seen, out[name] = 0, None
+            for k, count in enumerate(out["back_by_second"]):
+                seen += count
+                if count and seen >= share * out["back_since"]:
+                    out[name] = k + 1
+                    break
+    return out
+
+
+def gateway_restart(args, pbkdf2: float, jitter: str) -> dict:
+    """Scenario 3: N sessions on a node (logged in 128 at a time), the node
+    killed (-9) and started again on the same port; the clients reconnect
+    as the app and the connector do (``jitter``: ``spread``, their wait
+    today; ``stretch``, the 20 % they had before, for the comparison).
+    Until every device is back: the arrival curve, and how long the PBKDF2
+    pool had an idle thread while devices waited."""
+    n = args.sessions
+    label = f"gateway-restart-{jitter}"
+    data = VAR / f"capacity-{label}"
+    if data.exists():
+        shutil.rmtree(data)
+    seeded = seed_gateway(str(data), [n])
+    accounts = VAR / f"capacity-{label}-devices.json"
+    accounts.write_text(json.dumps([d[:2] for d in seeded["devices"]]))
+    metrics, port = free_port(), free_port()
+
+    def node(k: int) -> servers.Server:
+        return servers.gateway(f"capacity-{label}-{k}", data, "--metrics", f"tcp:{metrics}:interface=127.0.0.1",
+                               "--max-instance-sessions", str(n + 100), *args.gateway_args.split(), keep=True,
+                               listen=f"tcp:{port}:interface=127.0.0.1:backlog=4096")
+
+    gw = node(1)
+    clients: list[Proc] = []
+    watch = None
+    out: dict = {"sessions": n, "jitter": jitter, "pbkdf2_floor_s": round(n * pbkdf2 / (os.cpu_count() or 1), 1)}
+    try:
+        log(f"[{label}] {n} devices log in, {RAMP} at a time")
+        login, clients = storm_once(gw, n, accounts, procs=2, concurrency=RAMP // 2, name=label,
+                                    extra=("--sources", str(SOURCES), "--keep-alive", str(KEEP_ALIVE), "--max-backoff",
+                                           str(MAX_BACKOFF), "--jitter", jitter, "--reconnect"), deadline=600)
+        out["logged_in"] = login["accepted"]
+        watch = QueueWatch(metrics)
+        t_stop = time.monotonic()
+        gw.proc.kill()
+        gw = node(2)
+        t_up = time.monotonic()
+        log(f"[{label}] node killed and started again in {t_up - t_stop:.1f} s; waiting for the devices")
+        while True:
+            report = merged(ask(clients, t_stop))
+            if report["back_since"] >= out["logged_in"] or time.monotonic() - t_stop > args.storm_deadline:
                 break
+            time.sleep(2.0)
+        t_end = t_stop + (report["last_back_s"] or 0.0)
+        before = {k: v for k, v in login["connack_codes"].items()}
+        codes = {k: v - before.get(k, 0) for k, v in report["connack_codes"].items() if v - before.get(k, 0)}
+        out.update({"restart_s": round(t_up - t_stop, 2), "back": report["back_since"],
+                    "all_back_s": report["last_back_s"] if report["back_since"] >= out["logged_in"] else None,
+                    "back_by_10s": list(itertools.accumulate(report["back_by_10s"])),
+                    "attempts": report["attempts"], "connack_codes": codes,  # attempts restart at 0 on a drop
+                    **watch.idle(t_up, max(t_end, t_up), os.cpu_count() or 1)})
+        log(f"[{label}]   {out}")
+    finally:
+        if watch is not None:
+            watch.stop()
+        for c in clients:
+            release_sessions(c)
+        gw.stop()
     return out
 
 
 def connector_restart(args) -> dict:
-    """Scenario 2: one company of N devices, each with an end-to-end session
-    (:mod:`bench.e2e_sessions`); its connector is killed (-9) and started
-    again, then stopped with SIGTERM (drain) and started again. Each time:
-    until every device has a new session, with the RSS peaks of the gateway,
-    the connector and the clients."""
+    """Scenario 2: one company of N devices on one node."""
     n = args.sessions
     data = VAR / "capacity-restart"
     if data.exists():
@@ -253,38 +323,98 @@ def connector_restart(args) -> dict:
     seeded = seed_gateway(str(data / "gateway"), [n])
     gw = servers.gateway("capacity-restart-gateway", data / "gateway", "--max-instance-sessions", str(n + 100),
                          keep=True, listen="tcp:0:interface=127.0.0.1:backlog=4096")
-    url = f"http://127.0.0.1:{gw.port}"
+    try:
+        return restart_company_connector("restart", [gw], seeded, data)
+    finally:
+        gw.stop()
+
+
+def two_nodes_connector_restart(args) -> dict:
+    """Scenario 4: the same company on two nodes sharing PostgreSQL and
+    Redis (the private instances the tests start), half of its devices on
+    each, its connector on the first."""
+    from linchpin_common.testing_services import PostgreSQL, Redis
+
+    n = args.sessions
+    data = VAR / "capacity-two-nodes"
+    if data.exists():
+        shutil.rmtree(data)
+    data.mkdir(parents=True)
+    pg, redis = PostgreSQL(), Redis()
+    nodes: list[servers.Server] = []
+    try:
+        store, bus = pg.url(pg.create_database()), redis.url()
+        for k in ("a", "b"):  # the first makes the schema the seed writes into
+            nodes.append(servers.gateway(f"capacity-two-nodes-{k}", data / f"node-{k}", "--store", store, "--bus",
+                                         bus, "--max-instance-sessions", str(n + 100),
+                                         listen="tcp:0:interface=127.0.0.1:backlog=4096"))
+            nodes[-1].proc.wait_for(r"bus up")
+        seeded = seed_gateway_postgres(store, [n])
+        out = restart_company_connector("two-nodes", nodes, seeded, data)
+        out["postgresql_rss_kib"], out["redis_rss_kib"] = pg_rss(pg), rss_kib(redis.proc.pid)
+        return out
+    finally:
+        for node in nodes:
+            node.stop()
+        redis.destroy()
+        pg.destroy()
+
+
+def pg_rss(pg) -> int:
+    """RSS of the PostgreSQL server's processes, in KiB."""
+    total = 0
+    for pid in [pg.proc.pid] + [int(p) for p in os.listdir("/proc") if p.isdigit()]:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rpartition(")")[2].split()
+            if pid == pg.proc.pid or int(fields[1]) == pg.proc.pid:  # the postmaster and its children
+                total += rss_kib(pid)
+        except (OSError, IndexError, ValueError):
+            continue
+    return total
+
+
+def restart_company_connector(label: str, gateways: list[servers.Server], seeded: dict, data) -> dict:
+    """One company of N devices, each with an end-to-end session
+    (:mod:`bench.e2e_sessions`, the devices spread over ``gateways``, its
+    connector on the first): the connector is killed (-9) and started again,
+    then stopped with SIGTERM (drain) and started again. Each time: until
+    every device has a new session, with the RSS peaks of the gateways, the
+    connector and the clients."""
+    n = len(seeded["devices"])
+    url = f"http://127.0.0.1:{gateways[0].port}"
     key, secrets_hex = seed_connector(str(data / "connector"), url, seeded["instances"][0],
                                       [d[0] for d in seeded["devices"]])
-    accounts = VAR / "capacity-restart-devices.json"
+    accounts = VAR / f"capacity-{label}-devices.json"
     accounts.write_text(json.dumps([[d[0], d[1], secret] for d, secret in zip(seeded["devices"], secrets_hex)]))
     # A backend that answers: the connector's health check would drain it otherwise.
-    app = Proc("capacity-restart-app", [PYTHON, "-m", "linchpin_connector.sample_app", "--listen",
-                                        "tcp:0:interface=127.0.0.1"])
+    app = Proc(f"capacity-{label}-app", [PYTHON, "-m", "linchpin_connector.sample_app", "--listen",
+                                         "tcp:0:interface=127.0.0.1"])
     backend = "http://127.0.0.1:" + app.wait_for(r"listening on 127\.0\.0\.1:(\d+)").group(1)
     runs = 0
 
     def connector() -> Proc:
         nonlocal runs
         runs += 1
-        proc = Proc(f"capacity-restart-connector-{runs}",
+        proc = Proc(f"capacity-{label}-connector-{runs}",
                     [str(servers.BIN / "twistd"), "-n", "--pidfile=", "lmconnector", "--data-dir",
                      str(data / "connector"), "--backend", backend])
         proc.wait_for(r"connected to the gateway", timeout=60)
         return proc
 
-    out: dict = {"sessions": n}
+    out: dict = {"sessions": n, "nodes": len(gateways)}
     clients: list[Proc] = []
     conn = connector()
     try:
-        log(f"[restart] {n} devices log in and make their end-to-end sessions")
+        log(f"[{label}] {n} devices log in and make their end-to-end sessions")
         per = (n + 1) // 2
-        for i in range(2):
-            clients.append(Proc(f"capacity-restart-devices-{i}", [
-                PYTHON, "-m", "bench.e2e_sessions", "--target", "gw", "--port", str(gw.port), "--accounts",
-                str(accounts), "--first", str(i * per), "--count", str(min(per, n - i * per)), "--concurrency",
-                str(RAMP // 2), "--retry", "--hold", "--deadline", "600", "--sources", str(SOURCES), "--keep-alive",
-                str(KEEP_ALIVE), "--max-backoff", str(MAX_BACKOFF), "--connector-key", key], stdin=subprocess.PIPE))
+        for i in range(2):  # client i on gateway i (mod how many there are)
+            clients.append(Proc(f"capacity-{label}-devices-{i}", [
+                PYTHON, "-m", "bench.e2e_sessions", "--target", "gw", "--port", str(gateways[i % len(gateways)].port),
+                "--accounts", str(accounts), "--first", str(i * per), "--count", str(min(per, n - i * per)),
+                "--concurrency", str(RAMP // 2), "--retry", "--hold", "--deadline", "600", "--sources", str(SOURCES),
+                "--keep-alive", str(KEEP_ALIVE), "--max-backoff", str(MAX_BACKOFF), "--connector-key", key],
+                stdin=subprocess.PIPE))
         logins = [json.loads(c.wait_for(r"READY (.*)", timeout=660).group(1)) for c in clients]
         out["logged_in"] = sum(s["ready"] for s in logins)
         t = time.monotonic()
@@ -292,11 +422,10 @@ def connector_restart(args) -> dict:
                 and time.monotonic() - t < RESTART_DEADLINE:
             time.sleep(1.0)
         out["sessions_before"] = now["with_session"]
-        log(f"[restart]   {out['logged_in']} logged in, {now['with_session']} with a session")
+        log(f"[{label}]   {out['logged_in']} logged in, {now['with_session']} with a session")
         for how in ("kill", "term"):
-            pids = [gw.pid] + [c.pid for c in clients]
-            peaks = {"gateway": rss_kib(gw.pid), "connector": rss_kib(conn.pid),
-                     "clients": sum(rss_kib(c.pid) for c in clients)}
+            peaks = {f"gateway-{k}": rss_kib(g.pid) for k, g in enumerate(gateways)}
+            peaks.update(connector=rss_kib(conn.pid), clients=sum(rss_kib(c.pid) for c in clients))
             t_stop = time.monotonic()
             if how == "kill":
                 conn.kill()
@@ -307,9 +436,10 @@ def connector_restart(args) -> dict:
             t_started = time.monotonic()
             while True:
                 report = merged(ask(clients, t_stop))
-                for name, pid in (("gateway", gw.pid), ("connector", conn.pid)):
-                    peaks[name] = max(peaks[name], rss_kib(pid))
-                peaks["clients"] = max(peaks["clients"], sum(rss_kib(p) for p in pids[1:]))
+                for k, g in enumerate(gateways):
+                    peaks[f"gateway-{k}"] = max(peaks[f"gateway-{k}"], rss_kib(g.pid))
+                peaks["connector"] = max(peaks["connector"], rss_kib(conn.pid))
+                peaks["clients"] = max(peaks["clients"], sum(rss_kib(c.pid) for c in clients))
                 if report["back_since"] >= out["logged_in"] or time.monotonic() - t_stop > RESTART_DEADLINE:
                     break
                 time.sleep(1.0)
@@ -321,13 +451,12 @@ def connector_restart(args) -> dict:
                       "rss_peak_kib": peaks, **{k: report[k] for k in ("hellos", "hello_again", "resets", "rejects",
                                                                       "offline", "moved", "closed_by_server")}}
             out[how] = result
-            log(f"[restart] {how}: {result}")
+            log(f"[{label}] {how}: {result}")
     finally:
         for c in clients:
             release_sessions(c)
         conn.stop()
         app.stop()
-        gw.stop()
     return out
 
 
@@ -355,9 +484,14 @@ def main(argv=None) -> int:
     p.add_argument("--sessions", type=int, default=10_000)
     p.add_argument("--idle-seconds", type=float, default=60.0)
     p.add_argument("--latency-seconds", type=float, default=20.0)
-    p.add_argument("--only", default="one,many,restart", help="one: one instance; many: instances of 10 devices; "
-                   "restart: a 10,000-device company's connector restarted; storm: all at once (not in the default)")
+    p.add_argument("--only", default="one,many,restart,node-spread,two-nodes",
+                   help="one: one instance; many: instances of 10 devices; restart: a 10,000-device company's "
+                   "connector restarted; two-nodes: the same with its devices on two nodes (PostgreSQL and "
+                   "Redis); node-spread: the node restarted, the clients' waits as today; "
+                   "node-stretch: the same with the waits they had before (not in the default); storm: all at "
+                   "once from cold (not in the default)")
     p.add_argument("--storm-deadline", type=float, default=300.0)
+    p.add_argument("--gateway-args", default="", help="more options of the restarted node (node-*), to try them")
     args = p.parse_args(argv)
     exit_on_signals()
     VAR.mkdir(parents=True, exist_ok=True)
@@ -375,8 +509,15 @@ def main(argv=None) -> int:
             results.append(scenario_one("many-instances", [10] * (args.sessions // 10), args, pbkdf2,
                                         latency=False))
         restart_result = None
-        if "restart" in args.only:
+        if "restart" in args.only.split(","):
             restart_result = connector_restart(args)
+        two_nodes_result = None
+        if "two-nodes" in args.only.split(","):
+            two_nodes_result = two_nodes_connector_restart(args)
+        node_restarts = []
+        for jitter in ("spread", "stretch"):
+            if f"node-{jitter}" in args.only.split(","):
+                node_restarts.append(gateway_restart(args, pbkdf2, jitter))
         storm_result = None
         if "storm" in args.only:
             try:
@@ -391,18 +532,26 @@ def main(argv=None) -> int:
         print(f"Storm: {storm_result['accepted']:,} of {args.sessions:,} accepted in {storm_result['all_accepted_s']} s "
               f"(floor {storm_result['pbkdf2_floor_s']} s), {storm_result['attempts']:,} attempts, pool idle "
               f"{storm_result['pool_idle_s']} s; accepted by each 10 s: {storm_result['accepted_by_10s']}")
-    if restart_result:
+    for result in (restart_result, two_nodes_result):
         for how in ("kill", "term"):
-            r = restart_result.get(how)
+            r = (result or {}).get(how)
             if r:
-                print(f"Connector restart ({how}): {r['back']:,} of {restart_result['logged_in']:,} devices with a new "
+                print(f"Connector restart, {result['nodes']} node(s) ({how}): {r['back']:,} of {result['logged_in']:,} "
+                      f"devices with a new "
                       f"session, the last {r['all_back_s']} s after the stop (half by {r['p50_back_s']} s, 90 % by "
                       f"{r['p90_back_s']} s; the "
                       f"connector stopped in {r['stop_s']} s and was connected again at {r['started_s']} s); "
                       f"HELLOs {r['hellos']:,}, sent again {r['hello_again']:,}, RESETs {r['resets']:,}, sessions "
                       f"closed by the gateway {r['closed_by_server']}; RSS peaks {r['rss_peak_kib']} KiB")
+    for r in node_restarts:
+        print(f"Node restart ({r['jitter']} waits): {r['back']:,} of {r['logged_in']:,} back, the last "
+              f"{r['all_back_s']} s after the kill (PBKDF2 floor {r['pbkdf2_floor_s']} s; node up again at "
+              f"{r['restart_s']} s), {r['attempts']:,} attempts, CONNACKs {r['connack_codes']}, PBKDF2 pool idle "
+              f"{r['pool_idle_s']} s of {r['watched_s']} s; back by each 10 s: {r['back_by_10s']}")
     (VAR / "capacity.json").write_text(json.dumps({"environment": env, "pbkdf2_s": pbkdf2, "results": results,
-                                                   "storm": storm_result, "restart": restart_result}, indent=1))
+                                                   "storm": storm_result, "restart": restart_result,
+                                                   "two_nodes": two_nodes_result,
+                                                   "node_restarts": node_restarts}, indent=1))
     return 0
 
 

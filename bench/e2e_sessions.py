@@ -27,9 +27,6 @@ from __future__ import annotations
 
 import heapq
 import json
-import selectors
-import sys
-import time
 
 from linchpin_common.contract import e2e, messages, topics, wire
 
@@ -142,7 +139,8 @@ class E2ERunner(sessions.Runner):
                 elif packet.topic == topics.down_topic(s.user):
                     self.down(s, packet.payload, now)
 
-    def hellos_again(self, now: float) -> None:
+    def tick(self, now: float) -> None:
+        """HELLOs without answer for --hello-timeout seconds go again."""
         due = self.hello_due
         while due and due[0][0] <= now:
             _, i = heapq.heappop(due)
@@ -168,30 +166,6 @@ class E2ERunner(sessions.Runner):
                 "back_by_second": by_second,
                 "closed_by_server": self.closed_after_ready, **self.counts}
 
-    def hold(self) -> dict:
-        self.sel.register(sys.stdin, selectors.EVENT_READ, None)
-        while True:
-            now = time.monotonic()
-            self.hellos_again(now)
-            following = self.ping(now)
-            timeout = 1.0 if following is None else min(1.0, max(0.0, following - now))
-            stop = False
-            for key, mask in self.sel.select(timeout):
-                if key.data is None:
-                    words = sys.stdin.readline().split()
-                    if words[:1] == ["report"]:
-                        print("REPORT " + json.dumps(self.report(float(words[1]) if len(words) > 1 else 0.0)),
-                              flush=True)
-                    else:
-                        stop = True
-                elif key.data.sock is not None:
-                    if mask & selectors.EVENT_WRITE:
-                        self.flush(key.data)
-                    if mask & selectors.EVENT_READ:
-                        self.on_readable(key.data, time.monotonic())
-            if stop:
-                return {"pings": self.pings, "closed_by_server": self.closed_after_ready}
-
 
 def main(argv=None) -> None:
     p = sessions.arguments("devices keeping an end-to-end session (see module docstring)")
@@ -203,7 +177,7 @@ def main(argv=None) -> None:
         accounts = json.load(f)[args.first:args.first + args.count]
     runner = E2ERunner(args, accounts)
     print("READY " + json.dumps(runner.run()), flush=True)
-    held = runner.hold()
+    held = runner.hold()  # sessions.Runner.hold, reporting with E2ERunner.report
     runner.close_all()
     print("CLOSED " + json.dumps(held), flush=True)
 

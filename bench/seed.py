@@ -20,33 +20,56 @@ from linchpin_gateway.hashing import hash_password
 from linchpin_gateway.store import open_database
 
 
-def seed_gateway(data_dir: str, sizes: list[int]) -> dict:
-    """An instance for each of ``sizes``, with that many devices:
-    ``{"instances": [[id, password]], "devices": [[device_id, password, instance_index]]}``."""
+def _accounts(sizes: list[int]) -> tuple[dict, list, list]:
+    """The accounts of :func:`seed_gateway` and the rows that hold them:
+    (accounts, instance rows, device rows)."""
     instance_password = secrets.token_urlsafe(16)
     device_password = secrets.token_urlsafe(16)
     instance_hash = hash_password(instance_password)
     device_hash = hash_password(device_password)
     now = int(time.time())
     out: dict = {"instances": [], "devices": []}
+    instances, devices = [], []
+    for k, size in enumerate(sizes):
+        instance_id = secrets.token_hex(16)
+        instances.append((instance_id, instance_hash, now))
+        out["instances"].append([instance_id, instance_password])
+        for _ in range(size):
+            device_id = secrets.token_hex(16)
+            devices.append((device_id, instance_id, device_hash, now))
+            out["devices"].append([device_id, device_password, k])
+    return out, instances, devices
+
+
+_INSERT_INSTANCE = "INSERT INTO instances (instance_id, password_hash, created_at) VALUES (?, ?, ?)"
+_INSERT_DEVICE = ("INSERT INTO devices (device_id, instance_id, state, password_hash, created_at) "
+                  "VALUES (?, ?, 'active', ?, ?)")
+
+
+def seed_gateway(data_dir: str, sizes: list[int]) -> dict:
+    """An instance for each of ``sizes``, with that many devices:
+    ``{"instances": [[id, password]], "devices": [[device_id, password, instance_index]]}``."""
+    out, instances, devices = _accounts(sizes)
     conn = open_database(data_dir)
     try:
         conn.execute("BEGIN")
-        for k, size in enumerate(sizes):
-            instance_id = secrets.token_hex(16)
-            conn.execute("INSERT INTO instances (instance_id, password_hash, created_at) VALUES (?, ?, ?)",
-                         (instance_id, instance_hash, now))
-            out["instances"].append([instance_id, instance_password])
-            rows = []
-            for _ in range(size):
-                device_id = secrets.token_hex(16)
-                rows.append((device_id, instance_id, device_hash, now))
-                out["devices"].append([device_id, device_password, k])
-            conn.executemany("INSERT INTO devices (device_id, instance_id, state, password_hash, created_at) "
-                             "VALUES (?, ?, 'active', ?, ?)", rows)
+        conn.executemany(_INSERT_INSTANCE, instances)
+        conn.executemany(_INSERT_DEVICE, devices)
         conn.execute("COMMIT")
     finally:
         conn.close()
+    return out
+
+
+def seed_gateway_postgres(url: str, sizes: list[int]) -> dict:
+    """:func:`seed_gateway` for nodes sharing a PostgreSQL store (its schema
+    made by a node that started on it)."""
+    import psycopg
+
+    out, instances, devices = _accounts(sizes)
+    with psycopg.connect(url) as conn, conn.cursor() as cur:
+        cur.executemany(_INSERT_INSTANCE.replace("?", "%s"), instances)
+        cur.executemany(_INSERT_DEVICE.replace("?", "%s"), devices)
     return out
 
 

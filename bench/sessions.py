@@ -14,9 +14,11 @@ id ``bench-<id>``), ``bare`` stops after the handshake (path /device).
 ramp, for the memory figure); 0 opens all of them at once (the storm), at
 --start-at (a ``time.monotonic()`` value shared by several processes).
 --retry: a CONNACK other than 0, a refused or dropped connection is retried
-after 1 s doubling, plus up to 20 % jitter, at most --max-backoff seconds
-(default 8; the device library, the app and the connector use 60), until
---deadline.
+after a window of 1 s doubling to --max-backoff seconds (default 8; the app
+and the connector use 60), until --deadline; --jitter spread (the default)
+draws each wait between a tenth of the window and all of it, as the app and
+the connector do (gateway_client.backoff); stretch waits the window plus up
+to 20 %, as they did before.
 
 --sources N spreads the sessions over N loopback source addresses
 (127.1.x.y), as phones come from many: the gateway's limits per address
@@ -43,6 +45,7 @@ import sys
 import time
 
 from linchpin_common.contract import wire
+from linchpin_common.gateway_client import backoff
 
 from . import ws
 from .procs import raise_nofile
@@ -52,7 +55,7 @@ CONNECTING, HANDSHAKE, MQTT, READY, WAITING, FAILED = range(6)
 
 class Session:
     __slots__ = ("i", "user", "password", "state", "sock", "buf", "out", "parser", "t_start",
-                 "t_first_connack", "first_code", "t_accepted", "t_ready", "attempts", "codes",
+                 "t_first_connack", "first_code", "t_accepted", "t_ready", "readies", "attempts", "codes",
                  "got_suback", "got_status", "connack_ok", "retry_at", "errors")
 
     def __init__(self, i, user, password):
@@ -61,6 +64,7 @@ class Session:
         self.sock = None
         self.t_first_connack = self.first_code = self.t_accepted = self.t_ready = None
         self.attempts = 0
+        self.readies = 0  # times it became ready (with --reconnect, more than once)
         self.codes: list = []
         self.errors: list = []
         self.retry_at = 0.0
@@ -77,7 +81,7 @@ class Runner:
         self.done = 0
         self.key = ws.new_key()
         self.t0 = None
-        self.pings_due: list[tuple[float, int]] = []  # (when, session index), a heap
+        self.pings_due: list[tuple[float, int, int]] = []  # (when, session index, its readies), a heap
         self.ping_frame = ws.client_frame(wire.encode(wire.Pingreq()), self.key)
         self.pings = 0
         self.closed_after_ready = 0
@@ -221,34 +225,50 @@ class Runner:
         s.state = READY
         s.t_ready = now - self.t0
         self.opening -= 1
-        self.done += 1
+        s.readies += 1
+        if s.readies == 1:
+            self.done += 1
         self.sel.modify(s.sock, selectors.EVENT_READ, s)
-        heapq.heappush(self.pings_due, (now + self.args.keep_alive, s.i))
+        heapq.heappush(self.pings_due, (now + self.args.keep_alive, s.i, s.readies))
 
     def dropped(self, s: Session) -> None:
-        """A ready session the server closed: counted, not reopened."""
+        """A ready session the server closed: counted; with --reconnect
+        opened again after the clients' first wait, as a client does."""
         self.sel.unregister(s.sock)
         s.sock.close()
         s.sock = None
-        s.state = FAILED
         s.errors.append("closed by the server after ready")
         self.closed_after_ready += 1
+        if self.args.reconnect:
+            s.state = WAITING
+            s.attempts = 0  # a client's failures start again after a session
+            s.retry_at = time.monotonic() + self.wait(0)
+            self.retrying.append(s)
+        else:
+            s.state = FAILED
+
+    def wait(self, failures: int) -> float:
+        """Seconds a client waits after ``failures`` failed attempts in a row."""
+        if self.args.jitter == "spread":  # as the clients wait (gateway_client.backoff)
+            return backoff(failures, random.random(), 1.0, self.args.max_backoff)
+        # "stretch": as they waited before, the window stretched by up to 20 %
+        return min(self.args.max_backoff, 2 ** failures * (1 + 0.2 * random.random()))
 
     def ping(self, now: float) -> float | None:
         """Send the PINGREQs due (every --keep-alive seconds from each
         session's CONNACK, as a client must); the time of the next one."""
         due = self.pings_due
         while due and due[0][0] <= now:
-            at, i = heapq.heappop(due)
+            at, i, readies = heapq.heappop(due)
             s = self.sessions[i]
-            if s.state != READY or s.sock is None:
-                continue
+            if s.state != READY or s.sock is None or s.readies != readies:
+                continue  # closed, or opened again since: that session has its own
             try:
                 s.sock.send(self.ping_frame)
                 self.pings += 1
             except OSError:
                 pass
-            heapq.heappush(due, (at + self.args.keep_alive, i))
+            heapq.heappush(due, (at + self.args.keep_alive, i, readies))
         return due[0][0] if due else None
 
     def fail(self, s: Session, why: str, now: float, final: bool = False) -> None:
@@ -262,8 +282,7 @@ class Runner:
         self.opening -= 1
         s.errors.append(why)
         if self.args.retry and not final:
-            delay = min(self.args.max_backoff, 2 ** (s.attempts - 1) * (1 + 0.2 * random.random()))
-            s.retry_at = now + delay
+            s.retry_at = now + self.wait(s.attempts - 1)
             s.state = WAITING
             self.retrying.append(s)
         else:
@@ -281,28 +300,41 @@ class Runner:
         self.t0 = time.monotonic()
         deadline = self.t0 + args.deadline
         total = len(self.sessions)
-        limit = args.concurrency or total
-        while self.done < total:
-            now = time.monotonic()
-            if now > deadline:
-                break
-            while self.waiting and self.opening < limit:
-                self.start(self.waiting.pop(), now)
-            if self.retrying:
-                due = [s for s in self.retrying if s.retry_at <= now]
-                if due:
-                    self.retrying = [s for s in self.retrying if s.retry_at > now]
-                    for s in due:
-                        self.start(s, now)
-            self.ping(now)
-            for key, mask in self.sel.select(0.05):
-                s = key.data
-                now = time.monotonic()
-                if mask & selectors.EVENT_WRITE and s.sock is not None:
-                    self.on_writable(s, now)
-                if mask & selectors.EVENT_READ and s.sock is not None:
-                    self.on_readable(s, now)
+        self.limit = args.concurrency or total
+        while self.done < total and time.monotonic() <= deadline:
+            self.step(0.05)
         return self.summary()
+
+    def step(self, timeout: float) -> bool:
+        """One turn of the loop: open what may open, send the PINGREQs due,
+        handle what the sockets have. True if stdin has a line (once it is
+        registered, by :meth:`hold`)."""
+        now = time.monotonic()
+        while self.waiting and self.opening < self.limit:
+            self.start(self.waiting.pop(), now)
+        if self.retrying:
+            due = [s for s in self.retrying if s.retry_at <= now]
+            if due:
+                self.retrying = [s for s in self.retrying if s.retry_at > now]
+                for s in due:
+                    self.start(s, now)
+        self.ping(now)
+        self.tick(now)
+        line = False
+        for key, mask in self.sel.select(timeout):
+            s = key.data
+            if s is None:
+                line = True
+                continue
+            now = time.monotonic()
+            if mask & selectors.EVENT_WRITE and s.sock is not None:
+                self.on_writable(s, now)
+            if mask & selectors.EVENT_READ and s.sock is not None:
+                self.on_readable(s, now)
+        return line
+
+    def tick(self, now: float) -> None:
+        """Called each turn of the loop (bench.e2e_sessions sends HELLOs again)."""
 
     def summary(self) -> dict:
         ss = self.sessions
@@ -333,20 +365,36 @@ class Runner:
 
     def hold(self) -> dict:
         """Keep the ready sessions open, each still pinging every
-        --keep-alive seconds, until a line (or EOF) on stdin."""
+        --keep-alive seconds (and, with --reconnect, opening again those the
+        server closed), until a line on stdin other than ``report T`` (or
+        EOF). ``report T`` prints ``REPORT {json}`` (:meth:`report`)."""
         self.sel.register(sys.stdin, selectors.EVENT_READ, None)
         while True:
-            following = self.ping(time.monotonic())
-            timeout = None if following is None else max(0.0, following - time.monotonic())
-            stop = False
-            for key, _ in self.sel.select(timeout):
-                if key.data is None:
-                    stop = True
-                else:
-                    self.on_readable(key.data, time.monotonic())
-            if stop:
-                break
+            if self.step(0.05 if self.retrying or self.opening else 1.0):
+                words = sys.stdin.readline().split()
+                if words[:1] != ["report"]:
+                    break
+                print("REPORT " + json.dumps(self.report(float(words[1]) if len(words) > 1 else 0.0)), flush=True)
         return {"pings": self.pings, "closed_by_server": self.closed_after_ready}
+
+    def report(self, since: float) -> dict:
+        """The sessions ready now, and those that became ready after
+        ``since`` (a ``time.monotonic()`` value of the caller's, on the same
+        machine): how many, the last, how many by each 10 s."""
+        back = sorted(self.t0 + s.t_ready - since for s in self.sessions
+                      if s.state == READY and self.t0 + s.t_ready > since)
+        by_10s = [0] * (int(back[-1] // 10) + 1 if back else 0)
+        for t in back:
+            by_10s[int(t // 10)] += 1
+        codes: dict[str, int] = {}
+        for s in self.sessions:
+            for c in s.codes:
+                codes[str(c)] = codes.get(str(c), 0) + 1
+        return {"ready": sum(1 for s in self.sessions if s.state == READY), "back_since": len(back),
+                "last_back_s": round(back[-1], 2) if back else None, "back_by_10s": by_10s,
+                "attempts": sum(s.attempts for s in self.sessions), "connack_codes": codes,
+                "closed_by_server": self.closed_after_ready, "errors": _count(e for s in self.sessions
+                                                                               for e in s.errors)}
 
     def close_all(self) -> None:
         for s in self.sessions:
@@ -383,6 +431,8 @@ def arguments(description: str) -> argparse.ArgumentParser:
     p.add_argument("--sources", type=int, default=1)
     p.add_argument("--keep-alive", type=int, default=300)
     p.add_argument("--max-backoff", type=float, default=8.0)
+    p.add_argument("--jitter", choices=["spread", "stretch"], default="spread")
+    p.add_argument("--reconnect", action="store_true", help="open again a ready session the server closed")
     return p
 
 

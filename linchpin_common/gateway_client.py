@@ -200,12 +200,27 @@ class GatewayAPI:
         return await self._call("POST", "/api/v1/devices/setup", {"device_setup_key": setup_key}, auth=False)
 
 
+def backoff(failures: int, draw: float, first: float = 1.0, cap: float = 60.0) -> float:
+    """Seconds to wait after ``failures`` failed attempts in a row: the
+    window doubles from ``first`` to ``cap``, and ``draw`` (uniform in
+    [0, 1)) places the wait between a tenth of the window and all of it.
+
+    A fixed window stretched by a little jitter brings back together the
+    clients that were turned away together: a node restarting with 10,000
+    sessions saw them return in waves 30-40 s apart, its PBKDF2 pool idle
+    in between (docs/benchmarks.md, "The storm"). Spread over the window,
+    they arrive at an even rate the node can take."""
+    window = min(cap, first * 2 ** min(failures, 32))
+    return window * (0.1 + 0.9 * draw)
+
+
 class GatewayLink(service.Service):
     """One MQTT session to the gateway, reopened for ever with backoff.
 
-    Backoff starts at 1 s and doubles up to 60 s, each wait stretched by up
-    to 20 % of random jitter (never past 60 s) so a fleet does not reconnect
-    in lock-step.
+    Backoff starts at 1 s and doubles up to 60 s; each wait is drawn at
+    random between a tenth of that and all of it, so that a fleet turned
+    away at once (a gateway node restarting) comes back spread over the
+    whole window rather than in waves (:func:`backoff`).
     ``on_connected(client)`` runs (and may return a Deferred) each time a
     session is up and subscribed.
     """
@@ -239,8 +254,7 @@ class GatewayLink(service.Service):
         self._restarting = False
 
     def next_delay(self) -> float:
-        base = min(self.MAX_DELAY, self.MIN_DELAY * 2 ** self.failures)
-        return min(self.MAX_DELAY, base * (1 + 0.2 * self.rng()))
+        return backoff(self.failures, self.rng(), self.MIN_DELAY, self.MAX_DELAY)
 
     def startService(self):
         super().startService()

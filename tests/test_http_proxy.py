@@ -320,7 +320,7 @@ def test_the_daemon_keeps_retrying_with_its_backoff_after_a_proxy_error():
         attempts.append(kw["proxy"])
         return defer.fail(ProxyAuthRequired("proxy p:1 requires authentication (407; no credentials given)"))
 
-    link = GatewayLink(clock, "https://gw", "u", "p", [], on_message=None, rng=lambda: 0.0, connect=connect,
+    link = GatewayLink(clock, "https://gw", "u", "p", [], on_message=None, rng=lambda: 1.0, connect=connect,
                        proxy=ProxyConfig(BOTH, BOTH))
     link.startService()
     for delay in (1, 2, 4):

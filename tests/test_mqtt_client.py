@@ -140,22 +140,30 @@ def test_link_backoff_doubles_to_60_with_jitter_and_resets():
         (call,) = clock.getDelayedCalls()
         delays.append(call.getTime() - clock.seconds())
         clock.advance(delays[-1])
-    assert delays == pytest.approx([1.2, 2.4, 4.8, 9.6, 19.2, 38.4, 60, 60, 60])
+    assert delays == pytest.approx([1, 2, 4, 8, 16, 32, 60, 60, 60])  # the window, drawn at its top
     client = FakeClient()
     connect.attempts[-1].callback(client)
     assert connected == [client] and client.subscribed == [[("devices/+/up", 0)]]
     assert link.failures == 0
     client.closed.callback("gateway restarted")
     (call,) = clock.getDelayedCalls()
-    assert call.getTime() - clock.seconds() == pytest.approx(1.2)  # back to the start
+    assert call.getTime() - clock.seconds() == pytest.approx(1)  # back to the start
     link.stopService()
     assert clock.getDelayedCalls() == []
 
 
-def test_link_jitter_is_bounded():
+def test_link_waits_are_spread_over_the_whole_window():
+    """A fleet turned away together comes back spread over the window (a
+    tenth of it to all of it), not bunched near its top."""
     link = GatewayLink(Clock(), "http://gw", "u", "p", [], on_message=None, rng=lambda: 0.0)
     link.failures = 10
-    assert link.next_delay() == 60
+    assert link.next_delay() == pytest.approx(6)  # the lowest of the 60 s window
+    link.rng = lambda: 0.5
+    assert link.next_delay() == pytest.approx(33)
+    link.failures = 0
+    assert link.next_delay() == pytest.approx(0.55)
+    link.failures = 10_000  # no overflow, the window stays 60 s
+    assert link.next_delay() == pytest.approx(33)
 
 
 class _Answer(Resource):

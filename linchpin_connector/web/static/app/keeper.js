@@ -102,7 +102,9 @@ export class Keeper {
   }
 
   _again() {
-    const delay = Math.min(MAX_DELAY, MIN_DELAY * 2 ** this.failures) * (1 + 0.2 * Math.random());
+    // Anywhere from a tenth of the window to all of it (gateway_client.backoff): phones turned away
+    // together by a restarting gateway come back spread out, not in waves.
+    const delay = Math.min(MAX_DELAY, MIN_DELAY * 2 ** Math.min(this.failures, 32)) * (0.1 + 0.9 * Math.random());
     this.failures += 1;
     clearTimeout(this.retry);
     this.retry = setTimeout(() => this.ensure(), delay);
