@@ -1,11 +1,13 @@
-"""Capacity of one gateway node: ``python -m bench.capacity [--sessions N]``
-(``make bench-capacity``; not in CI; about 8 minutes on a 2-core machine at
-the default 10,000).
+"""Capacity of one gateway node: ``python -m bench.capacity [--sessions N]
+[--only ...]`` (``make bench-capacity``; not in CI). The default,
+``--only one,restart``, takes about 10 minutes on a 2-core machine at
+10,000 sessions; ``many``, ``two-nodes`` and ``node-spread,node-stretch``
+are runs of their own (about 4, 5 and 11 minutes).
 
-Scenario 1, ten thousand live device sessions on one node, run twice: with
-the N devices in one instance (one connector's company), then spread as
-1,000 instances of 10 (``--sessions`` / 10 instances; a hosted gateway).
-Each run:
+``one`` / ``many``: scenario 1, ten thousand live device sessions on one
+node, with the N devices in one instance (one connector's company), or
+spread as 1,000 instances of 10 (``--sessions`` / 10 instances; a hosted
+gateway). Each run:
 
 1. Seeds a fresh gateway store with the accounts (:mod:`bench.seed`, a
    bench-only fixture: rows written straight into SQLite, one password per
@@ -29,6 +31,19 @@ Each run:
    each sending a PINGREQ every 30 s (the default keep-alive of the device
    library and the app).
 6. Latency again, the N sessions idle: its p99 against step 2's.
+
+``restart``: scenarios 2 and 3 on one fleet. One company of N devices that
+keep an end-to-end session (:mod:`bench.e2e_sessions`; its connector's state
+seeded with them paired, :func:`bench.seed.seed_connector`) logs in; its
+connector is killed (-9) and started, then stopped with SIGTERM (a drain)
+and started: each time, until every device has a new session, with the RSS
+peaks of every process. Then the node is killed and started on its port:
+until every device is logged in again, the arrival curve and the PBKDF2
+pool's idle time. ``two-nodes`` (scenario 4) restarts the connector of
+such a company whose devices are spread over two nodes on PostgreSQL and
+Redis (:func:`bench.seed.seed_gateway_postgres`). ``node-spread`` and
+``node-stretch`` restart a node under idle sessions whose clients wait as
+the app and the connector do, and as they did before (the comparison).
 
 For 50,000 sessions on a bigger machine: ``ulimit -n`` above 55,000 for the
 gateway and the clients (this machine's limit is 20,000),
@@ -175,42 +190,6 @@ def scenario_one(label: str, sizes: list[int], args, pbkdf2: float, latency: boo
     return out
 
 
-def storm(args, pbkdf2: float) -> dict:
-    """All N devices at once from cold, retrying as the real clients do (1 s
-    doubling to 60 s, 20 % jitter): what a node restart looks like to the
-    node that comes back (scenario 3's arrival, without the restart)."""
-    n = args.sessions
-    data = VAR / "capacity-storm"
-    if data.exists():
-        shutil.rmtree(data)
-    seeded = seed_gateway(str(data), [n])
-    accounts = VAR / "capacity-storm-devices.json"
-    accounts.write_text(json.dumps([d[:2] for d in seeded["devices"]]))
-    metrics = free_port()
-    gw = servers.gateway("capacity-storm-gateway", data, "--metrics", f"tcp:{metrics}:interface=127.0.0.1",
-                         "--max-instance-sessions", str(n + 100), keep=True,
-                         listen="tcp:0:interface=127.0.0.1:backlog=4096")
-    watch = QueueWatch(metrics)
-    clients: list[Proc] = []
-    try:
-        log(f"[storm] {n} devices at once, from cold, the clients' back-off")
-        result, clients = storm_once(gw, n, accounts, procs=2, name="capacity-storm",
-                                     extra=("--sources", str(SOURCES), "--keep-alive", str(KEEP_ALIVE),
-                                            "--max-backoff", str(MAX_BACKOFF)), deadline=args.storm_deadline)
-        result["pbkdf2_floor_s"] = round(n * pbkdf2 / (os.cpu_count() or 1), 1)
-        result.update(watch.idle(result["start"], result["end"], os.cpu_count() or 1))
-        # the arrival curve: sessions accepted by each 10 s
-        accepted = result.pop("accepted_times", None) or []
-        result["accepted_by_10s"] = [sum(1 for t in accepted if t < edge) for edge in range(10, 10 * 60, 10)]
-        log(f"[storm]   {result}")
-    finally:
-        for c in clients:
-            release_sessions(c)
-        watch.stop()
-        gw.stop()
-    return result
-
-
 RESTART_DEADLINE = 120.0  # seconds the devices get to come back after the connector stopped
 
 
@@ -228,6 +207,8 @@ def merged(reports: list[dict]) -> dict:
     last."""
     out: dict = {}
     for key, value in reports[0].items():
+        if key == "mqtt":
+            continue  # an e2e client's sessions.Runner report: merged on its own
         values = [r[key] for r in reports]
         if key.startswith("back_by_"):
             width = max(len(v) for v in values)
@@ -253,80 +234,107 @@ def merged(reports: list[dict]) -> dict:
     return out
 
 
+def restarting_node(label: str, data, n: int, extra=()):
+    """``(start, metrics port)``: ``start(k)`` runs the ``k``-th
+    ``twistd lmgateway`` of one node, always on the same port (its devices
+    come back where they were)."""
+    metrics, port = free_port(), free_port()
+
+    def start(k: int) -> servers.Server:
+        return servers.gateway(f"capacity-{label}-gateway-{k}", data, "--metrics", f"tcp:{metrics}:interface=127.0.0.1",
+                               "--max-instance-sessions", str(n + 100), *extra, keep=True,
+                               listen=f"tcp:{port}:interface=127.0.0.1:backlog=4096")
+
+    return start, metrics
+
+
+def node_restart(label: str, clients: list[Proc], restart, watch: QueueWatch, logged_in: int, codes_before: dict,
+                 deadline: float) -> dict:
+    """Scenario 3: ``restart()`` kills the node (-9) and starts it again;
+    the clients reconnect as the app and the connector do. Until every
+    device is back: the arrival curve, and how long the PBKDF2 pool had an
+    idle thread while devices waited."""
+    t_stop = time.monotonic()
+    restart()
+    t_up = time.monotonic()
+    log(f"[{label}] node killed and started again in {t_up - t_stop:.1f} s; waiting for the devices")
+    while True:
+        report = merged([r.get("mqtt", r) for r in ask(clients, t_stop)])
+        if report["back_since"] >= logged_in or time.monotonic() - t_stop > deadline:
+            break
+        time.sleep(2.0)
+    t_end = t_stop + (report["last_back_s"] or 0.0)
+    codes = {k: v - codes_before.get(k, 0) for k, v in report["connack_codes"].items() if v - codes_before.get(k, 0)}
+    out = {"restart_s": round(t_up - t_stop, 2), "back": report["back_since"], "logged_in": logged_in,
+           "all_back_s": report["last_back_s"] if report["back_since"] >= logged_in else None,
+           "back_by_10s": list(itertools.accumulate(report["back_by_10s"])),
+           "attempts": report["attempts"], "connack_codes": codes,  # attempts start again at 0 on a drop
+           **watch.idle(t_up, max(t_end, t_up), os.cpu_count() or 1)}
+    log(f"[{label}]   {out}")
+    return out
+
+
 def gateway_restart(args, pbkdf2: float, jitter: str) -> dict:
-    """Scenario 3: N sessions on a node (logged in 128 at a time), the node
-    killed (-9) and started again on the same port; the clients reconnect
-    as the app and the connector do (``jitter``: ``spread``, their wait
-    today; ``stretch``, the 20 % they had before, for the comparison).
-    Until every device is back: the arrival curve, and how long the PBKDF2
-    pool had an idle thread while devices waited."""
+    """Scenario 3 alone, with idle sessions (:mod:`bench.sessions`) waiting
+    as the clients do (``jitter``: ``spread``) or as they did before
+    (``stretch``), for the comparison."""
     n = args.sessions
-    label = f"gateway-restart-{jitter}"
+    label = f"node-{jitter}"
     data = VAR / f"capacity-{label}"
     if data.exists():
         shutil.rmtree(data)
     seeded = seed_gateway(str(data), [n])
     accounts = VAR / f"capacity-{label}-devices.json"
     accounts.write_text(json.dumps([d[:2] for d in seeded["devices"]]))
-    metrics, port = free_port(), free_port()
-
-    def node(k: int) -> servers.Server:
-        return servers.gateway(f"capacity-{label}-{k}", data, "--metrics", f"tcp:{metrics}:interface=127.0.0.1",
-                               "--max-instance-sessions", str(n + 100), *args.gateway_args.split(), keep=True,
-                               listen=f"tcp:{port}:interface=127.0.0.1:backlog=4096")
-
-    gw = node(1)
+    start, metrics = restarting_node(label, data, n, args.gateway_args.split())
+    gws = [start(1)]
     clients: list[Proc] = []
-    watch = None
-    out: dict = {"sessions": n, "jitter": jitter, "pbkdf2_floor_s": round(n * pbkdf2 / (os.cpu_count() or 1), 1)}
+    watch = QueueWatch(metrics)
+
+    def restart():
+        gws[0].proc.kill()
+        gws[0] = start(2)
+
     try:
         log(f"[{label}] {n} devices log in, {RAMP} at a time")
-        login, clients = storm_once(gw, n, accounts, procs=2, concurrency=RAMP // 2, name=label,
+        login, clients = storm_once(gws[0], n, accounts, procs=2, concurrency=RAMP // 2, name=label,
                                     extra=("--sources", str(SOURCES), "--keep-alive", str(KEEP_ALIVE), "--max-backoff",
                                            str(MAX_BACKOFF), "--jitter", jitter, "--reconnect"), deadline=600)
-        out["logged_in"] = login["accepted"]
-        watch = QueueWatch(metrics)
-        t_stop = time.monotonic()
-        gw.proc.kill()
-        gw = node(2)
-        t_up = time.monotonic()
-        log(f"[{label}] node killed and started again in {t_up - t_stop:.1f} s; waiting for the devices")
-        while True:
-            report = merged(ask(clients, t_stop))
-            if report["back_since"] >= out["logged_in"] or time.monotonic() - t_stop > args.storm_deadline:
-                break
-            time.sleep(2.0)
-        t_end = t_stop + (report["last_back_s"] or 0.0)
-        before = {k: v for k, v in login["connack_codes"].items()}
-        codes = {k: v - before.get(k, 0) for k, v in report["connack_codes"].items() if v - before.get(k, 0)}
-        out.update({"restart_s": round(t_up - t_stop, 2), "back": report["back_since"],
-                    "all_back_s": report["last_back_s"] if report["back_since"] >= out["logged_in"] else None,
-                    "back_by_10s": list(itertools.accumulate(report["back_by_10s"])),
-                    "attempts": report["attempts"], "connack_codes": codes,  # attempts restart at 0 on a drop
-                    **watch.idle(t_up, max(t_end, t_up), os.cpu_count() or 1)})
-        log(f"[{label}]   {out}")
+        out = node_restart(label, clients, restart, watch, login["accepted"], login["connack_codes"],
+                           args.storm_deadline)
+        out.update(sessions=n, jitter=jitter, pbkdf2_floor_s=round(n * pbkdf2 / (os.cpu_count() or 1), 1))
     finally:
-        if watch is not None:
-            watch.stop()
+        watch.stop()
         for c in clients:
             release_sessions(c)
-        gw.stop()
+        gws[0].stop()
     return out
 
 
-def connector_restart(args) -> dict:
-    """Scenario 2: one company of N devices on one node."""
+def connector_restart(args, pbkdf2: float) -> dict:
+    """Scenarios 2 and 3 on one fleet: one company of N devices on one node;
+    its connector restarted (-9, then SIGTERM), then the node."""
     n = args.sessions
     data = VAR / "capacity-restart"
     if data.exists():
         shutil.rmtree(data)
     seeded = seed_gateway(str(data / "gateway"), [n])
-    gw = servers.gateway("capacity-restart-gateway", data / "gateway", "--max-instance-sessions", str(n + 100),
-                         keep=True, listen="tcp:0:interface=127.0.0.1:backlog=4096")
+    start, metrics = restarting_node("restart", data / "gateway", n, args.gateway_args.split())
+    gws = [start(1)]
+    watch = QueueWatch(metrics)
+
+    def restart():
+        gws[0].proc.kill()
+        gws[0] = start(2)
+
     try:
-        return restart_company_connector("restart", [gw], seeded, data)
+        out = restart_company_connector("restart", gws, seeded, data, restart_node=restart, watch=watch,
+                                        deadline=args.storm_deadline)
+        out["node"]["pbkdf2_floor_s"] = round(n * pbkdf2 / (os.cpu_count() or 1), 1)
+        return out
     finally:
-        gw.stop()
+        watch.stop()
+        gws[0].stop()
 
 
 def two_nodes_connector_restart(args) -> dict:
@@ -374,13 +382,15 @@ def pg_rss(pg) -> int:
     return total
 
 
-def restart_company_connector(label: str, gateways: list[servers.Server], seeded: dict, data) -> dict:
+def restart_company_connector(label: str, gateways: list[servers.Server], seeded: dict, data, restart_node=None,
+                              watch: QueueWatch | None = None, deadline: float = 300.0) -> dict:
     """One company of N devices, each with an end-to-end session
     (:mod:`bench.e2e_sessions`, the devices spread over ``gateways``, its
     connector on the first): the connector is killed (-9) and started again,
     then stopped with SIGTERM (drain) and started again. Each time: until
     every device has a new session, with the RSS peaks of the gateways, the
-    connector and the clients."""
+    connector and the clients. Then, with ``restart_node``, the node
+    (:func:`node_restart`)."""
     n = len(seeded["devices"])
     url = f"http://127.0.0.1:{gateways[0].port}"
     key, secrets_hex = seed_connector(str(data / "connector"), url, seeded["instances"][0],
@@ -413,8 +423,8 @@ def restart_company_connector(label: str, gateways: list[servers.Server], seeded
                 PYTHON, "-m", "bench.e2e_sessions", "--target", "gw", "--port", str(gateways[i % len(gateways)].port),
                 "--accounts", str(accounts), "--first", str(i * per), "--count", str(min(per, n - i * per)),
                 "--concurrency", str(RAMP // 2), "--retry", "--hold", "--deadline", "600", "--sources", str(SOURCES),
-                "--keep-alive", str(KEEP_ALIVE), "--max-backoff", str(MAX_BACKOFF), "--connector-key", key],
-                stdin=subprocess.PIPE))
+                "--keep-alive", str(KEEP_ALIVE), "--max-backoff", str(MAX_BACKOFF), "--connector-key", key,
+                "--reconnect"], stdin=subprocess.PIPE))
         logins = [json.loads(c.wait_for(r"READY (.*)", timeout=660).group(1)) for c in clients]
         out["logged_in"] = sum(s["ready"] for s in logins)
         t = time.monotonic()
@@ -452,6 +462,12 @@ def restart_company_connector(label: str, gateways: list[servers.Server], seeded
                                                                       "offline", "moved", "closed_by_server")}}
             out[how] = result
             log(f"[{label}] {how}: {result}")
+        if restart_node is not None:
+            codes: dict = {}
+            for login in logins:
+                for k, v in login["connack_codes"].items():
+                    codes[k] = codes.get(k, 0) + v
+            out["node"] = node_restart(label, clients, restart_node, watch, out["logged_in"], codes, deadline)
     finally:
         for c in clients:
             release_sessions(c)
@@ -484,14 +500,15 @@ def main(argv=None) -> int:
     p.add_argument("--sessions", type=int, default=10_000)
     p.add_argument("--idle-seconds", type=float, default=60.0)
     p.add_argument("--latency-seconds", type=float, default=20.0)
-    p.add_argument("--only", default="one,many,restart,node-spread,two-nodes",
-                   help="one: one instance; many: instances of 10 devices; restart: a 10,000-device company's "
-                   "connector restarted; two-nodes: the same with its devices on two nodes (PostgreSQL and "
-                   "Redis); node-spread: the node restarted, the clients' waits as today; "
-                   "node-stretch: the same with the waits they had before (not in the default); storm: all at "
-                   "once from cold (not in the default)")
-    p.add_argument("--storm-deadline", type=float, default=300.0)
-    p.add_argument("--gateway-args", default="", help="more options of the restarted node (node-*), to try them")
+    p.add_argument("--only", default="one,restart",
+                   help="one: 10,000 idle sessions of one instance (scenario 1); restart: a 10,000-device company's "
+                   "connector restarted, then the node (scenarios 2 and 3); many: idle sessions of 1,000 instances of "
+                   "10; two-nodes: a company's connector restarted, its devices on two nodes (scenario 4); "
+                   "node-spread, node-stretch: the node restarted under idle sessions waiting as the clients do, "
+                   "or as they did before")
+    p.add_argument("--storm-deadline", type=float, default=300.0, help="seconds the devices get to come back "
+                   "after a node restart")
+    p.add_argument("--gateway-args", default="", help="more options of the node that restarts, to try them")
     args = p.parse_args(argv)
     exit_on_signals()
     VAR.mkdir(parents=True, exist_ok=True)
@@ -508,30 +525,17 @@ def main(argv=None) -> int:
         if "many" in args.only:
             results.append(scenario_one("many-instances", [10] * (args.sessions // 10), args, pbkdf2,
                                         latency=False))
-        restart_result = None
+        restart_result = two_nodes_result = None
         if "restart" in args.only.split(","):
-            restart_result = connector_restart(args)
-        two_nodes_result = None
+            restart_result = connector_restart(args, pbkdf2)
         if "two-nodes" in args.only.split(","):
             two_nodes_result = two_nodes_connector_restart(args)
-        node_restarts = []
-        for jitter in ("spread", "stretch"):
-            if f"node-{jitter}" in args.only.split(","):
-                node_restarts.append(gateway_restart(args, pbkdf2, jitter))
-        storm_result = None
-        if "storm" in args.only:
-            try:
-                storm_result = storm(args, pbkdf2)
-            except Exception as e:  # the other scenarios' figures are still written
-                log(f"[storm] failed: {e!r}"[:2000])
+        node_restarts = [gateway_restart(args, pbkdf2, jitter) for jitter in ("spread", "stretch")
+                         if f"node-{jitter}" in args.only.split(",")]
     finally:
         stop_all()
     text = table([r for r in results], pbkdf2) if results else ""
     print(text)
-    if storm_result:
-        print(f"Storm: {storm_result['accepted']:,} of {args.sessions:,} accepted in {storm_result['all_accepted_s']} s "
-              f"(floor {storm_result['pbkdf2_floor_s']} s), {storm_result['attempts']:,} attempts, pool idle "
-              f"{storm_result['pool_idle_s']} s; accepted by each 10 s: {storm_result['accepted_by_10s']}")
     for result in (restart_result, two_nodes_result):
         for how in ("kill", "term"):
             r = (result or {}).get(how)
@@ -543,13 +547,13 @@ def main(argv=None) -> int:
                       f"connector stopped in {r['stop_s']} s and was connected again at {r['started_s']} s); "
                       f"HELLOs {r['hellos']:,}, sent again {r['hello_again']:,}, RESETs {r['resets']:,}, sessions "
                       f"closed by the gateway {r['closed_by_server']}; RSS peaks {r['rss_peak_kib']} KiB")
-    for r in node_restarts:
-        print(f"Node restart ({r['jitter']} waits): {r['back']:,} of {r['logged_in']:,} back, the last "
+    for r in ([restart_result["node"]] if restart_result else []) + node_restarts:
+        print(f"Node restart ({r.get('jitter', 'spread')} waits): {r['back']:,} of {r['logged_in']:,} back, the last "
               f"{r['all_back_s']} s after the kill (PBKDF2 floor {r['pbkdf2_floor_s']} s; node up again at "
               f"{r['restart_s']} s), {r['attempts']:,} attempts, CONNACKs {r['connack_codes']}, PBKDF2 pool idle "
               f"{r['pool_idle_s']} s of {r['watched_s']} s; back by each 10 s: {r['back_by_10s']}")
     (VAR / "capacity.json").write_text(json.dumps({"environment": env, "pbkdf2_s": pbkdf2, "results": results,
-                                                   "storm": storm_result, "restart": restart_result,
+                                                   "restart": restart_result,
                                                    "two_nodes": two_nodes_result,
                                                    "node_restarts": node_restarts}, indent=1))
     return 0

@@ -161,7 +161,8 @@ class E2ERunner(sessions.Runner):
         by_second = [0] * (int(back[-1]) + 1 if back else 0)
         for t in back:
             by_second[int(t)] += 1
-        return {"ready": len(ready), "with_session": sum(1 for e in ready if e.session is not None),
+        return {"mqtt": super().report(since),  # the sessions with the gateway, as bench.sessions reports them
+                "ready": len(ready), "with_session": sum(1 for e in ready if e.session is not None),
                 "back_since": len(back), "last_back_s": round(back[-1], 2) if back else None,
                 "back_by_second": by_second,
                 "closed_by_server": self.closed_after_ready, **self.counts}
