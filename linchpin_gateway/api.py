@@ -183,6 +183,12 @@ class Health(_AsyncResource):
         return 200, {"status": self.status}
 
 
+def _peer_of(request) -> str:
+    """``tcp4:host:port``, as the WebSocket protocol names its peer in logs."""
+    peer = request.getClientAddress()
+    return f"tcp4:{peer.host}:{peer.port}" if hasattr(peer, "port") else str(peer)
+
+
 class MQTTResource(WebSocketResource):
     """``/mqtt``: WebSocket upgrades only; anything else gets the API's JSON errors.
 
@@ -196,6 +202,10 @@ class MQTTResource(WebSocketResource):
         if (request.getHeader("upgrade") or "").lower() != "websocket":
             _error_response(request, ApiError(400, "bad_request",
                                               "this is the MQTT-over-WebSocket endpoint: upgrade required"))
+            return server.NOT_DONE_YET
+        full = self._factory.full(_peer_of(request))
+        if full:  # refused here, before the WebSocket machinery: a storm brings thousands
+            _error_response(request, ApiError(503, "unavailable", full))
             return server.NOT_DONE_YET
         request.channel.setTimeout(None)
         # The socket keeps its accept time and its per-address connection

@@ -146,6 +146,7 @@ class Gateway(service.MultiService):
         yield super().stopService()
         sessions = len(self.ws_factory.live)
         yield self.ws_factory.close_all(self.config.drain_timeout)
+        self.ws_factory.repeats.stop()
         self.log.info("closed {n} sessions", n=sessions)
         if self.cluster is not None:
             yield self.cluster.stop()

@@ -96,7 +96,9 @@ class MQTTSession:
 
     def __init__(self, router, logins, clock, transport, peer: str = "?", host: str = "?",
                  limits: Limits | None = None, stats: Stats | None = None, on_accepted=None,
-                 connect_deadline: float | None = None):
+                 connect_deadline: float | None = None, repeats=None):
+        """``repeats``: a :class:`~linchpin_common.repeats.Repeats` the
+        sessions share, for warnings a storm repeats (refusals)."""
         self.router = router
         self.logins = logins
         self.clock = clock
@@ -106,6 +108,7 @@ class MQTTSession:
         self.limits = limits or Limits()
         self.stats = stats or Stats()
         self.on_accepted = on_accepted
+        self._warn_repeated = repeats.warn if repeats is not None else self.log.warn
         # Until CONNACK 0 a packet in progress holds no more than a message may.
         self.parser = wire.Parser(min(PRE_LOGIN_MESSAGE, self.limits.max_packet))
         self.state = AWAIT_CONNECT
@@ -252,7 +255,7 @@ class MQTTSession:
         d.addErrback(self._crashed)
 
     def _overloaded(self) -> None:
-        self.log.warn("password checking overloaded; refusing {peer}", peer=self.peer)
+        self._warn_repeated("password checking overloaded; refusing {peer}", peer=self.peer)
         self._refuse(wire.CONNACK_SERVER_UNAVAILABLE, "overloaded")
 
     def _auth_error(self, failure) -> None:
@@ -261,7 +264,7 @@ class MQTTSession:
         if failure.check(Overloaded):
             self._overloaded()
         elif failure.check(StoreUnavailable):
-            self.log.warn("store unavailable; refusing {peer}", peer=self.peer)
+            self._warn_repeated("store unavailable; refusing {peer}", peer=self.peer)
             self._refuse(wire.CONNACK_SERVER_UNAVAILABLE, "store unavailable")
         else:
             self.log.failure("credential check failed for {peer}", failure, peer=self.peer)

@@ -15,6 +15,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from linchpin_common.contract import wire
+from linchpin_common.repeats import Repeats
 from linchpin_common.slots import Slots
 from linchpin_common.wsframes import LeanReceive
 
@@ -93,12 +94,9 @@ class MQTTServerProtocol(LeanReceive, WebSocketServerProtocol):
         if "mqtt" not in request.protocols:
             f.log.info("refusing WebSocket from {peer}: no mqtt subprotocol", peer=self.peer)
             raise ConnectionDeny(ConnectionDeny.BAD_REQUEST, "subprotocol 'mqtt' required")
-        if len(f.live) > f.max_sessions:
-            f.log.warn("session limit {n} reached; refusing {peer}", n=f.max_sessions, peer=self.peer)
-            raise ConnectionDeny(ConnectionDeny.SERVICE_UNAVAILABLE, "too many sessions")
-        if f.unauthenticated >= f.max_unauthenticated:
-            f.log.warn("{n} sessions await authentication; refusing {peer}", n=f.unauthenticated, peer=self.peer)
-            raise ConnectionDeny(ConnectionDeny.SERVICE_UNAVAILABLE, "too many pending logins")
+        full = f.full(self.peer)
+        if full:
+            raise ConnectionDeny(ConnectionDeny.SERVICE_UNAVAILABLE, full)
         key = self._host_key = address_key(self._host())
         if not f.pending_per_address.acquire(key):
             f.log.info("{host} has {n} sessions awaiting CONNACK; refusing {peer}", host=key,
@@ -122,7 +120,7 @@ class MQTTServerProtocol(LeanReceive, WebSocketServerProtocol):
             deadline -= self.factory.reactor.seconds() - self._accepted_at
         self.mqtt = MQTTSession(f.router, f.logins, self.factory.reactor, self, peer=self.peer,
                                 host=self._host(), limits=limits, stats=f.stats, on_accepted=self._accepted,
-                                connect_deadline=deadline)
+                                connect_deadline=deadline, repeats=f.repeats)
         self.start_lean_receive(max_message=min(PRE_LOGIN_MESSAGE, self.maxMessagePayloadSize))
 
     def _accepted(self):
@@ -256,7 +254,20 @@ class MQTTWebSocketFactory(WebSocketServerFactory):
         self.live: set[MQTTServerProtocol] = set()
         self.unauthenticated = 0
         self._drained: list[defer.Deferred] = []
+        self.repeats = Repeats(self.log, reactor)  # refusals come by the thousand in a connect storm
         self.setProtocolOptions(**websocket_options(limits.max_packet))
+
+    def full(self, peer: str) -> str | None:
+        """Why a new WebSocket from ``peer`` is refused now (503), logged;
+        None if it may open. Asked before the upgrade (api.MQTTResource),
+        where refusing costs least, and again by the protocol."""
+        if len(self.live) > self.max_sessions:
+            self.repeats.warn("session limit {n} reached; refusing {peer}", n=self.max_sessions, peer=peer)
+            return "too many sessions"
+        if self.unauthenticated >= self.max_unauthenticated:
+            self.repeats.warn("{n} sessions await authentication; refusing {peer}", n=self.unauthenticated, peer=peer)
+            return "too many pending logins"
+        return None
 
     def setProtocolOptions(self, **options):
         """Autobahn copies some 40 options from its factory into every

@@ -165,6 +165,42 @@ def test_pending_logins_per_address_are_capped(make_gateway):
     assert b"101" in sock.value().split(b"\r\n", 1)[0]
 
 
+def test_a_node_full_of_pending_logins_refuses_before_the_websocket_and_logs_it_once(make_gateway):
+    """A restarted node meets thousands of reconnections at once: each one
+    past the pending logins' cap is refused with a plain 503 before any
+    WebSocket machinery (no protocol built, no Autobahn log lines), and the
+    refusals are logged as one line per interval, not one each."""
+    from twisted.logger import globalLogPublisher
+
+    gw = make_gateway()
+    gw.ws_factory.max_unauthenticated = 2
+    gw.ws_factory.pending_per_address.per_key = 1000
+    warnings = []
+
+    def observe(event):
+        if event.get("log_level").name == "warn":
+            warnings.append(event.get("log_format", ""))
+
+    globalLogPublisher.addObserver(observe)
+    try:
+        for _ in range(2):
+            channel, sock = connect(gw)
+            upgrade(channel)
+            assert b"101" in sock.value().split(b"\r\n", 1)[0]
+        refused = []
+        for _ in range(50):
+            channel, sock = connect(gw)
+            upgrade(channel)
+            refused.append(sock.value())
+        gw.reactor.advance(10)  # the interval ends: one line for the rest
+    finally:
+        globalLogPublisher.removeObserver(observe)
+    assert all(r.startswith(b"HTTP/1.1 503") and b'"too many pending logins"' in r for r in refused)
+    assert len(gw.ws_factory.live) == 2  # no WebSocket protocol for the refused
+    about = [w for w in warnings if "await authentication" in w]
+    assert len(about) == 2 and "more like it" in about[1]  # the first at once, then one for 49
+
+
 def test_an_accepted_login_frees_its_pending_slot(make_gateway):
     gw = make_gateway()
     gw.ws_factory.pending_per_address.per_key = 1
