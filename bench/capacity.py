@@ -353,9 +353,9 @@ def two_nodes_connector_restart(args) -> dict:
     try:
         store, bus = pg.url(pg.create_database()), redis.url()
         for k in ("a", "b"):  # the first makes the schema the seed writes into
-            nodes.append(servers.gateway(f"capacity-two-nodes-{k}", data / f"node-{k}", "--store", store, "--bus",
-                                         bus, "--max-instance-sessions", str(n + 100),
-                                         listen="tcp:0:interface=127.0.0.1:backlog=4096"))
+            nodes.append(servers.gateway(f"capacity-two-nodes-{k}", data / f"node-{k}", "--max-instance-sessions",
+                                         str(n + 100), listen="tcp:0:interface=127.0.0.1:backlog=4096",
+                                         env=dict(os.environ, LMGATEWAY_STORE=store, LMGATEWAY_BUS=bus)))
             nodes[-1].proc.wait_for(r"bus up")
         seeded = seed_gateway_postgres(store, [n])
         out = restart_company_connector("two-nodes", nodes, seeded, data)
@@ -369,14 +369,15 @@ def two_nodes_connector_restart(args) -> dict:
 
 
 def pg_rss(pg) -> int:
-    """RSS of the PostgreSQL server's processes, in KiB."""
-    total = 0
-    for pid in [pg.proc.pid] + [int(p) for p in os.listdir("/proc") if p.isdigit()]:
+    """RSS of the PostgreSQL server's processes (the postmaster and its children), in KiB."""
+    with open(os.path.join(pg.data, "postmaster.pid")) as f:
+        postmaster = int(f.readline())
+    total = rss_kib(postmaster)
+    for entry in os.listdir("/proc"):
         try:
-            with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rpartition(")")[2].split()
-            if pid == pg.proc.pid or int(fields[1]) == pg.proc.pid:  # the postmaster and its children
-                total += rss_kib(pid)
+            with open(f"/proc/{entry}/stat") as f:
+                if int(f.read().rpartition(")")[2].split()[1]) == postmaster:
+                    total += rss_kib(int(entry))
         except (OSError, IndexError, ValueError):
             continue
     return total
@@ -498,8 +499,8 @@ def table(results: list[dict], pbkdf2: float) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description="capacity of one gateway node (see module docstring)")
     p.add_argument("--sessions", type=int, default=10_000)
-    p.add_argument("--idle-seconds", type=float, default=60.0)
-    p.add_argument("--latency-seconds", type=float, default=20.0)
+    p.add_argument("--idle-seconds", type=float, default=45.0)
+    p.add_argument("--latency-seconds", type=float, default=15.0)
     p.add_argument("--only", default="one,restart",
                    help="one: 10,000 idle sessions of one instance (scenario 1); restart: a 10,000-device company's "
                    "connector restarted, then the node (scenarios 2 and 3); many: idle sessions of 1,000 instances of "

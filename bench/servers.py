@@ -72,14 +72,15 @@ PER_ADDRESS_LIMITS_OFF = ("--pending-logins-per-address", "100000", "--login-che
 
 
 def gateway(name: str, data_dir: Path, *extra: str, keep: bool = False,
-            listen: str = "tcp:0:interface=127.0.0.1") -> Server:
+            listen: str = "tcp:0:interface=127.0.0.1", env: dict | None = None) -> Server:
     """``twistd lmgateway`` as shipped but for the per-address limits (see
     :data:`PER_ADDRESS_LIMITS_OFF`); the data directory starts empty unless
-    ``keep``."""
+    ``keep``; ``env``: its environment (a store URL with its password goes
+    there, not on the command line)."""
     if data_dir.exists() and not keep:
         shutil.rmtree(data_dir)
     proc = Proc(name, [str(BIN / "twistd"), "-n", "--pidfile=", "lmgateway",
-                       "--listen", listen, "--data-dir", str(data_dir), *PER_ADDRESS_LIMITS_OFF, *extra])
+                       "--listen", listen, "--data-dir", str(data_dir), *PER_ADDRESS_LIMITS_OFF, *extra], env=env)
     m = proc.wait_for(r"lmgateway listening on .* at 127\.0\.0\.1:(\d+)")
     return Server("gateway", proc, int(m.group(1)), "gw")
 
