@@ -125,22 +125,29 @@ def browser():
         yield b
 
 
-def test_the_javascript_device_makes_and_reads_the_same_bytes(browser, tmp_path):
-    shutil.copytree(APP, tmp_path / "app")
-    shutil.copy(VECTORS, tmp_path / "contract.json")
-    (tmp_path / "index.html").write_text(f'<!doctype html><meta charset="utf-8"><script type="module">{CHECKS}</script>',
-                                         encoding="utf-8")
-    server = StaticServer(tmp_path)
+def page_result(browser, folder, script: str, head: str = ""):
+    """Run ``script`` (a module that sets ``window.result``) in a page served
+    from ``folder``, the app's modules under ``app/``: (the result, the
+    page's errors)."""
+    shutil.copytree(APP, folder / "app")
+    (folder / "index.html").write_text(
+        f'<!doctype html><meta charset="utf-8">{head}<script type="module">{script}</script>', encoding="utf-8")
+    server = StaticServer(folder)
     try:
         page = browser.new_page()
         errors = []
         page.on("pageerror", lambda e: errors.append(str(e)))
         page.goto(server.url + "/index.html")
-        page.wait_for_function("window.result !== undefined || false", timeout=30_000)
-        assert errors == []
-        assert page.evaluate("window.result") == []
+        page.wait_for_function("window.result !== undefined", timeout=30_000)
+        return page.evaluate("window.result"), errors
     finally:
         server.stop()
+
+
+def test_the_javascript_device_makes_and_reads_the_same_bytes(browser, tmp_path):
+    shutil.copy(VECTORS, tmp_path / "contract.json")
+    failures, errors = page_result(browser, tmp_path, CHECKS)
+    assert errors == [] and failures == []
 
 
 # The whole device in the page, against the real twistd lmgateway and twistd
@@ -322,19 +329,10 @@ window.result = out;
 def test_the_workers_rewrites_and_cookie_jar(browser, tmp_path):
     from linchpin_connector.device.serve_policy import rewrite_location
 
-    shutil.copytree(APP, tmp_path / "app")
-    (tmp_path / "index.html").write_text(
-        '<!doctype html><meta charset="utf-8"><script type="application/json" id="locations">'
-        + json.dumps(LOCATIONS).replace("<", "\\u003c") + f'</script><script type="module">{TUNNEL_CHECKS}</script>',
-        encoding="utf-8")
-    server = StaticServer(tmp_path)
-    try:
-        page = browser.new_page()
-        page.goto(server.url + "/index.html")
-        page.wait_for_function("window.result !== undefined", timeout=30_000)
-        out = page.evaluate("window.result")
-    finally:
-        server.stop()
+    out, errors = page_result(browser, tmp_path, TUNNEL_CHECKS,
+                              head='<script type="application/json" id="locations">'
+                              + json.dumps(LOCATIONS).replace("<", "\\u003c") + "</script>")
+    assert errors == []
     assert out["locations"] == [rewrite_location(value) for value in LOCATIONS]
     assert out["names"] == ["visits@/", "deep@/wiki", "here@/wiki", "short@/wiki"]
     assert out["atWikiPage"] == "deep=d; here=h; short=s; visits=1"  # longer paths first
@@ -404,20 +402,7 @@ window.result = out;
 
 
 def test_the_jar_is_one_devices_and_a_silent_link_is_dropped(browser, tmp_path):
-    shutil.copytree(APP, tmp_path / "app")
-    (tmp_path / "index.html").write_text(
-        f'<!doctype html><meta charset="utf-8"><script type="module">{STORE_AND_LINK_CHECKS}</script>',
-        encoding="utf-8")
-    server = StaticServer(tmp_path)
-    try:
-        page = browser.new_page()
-        errors = []
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        page.goto(server.url + "/index.html")
-        page.wait_for_function("window.result !== undefined", timeout=30_000)
-        out = page.evaluate("window.result")
-    finally:
-        server.stop()
+    out, errors = page_result(browser, tmp_path, STORE_AND_LINK_CHECKS)
     assert errors == []
     assert out["written"] is True and out["mine"] == ["one"]
     assert out["late"] is False and out["newDevice"] == []  # nothing of device a reaches b's jar
