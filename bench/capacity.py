@@ -234,42 +234,62 @@ def merged(reports: list[dict]) -> dict:
     return out
 
 
-def restarting_node(label: str, data, n: int, extra=()):
-    """``(start, metrics port)``: ``start(k)`` runs the ``k``-th
-    ``twistd lmgateway`` of one node, always on the same port (its devices
-    come back where they were)."""
-    metrics, port = free_port(), free_port()
+class RestartingNode:
+    """One ``twistd lmgateway`` that can be killed and started again, always
+    on the same port (its devices come back where they were): ``server``,
+    the one running now."""
 
-    def start(k: int) -> servers.Server:
-        return servers.gateway(f"capacity-{label}-gateway-{k}", data, "--metrics", f"tcp:{metrics}:interface=127.0.0.1",
-                               "--max-instance-sessions", str(n + 100), *extra, keep=True,
-                               listen=f"tcp:{port}:interface=127.0.0.1:backlog=4096")
+    def __init__(self, label: str, data, n: int, extra=()):
+        self.label, self.data, self.n, self.extra = label, data, n, tuple(extra)
+        self.metrics, self.port = free_port(), free_port()
+        self.runs = 0
+        self.server = self._start()
 
-    return start, metrics
+    def _start(self) -> servers.Server:
+        self.runs += 1
+        return servers.gateway(f"capacity-{self.label}-gateway-{self.runs}", self.data, "--metrics",
+                               f"tcp:{self.metrics}:interface=127.0.0.1", "--max-instance-sessions",
+                               str(self.n + 100), *self.extra, keep=True,
+                               listen=f"tcp:{self.port}:interface=127.0.0.1:backlog=4096")
+
+    def restart(self) -> int:
+        """kill -9, then start again; the new process's pid."""
+        self.server.proc.kill()
+        self.server = self._start()
+        return self.server.pid
 
 
 def node_restart(label: str, clients: list[Proc], restart, watch: QueueWatch, logged_in: int, codes_before: dict,
                  deadline: float) -> dict:
-    """Scenario 3: ``restart()`` kills the node (-9) and starts it again;
-    the clients reconnect as the app and the connector do. Until every
-    device is back: the arrival curve, and how long the PBKDF2 pool had an
-    idle thread while devices waited."""
+    """Scenario 3: ``restart()`` kills the node (-9), starts it again and
+    returns its pid; the clients reconnect as the app and the connector do.
+    Until every device is back: the arrival curve, how long the PBKDF2 pool
+    had an idle thread while devices waited, and the CPU of the node's
+    reactor thread and of its other threads in the first 40 s and after."""
     t_stop = time.monotonic()
-    restart()
+    pid = restart()
     t_up = time.monotonic()
     log(f"[{label}] node killed and started again in {t_up - t_stop:.1f} s; waiting for the devices")
+    # CPU of the reactor's thread (the main one) and of the whole node, by phase: where the time goes
+    cpu = [(t_up, cpu_seconds(pid, pid), cpu_seconds(pid))]
     while True:
         report = merged([r.get("mqtt", r) for r in ask(clients, t_stop)])
-        if report["back_since"] >= logged_in or time.monotonic() - t_stop > deadline:
+        now = time.monotonic()
+        if len(cpu) == 1 and now - t_up >= 40:
+            cpu.append((now, cpu_seconds(pid, pid), cpu_seconds(pid)))
+        if report["back_since"] >= logged_in or now - t_stop > deadline:
             break
         time.sleep(2.0)
+    cpu.append((time.monotonic(), cpu_seconds(pid, pid), cpu_seconds(pid)))
+    phases = [{"seconds": round(b[0] - a[0], 1), "reactor_thread_s": round(b[1] - a[1], 1),
+               "other_threads_s": round((b[2] - a[2]) - (b[1] - a[1]), 1)} for a, b in zip(cpu, cpu[1:])]
     t_end = t_stop + (report["last_back_s"] or 0.0)
     codes = {k: v - codes_before.get(k, 0) for k, v in report["connack_codes"].items() if v - codes_before.get(k, 0)}
     out = {"restart_s": round(t_up - t_stop, 2), "back": report["back_since"], "logged_in": logged_in,
            "all_back_s": report["last_back_s"] if report["back_since"] >= logged_in else None,
            "back_by_10s": list(itertools.accumulate(report["back_by_10s"])),
            "attempts": report["attempts"], "connack_codes": codes,  # attempts start again at 0 on a drop
-           **watch.idle(t_up, max(t_end, t_up), os.cpu_count() or 1)}
+           "cpu_by_phase": phases, **watch.idle(t_up, max(t_end, t_up), os.cpu_count() or 1)}
     log(f"[{label}]   {out}")
     return out
 
@@ -286,28 +306,23 @@ def gateway_restart(args, pbkdf2: float, jitter: str) -> dict:
     seeded = seed_gateway(str(data), [n])
     accounts = VAR / f"capacity-{label}-devices.json"
     accounts.write_text(json.dumps([d[:2] for d in seeded["devices"]]))
-    start, metrics = restarting_node(label, data, n, args.gateway_args.split())
-    gws = [start(1)]
+    node = RestartingNode(label, data, n, args.gateway_args.split())
     clients: list[Proc] = []
-    watch = QueueWatch(metrics)
-
-    def restart():
-        gws[0].proc.kill()
-        gws[0] = start(2)
+    watch = QueueWatch(node.metrics)
 
     try:
         log(f"[{label}] {n} devices log in, {RAMP} at a time")
-        login, clients = storm_once(gws[0], n, accounts, procs=2, concurrency=RAMP // 2, name=label,
+        login, clients = storm_once(node.server, n, accounts, procs=2, concurrency=RAMP // 2, name=label,
                                     extra=("--sources", str(SOURCES), "--keep-alive", str(KEEP_ALIVE), "--max-backoff",
                                            str(MAX_BACKOFF), "--jitter", jitter, "--reconnect"), deadline=600)
-        out = node_restart(label, clients, restart, watch, login["accepted"], login["connack_codes"],
+        out = node_restart(label, clients, node.restart, watch, login["accepted"], login["connack_codes"],
                            args.storm_deadline)
         out.update(sessions=n, jitter=jitter, pbkdf2_floor_s=round(n * pbkdf2 / (os.cpu_count() or 1), 1))
     finally:
         watch.stop()
         for c in clients:
             release_sessions(c)
-        gws[0].stop()
+        node.server.stop()
     return out
 
 
@@ -319,22 +334,16 @@ def connector_restart(args, pbkdf2: float) -> dict:
     if data.exists():
         shutil.rmtree(data)
     seeded = seed_gateway(str(data / "gateway"), [n])
-    start, metrics = restarting_node("restart", data / "gateway", n, args.gateway_args.split())
-    gws = [start(1)]
-    watch = QueueWatch(metrics)
-
-    def restart():
-        gws[0].proc.kill()
-        gws[0] = start(2)
-
+    node = RestartingNode("restart", data / "gateway", n, args.gateway_args.split())
+    watch = QueueWatch(node.metrics)
     try:
-        out = restart_company_connector("restart", gws, seeded, data, restart_node=restart, watch=watch,
-                                        deadline=args.storm_deadline)
+        out = restart_company_connector("restart", [node.server], seeded, data, restart_node=node.restart,
+                                        watch=watch, deadline=args.storm_deadline)
         out["node"]["pbkdf2_floor_s"] = round(n * pbkdf2 / (os.cpu_count() or 1), 1)
         return out
     finally:
         watch.stop()
-        gws[0].stop()
+        node.server.stop()
 
 
 def two_nodes_connector_restart(args) -> dict:

@@ -236,9 +236,12 @@ def rss_kib(pid: int) -> int:
     raise ChildError(f"no VmRSS for {pid}")
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of the whole process (all threads) so far, in seconds."""
-    with open(f"/proc/{pid}/stat", "rb") as f:
+def cpu_seconds(pid: int, thread: int | None = None) -> float:
+    """utime + stime of the whole process (all threads) so far, in seconds;
+    with ``thread`` (a thread id: the process's own for its main thread),
+    of that thread alone."""
+    path = f"/proc/{pid}/stat" if thread is None else f"/proc/{pid}/task/{thread}/stat"
+    with open(path, "rb") as f:
         stat = f.read()
     fields = stat[stat.rindex(b")") + 2:].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
