@@ -142,6 +142,7 @@ class Router:
         self.takeover_grace = takeover_grace
         self.stats = stats if stats is not None else Stats()
         self._clients: dict[str, Client] = {}  # session key -> live client
+        self._by_role = {CONNECTOR: 0, DEVICE: 0}  # live clients of each role: /metrics reads it every scrape
         self._instances: dict[str, _Instance] = {}
         # With several nodes: the cross-node side (cluster.Cluster), told of
         # what concerns principals held elsewhere.  LOCAL_ONLY: this node is alone.
@@ -186,7 +187,7 @@ class Router:
         return [c.principal for c in self._clients.values()]
 
     def count(self, role: str) -> int:
-        return sum(1 for c in self._clients.values() if c.principal.role == role)
+        return self._by_role[role]
 
     def connectors_per_instance(self) -> dict[int, int]:
         """How many instances have n connector sessions here, by n."""
@@ -213,6 +214,7 @@ class Router:
             self._take_over(old)
         inst = self._instances.setdefault(principal.instance_id, _Instance())
         self._clients[client.key] = client
+        self._by_role[principal.role] += 1
         self.cluster.attached(client)
         if principal.role == CONNECTOR:
             inst.connectors[name] = client
@@ -245,11 +247,16 @@ class Router:
         if inst is not None and (connector is None or UP_FILTER not in connector.subs):
             self._connector_left(inst, name)
 
+    def _forget(self, client: Client) -> None:
+        """``client`` is no longer the live session of its key (if it still was)."""
+        if self._clients.get(client.key) is client:
+            del self._clients[client.key]
+            self._by_role[client.principal.role] -= 1
+
     def _remove(self, client: Client, takeover: bool = False) -> None:
         client.attached = False
         principal = client.principal
-        if self._clients.get(client.key) is client:
-            del self._clients[client.key]
+        self._forget(client)
         inst = self._instances.get(principal.instance_id)
         if inst is None:
             self.cluster.detached(client, takeover)
@@ -484,7 +491,7 @@ class Router:
         inst.connectors.clear()
         for client in victims:
             client.attached = False
-            self._clients.pop(client.key, None)
+            self._forget(client)
             self.cluster.detached(client)
             client.session.close("instance deleted")
 

@@ -189,3 +189,21 @@ def test_drop_instance_closes_everything(router):
     assert cs.closed and s1.closed and s2.closed and s3.closed is None
     assert not router.is_connected(I1) and not router.is_connected(D1)
     assert router.is_connected(D3)
+
+
+def test_the_session_counts_follow_takeovers_revocations_and_deleted_instances(router):
+    """/metrics reads ``count`` every scrape: it is kept as sessions come and
+    go, and must match the sessions there are."""
+    def live(role):
+        return sum(1 for p in router.principals() if p.role == role)
+
+    connector(router)
+    connector(router, instance=I2)
+    device(router, D1)
+    device(router, D2)
+    device(router, D3, instance=I2)
+    device(router, D1)  # a takeover: still one session of D1
+    assert (router.count(DEVICE), router.count(CONNECTOR)) == (3, 2)
+    router.revoke_device(I1, D2)
+    router.drop_instance(I2)
+    assert (router.count(DEVICE), router.count(CONNECTOR)) == (1, 1) == (live(DEVICE), live(CONNECTOR))
