@@ -14,6 +14,7 @@ import json
 from datetime import datetime, timezone
 
 from autobahn.twisted.resource import WebSocketResource
+from autobahn.twisted.util import peer2str
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.web import http, server
@@ -183,12 +184,6 @@ class Health(_AsyncResource):
         return 200, {"status": self.status}
 
 
-def _peer_of(request) -> str:
-    """``tcp4:host:port``, as the WebSocket protocol names its peer in logs."""
-    peer = request.getClientAddress()
-    return f"tcp4:{peer.host}:{peer.port}" if hasattr(peer, "port") else str(peer)
-
-
 class MQTTResource(WebSocketResource):
     """``/mqtt``: WebSocket upgrades only; anything else gets the API's JSON errors.
 
@@ -203,7 +198,7 @@ class MQTTResource(WebSocketResource):
             _error_response(request, ApiError(400, "bad_request",
                                               "this is the MQTT-over-WebSocket endpoint: upgrade required"))
             return server.NOT_DONE_YET
-        full = self._factory.full(_peer_of(request))
+        full = self._factory.full(peer2str(request.transport))  # named as the WebSocket protocol names it
         if full:  # refused here, before the WebSocket machinery: a storm brings thousands
             _error_response(request, ApiError(503, "unavailable", full))
             return server.NOT_DONE_YET
