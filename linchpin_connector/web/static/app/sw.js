@@ -116,10 +116,10 @@ class Outside extends Error {}
  */
 async function network(request, safe) {
   if (!safe) return fetch(request);
-  const giveUp = new AbortController();
+  const giveUp = new AbortController(); // the page's abort, or ours (AbortSignal.any is too new for older phones)
+  request.signal.addEventListener("abort", () => giveUp.abort(), { once: true });
   const attempt = fetch(request, {
-    signal: AbortSignal.any([request.signal, giveUp.signal]),
-    referrer: request.referrer, referrerPolicy: request.referrerPolicy,
+    signal: giveUp.signal, referrer: request.referrer, referrerPolicy: request.referrerPolicy,
   });
   let timer;
   const slow = new Promise((resolve) => (timer = setTimeout(resolve, SLOW_MS, SLOW)));
