@@ -171,7 +171,7 @@ def t(payload: bytes):
 
 
 NORMAL_CLOSE = [(CLOSE, (1000).to_bytes(2, "big"))]
-PAYLOAD = bytes(random.Random(13).getrandbits(8) for _ in range(70000))
+PAYLOAD = random.Random(13).randbytes(70000)
 
 
 # -- 1: framing ------------------------------------------------------------
@@ -345,7 +345,7 @@ def test_7_close_after_the_server_closed_completes_the_handshake():
 
 # -- 9: limits --------------------------------------------------------------
 
-BIG = bytes(random.Random(9).getrandbits(8) for _ in range(CAP + 1))
+BIG = random.Random(9).randbytes(CAP + 1)
 
 
 def test_9_message_at_the_cap_in_one_frame():

@@ -27,7 +27,7 @@ from linchpin_common.rawws import mask
 from tests.test_wsframes import BINARY, CLOSE, CONT, PING, PONG, TEXT, Records, Transport, frame
 
 CAP = wire.websocket_limit(wire.DEFAULT_MAX_REMAINING_LENGTH)  # as client_factory sets it
-PAYLOAD = bytes(random.Random(21).getrandbits(8) for _ in range(CAP + 1))
+PAYLOAD = random.Random(21).randbytes(CAP + 1)
 
 
 def server(opcode: int, payload: bytes = b"", **kw) -> bytes:
