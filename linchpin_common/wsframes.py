@@ -42,7 +42,7 @@ MAX_FRAGMENTS = 1024
 _MAX_LENGTH = 0x7FFFFFFFFFFFFFFF
 
 
-def unmask(data, mask: bytes) -> bytes:
+def unmask_python(data, mask: bytes) -> bytes:
     """``data`` XOR the repeated 4-byte ``mask`` (RFC 6455 section 5.3)."""
     n = len(data)
     if n == 0:
@@ -51,6 +51,12 @@ def unmask(data, mask: bytes) -> bytes:
         return _masker(mask, n).process(data)
     key = (mask * ((n >> 2) + 1))[:n]
     return (int.from_bytes(data, "little") ^ int.from_bytes(key, "little")).to_bytes(n, "little")
+
+
+try:  # the same in C (_wsmask.pyx), when it was built at install
+    from linchpin_common._wsmask import unmask
+except ImportError:
+    unmask = unmask_python
 
 
 class FrameReader:
@@ -88,6 +94,8 @@ class FrameReader:
     def feed(self, data: bytes) -> list:
         if self.failed:
             return []
+        if type(data) is not bytes:
+            data = bytes(data)
         if self._chunks:
             self._chunks.append(data)
             self._buffered += len(data)
@@ -153,24 +161,26 @@ class FrameReader:
                 if start > end:
                     need = 10 + key
                     break
-                length = int.from_bytes(buf[pos + 2:pos + 10], "big")
-                if length > _MAX_LENGTH:
+                wide = int.from_bytes(buf[pos + 2:pos + 10], "big")
+                if wide > _MAX_LENGTH:
                     return self._fail(events, PROTOCOL_ERROR, "invalid data frame length (>2^63)")
+                length = wide
                 if length < 65536:
                     return self._fail(events, PROTOCOL_ERROR,
                                       "invalid data frame length (not using minimal length encoding)")
             if opcode < 8:
                 # The caps, before a byte of the payload is kept.
-                if self.max_message and self._total + length > self.max_message:
-                    return self._fail(events, TOO_BIG, f"received WebSocket message size {self._total + length} "
+                if self.max_message and length > self.max_message - self._total:
+                    return self._fail(events, TOO_BIG, f"received WebSocket message size {int(self._total) + int(length)} "
                                                        f"exceeds payload limit of {self.max_message} octets")
                 if max_frame and length > max_frame:
                     return self._fail(events, TOO_BIG, f"received WebSocket frame size {length} exceeds payload "
                                                        f"limit of {max_frame} octets")
-            stop = start + length
-            if stop > end:
-                need = stop - pos
+            if length > end - start:
+                need = start - pos
+                need += length  # in Python ints: a length may be up to 2**63 - 1
                 break
+            stop = start + length
             if not key:
                 payload = buf[start:stop]
             elif length > 1024:  # unmasked from where it lies: a slice would be one more copy
