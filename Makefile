@@ -17,8 +17,12 @@ $(BIN)/python:
 # their files' hashes) that CI tested, setuptools (the build backend)
 # included; then this checkout, editable, without its dependencies, built by
 # that locked setuptools (no build isolation: nothing unpinned is fetched). `pip check` catches a requirement of setup.py that the
-# lock lacks (run `make lock` after changing setup.py).
-$(STAMP): $(BIN)/python setup.py requirements.lock
+# lock lacks (run `make lock` after changing setup.py). The editable install
+# compiles the hot path in place (Cython, setup.py's COMPILED), so a change
+# to one of those sources builds again (LINCHPIN_PURE_PYTHON=1: compile none).
+COMPILED_SOURCES := linchpin_common/_wsmask.pyx linchpin_common/wsframes.py linchpin_common/wsframes.pxd \
+	linchpin_common/contract/wire.py linchpin_common/contract/wire.pxd
+$(STAMP): $(BIN)/python setup.py pyproject.toml requirements.lock $(COMPILED_SOURCES)
 	$(BIN)/python -m pip install --quiet --require-hashes -r requirements.lock
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e . --config-settings editable_mode=compat
 	$(BIN)/python -m pip check
@@ -52,6 +56,7 @@ demo: $(STAMP)
 
 clean:
 	rm -rf var build *.egg-info
+	find linchpin_common \( -name '*.so' -o -name '*.c' \) -delete
 
 # Benchmarks (bench/run.py; docs/benchmarks.md). `bench` first tries to
 # install py-spy and the optional brokers (mosquitto, amqtt in its own venv);

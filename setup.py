@@ -1,9 +1,41 @@
+import os
 import re
+import sys
 from pathlib import Path
 
-from setuptools import find_packages, setup
+from setuptools import Extension, find_packages, setup
 
 HERE = Path(__file__).parent
+# The relay's hot path, compiled by Cython when it is installed (it is in
+# requirements.lock and pyproject.toml's build requirements) and a C compiler
+# works: the WebSocket frame reader and the MQTT stream parser are the same
+# .py modules, typed by their .pxd files, and _wsmask.pyx is the XOR of
+# unmasking in C. Any of them that cannot be built is left out with a
+# warning (optional=True) and its pure-Python module runs instead.
+# LINCHPIN_PURE_PYTHON=1 builds none.
+COMPILED = {
+    "linchpin_common._wsmask": "linchpin_common/_wsmask.pyx",
+    "linchpin_common.wsframes": "linchpin_common/wsframes.py",
+    "linchpin_common.contract.wire": "linchpin_common/contract/wire.py",
+}
+
+
+def compiled_hot_path() -> list:
+    if os.environ.get("LINCHPIN_PURE_PYTHON"):
+        return []
+    try:
+        from Cython.Build import cythonize
+    except ImportError:
+        print("setup.py: Cython is not installed: the hot path stays pure Python", file=sys.stderr)
+        return []
+    extensions = [Extension(name, [source], optional=True) for name, source in COMPILED.items()]
+    try:
+        return cythonize(extensions, quiet=True,
+                         compiler_directives={"language_level": 3, "annotation_typing": False})
+    except Exception as error:  # a Cython that cannot compile them: still installable
+        print(f"setup.py: Cython failed ({error}): the hot path stays pure Python", file=sys.stderr)
+        return []
+
 VERSION = re.search(r'^__version__ = "([^"]+)"', (HERE / "linchpin_common" / "__init__.py").read_text(),
                     re.MULTILINE).group(1)
 
@@ -74,6 +106,7 @@ setup(
             "packaging>=23.0",  # the lock's pins checked against setup.py's specifiers (tests/test_tooling.py)
         ],
     },
+    ext_modules=compiled_hot_path(),
     entry_points={
         "console_scripts": [
             "lmconnector = linchpin_connector.cli:main",

@@ -6,3 +6,10 @@ private files, SQLite schemas, TLS trust, the gateway clients, metrics).
 """
 
 __version__ = "0.1.0"
+
+import os as _os
+
+if _os.environ.get("LINCHPIN_PURE_PYTHON"):  # the hot path's .py modules even where they are compiled
+    from . import hotpath as _hotpath
+
+    _hotpath.use_pure_python()

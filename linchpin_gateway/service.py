@@ -9,6 +9,7 @@ from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from linchpin_common import __version__, hotpath
 from linchpin_common.metrics import metrics_site
 
 from .accounts import Accounts
@@ -133,6 +134,7 @@ class Gateway(service.MultiService):
         return d.addCallbacks(up, down)
 
     def startService(self):
+        self.log.info("lmgateway {version}, hot path {hot_path}", version=__version__, hot_path=hotpath.describe())
         self.store.start()
         self.hasher.start()
         if self.cluster is not None:

@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BUILD_TIMEOUT = 300
 TWISTD = "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"
 SKIP = shutil.ignore_patterns(".git", ".venv", "var", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache",
-                              ".hypothesis", ".cache", "dropin.cache", "node_modules")
+                              ".hypothesis", ".cache", "dropin.cache", "node_modules", "*.so", "*.c")
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +73,9 @@ def test_sdist_carries_docs_service_files_and_tests(dist):
                      "docs/operations.md", "deploy/systemd/lmgateway.service", "deploy/systemd/lmconnector.service",
                      "deploy/nginx/gateway-tls.conf", "deploy/nginx/pairing-page-sso.conf", "deploy/README.md",
                      "linchpin_gateway/db-schemas/v1.sql", "linchpin_connector/db-schemas/v1.sql",
-                     "twisted/plugins/lmgateway_plugin.py", "tests/test_packaging.py"]:
+                     "twisted/plugins/lmgateway_plugin.py", "tests/test_packaging.py",
+                     "linchpin_common/_wsmask.pyx", "linchpin_common/wsframes.pxd",
+                     "linchpin_common/contract/wire.pxd", "pyproject.toml"]:
         assert expected in names, expected
 
 
@@ -96,6 +98,11 @@ def test_wheel_metadata_is_complete(dist):
                  "linchpin_common/py.typed"]:
         assert data in names, data
     assert not any("/tests/" in n or n.startswith("tests/") or n.endswith("dropin.cache") for n in names)
+    # built here with Cython (setup.py): the hot path compiled, its .py kept
+    suffix = sysconfig.get_config_var("EXT_SUFFIX")
+    for module in ["linchpin_common/_wsmask", "linchpin_common/wsframes", "linchpin_common/contract/wire"]:
+        assert module + suffix in names, module
+    assert "linchpin_common/wsframes.py" in names and not any(n.endswith((".c", ".pyx", ".pxd")) for n in names)
 
 
 def run(venv: Path, *argv, env=None) -> subprocess.CompletedProcess:
