@@ -72,17 +72,18 @@ PER_ADDRESS_LIMITS_OFF = ("--pending-logins-per-address", "100000", "--login-che
 
 
 def gateway(name: str, data_dir: Path, *extra: str, keep: bool = False,
-            listen: str = "tcp:0:interface=127.0.0.1", env: dict | None = None) -> Server:
+            listen: str = "tcp:0:interface=127.0.0.1", env: dict | None = None, label: str = "gateway") -> Server:
     """``twistd lmgateway`` as shipped but for the per-address limits (see
     :data:`PER_ADDRESS_LIMITS_OFF`); the data directory starts empty unless
     ``keep``; ``env``: its environment (a store URL with its password goes
-    there, not on the command line)."""
+    there, not on the command line; ``LINCHPIN_PURE_PYTHON=1`` for the
+    pure-Python hot path); ``label``: its name in the results."""
     if data_dir.exists() and not keep:
         shutil.rmtree(data_dir)
     proc = Proc(name, [str(BIN / "twistd"), "-n", "--pidfile=", "lmgateway",
                        "--listen", listen, "--data-dir", str(data_dir), *PER_ADDRESS_LIMITS_OFF, *extra], env=env)
     m = proc.wait_for(r"lmgateway listening on .* at 127\.0\.0\.1:(\d+)")
-    return Server("gateway", proc, int(m.group(1)), "gw")
+    return Server(label, proc, int(m.group(1)), "gw")
 
 
 def bare_relay(name: str = "bare", nagle: bool = False) -> Server:
