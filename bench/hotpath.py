@@ -1,6 +1,6 @@
 """Where the relay's time goes: py-spy on a server under the relay load.
 
-    python -m bench.hotpath [--target gw|bare] [--size 256] [--seconds 20] [--rate 250] [--svg]
+    python -m bench.hotpath [--target gw|bare] [--size 256] [--seconds 20] [--rate 250] [--svg] [--pure]
     python -m bench.hotpath --warm-storm 500
 
 Starts the server (the gateway as shipped, or bench/bare_relay.py), the same
@@ -11,6 +11,12 @@ server for --seconds and summarises the collapsed stacks:
 * **self**: samples whose innermost Python frame is that function (where the
   CPU really is, C calls included in the caller that made them);
 * **inclusive**: samples with that function anywhere on the stack.
+
+Where the gateway's hot path is compiled (setup.py; the gateway logs which
+at start), py-spy sees no frame inside ``wsframes`` or ``contract.wire``:
+their time is counted in the Python function that called them
+(``MQTTSession.data_received``, ``Connection._dataReceived``). ``--pure``
+profiles the same gateway with its pure-Python hot path.
 
 ``--warm-storm N`` profiles the connect path instead: N paired devices
 connect once (credentials get cached), disconnect, then connect all at once
@@ -172,6 +178,9 @@ def main(argv=None) -> int:
     p.add_argument("--svg", action="store_true", help="also record a flame graph (a second, equal run)")
     p.add_argument("--top", type=int, default=25)
     p.add_argument("--warm-storm", type=int, default=0, metavar="N", help="profile N devices connecting at once")
+    p.add_argument("--pure", action="store_true",
+                   help="the gateway's pure-Python hot path (LINCHPIN_PURE_PYTHON=1): py-spy sees no frame "
+                        "inside a compiled module, only the Python function that called into it")
     args = p.parse_args(argv)
     spy = py_spy()
     if spy is None:
@@ -184,7 +193,8 @@ def main(argv=None) -> int:
     stem = VAR / f"profile-{args.target}-{args.size}"
     try:
         if args.target == "gw":
-            srv = servers.gateway("profile-gateway", VAR / "profile-gateway")
+            srv = servers.gateway("profile-gateway", VAR / "profile-gateway",
+                                  env={**os.environ, "LINCHPIN_PURE_PYTHON": "1"} if args.pure else None)
             inst = accounts.register(srv.port)
             (dev_id, dev_pw), = accounts.pair_devices(srv.port, inst, 1)[0]
             conn_creds = ["--user", inst[0], f"--password={inst[1]}"]
