@@ -85,5 +85,8 @@ bench-failover: $(STAMP)
 bench-capacity: $(STAMP)
 	$(BIN)/python -m bench.capacity
 
+# bench-quick installs the comparison brokers too (best effort, as bench):
+# its efficiency figure is a ratio to mosquitto in the same run.
 bench-quick: $(STAMP)
+	-bash bench/install-brokers.sh
 	$(BIN)/python -m bench.run --quick
