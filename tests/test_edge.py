@@ -17,7 +17,7 @@ from twisted.internet.testing import StringTransport
 from linchpin_common.contract import wire
 from linchpin_gateway.edge import GuardedSite
 from linchpin_gateway.session import State
-from linchpin_gateway.websocket import HANDSHAKE_LEFTOVERS, SHARED_TRAFFIC_STATS
+from linchpin_gateway.websocket import HANDSHAKE_LEFTOVERS, SHARED_TRAFFIC_STATS, MQTTServerProtocol
 from tests.support import connect_packet
 
 HEAD = b"GET /healthz HTTP/1.1\r\nHost: gw\r\n\r\n"
@@ -311,6 +311,50 @@ def test_before_login_the_mqtt_parser_holds_no_more_than_the_message_cap(make_ga
     assert ws.mqtt.parser.buffered == 0
 
 
+def test_a_connection_costs_autobahn_no_pretty_printing(make_gateway, monkeypatch):
+    """Autobahn pretty-prints the options it copied, for a debug line, on
+    every connection whether debug is logged or not; the gateway's protocol
+    class leaves it nothing to copy, so nothing to print (a restarted node
+    spent a tenth of its reactor's time there)."""
+    from autobahn.websocket import protocol as autobahn_protocol
+
+    formatted = []
+    real = autobahn_protocol.pformat
+    monkeypatch.setattr(autobahn_protocol, "pformat", lambda obj: formatted.append(obj) or real(obj))
+    gw = make_gateway()
+    for host in ["192.0.2.10", "198.51.100.4"]:
+        channel, sock = connect(gw, host)
+        upgrade(channel)
+        assert sock.value().startswith(b"HTTP/1.1 101")
+    assert formatted == [[], []]
+
+
+def test_refused_upgrades_are_counted_not_access_logged(make_gateway):
+    """Each refusal of a full node is counted in the factory's summary line;
+    the access log skips them (a restarted node wrote 37,000 such lines in a
+    minute), and logs every other request as before."""
+    from twisted.logger import formatEvent, globalLogPublisher
+
+    gw = make_gateway()
+    gw.ws_factory.max_unauthenticated = 1
+    gw.site.doStart()  # the access log is opened when the site starts
+    lines = []
+    globalLogPublisher.addObserver(lines.append)
+    try:
+        for host in ["192.0.2.10", "192.0.2.11", "192.0.2.12"]:
+            channel, sock = connect(gw, host)
+            upgrade(channel)
+        channel, sock = connect(gw, "192.0.2.13")
+        channel.dataReceived(b"GET /nowhere HTTP/1.1\r\nHost: gw.test\r\n\r\n")
+    finally:
+        globalLogPublisher.removeObserver(lines.append)
+        gw.site.doStop()
+    text = [formatEvent(event) for event in lines]
+    assert sum("await authentication" in t for t in text) == 1  # the first refusal; the next is counted
+    assert not [t for t in text if '"GET /mqtt HTTP/1.1" 503' in t]
+    assert [t for t in text if '"GET /nowhere HTTP/1.1" 404' in t]
+
+
 def test_a_websocket_holds_no_copy_of_the_factorys_options(make_gateway):
     """Autobahn copies its ~40 options into each connection unless the
     protocol class has them: the gateway's protocol class carries them, so
@@ -322,8 +366,8 @@ def test_a_websocket_holds_no_copy_of_the_factorys_options(make_gateway):
     channel, sock = connect(gw)
     upgrade(channel)
     (ws,) = factory.live
-    options = set(type(ws).CONFIG_ATTRS)
-    assert not options & set(vars(ws))
+    options = set(MQTTServerProtocol.CONFIG_ATTRS)  # Autobahn's list; the built class has nothing left to copy
+    assert len(options) > 20 and not options & set(vars(ws))
     assert [getattr(ws, name) for name in HANDSHAKE_LEFTOVERS] == [None] * len(HANDSHAKE_LEFTOVERS)
     assert ws.websocket_protocol_in_use == "mqtt"  # what the session still needs stays
     assert ws.trafficStats is SHARED_TRAFFIC_STATS  # nobody reads a session's own counts
