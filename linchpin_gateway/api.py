@@ -100,6 +100,14 @@ class GatewaySite(server.Site):
     protocol = KeepAliveChannel
     noisy = False
 
+    def log(self, request):
+        """The access log, but for a request whose refusal is counted
+        elsewhere (``request.summarised``): a restarted node turns away
+        WebSocket upgrades by the ten thousand, and ``factory.full`` logs
+        them once per interval with a count."""
+        if not getattr(request, "summarised", False):
+            super().log(request)
+
 
 def _json_response(request, status: int, body, headers: dict | None = None) -> None:
     request.setResponseCode(status)
@@ -200,6 +208,7 @@ class MQTTResource(WebSocketResource):
             return server.NOT_DONE_YET
         full = self._factory.full(peer2str(request.transport))  # named as the WebSocket protocol names it
         if full:  # refused here, before the WebSocket machinery: a storm brings thousands
+            request.summarised = True  # full() logged it, or counted it for its next line
             _error_response(request, ApiError(503, "unavailable", full))
             return server.NOT_DONE_YET
         request.channel.setTimeout(None)
