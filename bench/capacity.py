@@ -65,6 +65,7 @@ import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from . import servers
 from .procs import PYTHON, VAR, Proc, cpu_seconds, exit_on_signals, free_port, machine_busy_seconds, raise_nofile, \
@@ -259,16 +260,70 @@ class RestartingNode:
         return self.server.pid
 
 
+# Buckets of the restarted node's profile (--profile-restart): each sample
+# goes to the first whose pattern matches a frame of its stack.
+RESTART_BUCKETS = [
+    ("PBKDF2 (the hashing threads)", ("pbkdf2", "verify_password", "hash_password")),
+    ("store (its thread)", ("store.py", "sqlite3", "psycopg")),
+    ("Autobahn's debug-line pretty-printing (pformat)", ("pformat (",)),
+    ("logging (the access log included)", ("twisted/logger/", "LoggingFile.", "HTTPFactory.log", "Repeats.")),
+    ("HTTP: the /mqtt resource and refusals before the upgrade", ("twisted/web/", "MQTTResource")),
+    ("WebSocket opening handshake (Autobahn)", ("processHandshake", "succeedHandshake", "failHandshake",
+                                                "processProxyConnect", "_connectionMade")),
+    ("MQTT CONNECT, login guard, CONNACK", ("_on_connect", "LoginGuard", "Authenticator", "_connack",
+                                            "MQTTSession.")),
+    ("accepting and closing connections", ("doAccept", "connectionLost", "_closeSocket", "loseConnection",
+                                           "connectionMade", "buildProtocol")),
+    ("reactor: the rest", ("doRead", "doWrite", "EPollReactor", "mainLoop", "runUntilCurrent")),
+]
+PROFILE_RESTART = 0.0  # seconds of py-spy on the restarted node (main's --profile-restart)
+
+
+def profile_node(pid: int, label: str) -> tuple[subprocess.Popen, Path] | None:
+    """py-spy recording the restarted node's first PROFILE_RESTART seconds."""
+    from .hotpath import py_spy
+
+    spy = py_spy()
+    if not PROFILE_RESTART or spy is None:
+        if PROFILE_RESTART:
+            log("py-spy is not installed: no profile of the restart (.venv/bin/pip install py-spy)")
+        return None
+    raw = VAR / f"profile-restart-{label}.txt"
+    return subprocess.Popen([spy, "record", "--pid", str(pid), "--rate", "100", "--duration",
+                             str(int(PROFILE_RESTART)), "--format", "raw", "--function", "--output", str(raw)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL), raw
+
+
+def profile_summary(recording: tuple[subprocess.Popen, Path] | None) -> dict | None:
+    from .hotpath import summarise
+
+    if recording is None:
+        return None
+    proc, raw = recording
+    try:
+        proc.wait(timeout=PROFILE_RESTART + 60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    if not raw.exists():
+        return None
+    s = summarise(raw, top=20, buckets=RESTART_BUCKETS)
+    return {"seconds": PROFILE_RESTART, "samples": s["samples"], "buckets": s["groups"], "self": s["self"],
+            "raw": str(raw)}
+
+
 def node_restart(label: str, clients: list[Proc], restart, watch: QueueWatch, logged_in: int, codes_before: dict,
                  deadline: float) -> dict:
     """Scenario 3: ``restart()`` kills the node (-9), starts it again and
     returns its pid; the clients reconnect as the app and the connector do.
     Until every device is back: the arrival curve, how long the PBKDF2 pool
     had an idle thread while devices waited, and the CPU of the node's
-    reactor thread and of its other threads in the first 40 s and after."""
+    reactor thread and of its other threads in the first 40 s and after;
+    with --profile-restart, where the node's threads spent its first seconds
+    (py-spy, all threads, idle ones left out)."""
     t_stop = time.monotonic()
     pid = restart()
     t_up = time.monotonic()
+    recording = profile_node(pid, label)
     log(f"[{label}] node killed and started again in {t_up - t_stop:.1f} s; waiting for the devices")
     # CPU of the reactor's thread (the main one) and of the whole node, by phase: where the time goes
     cpu = [(t_up, cpu_seconds(pid, pid), cpu_seconds(pid))]
@@ -290,6 +345,9 @@ def node_restart(label: str, clients: list[Proc], restart, watch: QueueWatch, lo
            "back_by_10s": list(itertools.accumulate(report["back_by_10s"])),
            "attempts": report["attempts"], "connack_codes": codes,  # attempts start again at 0 on a drop
            "cpu_by_phase": phases, **watch.idle(t_up, max(t_end, t_up), os.cpu_count() or 1)}
+    profile = profile_summary(recording)
+    if profile is not None:
+        out["profile"] = profile
     log(f"[{label}]   {out}")
     return out
 
@@ -519,7 +577,11 @@ def main(argv=None) -> int:
     p.add_argument("--storm-deadline", type=float, default=300.0, help="seconds the devices get to come back "
                    "after a node restart")
     p.add_argument("--gateway-args", default="", help="more options of the node that restarts, to try them")
+    p.add_argument("--profile-restart", type=float, default=0.0, metavar="S",
+                   help="py-spy on the restarted node for its first S seconds (needs py-spy and ptrace rights)")
     args = p.parse_args(argv)
+    global PROFILE_RESTART
+    PROFILE_RESTART = args.profile_restart
     exit_on_signals()
     VAR.mkdir(parents=True, exist_ok=True)
     limit = raise_nofile(args.sessions + 1024)
@@ -562,6 +624,15 @@ def main(argv=None) -> int:
               f"{r['all_back_s']} s after the kill (PBKDF2 floor {r['pbkdf2_floor_s']} s; node up again at "
               f"{r['restart_s']} s), {r['attempts']:,} attempts, CONNACKs {r['connack_codes']}, PBKDF2 pool idle "
               f"{r['pool_idle_s']} s of {r['watched_s']} s; back by each 10 s: {r['back_by_10s']}")
+        if r.get("profile"):
+            prof = r["profile"]
+            print(f"  where the restarted node's threads were in its first {prof['seconds']:g} s "
+                  f"({prof['samples']:,} samples; {prof['raw']}):")
+            for name, pct in prof["buckets"]:
+                print(f"    {pct:5.1f} %  {name}")
+            print("  innermost frames:")
+            for name, pct in prof["self"][:12]:
+                print(f"    {pct:5.1f} %  {name}")
     (VAR / "capacity.json").write_text(json.dumps({"environment": env, "pbkdf2_s": pbkdf2, "results": results,
                                                    "restart": restart_result,
                                                    "two_nodes": two_nodes_result,

@@ -95,14 +95,14 @@ GROUPS = [
 ]
 
 
-def group_of(frames: list[str]) -> str:
-    for name, patterns in GROUPS:
+def group_of(frames: list[str], groups=GROUPS) -> str:
+    for name, patterns in groups:
         if any(p in frame for frame in frames for p in patterns):
             return name
     return "other"
 
 
-def summarise(raw: Path, top: int = 25) -> dict:
+def summarise(raw: Path, top: int = 25, buckets=GROUPS) -> dict:
     self_t: collections.Counter = collections.Counter()
     incl: collections.Counter = collections.Counter()
     groups: collections.Counter = collections.Counter()
@@ -118,7 +118,7 @@ def summarise(raw: Path, top: int = 25) -> dict:
             continue
         total += n
         self_t[frames[-1]] += n
-        groups[group_of(frames)] += n
+        groups[group_of(frames, buckets)] += n
         for f in set(frames):
             incl[f] += n
     return {
