@@ -30,6 +30,7 @@ from linchpin_common import hotpath, wsframes
 from linchpin_common.contract import wire
 from linchpin_common.hotpath import load_pure
 from tests.test_wire import packets
+from tests.test_wsframes import frame
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -99,22 +100,11 @@ def raw_frames(draw) -> bytes:
     size = draw(st.sampled_from([0, 1, 2, 60, 125, 126, 300, 1500]))
     payload = draw(st.binary(min_size=size, max_size=size))
     fin = draw(st.booleans()) if opcode < 8 else draw(st.sampled_from([True, True, True, False]))
-    rsv = draw(st.sampled_from([0] * 9 + [1, 4]))
-    masked = draw(st.sampled_from([True] * 12 + [False]))
-    n = len(payload)
-    natural = 7 if n < 126 else 16 if n < 65536 else 64
+    natural = 7 if size < 126 else 16
     form = draw(st.sampled_from([natural] * 6 + [16, 64]))
-    mask = draw(st.binary(min_size=4, max_size=4))
-    head = bytes([(0x80 if fin else 0) | (rsv << 4) | opcode])
-    bit = 0x80 if masked else 0
-    if form == 7:
-        head += bytes([bit | n])
-    elif form == 16:
-        head += bytes([bit | 126]) + n.to_bytes(2, "big")
-    else:
-        claimed = draw(st.sampled_from([n, n, 2 ** 63 - 1, 2 ** 63, 2 ** 64 - 1]))
-        head += bytes([bit | 127]) + claimed.to_bytes(8, "big")
-    return head + (mask + wsframes.unmask_python(payload, mask) if masked else payload)
+    claimed = draw(st.sampled_from([None, None, 2 ** 63 - 1, 2 ** 63, 2 ** 64 - 1])) if form == 64 else None
+    return frame(opcode, payload, fin=fin, rsv=draw(st.sampled_from([0] * 9 + [1, 4])),
+                 masked=draw(st.sampled_from([True] * 12 + [False])), length=claimed, form=form)
 
 
 def reader_run(module, stream: bytes, cuts, caps) -> tuple:
