@@ -318,8 +318,15 @@ class Runner:
                 self.retrying = [s for s in self.retrying if s.retry_at > now]
                 for s in due:
                     self.start(s, now)
-        self.ping(now)
+        next_ping = self.ping(now)
         self.tick(now)
+        if next_ping is not None:
+            # Wake for the next PINGREQ due, not a whole timeout later: a
+            # loop that slept up to 1 s sent the pings due meanwhile in one
+            # burst, and the bursts fed themselves (the PINGRESPs woke it),
+            # so the idle load reached the server in lumps that real,
+            # independent phones never make.
+            timeout = min(timeout, max(0.0, next_ping - now))
         line = False
         for key, mask in self.sel.select(timeout):
             s = key.data
