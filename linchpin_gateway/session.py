@@ -64,6 +64,7 @@ MAX_PRE_AUTH = 4096  # bytes a client may send after its CONNECT before CONNACK
 # that has not logged in can make the gateway hold for a message in progress.
 PRE_LOGIN_MESSAGE = 64 * 1024
 MAX_QUEUED = 64  # packets pipelined behind a CONNECT that is being checked
+_PINGRESP = wire.encode(wire.Pingresp())
 
 
 @dataclass
@@ -208,7 +209,7 @@ class MQTTSession:
         elif kind is wire.Puback:
             pass  # deliveries are never resent, so acks need no bookkeeping
         elif kind is wire.Pingreq:
-            self._write(wire.encode(wire.Pingresp()))
+            self._write(_PINGRESP, alone=True)  # an idle session's keep-alive: out at once
         elif kind is wire.Subscribe:
             self._on_subscribe(packet)
         elif kind is wire.Unsubscribe:
@@ -425,7 +426,7 @@ class MQTTSession:
             self.log.info("{role} {id} disconnected", role=p.role, id=p.id)
         self.close("connection lost")
 
-    def _write(self, data: bytes) -> None:
+    def _write(self, data: bytes, alone: bool = False) -> None:
         if self.state is CLOSED:
             return
         if self._out_paused:
@@ -436,7 +437,10 @@ class MQTTSession:
                               n=self._out_queued)
                 self.close("slow consumer", abort=True)
                 return
-        self.transport.send(data)
+        if alone:
+            self.transport.send(data, alone=True)
+        else:
+            self.transport.send(data)
 
     # -- flow control --------------------------------------------------------
 

@@ -16,6 +16,7 @@ from zope.interface import implementer
 
 from linchpin_common.contract import wire
 from linchpin_common.repeats import Repeats
+from linchpin_common.sendnow import write_now
 from linchpin_common.slots import Slots
 from linchpin_common.wsframes import LeanReceive
 
@@ -155,7 +156,12 @@ class MQTTServerProtocol(LeanReceive, WebSocketServerProtocol):
 
     # -- what MQTTSession needs of its transport --
 
-    def send(self, data: bytes) -> None:
+    def send(self, data: bytes, alone: bool = False) -> None:
+        """``alone``: a message that comes by itself (a PINGRESP on an idle
+        session) goes out at once when nothing else waits (``write_now``);
+        relayed messages come in runs, where Twisted's buffering lets one
+        send carry many (sending each at once took the relay from 9 to
+        21 us of CPU per round trip at 256 B)."""
         # The hot path frames its messages itself: one unmasked binary frame
         # whose header and payload go to the transport as they are, without
         # the payload copy and per-message bookkeeping of sendMessage.  That
@@ -166,7 +172,10 @@ class MQTTServerProtocol(LeanReceive, WebSocketServerProtocol):
         if self.send_queue:  # Autobahn has queued frames of its own: keep the order
             self.sendMessage(data, isBinary=True)
             return
-        self.transport.writeSequence((_binary_frame_header(len(data)), data))
+        if alone:
+            write_now(self.transport, _binary_frame_header(len(data)), data)
+        else:
+            self.transport.writeSequence((_binary_frame_header(len(data)), data))
 
     def disconnect(self, reason: str, abort: bool = False) -> None:
         if abort:

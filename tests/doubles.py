@@ -123,12 +123,16 @@ class Peer:
         self.aborted = False
         self.reading = True
         self.sent_bytes = 0
+        self.sent_alone = []  # what the session asked to go out at once (transport.send(..., alone=True))
         limits = limits or Limits(max_packet=max_packet)
         self.session = MQTTSession(router, guard or auth, clock, self, peer="test", host=host, limits=limits)
 
-    def send(self, data):
+    def send(self, data, alone=False):
         self.sent_bytes += len(data)
-        self.received.extend(self.out.feed(data))
+        packets = self.out.feed(data)
+        self.received.extend(packets)
+        if alone:
+            self.sent_alone.extend(packets)
 
     def disconnect(self, reason, abort=False):
         self.closed = reason

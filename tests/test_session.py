@@ -82,6 +82,16 @@ def test_packet_before_connect_closes(peer):
     assert p.take() == [] and p.closed
 
 
+def test_a_pingresp_goes_out_at_once_and_relayed_messages_in_runs(peer):
+    """The PINGRESP of an idle session is sent alone (at once, without the
+    reactor's write turn: linchpin_common/sendnow.py); everything else
+    leaves the transport to batch."""
+    p = online(peer, DEV, "dpw")
+    p.feed(wire.Subscribe(7, ((f"devices/{DEV}/down", 0),)), wire.Pingreq())
+    assert p.take()[-1] == wire.Pingresp()
+    assert p.sent_alone == [wire.Pingresp()]
+
+
 def test_second_connect_closes(peer):
     p = online(peer, DEV, "dpw")
     p.feed(connect(DEV, "dpw"))
