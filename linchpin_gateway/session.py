@@ -81,7 +81,9 @@ class Limits:
 class MQTTSession:
     """One MQTT session.
 
-    ``transport`` provides ``send(bytes)``, ``disconnect(reason, abort)``,
+    ``transport`` provides ``send(bytes, alone)`` (``alone``: a message that
+    comes by itself, such as a PINGRESP, may skip the transport's batching),
+    ``disconnect(reason, abort)``,
     ``pause_reading()`` and ``resume_reading()``.  The transport in turn
     tells the session when its socket backs up (:meth:`output_paused`) and
     drains (:meth:`output_resumed`).  ``logins`` is the
@@ -437,10 +439,7 @@ class MQTTSession:
                               n=self._out_queued)
                 self.close("slow consumer", abort=True)
                 return
-        if alone:
-            self.transport.send(data, alone=True)
-        else:
-            self.transport.send(data)
+        self.transport.send(data, alone)
 
     # -- flow control --------------------------------------------------------
 

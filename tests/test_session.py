@@ -324,7 +324,7 @@ def test_qos0_publish_forwarded_as_received_but_retain_cleared(peer):
     c = online(peer, INST, "ipw", "devices/+/up")
     d = online(peer, DEV, "dpw")
     sent = []
-    c.send = lambda data: sent.append(data)
+    c.send = lambda data, alone=False: sent.append(data)
     packet = wire.encode(wire.Publish(f"devices/{DEV}/up", b"same bytes"))
     d.session.data_received(packet)
     assert sent == [packet]
