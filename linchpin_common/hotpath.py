@@ -29,6 +29,18 @@ SOURCES = {
 }
 
 
+def can_compile() -> bool:
+    """Whether an install here compiles the hot path: Cython importable and
+    the C compiler Python was built with on the PATH (setup.py's
+    extensions are optional, so without them it installs as pure Python)."""
+    import shlex
+    import shutil
+    import sysconfig
+
+    cc = shlex.split(sysconfig.get_config_var("CC") or "cc")[0]
+    return shutil.which(cc) is not None and importlib.util.find_spec("Cython") is not None
+
+
 def is_compiled(module: ModuleType) -> bool:
     return isinstance(getattr(module, "__loader__", None), importlib.machinery.ExtensionFileLoader)
 
