@@ -75,7 +75,7 @@ def test_live_device_sessions_per_instance_are_capped(make_gateway):
         upgrade(channel)
         ws = next(p for p in gw.ws_factory.live if p.mqtt is not None and p.mqtt.host == host)
         sent = []
-        ws.send = sent.append
+        ws.send = lambda data, alone=False: sent.append(data)
         ws.mqtt.data_received(connect_packet(username, password))
         return ws, wire.Parser().feed(b"".join(sent))
 
